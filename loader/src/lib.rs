@@ -1,0 +1,12 @@
+//! backendtls loader: Gateway API BackendTLSPolicy control plane for stock Envoy.
+//!
+//! Data flow: [`source`] (files) -> [`store`] -> [`resolve`] (Gateway API semantics, [`status`])
+//! -> [`ir`] -> [`xds::translate`] (Envoy resources) -> [`xds::snapshot`] -> [`xds::server`] (ADS).
+
+pub mod ir;
+pub mod objects;
+pub mod resolve;
+pub mod source;
+pub mod status;
+pub mod store;
+pub mod xds;

@@ -1,0 +1,370 @@
+//! File mode: every YAML document under a directory tree, parsed into a [`Store`].
+//!
+//! A file that fails to read or parse is reported with its path, the document and the object, and
+//! the loader keeps that file's last good content: a typo while editing never withdraws config that
+//! is already serving.
+
+use crate::objects::*;
+use crate::store::{ObjectKey, Store};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem with the input, located as precisely as the loader can.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SourceError {
+    pub file: PathBuf,
+    /// 1-based index of the YAML document in the file, when the problem is in one document.
+    pub document: Option<usize>,
+    /// `Kind namespace/name` when the object could be identified.
+    pub object: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(doc) = self.document {
+            write!(f, ": document {doc}")?;
+        }
+        if let Some(object) = &self.object {
+            write!(f, " ({object})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// An object read from a file, tagged with its kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    BackendTlsPolicy(BackendTlsPolicy),
+    ReferenceGrant(ReferenceGrant),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+    Namespace(Namespace),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Gateway(_) => "Gateway",
+            Object::HttpRoute(_) => "HTTPRoute",
+            Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
+            Object::ReferenceGrant(_) => "ReferenceGrant",
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
+            Object::Namespace(_) => "Namespace",
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::BackendTlsPolicy(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+        }
+    }
+
+    /// Namespaces are cluster-scoped: their key has an empty namespace.
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        match self {
+            Object::Namespace(_) => ObjectKey::new("", &meta.name),
+            _ => ObjectKey::new(meta.namespace(), &meta.name),
+        }
+    }
+}
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Parses one file's text into objects. Kinds the loader does not use (Deployments, GatewayClasses,
+/// ...) are skipped; known kinds at an unsupported version are errors, since silently ignoring
+/// a policy would be worse than refusing it.
+pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Object>, SourceError> {
+    let error = |document: Option<usize>, object: Option<String>, reason: String| SourceError {
+        file: file.to_path_buf(),
+        document,
+        object,
+        reason,
+    };
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| error(None, None, format!("invalid YAML: {e}")))?;
+    let mut objects = Vec::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        parse_document(document, &mut objects)
+            .map_err(|(object, reason)| error(Some(index + 1), object, reason))?;
+    }
+    Ok(objects)
+}
+
+type DocumentError = (Option<String>, String);
+
+fn parse_document(
+    document: serde_json::Value,
+    out: &mut Vec<Object>,
+) -> Result<(), DocumentError> {
+    if document.is_null() {
+        return Ok(());
+    }
+    let text = |field: &str| document.get(field).and_then(|v| v.as_str()).unwrap_or("");
+    let api_version = text("apiVersion").to_string();
+    let kind = text("kind").to_string();
+    let metadata = document.get("metadata");
+    let name = metadata.and_then(|m| m.get("name")).and_then(|v| v.as_str());
+    let namespace = metadata
+        .and_then(|m| m.get("namespace"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let object = name.map(|n| format!("{kind} {namespace}/{n}"));
+    if kind.is_empty() || api_version.is_empty() {
+        return Err((object, "missing apiVersion or kind".into()));
+    }
+    if kind == "List" && api_version == "v1" {
+        let items = document.get("items").and_then(|v| v.as_array()).cloned();
+        for item in items.unwrap_or_default() {
+            parse_document(item, out)?;
+        }
+        return Ok(());
+    }
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+    let supported: &[&str] = match (group, kind.as_str()) {
+        (GATEWAY_GROUP, "Gateway" | "HTTPRoute") => &["v1", "v1beta1"],
+        (GATEWAY_GROUP, "ReferenceGrant") => &["v1beta1", "v1alpha2"],
+        (GATEWAY_GROUP, "BackendTLSPolicy") => &["v1", "v1alpha3"],
+        ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
+        ("discovery.k8s.io", "EndpointSlice") => &["v1"],
+        _ => {
+            tracing::debug!(%api_version, %kind, "skipping a kind the loader does not use");
+            return Ok(());
+        }
+    };
+    if !supported.contains(&version) {
+        return Err((
+            object,
+            format!(
+                "{kind} at apiVersion {api_version} is not supported (supported: {})",
+                supported
+                    .iter()
+                    .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if name.is_none_or(str::is_empty) {
+        return Err((object, format!("{kind} has no metadata.name")));
+    }
+    fn typed<T: serde::de::DeserializeOwned>(
+        document: serde_json::Value,
+        object: &Option<String>,
+    ) -> Result<T, DocumentError> {
+        serde_json::from_value(document).map_err(|e| (object.clone(), e.to_string()))
+    }
+    let parsed = match kind.as_str() {
+        "Gateway" => Object::Gateway(typed(document, &object)?),
+        "HTTPRoute" => Object::HttpRoute(typed(document, &object)?),
+        "ReferenceGrant" => Object::ReferenceGrant(typed(document, &object)?),
+        "BackendTLSPolicy" => Object::BackendTlsPolicy(typed(document, &object)?),
+        "Service" => Object::Service(typed(document, &object)?),
+        "ConfigMap" => Object::ConfigMap(typed(document, &object)?),
+        "Secret" => Object::Secret(typed(document, &object)?),
+        "Namespace" => Object::Namespace(typed(document, &object)?),
+        "EndpointSlice" => Object::EndpointSlice(typed(document, &object)?),
+        _ => unreachable!("every supported kind is listed above"),
+    };
+    out.push(parsed);
+    Ok(())
+}
+
+/// The directory tree, file by file, with the last good parse of each file.
+#[derive(Default)]
+pub struct ConfigDir {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+struct FileState {
+    text: String,
+    /// The last content that parsed, kept while the file is broken.
+    good: Vec<Object>,
+    error: Option<SourceError>,
+}
+
+impl ConfigDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ConfigDir { root: root.into(), files: BTreeMap::new() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Re-reads the tree. Unchanged files are not parsed again. Returns an error only when the
+    /// directory itself cannot be read.
+    pub fn reload(&mut self) -> std::io::Result<()> {
+        let mut paths = Vec::new();
+        collect_yaml_files(&self.root, &mut paths)?;
+        let mut next = BTreeMap::new();
+        for path in paths {
+            let previous = self.files.remove(&path);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    // Vanished between listing and reading, or unreadable: keep what we had.
+                    let mut state = previous.unwrap_or(FileState {
+                        text: String::new(),
+                        good: Vec::new(),
+                        error: None,
+                    });
+                    state.error = Some(SourceError {
+                        file: path.clone(),
+                        document: None,
+                        object: None,
+                        reason: format!("cannot read: {e}"),
+                    });
+                    next.insert(path, state);
+                    continue;
+                }
+            };
+            let state = match previous {
+                Some(state) if state.text == text => state,
+                previous => match parse_documents(&path, &text) {
+                    Ok(objects) => FileState { text, good: objects, error: None },
+                    Err(error) => FileState {
+                        text,
+                        good: previous.map(|p| p.good).unwrap_or_default(),
+                        error: Some(error),
+                    },
+                },
+            };
+            next.insert(path, state);
+        }
+        self.files = next;
+        Ok(())
+    }
+
+    /// Problems in the current files (each file's last good content is still in the store).
+    pub fn errors(&self) -> Vec<SourceError> {
+        self.files.values().filter_map(|f| f.error.clone()).collect()
+    }
+
+    /// All objects, in file order. An object defined twice is reported and the first one kept.
+    pub fn store(&self) -> (Store, Vec<SourceError>) {
+        let mut store = Store::default();
+        let mut errors = Vec::new();
+        for (path, file) in &self.files {
+            for object in &file.good {
+                let kind = object.kind();
+                let key = object.key();
+                if !store.insert(object.clone()) {
+                    errors.push(SourceError {
+                        file: path.clone(),
+                        document: None,
+                        object: Some(format!("{kind} {key}")),
+                        reason: "defined more than once; the first definition is used".into(),
+                    });
+                }
+            }
+        }
+        (store, errors)
+    }
+}
+
+fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Editors' swap and backup files, and hidden files (e.g. Kubernetes ConfigMap mounts'
+        // ..data symlinks), are not input.
+        if name.starts_with('.') || name.ends_with('~') {
+            continue;
+        }
+        let file_type = std::fs::metadata(&path)?;
+        if file_type.is_dir() {
+            collect_yaml_files(&path, out)?;
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_files_and_lists_parse() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: nginx, namespace: default }
+spec: { ports: [{ name: https, port: 8443 }] }
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: { name: ca }
+  data: { ca.crt: "x" }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: ignored }
+"#;
+        let objects = parse_documents(Path::new("a.yaml"), text).unwrap();
+        let kinds: Vec<_> = objects.iter().map(|o| format!("{} {}", o.kind(), o.key())).collect();
+        assert_eq!(kinds, ["Service default/nginx", "ConfigMap default/ca"]);
+    }
+
+    #[test]
+    fn errors_name_file_document_and_object() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: BackendTLSPolicy\nmetadata: {name: old, namespace: apps}\nspec: {}\n";
+        let err = parse_documents(Path::new("dir/p.yaml"), text).unwrap_err();
+        assert_eq!(err.document, Some(2));
+        assert_eq!(err.object.as_deref(), Some("BackendTLSPolicy apps/old"));
+        assert!(err.to_string().starts_with("dir/p.yaml: document 2 (BackendTLSPolicy apps/old): "));
+        assert!(err.reason.contains("not supported"), "{}", err.reason);
+
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n";
+        let err = parse_documents(Path::new("s.yaml"), text).unwrap_err();
+        assert_eq!(err.object.as_deref(), Some("Service default/s"));
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_content() {
+        let dir = std::env::temp_dir().join(format!("btls-source-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let file = dir.join("sub/cm.yaml");
+        std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: one}\n").unwrap();
+        let mut config = ConfigDir::new(&dir);
+        config.reload().unwrap();
+        assert!(config.errors().is_empty());
+        std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca\n").unwrap();
+        config.reload().unwrap();
+        assert_eq!(config.errors().len(), 1);
+        let (store, _) = config.store();
+        let ca = store.config_map(&ObjectKey::new("default", "ca")).unwrap();
+        assert_eq!(ca.data["ca.crt"], "one");
+        std::fs::remove_file(&file).unwrap();
+        config.reload().unwrap();
+        assert!(config.store().0.config_map(&ObjectKey::new("default", "ca")).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,105 @@
+//! The objects the loader knows, by kind and `namespace/name`.
+
+use crate::objects::*;
+use crate::source::Object;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    pub gateways: BTreeMap<ObjectKey, Gateway>,
+    pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
+    pub policies: BTreeMap<ObjectKey, BackendTlsPolicy>,
+    pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
+    pub secrets: BTreeMap<ObjectKey, Secret>,
+    pub namespaces: BTreeMap<String, Namespace>,
+}
+
+impl Store {
+    /// Adds an object; false when one of the same kind and key is already there (it is kept).
+    pub fn insert(&mut self, object: Object) -> bool {
+        fn put<T>(map: &mut BTreeMap<ObjectKey, T>, key: ObjectKey, value: T) -> bool {
+            if map.contains_key(&key) {
+                return false;
+            }
+            map.insert(key, value);
+            true
+        }
+        let key = object.key();
+        match object {
+            Object::Gateway(o) => put(&mut self.gateways, key, o),
+            Object::HttpRoute(o) => put(&mut self.http_routes, key, o),
+            Object::BackendTlsPolicy(o) => put(&mut self.policies, key, o),
+            Object::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
+            Object::Service(o) => put(&mut self.services, key, o),
+            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            Object::ConfigMap(o) => put(&mut self.config_maps, key, o),
+            Object::Secret(o) => put(&mut self.secrets, key, o),
+            Object::Namespace(o) => {
+                if self.namespaces.contains_key(&key.name) {
+                    return false;
+                }
+                self.namespaces.insert(key.name, o);
+                true
+            }
+        }
+    }
+
+    pub fn config_map(&self, key: &ObjectKey) -> Option<&ConfigMap> {
+        self.config_maps.get(key)
+    }
+
+    /// Labels of a namespace. Without a Namespace object, Kubernetes' automatic
+    /// `kubernetes.io/metadata.name` label is still there.
+    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .get(namespace)
+            .map(|ns| ns.metadata.labels.clone())
+            .unwrap_or_default();
+        labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
+        labels
+    }
+
+    /// EndpointSlices of a Service (label `kubernetes.io/service-name`, same namespace).
+    pub fn endpoint_slices_of<'a>(
+        &'a self,
+        service: &'a ObjectKey,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.endpoint_slices
+            .range(ObjectKey::new(&service.namespace, "")..)
+            .take_while(move |(k, _)| k.namespace == service.namespace)
+            .map(|(_, slice)| slice)
+            .filter(move |slice| {
+                slice.metadata.labels.get("kubernetes.io/service-name") == Some(&service.name)
+            })
+    }
+}
+
+/// Serialized as `"namespace/name"`, as people write it.
+impl serde::Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

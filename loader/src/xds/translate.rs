@@ -1,0 +1,434 @@
+//! IR -> Envoy resources. The only module that knows Envoy's configuration types.
+//!
+//! Two shapes come out of the same code: resources for ADS (clusters with EDS endpoints and CA
+//! bundles as SDS secrets) and a static bootstrap for `render` (endpoints and CAs inline).
+
+use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, Trust};
+use backendtls_filter::contract::{self, PolicyState};
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+use envoy_types::pb::google::protobuf::{self as pb, Any, Duration};
+use prost::{Message, Name};
+use std::collections::HashMap;
+
+/// Where endpoints and CA bundles go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Over the ADS stream: EDS for endpoints, SDS for CA bundles, RDS for routes.
+    Ads,
+    /// Inline in a static bootstrap.
+    Inline,
+}
+
+/// Settings that come from the command line rather than from the manifests.
+#[derive(Clone, Debug)]
+pub struct TranslateOptions {
+    /// Address the Gateway listeners bind to.
+    pub listener_address: String,
+    pub delivery: Delivery,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        TranslateOptions { listener_address: "127.0.0.1".into(), delivery: Delivery::Ads }
+    }
+}
+
+/// The Envoy resources of one IR.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<listener::Listener>,
+    pub routes: Vec<route::RouteConfiguration>,
+    pub clusters: Vec<cluster::Cluster>,
+    pub endpoints: Vec<endpoint::ClusterLoadAssignment>,
+    pub secrets: Vec<tls::Secret>,
+}
+
+pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
+    let mut out = Resources::default();
+    for l in &ir.listeners {
+        let routes = route_configuration(l);
+        out.listeners.push(gateway_listener(l, options, &routes));
+        if options.delivery == Delivery::Ads {
+            out.routes.push(routes);
+        }
+    }
+    for c in ir.clusters.values() {
+        let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
+        out.clusters.push(cluster);
+        out.endpoints.extend(load_assignment);
+    }
+    if options.delivery == Delivery::Ads {
+        for (name, bundle) in &ir.ca_bundles {
+            out.secrets.push(tls::Secret {
+                name: name.clone(),
+                r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
+                    trusted_ca: Some(inline_string(&bundle.pem)),
+                    ..Default::default()
+                })),
+            });
+        }
+    }
+    out
+}
+
+pub fn pack<T: Message + Name>(message: &T) -> Any {
+    Any { type_url: T::type_url(), value: message.encode_to_vec() }
+}
+
+pub fn ads_config_source() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn socket_address(address: &str, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: address.to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(port.into())),
+            ..Default::default()
+        })),
+    }
+}
+
+fn inline_string(text: &str) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::InlineString(text.to_string())),
+        ..Default::default()
+    }
+}
+
+fn seconds(s: i64) -> Option<Duration> {
+    Some(Duration { seconds: s, nanos: 0 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listeners and routes
+
+/// What the access log prints per request: enough to see which backend answered and why a
+/// handshake failed.
+const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% host=%REQ(:AUTHORITY)% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% tls=%UPSTREAM_TLS_VERSION% failure=\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"\n";
+
+fn gateway_listener(
+    l: &ir::Listener,
+    options: &TranslateOptions,
+    routes: &route::RouteConfiguration,
+) -> listener::Listener {
+    let route_specifier = match options.delivery {
+        Delivery::Ads => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: l.name.clone(),
+        }),
+        Delivery::Inline => hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone()),
+    };
+    let access_log = envoy_types::pb::envoy::config::accesslog::v3::AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(pack(
+                &StdoutAccessLog {
+                    access_log_format: Some(
+                        envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat::LogFormat(
+                            core::SubstitutionFormatString {
+                                format: Some(core::substitution_format_string::Format::TextFormatSource(
+                                    inline_string(ACCESS_LOG_FORMAT),
+                                )),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                },
+            )),
+        ),
+        ..Default::default()
+    };
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: l.name.clone(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(route_specifier),
+        http_filters: vec![hcm::HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+            ..Default::default()
+        }],
+        access_log: vec![access_log],
+        // The guide's curl sends `host: example.com:8080`; routes match on the hostname alone.
+        strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        ..Default::default()
+    };
+    listener::Listener {
+        name: l.name.clone(),
+        address: Some(socket_address(&options.listener_address, l.port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(pack(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn route_configuration(l: &ir::Listener) -> route::RouteConfiguration {
+    let virtual_hosts = l
+        .virtual_hosts
+        .iter()
+        .map(|vh| route::VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.clone(),
+            routes: vh.routes.iter().map(envoy_route).collect(),
+            ..Default::default()
+        })
+        .collect();
+    route::RouteConfiguration { name: l.name.clone(), virtual_hosts, ..Default::default() }
+}
+
+fn envoy_route(r: &ir::Route) -> route::Route {
+    use route::route_match::PathSpecifier;
+    let path_specifier = match &r.path {
+        PathMatch::Exact(path) => PathSpecifier::Path(path.clone()),
+        PathMatch::Prefix(prefix) => {
+            // Gateway API prefixes match whole segments; a trailing slash is insignificant.
+            let trimmed = prefix.trim_end_matches('/');
+            if trimmed.is_empty() {
+                PathSpecifier::Prefix("/".into())
+            } else {
+                PathSpecifier::PathSeparatedPrefix(trimmed.to_string())
+            }
+        }
+    };
+    let action = match &r.action {
+        RouteAction::Respond { status, body } => route::route::Action::DirectResponse(route::DirectResponseAction {
+            status: *status,
+            body: Some(inline_string(body)),
+            ..Default::default()
+        }),
+        RouteAction::Forward(backends) => {
+            let cluster_specifier = match backends.as_slice() {
+                [only] => route::route_action::ClusterSpecifier::Cluster(only.cluster.clone()),
+                many => route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+                    clusters: many
+                        .iter()
+                        .map(|b| route::weighted_cluster::ClusterWeight {
+                            name: b.cluster.clone(),
+                            weight: Some(pb::UInt32Value { value: b.weight }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+            };
+            route::route::Action::Route(route::RouteAction {
+                cluster_specifier: Some(cluster_specifier),
+                ..Default::default()
+            })
+        }
+    };
+    route::Route {
+        name: r.name.clone(),
+        r#match: Some(route::RouteMatch { path_specifier: Some(path_specifier), ..Default::default() }),
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters
+
+fn backend_cluster(
+    c: &ir::Cluster,
+    ir: &Ir,
+    delivery: Delivery,
+) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+    let unusable = matches!(&c.tls, Some(ir::BackendTls { trust: Trust::Unusable { .. }, .. }));
+    let mut out = cluster::Cluster {
+        name: c.name.clone(),
+        connect_timeout: seconds(5),
+        metadata: c.tls.as_ref().map(policy_metadata),
+        ..Default::default()
+    };
+    let lb_endpoints = |addresses: Vec<(String, u16)>| endpoint::ClusterLoadAssignment {
+        cluster_name: c.name.clone(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints: addresses
+                .into_iter()
+                .map(|(address, port)| endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
+                        address: Some(socket_address(&address, port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut eds = None;
+    if unusable {
+        // Fail closed: a policy applies but cannot be met, so the cluster has no hosts at all and
+        // Envoy answers 503 rather than ever connecting in plaintext.
+        out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+        out.load_assignment = Some(lb_endpoints(Vec::new()));
+        return (out, None);
+    }
+    match &c.endpoints {
+        ir::Endpoints::Dns { hostname, port } => {
+            out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            out.load_assignment = Some(lb_endpoints(vec![(hostname.clone(), *port)]));
+        }
+        ir::Endpoints::Static(addresses) => {
+            let assignment = lb_endpoints(addresses.iter().map(|a| (a.ip().to_string(), a.port())).collect());
+            match delivery {
+                Delivery::Ads => {
+                    out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+                    out.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
+                        eds_config: Some(ads_config_source()),
+                        service_name: String::new(),
+                    });
+                    eds = Some(assignment);
+                }
+                Delivery::Inline => {
+                    out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+                    out.load_assignment = Some(assignment);
+                }
+            }
+        }
+    }
+    if let Some(policy) = &c.tls {
+        out.transport_socket = Some(core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(&upstream_tls(
+                policy, ir, delivery,
+            )))),
+        });
+    }
+    (out, eds)
+}
+
+fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::UpstreamTlsContext {
+    use tls::common_tls_context::ValidationContextType;
+    let Trust::Ca { secret } = &policy.trust else {
+        unreachable!("unusable policies get no transport socket")
+    };
+    let identity = tls::CertificateValidationContext {
+        match_typed_subject_alt_names: policy.identities().iter().map(san_matcher).collect(),
+        ..Default::default()
+    };
+    let validation = match delivery {
+        Delivery::Ads => ValidationContextType::CombinedValidationContext(
+            tls::common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(identity),
+                validation_context_sds_secret_config: Some(tls::SdsSecretConfig {
+                    name: secret.clone(),
+                    sds_config: Some(ads_config_source()),
+                }),
+                ..Default::default()
+            },
+        ),
+        Delivery::Inline => ValidationContextType::ValidationContext(tls::CertificateValidationContext {
+            trusted_ca: Some(inline_string(&ir.ca_bundles[secret].pem)),
+            ..identity
+        }),
+    };
+    tls::UpstreamTlsContext {
+        sni: policy.hostname.clone(),
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_params: Some(tls::TlsParameters {
+                tls_minimum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv12 as i32,
+                // Envoy's upstream default maximum is TLS 1.2.
+                tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+                ..Default::default()
+            }),
+            validation_context_type: Some(validation),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn san_matcher(san: &SubjectAltName) -> tls::SubjectAltNameMatcher {
+    use matcher::string_matcher::MatchPattern;
+    let (san_type, pattern) = match san {
+        SubjectAltName::Hostname(name) => match name.strip_prefix("*.") {
+            // A policy wildcard stands for exactly one label, as in RFC 6125.
+            Some(suffix) => (
+                tls::subject_alt_name_matcher::SanType::Dns,
+                MatchPattern::SafeRegex(matcher::RegexMatcher {
+                    regex: format!("^[^.]+\\.{}$", regex_escape(suffix)),
+                    ..Default::default()
+                }),
+            ),
+            None => (tls::subject_alt_name_matcher::SanType::Dns, MatchPattern::Exact(name.clone())),
+        },
+        SubjectAltName::Uri(uri) => (tls::subject_alt_name_matcher::SanType::Uri, MatchPattern::Exact(uri.clone())),
+    };
+    tls::SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(matcher::StringMatcher { match_pattern: Some(pattern), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(ch) {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `filter_metadata["backendtls"]`, the contract the filter reads (see README).
+fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
+    use pb::value::Kind;
+    let string = |s: &str| pb::Value { kind: Some(Kind::StringValue(s.to_string())) };
+    let mut fields = HashMap::new();
+    fields.insert(contract::keys::POLICY.to_string(), string(&policy.policy.to_string()));
+    fields.insert(contract::keys::HOSTNAME.to_string(), string(&policy.hostname));
+    let sans = policy
+        .subject_alt_names
+        .iter()
+        .map(|san| {
+            let (kind, key, value) = match san {
+                SubjectAltName::Hostname(h) => (contract::san_types::HOSTNAME, "hostname", h),
+                SubjectAltName::Uri(u) => (contract::san_types::URI, "uri", u),
+            };
+            let mut entry = HashMap::new();
+            entry.insert("type".to_string(), string(kind));
+            entry.insert(key.to_string(), string(value));
+            pb::Value { kind: Some(Kind::StructValue(pb::Struct { fields: entry })) }
+        })
+        .collect();
+    fields.insert(
+        contract::keys::SUBJECT_ALT_NAMES.to_string(),
+        pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: sans })) },
+    );
+    let state = match &policy.trust {
+        Trust::Ca { .. } => PolicyState::Valid,
+        Trust::Unusable { reason } => {
+            fields.insert(contract::keys::REASON.to_string(), string(reason));
+            PolicyState::Invalid
+        }
+    };
+    fields.insert(contract::keys::STATE.to_string(), string(state.as_str()));
+    let mut filter_metadata = HashMap::new();
+    filter_metadata.insert(contract::METADATA_NAMESPACE.to_string(), pb::Struct { fields });
+    core::Metadata { filter_metadata, ..Default::default() }
+}
