@@ -68,7 +68,10 @@ mod tests {
 
     #[test]
     fn cluster_names_follow_kgateway() {
-        assert_eq!(cluster_name("default", "nginx", 8443), "kube_default_nginx_8443");
+        assert_eq!(
+            cluster_name("default", "nginx", 8443),
+            "kube_default_nginx_8443"
+        );
     }
 
     #[test]

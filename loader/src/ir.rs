@@ -53,7 +53,10 @@ pub enum PathMatch {
 pub enum RouteAction {
     Forward(Vec<WeightedCluster>),
     /// A local answer: missing backends (500) or a backend whose policy cannot be met (503).
-    Respond { status: u32, body: String },
+    Respond {
+        status: u32,
+        body: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

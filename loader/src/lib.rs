@@ -3,9 +3,12 @@
 //! Data flow: [`source`] (files) -> [`store`] -> [`resolve`] (Gateway API semantics, [`status`])
 //! -> [`ir`] -> [`xds::translate`] (Envoy resources) -> [`xds::snapshot`] -> [`xds::server`] (ADS).
 
+pub mod admin;
 pub mod ir;
 pub mod objects;
+pub mod pipeline;
 pub mod resolve;
+pub mod serve;
 pub mod source;
 pub mod status;
 pub mod store;

@@ -58,31 +58,46 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
             }
         }
         for listener in gateway_listeners(gateway_key, gateway, &mut problems) {
-            let listener =
-                build_listener(store, gateway_key, gateway, listener, &mut policies, &mut ir);
+            let listener = build_listener(
+                store,
+                gateway_key,
+                gateway,
+                listener,
+                &mut policies,
+                &mut ir,
+            );
             ir.listeners.push(listener);
         }
     }
     // Two Gateways cannot share a port on one Envoy: the first by namespace/name keeps it.
     let mut ports = BTreeMap::new();
-    ir.listeners.retain(|l| match ports.insert(l.port, l.name.clone()) {
-        None => true,
-        Some(first) => {
-            ports.insert(l.port, first.clone());
-            problems.push(Problem {
-                object: format!("Envoy listener {}", l.name),
-                reason: format!("port {} is already used by {first}; not served", l.port),
-            });
-            false
-        }
-    });
+    ir.listeners
+        .retain(|l| match ports.insert(l.port, l.name.clone()) {
+            None => true,
+            Some(first) => {
+                ports.insert(l.port, first.clone());
+                problems.push(Problem {
+                    object: format!("Envoy listener {}", l.name),
+                    reason: format!("port {} is already used by {first}; not served", l.port),
+                });
+                false
+            }
+        });
     for cluster in ir.clusters.values() {
-        if let Some(BackendTls { trust: Trust::Ca { secret }, .. }) = &cluster.tls {
+        if let Some(BackendTls {
+            trust: Trust::Ca { secret },
+            ..
+        }) = &cluster.tls
+        {
             let pem = policies.bundles[secret].clone();
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution { ir, policies: policies.reports(), problems }
+    Resolution {
+        ir,
+        policies: policies.reports(),
+        problems,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,8 +126,11 @@ struct PolicyIndex {
 
 impl PolicyIndex {
     fn build(store: &Store, options: &Options) -> Self {
-        let mut index =
-            PolicyIndex { policies: BTreeMap::new(), by_target: BTreeMap::new(), bundles: BTreeMap::new() };
+        let mut index = PolicyIndex {
+            policies: BTreeMap::new(),
+            by_target: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+        };
         // Candidates per target, in precedence order: oldest creationTimestamp, then namespace/name.
         let mut candidates: BTreeMap<(ObjectKey, Option<String>), Vec<(Option<&str>, ObjectKey)>> =
             BTreeMap::new();
@@ -134,9 +152,7 @@ impl PolicyIndex {
         }
         for (target, mut contenders) in candidates {
             // None (no timestamp) sorts after every timestamp.
-            contenders.sort_by(|a, b| {
-                (a.0.is_none(), a.0, &a.1).cmp(&(b.0.is_none(), b.0, &b.1))
-            });
+            contenders.sort_by(|a, b| (a.0.is_none(), a.0, &a.1).cmp(&(b.0.is_none(), b.0, &b.1)));
             let winner = contenders[0].1.clone();
             for (_, loser) in &contenders[1..] {
                 let policy = index.policies.get_mut(loser).expect("indexed above");
@@ -157,7 +173,11 @@ impl PolicyIndex {
     }
 
     /// The policy that governs a Service port: one naming the port wins over a whole-Service one.
-    fn governing(&mut self, service: &ObjectKey, port: &ServicePort) -> Option<&mut ResolvedPolicy> {
+    fn governing(
+        &mut self,
+        service: &ObjectKey,
+        port: &ServicePort,
+    ) -> Option<&mut ResolvedPolicy> {
         let key = self
             .by_target
             .get(&(service.clone(), Some(port.name().to_string())))
@@ -174,7 +194,10 @@ impl PolicyIndex {
                 namespace: p.key.namespace.clone(),
                 name: p.key.name.clone(),
                 ancestors: PolicyAncestor::for_gateways(&p.ancestors),
-                conditions: vec![p.accepted.observed(p.generation), p.resolved_refs.observed(p.generation)],
+                conditions: vec![
+                    p.accepted.observed(p.generation),
+                    p.resolved_refs.observed(p.generation),
+                ],
             })
             .collect()
     }
@@ -202,7 +225,9 @@ fn resolve_policy(
         generation: policy.metadata.generation(),
         hostname: validation.hostname.clone(),
         subject_alt_names,
-        trust: Trust::Unusable { reason: String::new() },
+        trust: Trust::Unusable {
+            reason: String::new(),
+        },
         accepted: Condition::new("Accepted", true, "Accepted", "Policy is accepted".into()),
         resolved_refs: Condition::new(
             "ResolvedRefs",
@@ -274,19 +299,26 @@ fn resolve_policy(
             }
         };
         match pem.and_then(|pem| {
-            check_ca_pem(&pem).map(|_| pem).map_err(|e| format!("{} {ref_key}: ca.crt {e}", ca_ref.kind))
+            check_ca_pem(&pem)
+                .map(|_| pem)
+                .map_err(|e| format!("{} {ref_key}: ca.crt {e}", ca_ref.kind))
         }) {
             Ok(pem) => pems.push(pem),
             Err(reason) => failures.push(reason),
         }
     }
     if !failures.is_empty() {
-        let reason = if invalid_kind { "InvalidKind" } else { "InvalidCACertificateRef" };
+        let reason = if invalid_kind {
+            "InvalidKind"
+        } else {
+            "InvalidCACertificateRef"
+        };
         resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures.join("; "));
     }
     if pems.is_empty() {
         let reason = format!("no valid CA certificate: {}", failures.join("; "));
-        resolved.accepted = Condition::new("Accepted", false, "NoValidCACertificate", reason.clone());
+        resolved.accepted =
+            Condition::new("Accepted", false, "NoValidCACertificate", reason.clone());
         resolved.trust = Trust::Unusable { reason };
         return resolved;
     }
@@ -304,9 +336,14 @@ fn resolve_policy(
 /// What the API server's schema and CEL rules would reject.
 fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
     let v = &policy.spec.validation;
-    match (v.ca_certificate_refs.is_empty(), v.well_known_ca_certificates.is_some()) {
+    match (
+        v.ca_certificate_refs.is_empty(),
+        v.well_known_ca_certificates.is_some(),
+    ) {
         (false, true) => {
-            return Err("must not contain both caCertificateRefs and wellKnownCACertificates".into())
+            return Err(
+                "must not contain both caCertificateRefs and wellKnownCACertificates".into(),
+            )
         }
         (true, false) => {
             return Err("must specify either caCertificateRefs or wellKnownCACertificates".into())
@@ -314,7 +351,10 @@ fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
         _ => {}
     }
     if !is_precise_hostname(&v.hostname) {
-        return Err(format!("hostname {:?} is not a valid lowercase DNS name without wildcards", v.hostname));
+        return Err(format!(
+            "hostname {:?} is not a valid lowercase DNS name without wildcards",
+            v.hostname
+        ));
     }
     for san in &v.subject_alt_names {
         match (san.kind.as_str(), &san.hostname, &san.uri) {
@@ -340,7 +380,9 @@ fn is_precise_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -352,7 +394,9 @@ fn secret_value(secret: &objects::Secret, key: &str) -> Option<String> {
         return Some(value.clone());
     }
     let encoded = secret.data.get(key)?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
     String::from_utf8(bytes).ok()
 }
 
@@ -431,7 +475,10 @@ fn build_listener(
         }
         let routes = build_routes(store, gateway_key, route_key, route, policies, ir);
         for hostname in hostnames {
-            hosts.entry(hostname).or_default().extend(routes.iter().cloned());
+            hosts
+                .entry(hostname)
+                .or_default()
+                .extend(routes.iter().cloned());
         }
     }
     let virtual_hosts = hosts
@@ -445,7 +492,11 @@ fn build_listener(
             }
         })
         .collect();
-    Listener { name: group.name, port: group.port, virtual_hosts }
+    Listener {
+        name: group.name,
+        port: group.port,
+        virtual_hosts,
+    }
 }
 
 /// The hostnames under which `route` is served on this listener group; empty if not attached.
@@ -470,13 +521,19 @@ fn attached_hostnames(
             continue;
         }
         for listener in &group.listeners {
-            if parent.section_name.as_ref().is_some_and(|s| s != &listener.name)
+            if parent
+                .section_name
+                .as_ref()
+                .is_some_and(|s| s != &listener.name)
                 || parent.port.is_some_and(|p| p != listener.port)
                 || !allows_namespace(store, gateway_key, listener, &route_key.namespace)
             {
                 continue;
             }
-            result.extend(intersect_hostnames(listener.hostname.as_deref(), &route.spec.hostnames));
+            result.extend(intersect_hostnames(
+                listener.hostname.as_deref(),
+                &route.spec.hostnames,
+            ));
         }
     }
     let _ = gateway;
@@ -489,7 +546,10 @@ fn allows_namespace(
     listener: &objects::GatewayListener,
     route_namespace: &str,
 ) -> bool {
-    let namespaces = listener.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+    let namespaces = listener
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref());
     match namespaces.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
         "All" => true,
         "Same" => route_namespace == gateway_key.namespace,
@@ -525,9 +585,9 @@ fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Vec<String> 
 
 /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
 fn wildcard_matches(pattern: &str, name: &str) -> bool {
-    pattern
-        .strip_prefix('*')
-        .is_some_and(|suffix| suffix.starts_with('.') && name.ends_with(suffix) && name.len() > suffix.len())
+    pattern.strip_prefix('*').is_some_and(|suffix| {
+        suffix.starts_with('.') && name.ends_with(suffix) && name.len() > suffix.len()
+    })
 }
 
 /// Gateway API route precedence: Exact before PathPrefix, longer paths first, then the older
@@ -555,11 +615,27 @@ fn build_routes(
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
         let action = route_action(store, gateway_key, route_key, rule, policies, ir);
         let default_match = [objects::HttpRouteMatch::default()];
-        let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
+        let matches = if rule.matches.is_empty() {
+            &default_match[..]
+        } else {
+            &rule.matches
+        };
         for (match_index, m) in matches.iter().enumerate() {
-            let kind = m.path.as_ref().and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
-            let value = m.path.as_ref().and_then(|p| p.value.clone()).unwrap_or_else(|| "/".into());
-            let path = if kind == "Exact" { PathMatch::Exact(value.clone()) } else { PathMatch::Prefix(value.clone()) };
+            let kind = m
+                .path
+                .as_ref()
+                .and_then(|p| p.kind.as_deref())
+                .unwrap_or("PathPrefix");
+            let value = m
+                .path
+                .as_ref()
+                .and_then(|p| p.value.clone())
+                .unwrap_or_else(|| "/".into());
+            let path = if kind == "Exact" {
+                PathMatch::Exact(value.clone())
+            } else {
+                PathMatch::Prefix(value.clone())
+            };
             let order = RouteOrder {
                 exact_first: u8::from(kind != "Exact"),
                 longer_first: std::cmp::Reverse(value.len()),
@@ -570,7 +646,14 @@ fn build_routes(
                 matched: match_index,
             };
             let name = format!("{route_key}/rule/{rule_index}/match/{match_index}");
-            out.push((order, Route { name, path, action: action.clone() }));
+            out.push((
+                order,
+                Route {
+                    name,
+                    path,
+                    action: action.clone(),
+                },
+            ));
         }
     }
     out
@@ -594,8 +677,11 @@ fn route_action(
                 if weight == 0 {
                     continue;
                 }
-                if let Some(BackendTls { trust: Trust::Unusable { reason }, policy, .. }) =
-                    &ir.clusters[&cluster].tls
+                if let Some(BackendTls {
+                    trust: Trust::Unusable { reason },
+                    policy,
+                    ..
+                }) = &ir.clusters[&cluster].tls
                 {
                     unusable.push(format!("BackendTLSPolicy {policy} cannot be met: {reason}"));
                 }
@@ -606,13 +692,26 @@ fn route_action(
     }
     if forward.is_empty() {
         if !unusable.is_empty() {
-            return RouteAction::Respond { status: 503, body: format!("backendtls: {}\n", unusable.join("; ")) };
+            return RouteAction::Respond {
+                status: 503,
+                body: format!("backendtls: {}\n", unusable.join("; ")),
+            };
         }
-        let reason = if invalid.is_empty() { "no backendRefs".to_string() } else { invalid.join("; ") };
-        return RouteAction::Respond { status: 500, body: format!("backendtls: {reason}\n") };
+        let reason = if invalid.is_empty() {
+            "no backendRefs".to_string()
+        } else {
+            invalid.join("; ")
+        };
+        return RouteAction::Respond {
+            status: 500,
+            body: format!("backendtls: {reason}\n"),
+        };
     }
     if forward.len() == unusable.len() {
-        return RouteAction::Respond { status: 503, body: format!("backendtls: {}\n", unusable.join("; ")) };
+        return RouteAction::Respond {
+            status: 503,
+            body: format!("backendtls: {}\n", unusable.join("; ")),
+        };
     }
     RouteAction::Forward(forward)
 }
@@ -629,15 +728,23 @@ fn backend_cluster(
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
-        return Err(format!("backendRef {kind} {} is not a Service", backend.name));
+        return Err(format!(
+            "backendRef {kind} {} is not a Service",
+            backend.name
+        ));
     }
     let namespace = backend.namespace.as_deref().unwrap_or(&route_key.namespace);
     let service_key = ObjectKey::new(namespace, &backend.name);
     if namespace != route_key.namespace && !reference_granted(store, route_key, &service_key) {
         return Err(format!("backendRef Service {service_key} is in another namespace and no ReferenceGrant allows it"));
     }
-    let port_number = backend.port.ok_or_else(|| format!("backendRef Service {service_key} has no port"))?;
-    let service = store.services.get(&service_key).ok_or_else(|| format!("Service {service_key} not found"))?;
+    let port_number = backend
+        .port
+        .ok_or_else(|| format!("backendRef Service {service_key} has no port"))?;
+    let service = store
+        .services
+        .get(&service_key)
+        .ok_or_else(|| format!("Service {service_key} not found"))?;
     let port = service
         .spec
         .ports
@@ -648,17 +755,31 @@ fn backend_cluster(
     if !ir.clusters.contains_key(&name) {
         let endpoints = if service.spec.kind.as_deref() == Some("ExternalName") {
             let hostname = service.spec.external_name.clone().unwrap_or_default();
-            Endpoints::Dns { hostname, port: port_number }
+            Endpoints::Dns {
+                hostname,
+                port: port_number,
+            }
         } else {
             Endpoints::Static(slice_endpoints(store, &service_key, port))
         };
-        let tls = policies.governing(&service_key, port).map(|policy| BackendTls {
-            policy: policy.key.clone(),
-            hostname: policy.hostname.clone(),
-            subject_alt_names: policy.subject_alt_names.clone(),
-            trust: policy.trust.clone(),
-        });
-        ir.clusters.insert(name.clone(), Cluster { name: name.clone(), service: service_key.clone(), port: port_number, endpoints, tls });
+        let tls = policies
+            .governing(&service_key, port)
+            .map(|policy| BackendTls {
+                policy: policy.key.clone(),
+                hostname: policy.hostname.clone(),
+                subject_alt_names: policy.subject_alt_names.clone(),
+                trust: policy.trust.clone(),
+            });
+        ir.clusters.insert(
+            name.clone(),
+            Cluster {
+                name: name.clone(),
+                service: service_key.clone(),
+                port: port_number,
+                endpoints,
+                tls,
+            },
+        );
     }
     if let Some(policy) = policies.governing(&service_key, port) {
         policy.ancestors.insert(gateway_key.clone());
@@ -669,8 +790,14 @@ fn backend_cluster(
 fn reference_granted(store: &Store, from: &ObjectKey, to: &ObjectKey) -> bool {
     store.reference_grants.iter().any(|(key, grant)| {
         key.namespace == to.namespace
-            && grant.spec.from.iter().any(|f| f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from.namespace)
-            && grant.spec.to.iter().any(|t| t.group.is_empty() && t.kind == "Service" && t.name.as_ref().is_none_or(|n| n == &to.name))
+            && grant.spec.from.iter().any(|f| {
+                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from.namespace
+            })
+            && grant.spec.to.iter().any(|t| {
+                t.group.is_empty()
+                    && t.kind == "Service"
+                    && t.name.as_ref().is_none_or(|n| n == &to.name)
+            })
     })
 }
 
@@ -679,7 +806,10 @@ fn reference_granted(store: &Store, from: &ObjectKey, to: &ObjectKey) -> bool {
 fn slice_endpoints(store: &Store, service: &ObjectKey, port: &ServicePort) -> Vec<SocketAddr> {
     let mut addresses = BTreeSet::new();
     for slice in store.endpoint_slices_of(service) {
-        if !matches!(slice.address_type.as_deref(), Some("IPv4") | Some("IPv6") | None) {
+        if !matches!(
+            slice.address_type.as_deref(),
+            Some("IPv4") | Some("IPv6") | None
+        ) {
             continue;
         }
         let Some(number) = slice
@@ -708,8 +838,17 @@ mod tests {
     #[test]
     fn hostname_intersection_follows_gateway_api() {
         assert_eq!(intersect_hostnames(None, &[]), ["*"]);
-        assert_eq!(intersect_hostnames(Some("*.example.com"), &["a.example.com".into(), "other.org".into()]), ["a.example.com"]);
-        assert_eq!(intersect_hostnames(Some("a.example.com"), &["*.example.com".into()]), ["a.example.com"]);
+        assert_eq!(
+            intersect_hostnames(
+                Some("*.example.com"),
+                &["a.example.com".into(), "other.org".into()]
+            ),
+            ["a.example.com"]
+        );
+        assert_eq!(
+            intersect_hostnames(Some("a.example.com"), &["*.example.com".into()]),
+            ["a.example.com"]
+        );
         assert!(intersect_hostnames(Some("example.com"), &["*.example.com".into()]).is_empty());
     }
 

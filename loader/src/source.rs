@@ -111,10 +111,7 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Object>, SourceErr
 
 type DocumentError = (Option<String>, String);
 
-fn parse_document(
-    document: serde_json::Value,
-    out: &mut Vec<Object>,
-) -> Result<(), DocumentError> {
+fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<(), DocumentError> {
     if document.is_null() {
         return Ok(());
     }
@@ -122,7 +119,9 @@ fn parse_document(
     let api_version = text("apiVersion").to_string();
     let kind = text("kind").to_string();
     let metadata = document.get("metadata");
-    let name = metadata.and_then(|m| m.get("name")).and_then(|v| v.as_str());
+    let name = metadata
+        .and_then(|m| m.get("name"))
+        .and_then(|v| v.as_str());
     let namespace = metadata
         .and_then(|m| m.get("namespace"))
         .and_then(|v| v.as_str())
@@ -157,7 +156,11 @@ fn parse_document(
                 "{kind} at apiVersion {api_version} is not supported (supported: {})",
                 supported
                     .iter()
-                    .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
+                    .map(|v| if group.is_empty() {
+                        v.to_string()
+                    } else {
+                        format!("{group}/{v}")
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -204,7 +207,10 @@ struct FileState {
 
 impl ConfigDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ConfigDir { root: root.into(), files: BTreeMap::new() }
+        ConfigDir {
+            root: root.into(),
+            files: BTreeMap::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -241,7 +247,11 @@ impl ConfigDir {
             let state = match previous {
                 Some(state) if state.text == text => state,
                 previous => match parse_documents(&path, &text) {
-                    Ok(objects) => FileState { text, good: objects, error: None },
+                    Ok(objects) => FileState {
+                        text,
+                        good: objects,
+                        error: None,
+                    },
                     Err(error) => FileState {
                         text,
                         good: previous.map(|p| p.good).unwrap_or_default(),
@@ -257,7 +267,10 @@ impl ConfigDir {
 
     /// Problems in the current files (each file's last good content is still in the store).
     pub fn errors(&self) -> Vec<SourceError> {
-        self.files.values().filter_map(|f| f.error.clone()).collect()
+        self.files
+            .values()
+            .filter_map(|f| f.error.clone())
+            .collect()
     }
 
     /// All objects, in file order. An object defined twice is reported and the first one kept.
@@ -329,7 +342,10 @@ kind: Deployment
 metadata: { name: ignored }
 "#;
         let objects = parse_documents(Path::new("a.yaml"), text).unwrap();
-        let kinds: Vec<_> = objects.iter().map(|o| format!("{} {}", o.kind(), o.key())).collect();
+        let kinds: Vec<_> = objects
+            .iter()
+            .map(|o| format!("{} {}", o.kind(), o.key()))
+            .collect();
         assert_eq!(kinds, ["Service default/nginx", "ConfigMap default/ca"]);
     }
 
@@ -339,7 +355,9 @@ metadata: { name: ignored }
         let err = parse_documents(Path::new("dir/p.yaml"), text).unwrap_err();
         assert_eq!(err.document, Some(2));
         assert_eq!(err.object.as_deref(), Some("BackendTLSPolicy apps/old"));
-        assert!(err.to_string().starts_with("dir/p.yaml: document 2 (BackendTLSPolicy apps/old): "));
+        assert!(err
+            .to_string()
+            .starts_with("dir/p.yaml: document 2 (BackendTLSPolicy apps/old): "));
         assert!(err.reason.contains("not supported"), "{}", err.reason);
 
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n";
@@ -352,11 +370,19 @@ metadata: { name: ignored }
         let dir = std::env::temp_dir().join(format!("btls-source-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         let file = dir.join("sub/cm.yaml");
-        std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: one}\n").unwrap();
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: one}\n",
+        )
+        .unwrap();
         let mut config = ConfigDir::new(&dir);
         config.reload().unwrap();
         assert!(config.errors().is_empty());
-        std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca\n").unwrap();
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca\n",
+        )
+        .unwrap();
         config.reload().unwrap();
         assert_eq!(config.errors().len(), 1);
         let (store, _) = config.store();
@@ -364,7 +390,11 @@ metadata: { name: ignored }
         assert_eq!(ca.data["ca.crt"], "one");
         std::fs::remove_file(&file).unwrap();
         config.reload().unwrap();
-        assert!(config.store().0.config_map(&ObjectKey::new("default", "ca")).is_none());
+        assert!(config
+            .store()
+            .0
+            .config_map(&ObjectKey::new("default", "ca"))
+            .is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

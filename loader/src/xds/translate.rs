@@ -38,50 +38,95 @@ pub struct TranslateOptions {
 
 impl Default for TranslateOptions {
     fn default() -> Self {
-        TranslateOptions { listener_address: "127.0.0.1".into(), delivery: Delivery::Ads }
+        TranslateOptions {
+            listener_address: "127.0.0.1".into(),
+            delivery: Delivery::Ads,
+        }
     }
+}
+
+/// An Envoy resource with a version that changes exactly when its content does.
+///
+/// The version is a digest of the IR value the resource was made from, not of the encoded
+/// protobuf: prost encodes maps (e.g. metadata `Struct` fields) in `HashMap` order, which differs
+/// from one encoding to the next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    pub version: String,
+    pub resource: T,
 }
 
 /// The Envoy resources of one IR.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    pub listeners: Vec<listener::Listener>,
-    pub routes: Vec<route::RouteConfiguration>,
-    pub clusters: Vec<cluster::Cluster>,
-    pub endpoints: Vec<endpoint::ClusterLoadAssignment>,
-    pub secrets: Vec<tls::Secret>,
+    pub listeners: Vec<Versioned<listener::Listener>>,
+    pub routes: Vec<Versioned<route::RouteConfiguration>>,
+    pub clusters: Vec<Versioned<cluster::Cluster>>,
+    pub endpoints: Vec<Versioned<endpoint::ClusterLoadAssignment>>,
+    pub secrets: Vec<Versioned<tls::Secret>>,
+}
+
+/// Digest of the serialized form of whatever a resource was built from.
+fn fingerprint(source: &impl serde::Serialize) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(source).expect("IR values serialize");
+    let d = sha2::Sha256::digest(&bytes);
+    d[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn versioned<T>(source: &impl serde::Serialize, resource: T) -> Versioned<T> {
+    Versioned {
+        version: fingerprint(source),
+        resource,
+    }
 }
 
 pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
     let mut out = Resources::default();
+    let delivery = options.delivery == Delivery::Ads;
     for l in &ir.listeners {
         let routes = route_configuration(l);
-        out.listeners.push(gateway_listener(l, options, &routes));
+        let source = (l, &options.listener_address, delivery);
+        out.listeners
+            .push(versioned(&source, gateway_listener(l, options, &routes)));
         if options.delivery == Delivery::Ads {
-            out.routes.push(routes);
+            out.routes.push(versioned(l, routes));
         }
     }
     for c in ir.clusters.values() {
         let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
-        out.clusters.push(cluster);
-        out.endpoints.extend(load_assignment);
+        // The endpoints' version follows the whole cluster, not only the addresses: when Envoy
+        // replaces a cluster it waits for EDS again before the new one warms, but does not ask for
+        // a resource it already holds. A new version makes the loader resend it.
+        let source = (c, delivery);
+        out.clusters.push(versioned(&source, cluster));
+        out.endpoints
+            .extend(load_assignment.map(|l| versioned(&source, l)));
     }
     if options.delivery == Delivery::Ads {
         for (name, bundle) in &ir.ca_bundles {
-            out.secrets.push(tls::Secret {
-                name: name.clone(),
-                r#type: Some(tls::secret::Type::ValidationContext(tls::CertificateValidationContext {
-                    trusted_ca: Some(inline_string(&bundle.pem)),
-                    ..Default::default()
-                })),
-            });
+            out.secrets.push(versioned(
+                bundle,
+                tls::Secret {
+                    name: name.clone(),
+                    r#type: Some(tls::secret::Type::ValidationContext(
+                        tls::CertificateValidationContext {
+                            trusted_ca: Some(inline_string(&bundle.pem)),
+                            ..Default::default()
+                        },
+                    )),
+                },
+            ));
         }
     }
     out
 }
 
 pub fn pack<T: Message + Name>(message: &T) -> Any {
-    Any { type_url: T::type_url(), value: message.encode_to_vec() }
+    Any {
+        type_url: T::type_url(),
+        value: message.encode_to_vec(),
+    }
 }
 
 pub fn ads_config_source() -> core::ConfigSource {
@@ -112,7 +157,10 @@ fn inline_string(text: &str) -> core::DataSource {
 }
 
 fn seconds(s: i64) -> Option<Duration> {
-    Some(Duration { seconds: s, nanos: 0 })
+    Some(Duration {
+        seconds: s,
+        nanos: 0,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -132,7 +180,9 @@ fn gateway_listener(
             config_source: Some(ads_config_source()),
             route_config_name: l.name.clone(),
         }),
-        Delivery::Inline => hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone()),
+        Delivery::Inline => {
+            hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone())
+        }
     };
     let access_log = envoy_types::pb::envoy::config::accesslog::v3::AccessLog {
         name: "envoy.access_loggers.stdout".into(),
@@ -160,7 +210,9 @@ fn gateway_listener(
         route_specifier: Some(route_specifier),
         http_filters: vec![hcm::HttpFilter {
             name: "envoy.filters.http.router".into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                &Router::default(),
+            ))),
             ..Default::default()
         }],
         access_log: vec![access_log],
@@ -193,7 +245,11 @@ fn route_configuration(l: &ir::Listener) -> route::RouteConfiguration {
             ..Default::default()
         })
         .collect();
-    route::RouteConfiguration { name: l.name.clone(), virtual_hosts, ..Default::default() }
+    route::RouteConfiguration {
+        name: l.name.clone(),
+        virtual_hosts,
+        ..Default::default()
+    }
 }
 
 fn envoy_route(r: &ir::Route) -> route::Route {
@@ -211,25 +267,29 @@ fn envoy_route(r: &ir::Route) -> route::Route {
         }
     };
     let action = match &r.action {
-        RouteAction::Respond { status, body } => route::route::Action::DirectResponse(route::DirectResponseAction {
-            status: *status,
-            body: Some(inline_string(body)),
-            ..Default::default()
-        }),
+        RouteAction::Respond { status, body } => {
+            route::route::Action::DirectResponse(route::DirectResponseAction {
+                status: *status,
+                body: Some(inline_string(body)),
+                ..Default::default()
+            })
+        }
         RouteAction::Forward(backends) => {
             let cluster_specifier = match backends.as_slice() {
                 [only] => route::route_action::ClusterSpecifier::Cluster(only.cluster.clone()),
-                many => route::route_action::ClusterSpecifier::WeightedClusters(route::WeightedCluster {
-                    clusters: many
-                        .iter()
-                        .map(|b| route::weighted_cluster::ClusterWeight {
-                            name: b.cluster.clone(),
-                            weight: Some(pb::UInt32Value { value: b.weight }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }),
+                many => route::route_action::ClusterSpecifier::WeightedClusters(
+                    route::WeightedCluster {
+                        clusters: many
+                            .iter()
+                            .map(|b| route::weighted_cluster::ClusterWeight {
+                                name: b.cluster.clone(),
+                                weight: Some(pb::UInt32Value { value: b.weight }),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        ..Default::default()
+                    },
+                ),
             };
             route::route::Action::Route(route::RouteAction {
                 cluster_specifier: Some(cluster_specifier),
@@ -239,7 +299,10 @@ fn envoy_route(r: &ir::Route) -> route::Route {
     };
     route::Route {
         name: r.name.clone(),
-        r#match: Some(route::RouteMatch { path_specifier: Some(path_specifier), ..Default::default() }),
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(path_specifier),
+            ..Default::default()
+        }),
         action: Some(action),
         ..Default::default()
     }
@@ -254,7 +317,13 @@ fn backend_cluster(
     delivery: Delivery,
 ) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
-    let unusable = matches!(&c.tls, Some(ir::BackendTls { trust: Trust::Unusable { .. }, .. }));
+    let unusable = matches!(
+        &c.tls,
+        Some(ir::BackendTls {
+            trust: Trust::Unusable { .. },
+            ..
+        })
+    );
     let mut out = cluster::Cluster {
         name: c.name.clone(),
         connect_timeout: seconds(5),
@@ -267,10 +336,12 @@ fn backend_cluster(
             lb_endpoints: addresses
                 .into_iter()
                 .map(|(address, port)| endpoint::LbEndpoint {
-                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
-                        address: Some(socket_address(&address, port)),
-                        ..Default::default()
-                    })),
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(socket_address(&address, port)),
+                            ..Default::default()
+                        },
+                    )),
                     ..Default::default()
                 })
                 .collect(),
@@ -288,14 +359,21 @@ fn backend_cluster(
     }
     match &c.endpoints {
         ir::Endpoints::Dns { hostname, port } => {
-            out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
+            out.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
             out.load_assignment = Some(lb_endpoints(vec![(hostname.clone(), *port)]));
         }
         ir::Endpoints::Static(addresses) => {
-            let assignment = lb_endpoints(addresses.iter().map(|a| (a.ip().to_string(), a.port())).collect());
+            let assignment = lb_endpoints(
+                addresses
+                    .iter()
+                    .map(|a| (a.ip().to_string(), a.port()))
+                    .collect(),
+            );
             match delivery {
                 Delivery::Ads => {
-                    out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+                    out.cluster_discovery_type =
+                        Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
                     out.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
                         eds_config: Some(ads_config_source()),
                         service_name: String::new(),
@@ -303,7 +381,8 @@ fn backend_cluster(
                     eds = Some(assignment);
                 }
                 Delivery::Inline => {
-                    out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+                    out.cluster_discovery_type =
+                        Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
                     out.load_assignment = Some(assignment);
                 }
             }
@@ -312,9 +391,9 @@ fn backend_cluster(
     if let Some(policy) = &c.tls {
         out.transport_socket = Some(core::TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(&upstream_tls(
-                policy, ir, delivery,
-            )))),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
+                &upstream_tls(policy, ir, delivery),
+            ))),
         });
     }
     (out, eds)
@@ -340,10 +419,12 @@ fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::Up
                 ..Default::default()
             },
         ),
-        Delivery::Inline => ValidationContextType::ValidationContext(tls::CertificateValidationContext {
-            trusted_ca: Some(inline_string(&ir.ca_bundles[secret].pem)),
-            ..identity
-        }),
+        Delivery::Inline => {
+            ValidationContextType::ValidationContext(tls::CertificateValidationContext {
+                trusted_ca: Some(inline_string(&ir.ca_bundles[secret].pem)),
+                ..identity
+            })
+        }
     };
     tls::UpstreamTlsContext {
         sni: policy.hostname.clone(),
@@ -373,13 +454,22 @@ fn san_matcher(san: &SubjectAltName) -> tls::SubjectAltNameMatcher {
                     ..Default::default()
                 }),
             ),
-            None => (tls::subject_alt_name_matcher::SanType::Dns, MatchPattern::Exact(name.clone())),
+            None => (
+                tls::subject_alt_name_matcher::SanType::Dns,
+                MatchPattern::Exact(name.clone()),
+            ),
         },
-        SubjectAltName::Uri(uri) => (tls::subject_alt_name_matcher::SanType::Uri, MatchPattern::Exact(uri.clone())),
+        SubjectAltName::Uri(uri) => (
+            tls::subject_alt_name_matcher::SanType::Uri,
+            MatchPattern::Exact(uri.clone()),
+        ),
     };
     tls::SubjectAltNameMatcher {
         san_type: san_type as i32,
-        matcher: Some(matcher::StringMatcher { match_pattern: Some(pattern), ..Default::default() }),
+        matcher: Some(matcher::StringMatcher {
+            match_pattern: Some(pattern),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -398,10 +488,18 @@ fn regex_escape(text: &str) -> String {
 /// `filter_metadata["backendtls"]`, the contract the filter reads (see README).
 fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
     use pb::value::Kind;
-    let string = |s: &str| pb::Value { kind: Some(Kind::StringValue(s.to_string())) };
+    let string = |s: &str| pb::Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
     let mut fields = HashMap::new();
-    fields.insert(contract::keys::POLICY.to_string(), string(&policy.policy.to_string()));
-    fields.insert(contract::keys::HOSTNAME.to_string(), string(&policy.hostname));
+    fields.insert(
+        contract::keys::POLICY.to_string(),
+        string(&policy.policy.to_string()),
+    );
+    fields.insert(
+        contract::keys::HOSTNAME.to_string(),
+        string(&policy.hostname),
+    );
     let sans = policy
         .subject_alt_names
         .iter()
@@ -413,12 +511,16 @@ fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
             let mut entry = HashMap::new();
             entry.insert("type".to_string(), string(kind));
             entry.insert(key.to_string(), string(value));
-            pb::Value { kind: Some(Kind::StructValue(pb::Struct { fields: entry })) }
+            pb::Value {
+                kind: Some(Kind::StructValue(pb::Struct { fields: entry })),
+            }
         })
         .collect();
     fields.insert(
         contract::keys::SUBJECT_ALT_NAMES.to_string(),
-        pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: sans })) },
+        pb::Value {
+            kind: Some(Kind::ListValue(pb::ListValue { values: sans })),
+        },
     );
     let state = match &policy.trust {
         Trust::Ca { .. } => PolicyState::Valid,
@@ -429,6 +531,12 @@ fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
     };
     fields.insert(contract::keys::STATE.to_string(), string(state.as_str()));
     let mut filter_metadata = HashMap::new();
-    filter_metadata.insert(contract::METADATA_NAMESPACE.to_string(), pb::Struct { fields });
-    core::Metadata { filter_metadata, ..Default::default() }
+    filter_metadata.insert(
+        contract::METADATA_NAMESPACE.to_string(),
+        pb::Struct { fields },
+    );
+    core::Metadata {
+        filter_metadata,
+        ..Default::default()
+    }
 }

@@ -1,0 +1,168 @@
+//! The loader's own HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/xds`, `/metrics`.
+//!
+//! A few GET endpoints on loopback do not need a web framework; this is a minimal HTTP/1.1
+//! responder (one request per connection).
+
+use crate::xds::server::XdsState;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the serve loop publishes for the admin endpoints.
+#[derive(Default)]
+pub struct LoaderStatus {
+    pub ready: bool,
+    pub snapshot_version: u64,
+    pub status: serde_json::Value,
+    pub builds: u64,
+    pub last_build_seconds: f64,
+    pub snapshot_bytes: usize,
+}
+
+pub struct Admin {
+    pub status: Arc<RwLock<LoaderStatus>>,
+    pub xds: Arc<XdsState>,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut len = 0;
+                // Read until the end of the request head (or the buffer is full).
+                while len < buf.len() {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..len]);
+                let mut parts = head.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (code, content_type, body) = if method != "GET" {
+                    (405, "text/plain", "only GET\n".to_string())
+                } else {
+                    admin.respond(path.split('?').next().unwrap_or(""))
+                };
+                let reason = match code {
+                    200 => "OK",
+                    404 => "Not Found",
+                    405 => "Method Not Allowed",
+                    _ => "Service Unavailable",
+                };
+                let response = format!(
+                    "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    }
+
+    fn respond(&self, path: &str) -> (u16, &'static str, String) {
+        let status = self.status.read().unwrap();
+        match path {
+            "/healthz" => (200, "text/plain", "ok\n".into()),
+            "/readyz" if status.ready => (200, "text/plain", "ready\n".into()),
+            "/readyz" => (503, "text/plain", "no snapshot yet\n".into()),
+            "/status" => {
+                let mut body = status.status.clone();
+                body["snapshot_version"] = status.snapshot_version.into();
+                (200, "application/json", format!("{body:#}\n"))
+            }
+            "/xds" => {
+                let body = serde_json::json!({
+                    "snapshot_version": status.snapshot_version,
+                    "envoys": self.xds.sessions(),
+                });
+                (200, "application/json", format!("{body:#}\n"))
+            }
+            "/metrics" => (200, "text/plain; version=0.0.4", self.metrics(&status)),
+            _ => (404, "text/plain", "not found\n".into()),
+        }
+    }
+
+    fn metrics(&self, status: &LoaderStatus) -> String {
+        let m = &self.xds.metrics;
+        let sessions = self.xds.sessions();
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "backendtls_loader_snapshot_version",
+            "gauge",
+            "Version of the current xDS snapshot.",
+            status.snapshot_version.to_string(),
+        );
+        metric(
+            "backendtls_loader_snapshot_bytes",
+            "gauge",
+            "Encoded size of all resources in the snapshot.",
+            status.snapshot_bytes.to_string(),
+        );
+        metric(
+            "backendtls_loader_builds_total",
+            "counter",
+            "Translations of the config directory.",
+            status.builds.to_string(),
+        );
+        metric(
+            "backendtls_loader_translation_seconds",
+            "gauge",
+            "Duration of the last translation.",
+            format!("{:.6}", status.last_build_seconds),
+        );
+        metric(
+            "backendtls_loader_connected_envoys",
+            "gauge",
+            "Envoys with an open ADS stream.",
+            sessions.len().to_string(),
+        );
+        metric(
+            "backendtls_loader_xds_pushes_total",
+            "counter",
+            "xDS responses sent.",
+            m.responses_sent.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "backendtls_loader_xds_resources_sent_total",
+            "counter",
+            "Resources sent in xDS responses.",
+            m.resources_sent.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "backendtls_loader_xds_bytes_sent_total",
+            "counter",
+            "Encoded resource bytes sent in xDS responses.",
+            m.bytes_sent.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "backendtls_loader_xds_acks_total",
+            "counter",
+            "xDS responses Envoy accepted.",
+            m.acks.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "backendtls_loader_xds_nacks_total",
+            "counter",
+            "xDS responses Envoy rejected.",
+            m.nacks.load(Ordering::Relaxed).to_string(),
+        );
+        out
+    }
+}

@@ -1,0 +1,42 @@
+//! One pass from a config directory to Envoy resources, shared by `serve`, `render` and `check`.
+
+use crate::resolve::{self, Problem, Resolution};
+use crate::source::{ConfigDir, SourceError};
+use crate::xds::translate::{self, Resources, TranslateOptions};
+
+pub struct Build {
+    pub resolution: Resolution,
+    pub errors: Vec<SourceError>,
+    pub resources: Resources,
+}
+
+impl Build {
+    pub fn problems(&self) -> &[Problem] {
+        &self.resolution.problems
+    }
+
+    /// `{"policies": [...], "errors": [...], "problems": [...]}`, the shape of `/status`.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "policies": self.resolution.policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
+            "errors": self.errors,
+            "problems": self.resolution.problems,
+        })
+    }
+}
+
+pub fn build(
+    config: &ConfigDir,
+    resolve_options: &resolve::Options,
+    translate_options: &TranslateOptions,
+) -> Build {
+    let (store, mut errors) = config.store();
+    errors.extend(config.errors());
+    let resolution = resolve::resolve(&store, resolve_options);
+    let resources = translate::translate(&resolution.ir, translate_options);
+    Build {
+        resolution,
+        errors,
+        resources,
+    }
+}

@@ -1,0 +1,152 @@
+//! `serve`: watch the config directory, rebuild on every change, publish snapshots over ADS.
+
+use crate::admin::{Admin, LoaderStatus};
+use crate::pipeline;
+use crate::resolve;
+use crate::source::ConfigDir;
+use crate::xds::server::XdsState;
+use crate::xds::snapshot::Snapshot;
+use crate::xds::translate::TranslateOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+pub struct ServeOptions {
+    pub config_dir: PathBuf,
+    pub xds_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub resolve: resolve::Options,
+    pub translate: TranslateOptions,
+}
+
+/// Quiet time after a file event before rebuilding, so that an editor's save (or `kubectl`-style
+/// write of several files) becomes one snapshot.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub async fn serve(options: ServeOptions) -> Result<(), String> {
+    let mut config = ConfigDir::new(&options.config_dir);
+    config.reload().map_err(|e| {
+        format!(
+            "cannot read config directory {}: {e}",
+            options.config_dir.display()
+        )
+    })?;
+
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let xds = XdsState::new(snapshot_rx);
+    let status = Arc::new(RwLock::new(LoaderStatus::default()));
+    let mut rebuild = Rebuilder {
+        config,
+        options: &options,
+        snapshot_tx,
+        status: status.clone(),
+    };
+    rebuild.run();
+
+    // File events arrive on notify's thread; forward them into the async world.
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files ourselves raises access events; only changes matter.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = events_tx.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch: {e}"))?;
+    use notify::Watcher;
+    watcher
+        .watch(&options.config_dir, notify::RecursiveMode::Recursive)
+        .map_err(|e| format!("cannot watch {}: {e}", options.config_dir.display()))?;
+
+    let xds_listener = tokio::net::TcpListener::bind(options.xds_address)
+        .await
+        .map_err(|e| format!("cannot listen for xDS on {}: {e}", options.xds_address))?;
+    let admin_listener = tokio::net::TcpListener::bind(options.admin_address)
+        .await
+        .map_err(|e| format!("cannot listen for admin on {}: {e}", options.admin_address))?;
+    tracing::info!(xds = %options.xds_address, admin = %options.admin_address, dir = %options.config_dir.display(), "serving");
+
+    let admin = Arc::new(Admin {
+        status,
+        xds: xds.clone(),
+    });
+    tokio::spawn(admin.serve(admin_listener));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(xds.service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+            shutdown_signal(),
+        );
+    let mut grpc = std::pin::pin!(grpc);
+    loop {
+        tokio::select! {
+            result = &mut grpc => return result.map_err(|e| format!("xDS server failed: {e}")),
+            Some(()) = events_rx.recv() => {
+                // Debounce: wait until the directory has been quiet for a moment.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, events_rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                rebuild.run();
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+struct Rebuilder<'a> {
+    config: ConfigDir,
+    options: &'a ServeOptions,
+    snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    status: Arc<RwLock<LoaderStatus>>,
+}
+
+impl Rebuilder<'_> {
+    fn run(&mut self) {
+        let started = Instant::now();
+        if let Err(e) = self.config.reload() {
+            // The directory itself went away or became unreadable: keep serving what we have.
+            tracing::error!(dir = %self.config.root().display(), error = %e, "cannot read config directory; keeping the current configuration");
+            return;
+        }
+        let build = pipeline::build(&self.config, &self.options.resolve, &self.options.translate);
+        for error in &build.errors {
+            tracing::warn!(%error, "input problem (the file's last good content stays in use)");
+        }
+        for problem in build.problems() {
+            tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
+        }
+        let current = self.snapshot_tx.borrow().clone();
+        let mut next = Snapshot::new(current.version + 1, &build.resources);
+        let changed = !next.same_content(&current) || current.version == 0;
+        if !changed {
+            next.version = current.version;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        {
+            let mut status = self.status.write().unwrap();
+            status.ready = true;
+            status.snapshot_version = next.version;
+            status.status = build.status_json();
+            status.builds += 1;
+            status.last_build_seconds = elapsed;
+            status.snapshot_bytes = next.total_bytes();
+        }
+        if changed {
+            tracing::info!(version = next.version, seconds = elapsed, "new snapshot");
+            self.snapshot_tx.send_replace(Arc::new(next));
+        }
+    }
+}

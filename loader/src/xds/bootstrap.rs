@@ -1,0 +1,148 @@
+//! Envoy bootstraps: the ADS one that points a stock Envoy at the loader (`bootstrap`,
+//! `envoy/bootstrap.yaml`), and a complete static one from the translation (`render`).
+
+use super::translate::{ads_config_source, pack, socket_address, Resources};
+use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
+use envoy_types::pb::google::protobuf::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// The name of the static cluster through which Envoy reaches the loader.
+pub const XDS_CLUSTER: &str = "backendtls_xds";
+
+#[derive(Clone, Debug)]
+pub struct AdsBootstrapOptions {
+    pub xds_address: SocketAddr,
+    pub admin_address: SocketAddr,
+    pub node_id: String,
+    /// Delta xDS (the default) or state of the world.
+    pub delta: bool,
+}
+
+fn admin(address: SocketAddr) -> bootstrap::Admin {
+    bootstrap::Admin {
+        address: Some(socket_address(&address.ip().to_string(), address.port())),
+        ..Default::default()
+    }
+}
+
+fn node(id: &str) -> core::Node {
+    core::Node {
+        id: id.to_string(),
+        cluster: "backendtls".into(),
+        ..Default::default()
+    }
+}
+
+pub fn ads_bootstrap(options: &AdsBootstrapOptions) -> bootstrap::Bootstrap {
+    let api_type = if options.delta {
+        core::api_config_source::ApiType::DeltaGrpc
+    } else {
+        core::api_config_source::ApiType::Grpc
+    };
+    let ads = core::ApiConfigSource {
+        api_type: api_type as i32,
+        transport_api_version: core::ApiVersion::V3 as i32,
+        grpc_services: vec![core::GrpcService {
+            target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                core::grpc_service::EnvoyGrpc {
+                    cluster_name: XDS_CLUSTER.into(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }],
+        set_node_on_first_message_only: true,
+        ..Default::default()
+    };
+    // gRPC needs HTTP/2 to the loader.
+    let http2 = upstream_http::HttpProtocolOptions {
+        upstream_protocol_options: Some(upstream_http::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            upstream_http::http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        core::Http2ProtocolOptions::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    let mut protocol_options = HashMap::new();
+    protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack(&http2),
+    );
+    let xds_cluster = cluster::Cluster {
+        name: XDS_CLUSTER.into(),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
+            cluster::cluster::DiscoveryType::Static as i32,
+        )),
+        typed_extension_protocol_options: protocol_options,
+        load_assignment: Some(endpoint::ClusterLoadAssignment {
+            cluster_name: XDS_CLUSTER.into(),
+            endpoints: vec![endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint::LbEndpoint {
+                    host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        endpoint::Endpoint {
+                            address: Some(socket_address(
+                                &options.xds_address.ip().to_string(),
+                                options.xds_address.port(),
+                            )),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    bootstrap::Bootstrap {
+        node: Some(node(&options.node_id)),
+        admin: Some(admin(options.admin_address)),
+        dynamic_resources: Some(bootstrap::bootstrap::DynamicResources {
+            ads_config: Some(ads),
+            cds_config: Some(ads_config_source()),
+            lds_config: Some(ads_config_source()),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::bootstrap::StaticResources {
+            clusters: vec![xds_cluster],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A complete static bootstrap: every listener, route and cluster inline.
+pub fn static_bootstrap(resources: &Resources, admin_address: SocketAddr) -> bootstrap::Bootstrap {
+    bootstrap::Bootstrap {
+        node: Some(node("backendtls-static")),
+        admin: Some(admin(admin_address)),
+        static_resources: Some(bootstrap::bootstrap::StaticResources {
+            listeners: resources
+                .listeners
+                .iter()
+                .map(|l| l.resource.clone())
+                .collect(),
+            clusters: resources
+                .clusters
+                .iter()
+                .map(|c| c.resource.clone())
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,484 @@
+//! The Aggregated Discovery Service: state-of-the-world and delta, any number of Envoys.
+//!
+//! Each stream keeps, per resource type, what the Envoy subscribed to, which resource versions it
+//! holds, and the nonce of the response it has not acknowledged yet. A NACK is logged with Envoy's
+//! reason; the loader does not resend the rejected resources (Envoy keeps its previous good ones)
+//! and sends again only when the resource changes.
+
+use super::snapshot::{is_named_type, short_name, type_urls, Snapshot, VersionedResource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct XdsMetrics {
+    pub responses_sent: AtomicU64,
+    pub resources_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+}
+
+/// What `/xds` shows of one connected Envoy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionInfo {
+    pub node: String,
+    pub protocol: &'static str,
+    /// The newest snapshot version whose resources this Envoy has acknowledged, for every type it
+    /// subscribed to; None until then.
+    pub acked_version: Option<u64>,
+    /// The last NACK's message, if any.
+    pub last_nack: Option<String>,
+}
+
+pub struct XdsState {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    sessions: Mutex<BTreeMap<u64, SessionInfo>>,
+    next_session: AtomicU64,
+    pub metrics: XdsMetrics,
+}
+
+impl XdsState {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Arc<Self> {
+        Arc::new(XdsState {
+            snapshots,
+            sessions: Mutex::new(BTreeMap::new()),
+            next_session: AtomicU64::new(1),
+            metrics: XdsMetrics::default(),
+        })
+    }
+
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.lock().unwrap().values().cloned().collect()
+    }
+
+    pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService {
+            state: self.clone(),
+        })
+        .max_decoding_message_size(64 << 20)
+    }
+}
+
+pub struct AdsService {
+    state: Arc<XdsState>,
+}
+
+type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session::new(self.state.clone(), "sotw");
+        tokio::spawn(session.run_sotw(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session::new(self.state.clone(), "delta");
+        tokio::spawn(session.run_delta(request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Per-stream, per-type bookkeeping.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// The Envoy has asked for this type at least once.
+    subscribed: bool,
+    /// All resources of the type, not only `names`.
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name -> version the Envoy holds, as far as the loader knows.
+    known: BTreeMap<String, String>,
+    /// The response awaiting ACK: its nonce and the snapshot version it came from.
+    pending: Option<(String, u64)>,
+    acked_version: Option<u64>,
+}
+
+impl TypeState {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+struct Session {
+    id: u64,
+    state: Arc<XdsState>,
+    types: BTreeMap<String, TypeState>,
+    next_nonce: u64,
+    node: String,
+}
+
+impl Session {
+    fn new(state: Arc<XdsState>, protocol: &'static str) -> Self {
+        let id = state.next_session.fetch_add(1, Ordering::Relaxed);
+        state.sessions.lock().unwrap().insert(
+            id,
+            SessionInfo {
+                node: String::new(),
+                protocol,
+                acked_version: None,
+                last_nack: None,
+            },
+        );
+        Session {
+            id,
+            state,
+            types: BTreeMap::new(),
+            next_nonce: 0,
+            node: String::new(),
+        }
+    }
+
+    fn nonce(&mut self) -> String {
+        self.next_nonce += 1;
+        self.next_nonce.to_string()
+    }
+
+    fn set_node(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) {
+        if let Some(node) = node {
+            if self.node.is_empty() && !node.id.is_empty() {
+                self.node = node.id.clone();
+                tracing::info!(session = self.id, node = %self.node, "Envoy connected");
+                self.update_info(|info| info.node = node.id.clone());
+            }
+        }
+    }
+
+    fn update_info(&self, f: impl FnOnce(&mut SessionInfo)) {
+        if let Some(info) = self.state.sessions.lock().unwrap().get_mut(&self.id) {
+            f(info);
+        }
+    }
+
+    /// Records an ACK or NACK of `nonce` for `type_url`. Returns false for a stale nonce.
+    fn acknowledge(&mut self, type_url: &str, nonce: &str, error: Option<&str>) -> bool {
+        let node = self.node.clone();
+        let st = self.types.entry(type_url.to_string()).or_default();
+        match &st.pending {
+            Some((pending, version)) if pending == nonce => {
+                let version = *version;
+                st.pending = None;
+                match error {
+                    None => {
+                        st.acked_version = Some(version);
+                        self.state.metrics.acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(message) => {
+                        self.state.metrics.nacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            %node, r#type = short_name(type_url), snapshot = version, reason = %message,
+                            "Envoy rejected the configuration (NACK); it keeps its previous resources"
+                        );
+                        let message = message.to_string();
+                        self.update_info(|info| info.last_nack = Some(message));
+                    }
+                }
+                self.publish_acked();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn publish_acked(&self) {
+        let acked = self
+            .types
+            .values()
+            .filter(|t| t.subscribed)
+            .map(|t| t.acked_version)
+            .min()
+            .flatten();
+        self.update_info(|info| info.acked_version = acked);
+    }
+
+    /// Marks a type as up to date at `version` when nothing needed sending.
+    fn settle(&mut self, type_url: &str, version: u64) {
+        let st = self.types.get_mut(type_url).expect("settled types exist");
+        if st.pending.is_none() && st.acked_version != Some(version) {
+            st.acked_version = Some(version);
+            self.publish_acked();
+        }
+    }
+
+    fn count_sent(&self, resources: usize, bytes: usize) {
+        let m = &self.state.metrics;
+        m.responses_sent.fetch_add(1, Ordering::Relaxed);
+        m.resources_sent
+            .fetch_add(resources as u64, Ordering::Relaxed);
+        m.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Delta
+
+    async fn run_delta(
+        mut self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        let mut snapshots = self.state.snapshots.clone();
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => {
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        let type_url = request.type_url.clone();
+                        self.on_delta_request(request);
+                        if let Some(response) = self.delta_response(&type_url, &snapshot) {
+                            if tx.send(Ok(response)).await.is_err() { break; }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(node = %self.node, %status, "xDS stream ended");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() { break; }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    for type_url in type_urls() {
+                        if let Some(response) = self.delta_response(&type_url, &snapshot) {
+                            if tx.send(Ok(response)).await.is_err() { return self.close(); }
+                        }
+                    }
+                }
+            }
+        }
+        self.close();
+    }
+
+    fn on_delta_request(&mut self, request: DeltaDiscoveryRequest) {
+        self.set_node(request.node.as_ref());
+        tracing::debug!(
+            node = %self.node, r#type = short_name(&request.type_url), nonce = %request.response_nonce,
+            subscribe = ?request.resource_names_subscribe, unsubscribe = ?request.resource_names_unsubscribe,
+            nack = request.error_detail.is_some(), "delta request"
+        );
+        if !request.response_nonce.is_empty() {
+            let error = request.error_detail.as_ref().map(|e| e.message.as_str());
+            self.acknowledge(&request.type_url, &request.response_nonce, error);
+        }
+        let st = self.types.entry(request.type_url.clone()).or_default();
+        if !st.subscribed {
+            st.subscribed = true;
+            // Legacy wildcard: the first request for CDS/LDS names nothing.
+            st.wildcard =
+                !is_named_type(&request.type_url) && request.resource_names_subscribe.is_empty();
+            st.known.extend(request.initial_resource_versions);
+        }
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                st.wildcard = true;
+            } else {
+                st.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            if name == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(&name);
+                st.known.remove(&name);
+            }
+        }
+    }
+
+    fn delta_response(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let empty = BTreeMap::new();
+        let current = snapshot.of_type(type_url).unwrap_or(&empty);
+        let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
+        let changed: Vec<(&String, &VersionedResource)> = current
+            .iter()
+            .filter(|(name, r)| st.in_scope(name) && st.known.get(*name) != Some(&r.version))
+            .collect();
+        // Removals only for wildcard types: a named resource that disappears is one the Envoy
+        // will stop asking for (its cluster or listener went), and keeping it meanwhile lets the
+        // old cluster keep working while the new one warms.
+        let removed: Vec<String> = if is_named_type(type_url) {
+            Vec::new()
+        } else {
+            st.known
+                .keys()
+                .filter(|name| !current.contains_key(*name))
+                .cloned()
+                .collect()
+        };
+        if changed.is_empty() && removed.is_empty() {
+            self.settle(type_url, snapshot.version);
+            return None;
+        }
+        let mut bytes = 0;
+        let resources: Vec<Resource> = changed
+            .into_iter()
+            .map(|(name, r)| {
+                st.known.insert(name.clone(), r.version.clone());
+                bytes += r.resource.value.len();
+                Resource {
+                    name: name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.resource.clone()),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        for name in &removed {
+            st.known.remove(name);
+        }
+        let count = resources.len();
+        let nonce = self.nonce();
+        let st = self.types.get_mut(type_url).expect("present");
+        st.pending = Some((nonce.clone(), snapshot.version));
+        self.count_sent(count, bytes);
+        tracing::debug!(node = %self.node, r#type = short_name(type_url), count, removed = removed.len(), snapshot = snapshot.version, "delta push");
+        Some(DeltaDiscoveryResponse {
+            system_version_info: snapshot.version.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // State of the world
+
+    async fn run_sotw(
+        mut self,
+        mut requests: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let mut snapshots = self.state.snapshots.clone();
+        loop {
+            tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => {
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        let type_url = request.type_url.clone();
+                        let Some(force) = self.on_sotw_request(request) else { continue };
+                        if let Some(response) = self.sotw_response(&type_url, &snapshot, force) {
+                            if tx.send(Ok(response)).await.is_err() { break; }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(node = %self.node, %status, "xDS stream ended");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() { break; }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    for type_url in type_urls() {
+                        if let Some(response) = self.sotw_response(&type_url, &snapshot, false) {
+                            if tx.send(Ok(response)).await.is_err() { return self.close(); }
+                        }
+                    }
+                }
+            }
+        }
+        self.close();
+    }
+
+    /// Returns whether a response must be sent even if nothing changed (a new subscription), or
+    /// None for a request with a stale nonce, which the protocol says to ignore.
+    fn on_sotw_request(&mut self, request: DiscoveryRequest) -> Option<bool> {
+        self.set_node(request.node.as_ref());
+        let type_url = request.type_url.clone();
+        if !request.response_nonce.is_empty() {
+            let error = request.error_detail.as_ref().map(|e| e.message.as_str());
+            let stale = !self.acknowledge(&type_url, &request.response_nonce, error)
+                && self
+                    .types
+                    .get(&type_url)
+                    .is_some_and(|st| st.pending.is_some());
+            if stale {
+                return None;
+            }
+        }
+        let st = self.types.entry(type_url.clone()).or_default();
+        let names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        let wildcard = !is_named_type(&type_url) && (names.is_empty() || names.contains("*"));
+        let first = !st.subscribed;
+        let changed = first || names != st.names || wildcard != st.wildcard;
+        st.subscribed = true;
+        st.wildcard = wildcard;
+        st.names = names;
+        if changed {
+            st.known.clear();
+        }
+        Some(changed)
+    }
+
+    fn sotw_response(
+        &mut self,
+        type_url: &str,
+        snapshot: &Snapshot,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
+        let empty = BTreeMap::new();
+        let current = snapshot.of_type(type_url).unwrap_or(&empty);
+        let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
+        let scope: BTreeMap<String, String> = current
+            .iter()
+            .filter(|(name, _)| st.in_scope(name))
+            .map(|(name, r)| (name.clone(), r.version.clone()))
+            .collect();
+        if !force && scope == st.known {
+            self.settle(type_url, snapshot.version);
+            return None;
+        }
+        let resources: Vec<_> = scope
+            .keys()
+            .map(|name| current[name].resource.clone())
+            .collect();
+        let bytes = resources.iter().map(|r| r.value.len()).sum();
+        st.known = scope;
+        let count = resources.len();
+        let nonce = self.nonce();
+        let st = self.types.get_mut(type_url).expect("present");
+        st.pending = Some((nonce.clone(), snapshot.version));
+        self.count_sent(count, bytes);
+        tracing::debug!(node = %self.node, r#type = short_name(type_url), count, snapshot = snapshot.version, "sotw push");
+        Some(DiscoveryResponse {
+            version_info: snapshot.version.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    fn close(&self) {
+        tracing::info!(session = self.id, node = %self.node, "Envoy disconnected");
+        self.state.sessions.lock().unwrap().remove(&self.id);
+    }
+}
