@@ -195,8 +195,10 @@ pub struct BackendTlsPolicy {
     pub spec: BackendTlsPolicySpec,
 }
 
+/// The policy structs refuse unknown fields: a misspelt field in a security policy must be an
+/// error, not silently ignored.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTlsPolicySpec {
     pub target_refs: Vec<PolicyTargetRef>,
     pub validation: BackendTlsValidation,
@@ -205,7 +207,7 @@ pub struct BackendTlsPolicySpec {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetRef {
     #[serde(default)]
     pub group: String,
@@ -216,11 +218,11 @@ pub struct PolicyTargetRef {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTlsValidation {
     #[serde(default)]
     pub ca_certificate_refs: Vec<LocalObjectRef>,
-    #[serde(default)]
+    #[serde(default, rename = "wellKnownCACertificates")]
     pub well_known_ca_certificates: Option<String>,
     pub hostname: String,
     #[serde(default)]
@@ -228,6 +230,7 @@ pub struct BackendTlsValidation {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct LocalObjectRef {
     #[serde(default)]
     pub group: String,
@@ -236,6 +239,7 @@ pub struct LocalObjectRef {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct SubjectAltName {
     /// `Hostname` or `URI`.
     #[serde(rename = "type")]

@@ -14,6 +14,9 @@ use std::path::PathBuf;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// A cluster without hosts that receives the weighted share of invalid backendRefs.
+pub const INVALID_BACKEND_CLUSTER: &str = "backendtls_invalid_backend";
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Serve only Gateways of this class; every Gateway when unset.
@@ -116,10 +119,15 @@ struct ResolvedPolicy {
     ancestors: BTreeSet<ObjectKey>,
 }
 
+/// A Service, and the name of one of its ports or None for the whole Service.
+type Target = (ObjectKey, Option<String>);
+
 struct PolicyIndex {
     policies: BTreeMap<ObjectKey, ResolvedPolicy>,
     /// (Service, port name or None for the whole Service) -> the winning policy.
-    by_target: BTreeMap<(ObjectKey, Option<String>), ObjectKey>,
+    by_target: BTreeMap<Target, ObjectKey>,
+    /// The same targets -> every policy that names them, winners and losers.
+    contenders: BTreeMap<Target, Vec<ObjectKey>>,
     /// CA bundles by secret name.
     bundles: BTreeMap<String, String>,
 }
@@ -129,11 +137,11 @@ impl PolicyIndex {
         let mut index = PolicyIndex {
             policies: BTreeMap::new(),
             by_target: BTreeMap::new(),
+            contenders: BTreeMap::new(),
             bundles: BTreeMap::new(),
         };
         // Candidates per target, in precedence order: oldest creationTimestamp, then namespace/name.
-        let mut candidates: BTreeMap<(ObjectKey, Option<String>), Vec<(Option<&str>, ObjectKey)>> =
-            BTreeMap::new();
+        let mut candidates: BTreeMap<Target, Vec<(Option<&str>, ObjectKey)>> = BTreeMap::new();
         for (key, policy) in &store.policies {
             let resolved = resolve_policy(store, options, key, policy, &mut index.bundles);
             if resolved.accepted.status || resolved.accepted.reason == "NoValidCACertificate" {
@@ -167,6 +175,10 @@ impl PolicyIndex {
                     ),
                 );
             }
+            index.contenders.insert(
+                target.clone(),
+                contenders.into_iter().map(|(_, k)| k).collect(),
+            );
             index.by_target.insert(target, winner);
         }
         index
@@ -185,6 +197,23 @@ impl PolicyIndex {
         let policy = self.policies.get_mut(key)?;
         // A conflicted policy does not govern; the winner is in by_target already.
         Some(policy)
+    }
+
+    /// Records that a Gateway's routes reach a Service port: an ancestor of every policy that
+    /// targets it, including those that lost a conflict (their status must say so there).
+    fn reached_from(&mut self, gateway: &ObjectKey, service: &ObjectKey, port: &ServicePort) {
+        for section in [Some(port.name().to_string()), None] {
+            for key in self
+                .contenders
+                .get(&(service.clone(), section))
+                .into_iter()
+                .flatten()
+            {
+                if let Some(policy) = self.policies.get_mut(key) {
+                    policy.ancestors.insert(gateway.clone());
+                }
+            }
+        }
     }
 
     fn reports(self) -> Vec<PolicyReport> {
@@ -569,9 +598,7 @@ fn intersect_hostnames(listener: Option<&str>, route: &[String]) -> Vec<String> 
         (Some(l), false) => route
             .iter()
             .filter_map(|r| {
-                if r == l {
-                    Some(r.clone())
-                } else if wildcard_matches(l, r) {
+                if r == l || wildcard_matches(l, r) {
                     Some(r.clone())
                 } else if wildcard_matches(r, l) {
                     Some(l.to_string())
@@ -670,13 +697,14 @@ fn route_action(
     let mut forward = Vec::new();
     let mut invalid = Vec::new();
     let mut unusable = Vec::new();
+    let mut invalid_weight = 0;
     for backend in &rule.backend_refs {
         let weight = backend.weight.unwrap_or(1);
+        if weight == 0 {
+            continue;
+        }
         match backend_cluster(store, gateway_key, route_key, backend, policies, ir) {
             Ok(cluster) => {
-                if weight == 0 {
-                    continue;
-                }
                 if let Some(BackendTls {
                     trust: Trust::Unusable { reason },
                     policy,
@@ -687,7 +715,10 @@ fn route_action(
                 }
                 forward.push(WeightedCluster { cluster, weight });
             }
-            Err(reason) => invalid.push(reason),
+            Err(reason) => {
+                invalid_weight += weight;
+                invalid.push(reason);
+            }
         }
     }
     if forward.is_empty() {
@@ -707,11 +738,29 @@ fn route_action(
             body: format!("backendtls: {reason}\n"),
         };
     }
-    if forward.len() == unusable.len() {
+    if forward.len() == unusable.len() && invalid.is_empty() {
         return RouteAction::Respond {
             status: 503,
             body: format!("backendtls: {}\n", unusable.join("; ")),
         };
+    }
+    if invalid_weight > 0 {
+        // The share of invalid backendRefs must fail, not move to the valid ones. Envoy cannot
+        // answer locally for part of a weighted split, so that share goes to a cluster without
+        // hosts (503).
+        ir.clusters
+            .entry(INVALID_BACKEND_CLUSTER.to_string())
+            .or_insert_with(|| Cluster {
+                name: INVALID_BACKEND_CLUSTER.to_string(),
+                service: ObjectKey::new("", ""),
+                port: 0,
+                endpoints: Endpoints::Static(Vec::new()),
+                tls: None,
+            });
+        forward.push(WeightedCluster {
+            cluster: INVALID_BACKEND_CLUSTER.to_string(),
+            weight: invalid_weight,
+        });
     }
     RouteAction::Forward(forward)
 }
@@ -781,9 +830,7 @@ fn backend_cluster(
             },
         );
     }
-    if let Some(policy) = policies.governing(&service_key, port) {
-        policy.ancestors.insert(gateway_key.clone());
-    }
+    policies.reached_from(gateway_key, &service_key, port);
     Ok(name)
 }
 

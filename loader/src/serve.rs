@@ -84,12 +84,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
             result = &mut grpc => return result.map_err(|e| format!("xDS server failed: {e}")),
             Some(()) = events_rx.recv() => {
                 // Debounce: wait until the directory has been quiet for a moment.
-                loop {
-                    match tokio::time::timeout(DEBOUNCE, events_rx.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events_rx.recv()).await {}
                 rebuild.run();
             }
         }

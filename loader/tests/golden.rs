@@ -1,0 +1,103 @@
+//! Golden files, one directory per case under `tests/golden/`: `input/` (manifests) beside the
+//! expected output of each layer: `ir.json` (resolve), `envoy.json` (xDS translation, ADS form),
+//! `status.json` (policy status and input problems). `UPDATE_GOLDEN=1 cargo test` rewrites them;
+//! review the diff like code.
+
+use backendtls_loader::{pipeline, resolve, source::ConfigDir, xds};
+use std::path::{Path, PathBuf};
+
+fn check(case: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(case);
+    let mut config = ConfigDir::new(dir.join("input"));
+    config.reload().unwrap();
+    let options = resolve::Options {
+        gateway_class: Some("backendtls".into()).filter(|_| case == "routes"),
+        ..Default::default()
+    };
+    let build = pipeline::build(&config, &options, &Default::default());
+    let resources = &build.resources;
+    let envoy = serde_json::json!({
+        "clusters": resources.clusters.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
+        "endpoints": resources.endpoints.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
+        "secrets": resources.secrets.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
+        "listeners": resources.listeners.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
+        "routes": resources.routes.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
+    });
+    // Paths in errors are relative to the case, so the files read the same on every machine.
+    let mut status = build.status_json();
+    for error in status["errors"].as_array_mut().unwrap() {
+        let file = error["file"].as_str().unwrap().to_string();
+        error["file"] = Path::new(&file)
+            .strip_prefix(&dir)
+            .unwrap()
+            .display()
+            .to_string()
+            .into();
+    }
+    compare(
+        &dir.join("ir.json"),
+        &serde_json::to_value(&build.resolution.ir).unwrap(),
+    );
+    compare(&dir.join("envoy.json"), &envoy);
+    compare(&dir.join("status.json"), &status);
+}
+
+fn compare(path: &Path, actual: &serde_json::Value) {
+    let actual = format!("{actual:#}\n");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
+            path.display()
+        )
+    });
+    pretty_assertions::assert_eq!(
+        expected,
+        actual,
+        "{} differs (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
+}
+
+#[test]
+fn guide() {
+    check("guide");
+}
+
+#[test]
+fn policies() {
+    check("policies");
+}
+
+#[test]
+fn routes() {
+    check("routes");
+}
+
+/// envoy/bootstrap.yaml is what `backendtls-loader bootstrap` prints with its defaults.
+#[test]
+fn shipped_bootstrap_is_current() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("envoy/bootstrap.yaml");
+    let bootstrap = xds::bootstrap::ads_bootstrap(&xds::bootstrap::AdsBootstrapOptions {
+        xds_address: "127.0.0.1:18000".parse().unwrap(),
+        admin_address: "127.0.0.1:19000".parse().unwrap(),
+        node_id: "backendtls-envoy".into(),
+        delta: true,
+    });
+    let actual = xds::json::to_yaml(&xds::json::to_json(&bootstrap));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    pretty_assertions::assert_eq!(
+        expected,
+        actual,
+        "regenerate with: backendtls-loader bootstrap > envoy/bootstrap.yaml"
+    );
+}
