@@ -482,3 +482,197 @@ impl Session {
         self.state.sessions.lock().unwrap().remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    use prost::Name;
+
+    fn snapshot(version: u64, resources: &[(&str, &str, &str)]) -> Snapshot {
+        let mut snapshot = Snapshot {
+            version,
+            resources: BTreeMap::new(),
+        };
+        for type_url in type_urls() {
+            snapshot.resources.insert(type_url, BTreeMap::new());
+        }
+        for (type_url, name, v) in resources {
+            snapshot.resources.get_mut(*type_url).unwrap().insert(
+                name.to_string(),
+                VersionedResource {
+                    version: v.to_string(),
+                    resource: Any {
+                        type_url: type_url.to_string(),
+                        value: v.as_bytes().to_vec(),
+                    },
+                },
+            );
+        }
+        snapshot
+    }
+
+    fn session() -> Session {
+        let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        Session::new(XdsState::new(rx), "test")
+    }
+
+    fn delta(
+        type_url: &str,
+        subscribe: &[&str],
+        unsubscribe: &[&str],
+        nonce: &str,
+    ) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: unsubscribe.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(response: &DeltaDiscoveryResponse) -> Vec<(&str, &str)> {
+        response
+            .resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
+    }
+
+    fn acked(session: &Session) -> Option<u64> {
+        session.state.sessions()[0].acked_version
+    }
+
+    #[test]
+    fn delta_wildcard_sends_only_changes_and_removals() {
+        let cds = Cluster::type_url();
+        let mut s = session();
+        let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
+        s.on_delta_request(delta(&cds, &[], &[], ""));
+        let response = s.delta_response(&cds, &v1).unwrap();
+        assert_eq!(names(&response), [("a", "1"), ("b", "1")]);
+        assert_eq!(acked(&s), None);
+
+        s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
+        assert_eq!(acked(&s), Some(1));
+        assert!(
+            s.delta_response(&cds, &v1).is_none(),
+            "an ACK needs no answer"
+        );
+
+        let v2 = snapshot(2, &[(&cds, "a", "2")]);
+        let response = s.delta_response(&cds, &v2).unwrap();
+        assert_eq!(names(&response), [("a", "2")]);
+        assert_eq!(response.removed_resources, ["b"]);
+        assert_eq!(response.system_version_info, "2");
+        s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
+        assert_eq!(acked(&s), Some(2));
+    }
+
+    #[test]
+    fn delta_named_types_follow_subscriptions_and_never_remove() {
+        let sds = Secret::type_url();
+        let mut s = session();
+        let v1 = snapshot(1, &[(&sds, "ca-old", "1"), (&sds, "ca-new", "1")]);
+        s.on_delta_request(delta(&sds, &["ca-old"], &[], ""));
+        let response = s.delta_response(&sds, &v1).unwrap();
+        assert_eq!(names(&response), [("ca-old", "1")]);
+        s.on_delta_request(delta(&sds, &[], &[], &response.nonce));
+
+        // The secret disappears from the snapshot while Envoy still uses it: no removal.
+        let v2 = snapshot(2, &[(&sds, "ca-new", "1")]);
+        assert!(s.delta_response(&sds, &v2).is_none());
+        assert_eq!(acked(&s), Some(2));
+
+        s.on_delta_request(delta(&sds, &["ca-new"], &["ca-old"], ""));
+        let response = s.delta_response(&sds, &v2).unwrap();
+        assert_eq!(names(&response), [("ca-new", "1")]);
+        assert!(response.removed_resources.is_empty());
+    }
+
+    #[test]
+    fn delta_nack_is_recorded_and_not_resent_until_the_resource_changes() {
+        let cds = Cluster::type_url();
+        let mut s = session();
+        let v1 = snapshot(1, &[(&cds, "a", "1")]);
+        s.on_delta_request(delta(&cds, &[], &[], ""));
+        let response = s.delta_response(&cds, &v1).unwrap();
+        let mut nack = delta(&cds, &[], &[], &response.nonce);
+        nack.error_detail = Some(RpcStatus {
+            code: 3,
+            message: "bad cluster".into(),
+            details: vec![],
+        });
+        s.on_delta_request(nack);
+        assert_eq!(
+            s.state.sessions()[0].last_nack.as_deref(),
+            Some("bad cluster")
+        );
+        assert_eq!(s.state.metrics.nacks.load(Ordering::Relaxed), 1);
+        assert!(s.delta_response(&cds, &v1).is_none());
+        let v2 = snapshot(2, &[(&cds, "a", "2")]);
+        assert_eq!(names(&s.delta_response(&cds, &v2).unwrap()), [("a", "2")]);
+    }
+
+    #[test]
+    fn delta_reconnect_with_initial_versions_sends_only_what_differs() {
+        let cds = Cluster::type_url();
+        let mut s = session();
+        let mut request = delta(&cds, &[], &[], "");
+        request
+            .initial_resource_versions
+            .insert("a".into(), "1".into());
+        request
+            .initial_resource_versions
+            .insert("b".into(), "old".into());
+        s.on_delta_request(request);
+        let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
+        assert_eq!(names(&s.delta_response(&cds, &v1).unwrap()), [("b", "1")]);
+    }
+
+    fn sotw(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sotw_sends_whole_scope_ignores_acks_and_stale_nonces() {
+        let sds = Secret::type_url();
+        let mut s = session();
+        let v1 = snapshot(1, &[(&sds, "x", "1"), (&sds, "y", "1")]);
+        let force = s.on_sotw_request(sotw(&sds, &["x"], "")).unwrap();
+        let first = s.sotw_response(&sds, &v1, force).unwrap();
+        assert_eq!(first.resources.len(), 1);
+        assert_eq!(first.version_info, "1");
+
+        let force = s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap();
+        assert!(
+            s.sotw_response(&sds, &v1, force).is_none(),
+            "an ACK needs no answer"
+        );
+        assert_eq!(acked(&s), Some(1));
+
+        let force = s
+            .on_sotw_request(sotw(&sds, &["x", "y"], &first.nonce))
+            .unwrap();
+        let second = s.sotw_response(&sds, &v1, force).unwrap();
+        assert_eq!(
+            second.resources.len(),
+            2,
+            "a new name means the whole scope again"
+        );
+        assert!(
+            s.on_sotw_request(sotw(&sds, &["x"], &first.nonce))
+                .is_none(),
+            "a request answering an older response is stale"
+        );
+    }
+}
