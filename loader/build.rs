@@ -22,14 +22,7 @@ fn envoy_types_dir() -> PathBuf {
     // Only this platform's packages: the others may not have been downloaded.
     let platform = std::env::var("HOST").unwrap();
     let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--filter-platform",
-            &platform,
-        ])
+        .args(["metadata", "--format-version", "1", "--offline", "--filter-platform", &platform])
         .current_dir(&manifest_dir)
         .output()
         .expect("cargo metadata runs");
@@ -45,8 +38,5 @@ fn envoy_types_dir() -> PathBuf {
         .iter()
         .find(|p| p["name"] == "envoy-types")
         .expect("envoy-types is a dependency");
-    PathBuf::from(package["manifest_path"].as_str().unwrap())
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(package["manifest_path"].as_str().unwrap()).parent().unwrap().to_path_buf()
 }

@@ -56,6 +56,36 @@ impl PolicyState {
     }
 }
 
+/// Stat names. One family, `backendtls`, with the policy as the last part of every name so that
+/// it can carry dots; Envoy adds its prefix (`wasmcustom.` for Wasm, the dynamic module's
+/// `metrics_namespace`, which the loader sets to [`stats::FAMILY`]).
+///
+/// ```text
+/// backendtls.requests.policy.<ns>/<name>
+/// backendtls.tls_requests.version.<TLSv1_2|TLSv1_3|...>.policy.<ns>/<name>
+/// backendtls.handshakes.policy.<ns>/<name>
+/// backendtls.verify_failures.reason.<reason>.policy.<ns>/<name>
+/// backendtls.rejections.reason.<reason>.policy.<ns>/<name>
+/// ```
+pub mod stats {
+    pub const FAMILY: &str = "backendtls";
+    pub const REQUESTS: &str = "requests";
+    pub const TLS_REQUESTS: &str = "tls_requests";
+    pub const HANDSHAKES: &str = "handshakes";
+    pub const VERIFY_FAILURES: &str = "verify_failures";
+    pub const REJECTIONS: &str = "rejections";
+
+    /// Envoy `stats_config.stats_tags` rules (tag name, regex) that turn the parts of the Wasm
+    /// build's flat names into Prometheus labels. The dynamic module defines labelled metrics
+    /// natively and needs none. In each regex the first group is cut from the name and the second
+    /// is the tag's value.
+    pub const TAG_RULES: &[(&str, &str)] = &[
+        ("version", r"^wasmcustom\.backendtls\.tls_requests(\.version\.([^.]+))"),
+        ("reason", r"^wasmcustom\.backendtls\.(?:verify_failures|rejections)(\.reason\.([^.]+))"),
+        ("policy", r"^wasmcustom\.backendtls\.[^.]+(?:\.[^.]+\.[^.]+)?(\.policy\.(.+))$"),
+    ];
+}
+
 /// The Envoy cluster name of a Service port: `kube_<namespace>_<service>_<port>`, the scheme
 /// kgateway uses, so stats such as `cluster.kube_default_nginx_8443.ssl.handshake` read the same.
 pub fn cluster_name(namespace: &str, service: &str, port: u16) -> String {
@@ -68,10 +98,7 @@ mod tests {
 
     #[test]
     fn cluster_names_follow_kgateway() {
-        assert_eq!(
-            cluster_name("default", "nginx", 8443),
-            "kube_default_nginx_8443"
-        );
+        assert_eq!(cluster_name("default", "nginx", 8443), "kube_default_nginx_8443");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use xds::translate::{Delivery, TranslateOptions};
+use xds::translate::{Delivery, Filter, FilterBuild, TranslateOptions};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,24 @@ struct Translation {
     /// Trust bundle used for `wellKnownCACertificates: System`.
     #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
     system_ca_bundle: PathBuf,
+    /// Insert the backendtls HTTP filter into every Gateway listener.
+    #[arg(long, value_enum, default_value = "none")]
+    filter: FilterKind,
+    /// The filter's file: the `.wasm` (required with `--filter wasm`) or the dynamic module's `.so`
+    /// (optional: without it Envoy loads `libbackendtls_filter.so` from
+    /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+    #[arg(long)]
+    filter_path: Option<PathBuf>,
+    /// Have the filter add this request header (the governing policy) to requests to backends.
+    #[arg(long)]
+    filter_header: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FilterKind {
+    None,
+    Wasm,
+    DynamicModule,
 }
 
 impl Translation {
@@ -41,12 +59,31 @@ impl Translation {
             system_ca_bundle: self.system_ca_bundle.clone(),
         }
     }
-    fn translate_options(&self, delivery: Delivery) -> TranslateOptions {
-        TranslateOptions {
-            listener_address: self.listener_address.clone(),
-            delivery,
-        }
+    fn translate_options(&self, delivery: Delivery) -> Result<TranslateOptions, String> {
+        let build = match (self.filter, &self.filter_path) {
+            (FilterKind::None, None) => FilterBuild::None,
+            (FilterKind::None, Some(_)) => {
+                return Err("--filter-path needs --filter wasm or --filter dynamic-module".into())
+            }
+            (FilterKind::Wasm, None) => {
+                return Err("--filter wasm needs --filter-path FILE.wasm".into())
+            }
+            (FilterKind::Wasm, Some(path)) => FilterBuild::Wasm { path: absolute(path)? },
+            (FilterKind::DynamicModule, path) => {
+                FilterBuild::DynamicModule { path: path.as_deref().map(absolute).transpose()? }
+            }
+        };
+        let filter = Filter { build, request_header: self.filter_header.clone() };
+        Ok(TranslateOptions { listener_address: self.listener_address.clone(), delivery, filter })
     }
+}
+
+/// Envoy resolves relative paths against its own working directory, not ours.
+fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
+    if !path.is_file() {
+        return Err(format!("filter file {} does not exist", path.display()));
+    }
+    std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +139,11 @@ fn print(value: &serde_json::Value, format: Format) {
     }
 }
 
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("backendtls-loader: {message}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -112,17 +154,17 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            translation,
-            xds_address,
-            admin_address,
-        } => {
+        Command::Serve { translation, xds_address, admin_address } => {
+            let translate = match translation.translate_options(Delivery::Ads) {
+                Ok(options) => options,
+                Err(e) => return usage_error(&e),
+            };
             let options = serve::ServeOptions {
                 config_dir: translation.config_dir.clone(),
                 xds_address,
                 admin_address,
                 resolve: translation.resolve_options(),
-                translate: translation.translate_options(Delivery::Ads),
+                translate,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -136,11 +178,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Render {
-            translation,
-            output,
-            admin_address,
-        } => {
+        Command::Render { translation, output, admin_address } => {
+            let translate = match translation.translate_options(Delivery::Inline) {
+                Ok(options) => options,
+                Err(e) => return usage_error(&e),
+            };
             let mut config = ConfigDir::new(&translation.config_dir);
             if let Err(e) = config.reload() {
                 eprintln!(
@@ -149,11 +191,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            let build = pipeline::build(
-                &config,
-                &translation.resolve_options(),
-                &translation.translate_options(Delivery::Inline),
-            );
+            let build = pipeline::build(&config, &translation.resolve_options(), &translate);
             for error in &build.errors {
                 eprintln!("warning: {error}");
             }
@@ -164,13 +202,7 @@ fn main() -> ExitCode {
             print(&xds::json::to_json(&bootstrap), output);
             ExitCode::SUCCESS
         }
-        Command::Bootstrap {
-            xds_address,
-            admin_address,
-            node_id,
-            sotw,
-            output,
-        } => {
+        Command::Bootstrap { xds_address, admin_address, node_id, sotw, output } => {
             let bootstrap = xds::bootstrap::ads_bootstrap(&xds::bootstrap::AdsBootstrapOptions {
                 xds_address,
                 admin_address,

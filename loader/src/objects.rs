@@ -99,9 +99,7 @@ pub struct LabelSelectorRequirement {
 impl LabelSelector {
     /// Kubernetes label-selector semantics (matchLabels AND matchExpressions).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|req| {
                 let value = labels.get(&req.key);
                 match req.operator.as_str() {
@@ -345,10 +343,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Kubernetes: an unset `ready` means ready.
     pub fn is_ready(&self) -> bool {
-        self.conditions
-            .as_ref()
-            .and_then(|c| c.ready)
-            .unwrap_or(true)
+        self.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
     }
 }
 

@@ -34,9 +34,5 @@ pub fn build(
     errors.extend(config.errors());
     let resolution = resolve::resolve(&store, resolve_options);
     let resources = translate::translate(&resolution.ir, translate_options);
-    Build {
-        resolution,
-        errors,
-        resources,
-    }
+    Build { resolution, errors, resources }
 }

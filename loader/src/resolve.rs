@@ -61,46 +61,31 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
             }
         }
         for listener in gateway_listeners(gateway_key, gateway, &mut problems) {
-            let listener = build_listener(
-                store,
-                gateway_key,
-                gateway,
-                listener,
-                &mut policies,
-                &mut ir,
-            );
+            let listener =
+                build_listener(store, gateway_key, gateway, listener, &mut policies, &mut ir);
             ir.listeners.push(listener);
         }
     }
     // Two Gateways cannot share a port on one Envoy: the first by namespace/name keeps it.
     let mut ports = BTreeMap::new();
-    ir.listeners
-        .retain(|l| match ports.insert(l.port, l.name.clone()) {
-            None => true,
-            Some(first) => {
-                ports.insert(l.port, first.clone());
-                problems.push(Problem {
-                    object: format!("Envoy listener {}", l.name),
-                    reason: format!("port {} is already used by {first}; not served", l.port),
-                });
-                false
-            }
-        });
+    ir.listeners.retain(|l| match ports.insert(l.port, l.name.clone()) {
+        None => true,
+        Some(first) => {
+            ports.insert(l.port, first.clone());
+            problems.push(Problem {
+                object: format!("Envoy listener {}", l.name),
+                reason: format!("port {} is already used by {first}; not served", l.port),
+            });
+            false
+        }
+    });
     for cluster in ir.clusters.values() {
-        if let Some(BackendTls {
-            trust: Trust::Ca { secret },
-            ..
-        }) = &cluster.tls
-        {
+        if let Some(BackendTls { trust: Trust::Ca { secret }, .. }) = &cluster.tls {
             let pem = policies.bundles[secret].clone();
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution {
-        ir,
-        policies: policies.reports(),
-        problems,
-    }
+    Resolution { ir, policies: policies.reports(), problems }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,10 +160,9 @@ impl PolicyIndex {
                     ),
                 );
             }
-            index.contenders.insert(
-                target.clone(),
-                contenders.into_iter().map(|(_, k)| k).collect(),
-            );
+            index
+                .contenders
+                .insert(target.clone(), contenders.into_iter().map(|(_, k)| k).collect());
             index.by_target.insert(target, winner);
         }
         index
@@ -203,12 +187,7 @@ impl PolicyIndex {
     /// targets it, including those that lost a conflict (their status must say so there).
     fn reached_from(&mut self, gateway: &ObjectKey, service: &ObjectKey, port: &ServicePort) {
         for section in [Some(port.name().to_string()), None] {
-            for key in self
-                .contenders
-                .get(&(service.clone(), section))
-                .into_iter()
-                .flatten()
-            {
+            for key in self.contenders.get(&(service.clone(), section)).into_iter().flatten() {
                 if let Some(policy) = self.policies.get_mut(key) {
                     policy.ancestors.insert(gateway.clone());
                 }
@@ -254,9 +233,7 @@ fn resolve_policy(
         generation: policy.metadata.generation(),
         hostname: validation.hostname.clone(),
         subject_alt_names,
-        trust: Trust::Unusable {
-            reason: String::new(),
-        },
+        trust: Trust::Unusable { reason: String::new() },
         accepted: Condition::new("Accepted", true, "Accepted", "Policy is accepted".into()),
         resolved_refs: Condition::new(
             "ResolvedRefs",
@@ -337,11 +314,7 @@ fn resolve_policy(
         }
     }
     if !failures.is_empty() {
-        let reason = if invalid_kind {
-            "InvalidKind"
-        } else {
-            "InvalidCACertificateRef"
-        };
+        let reason = if invalid_kind { "InvalidKind" } else { "InvalidCACertificateRef" };
         resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures.join("; "));
     }
     if pems.is_empty() {
@@ -365,14 +338,9 @@ fn resolve_policy(
 /// What the API server's schema and CEL rules would reject.
 fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
     let v = &policy.spec.validation;
-    match (
-        v.ca_certificate_refs.is_empty(),
-        v.well_known_ca_certificates.is_some(),
-    ) {
+    match (v.ca_certificate_refs.is_empty(), v.well_known_ca_certificates.is_some()) {
         (false, true) => {
-            return Err(
-                "must not contain both caCertificateRefs and wellKnownCACertificates".into(),
-            )
+            return Err("must not contain both caCertificateRefs and wellKnownCACertificates".into())
         }
         (true, false) => {
             return Err("must specify either caCertificateRefs or wellKnownCACertificates".into())
@@ -409,9 +377,7 @@ fn is_precise_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -423,9 +389,7 @@ fn secret_value(secret: &objects::Secret, key: &str) -> Option<String> {
         return Some(value.clone());
     }
     let encoded = secret.data.get(key)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     String::from_utf8(bytes).ok()
 }
 
@@ -504,10 +468,7 @@ fn build_listener(
         }
         let routes = build_routes(store, gateway_key, route_key, route, policies, ir);
         for hostname in hostnames {
-            hosts
-                .entry(hostname)
-                .or_default()
-                .extend(routes.iter().cloned());
+            hosts.entry(hostname).or_default().extend(routes.iter().cloned());
         }
     }
     let virtual_hosts = hosts
@@ -521,11 +482,7 @@ fn build_listener(
             }
         })
         .collect();
-    Listener {
-        name: group.name,
-        port: group.port,
-        virtual_hosts,
-    }
+    Listener { name: group.name, port: group.port, virtual_hosts }
 }
 
 /// The hostnames under which `route` is served on this listener group; empty if not attached.
@@ -550,19 +507,13 @@ fn attached_hostnames(
             continue;
         }
         for listener in &group.listeners {
-            if parent
-                .section_name
-                .as_ref()
-                .is_some_and(|s| s != &listener.name)
+            if parent.section_name.as_ref().is_some_and(|s| s != &listener.name)
                 || parent.port.is_some_and(|p| p != listener.port)
                 || !allows_namespace(store, gateway_key, listener, &route_key.namespace)
             {
                 continue;
             }
-            result.extend(intersect_hostnames(
-                listener.hostname.as_deref(),
-                &route.spec.hostnames,
-            ));
+            result.extend(intersect_hostnames(listener.hostname.as_deref(), &route.spec.hostnames));
         }
     }
     let _ = gateway;
@@ -575,10 +526,7 @@ fn allows_namespace(
     listener: &objects::GatewayListener,
     route_namespace: &str,
 ) -> bool {
-    let namespaces = listener
-        .allowed_routes
-        .as_ref()
-        .and_then(|a| a.namespaces.as_ref());
+    let namespaces = listener.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
     match namespaces.and_then(|n| n.from.as_deref()).unwrap_or("Same") {
         "All" => true,
         "Same" => route_namespace == gateway_key.namespace,
@@ -642,22 +590,10 @@ fn build_routes(
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
         let action = route_action(store, gateway_key, route_key, rule, policies, ir);
         let default_match = [objects::HttpRouteMatch::default()];
-        let matches = if rule.matches.is_empty() {
-            &default_match[..]
-        } else {
-            &rule.matches
-        };
+        let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
         for (match_index, m) in matches.iter().enumerate() {
-            let kind = m
-                .path
-                .as_ref()
-                .and_then(|p| p.kind.as_deref())
-                .unwrap_or("PathPrefix");
-            let value = m
-                .path
-                .as_ref()
-                .and_then(|p| p.value.clone())
-                .unwrap_or_else(|| "/".into());
+            let kind = m.path.as_ref().and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
+            let value = m.path.as_ref().and_then(|p| p.value.clone()).unwrap_or_else(|| "/".into());
             let path = if kind == "Exact" {
                 PathMatch::Exact(value.clone())
             } else {
@@ -673,14 +609,7 @@ fn build_routes(
                 matched: match_index,
             };
             let name = format!("{route_key}/rule/{rule_index}/match/{match_index}");
-            out.push((
-                order,
-                Route {
-                    name,
-                    path,
-                    action: action.clone(),
-                },
-            ));
+            out.push((order, Route { name, path, action: action.clone() }));
         }
     }
     out
@@ -705,11 +634,8 @@ fn route_action(
         }
         match backend_cluster(store, gateway_key, route_key, backend, policies, ir) {
             Ok(cluster) => {
-                if let Some(BackendTls {
-                    trust: Trust::Unusable { reason },
-                    policy,
-                    ..
-                }) = &ir.clusters[&cluster].tls
+                if let Some(BackendTls { trust: Trust::Unusable { reason }, policy, .. }) =
+                    &ir.clusters[&cluster].tls
                 {
                     unusable.push(format!("BackendTLSPolicy {policy} cannot be met: {reason}"));
                 }
@@ -728,15 +654,9 @@ fn route_action(
                 body: format!("backendtls: {}\n", unusable.join("; ")),
             };
         }
-        let reason = if invalid.is_empty() {
-            "no backendRefs".to_string()
-        } else {
-            invalid.join("; ")
-        };
-        return RouteAction::Respond {
-            status: 500,
-            body: format!("backendtls: {reason}\n"),
-        };
+        let reason =
+            if invalid.is_empty() { "no backendRefs".to_string() } else { invalid.join("; ") };
+        return RouteAction::Respond { status: 500, body: format!("backendtls: {reason}\n") };
     }
     if forward.len() == unusable.len() && invalid.is_empty() {
         return RouteAction::Respond {
@@ -748,15 +668,13 @@ fn route_action(
         // The share of invalid backendRefs must fail, not move to the valid ones. Envoy cannot
         // answer locally for part of a weighted split, so that share goes to a cluster without
         // hosts (503).
-        ir.clusters
-            .entry(INVALID_BACKEND_CLUSTER.to_string())
-            .or_insert_with(|| Cluster {
-                name: INVALID_BACKEND_CLUSTER.to_string(),
-                service: ObjectKey::new("", ""),
-                port: 0,
-                endpoints: Endpoints::Static(Vec::new()),
-                tls: None,
-            });
+        ir.clusters.entry(INVALID_BACKEND_CLUSTER.to_string()).or_insert_with(|| Cluster {
+            name: INVALID_BACKEND_CLUSTER.to_string(),
+            service: ObjectKey::new("", ""),
+            port: 0,
+            endpoints: Endpoints::Static(Vec::new()),
+            tls: None,
+        });
         forward.push(WeightedCluster {
             cluster: INVALID_BACKEND_CLUSTER.to_string(),
             weight: invalid_weight,
@@ -777,19 +695,15 @@ fn backend_cluster(
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
-        return Err(format!(
-            "backendRef {kind} {} is not a Service",
-            backend.name
-        ));
+        return Err(format!("backendRef {kind} {} is not a Service", backend.name));
     }
     let namespace = backend.namespace.as_deref().unwrap_or(&route_key.namespace);
     let service_key = ObjectKey::new(namespace, &backend.name);
     if namespace != route_key.namespace && !reference_granted(store, route_key, &service_key) {
         return Err(format!("backendRef Service {service_key} is in another namespace and no ReferenceGrant allows it"));
     }
-    let port_number = backend
-        .port
-        .ok_or_else(|| format!("backendRef Service {service_key} has no port"))?;
+    let port_number =
+        backend.port.ok_or_else(|| format!("backendRef Service {service_key} has no port"))?;
     let service = store
         .services
         .get(&service_key)
@@ -804,21 +718,16 @@ fn backend_cluster(
     if !ir.clusters.contains_key(&name) {
         let endpoints = if service.spec.kind.as_deref() == Some("ExternalName") {
             let hostname = service.spec.external_name.clone().unwrap_or_default();
-            Endpoints::Dns {
-                hostname,
-                port: port_number,
-            }
+            Endpoints::Dns { hostname, port: port_number }
         } else {
             Endpoints::Static(slice_endpoints(store, &service_key, port))
         };
-        let tls = policies
-            .governing(&service_key, port)
-            .map(|policy| BackendTls {
-                policy: policy.key.clone(),
-                hostname: policy.hostname.clone(),
-                subject_alt_names: policy.subject_alt_names.clone(),
-                trust: policy.trust.clone(),
-            });
+        let tls = policies.governing(&service_key, port).map(|policy| BackendTls {
+            policy: policy.key.clone(),
+            hostname: policy.hostname.clone(),
+            subject_alt_names: policy.subject_alt_names.clone(),
+            trust: policy.trust.clone(),
+        });
         ir.clusters.insert(
             name.clone(),
             Cluster {
@@ -853,10 +762,7 @@ fn reference_granted(store: &Store, from: &ObjectKey, to: &ObjectKey) -> bool {
 fn slice_endpoints(store: &Store, service: &ObjectKey, port: &ServicePort) -> Vec<SocketAddr> {
     let mut addresses = BTreeSet::new();
     for slice in store.endpoint_slices_of(service) {
-        if !matches!(
-            slice.address_type.as_deref(),
-            Some("IPv4") | Some("IPv6") | None
-        ) {
+        if !matches!(slice.address_type.as_deref(), Some("IPv4") | Some("IPv6") | None) {
             continue;
         }
         let Some(number) = slice

@@ -28,21 +28,13 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let mut config = ConfigDir::new(&options.config_dir);
     config.reload().map_err(|e| {
-        format!(
-            "cannot read config directory {}: {e}",
-            options.config_dir.display()
-        )
+        format!("cannot read config directory {}: {e}", options.config_dir.display())
     })?;
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let xds = XdsState::new(snapshot_rx);
     let status = Arc::new(RwLock::new(LoaderStatus::default()));
-    let mut rebuild = Rebuilder {
-        config,
-        options: &options,
-        snapshot_tx,
-        status: status.clone(),
-    };
+    let mut rebuild = Rebuilder { config, options: &options, snapshot_tx, status: status.clone() };
     rebuild.run();
 
     // File events arrive on notify's thread; forward them into the async world.
@@ -67,10 +59,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for admin on {}: {e}", options.admin_address))?;
     tracing::info!(xds = %options.xds_address, admin = %options.admin_address, dir = %options.config_dir.display(), "serving");
 
-    let admin = Arc::new(Admin {
-        status,
-        xds: xds.clone(),
-    });
+    let admin = Arc::new(Admin { status, xds: xds.clone() });
     tokio::spawn(admin.serve(admin_listener));
     let grpc = tonic::transport::Server::builder()
         .add_service(xds.service())

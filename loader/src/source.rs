@@ -119,13 +119,9 @@ fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<
     let api_version = text("apiVersion").to_string();
     let kind = text("kind").to_string();
     let metadata = document.get("metadata");
-    let name = metadata
-        .and_then(|m| m.get("name"))
-        .and_then(|v| v.as_str());
-    let namespace = metadata
-        .and_then(|m| m.get("namespace"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
+    let name = metadata.and_then(|m| m.get("name")).and_then(|v| v.as_str());
+    let namespace =
+        metadata.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
     let object = name.map(|n| format!("{kind} {namespace}/{n}"));
     if kind.is_empty() || api_version.is_empty() {
         return Err((object, "missing apiVersion or kind".into()));
@@ -156,11 +152,7 @@ fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<
                 "{kind} at apiVersion {api_version} is not supported (supported: {})",
                 supported
                     .iter()
-                    .map(|v| if group.is_empty() {
-                        v.to_string()
-                    } else {
-                        format!("{group}/{v}")
-                    })
+                    .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -207,10 +199,7 @@ struct FileState {
 
 impl ConfigDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ConfigDir {
-            root: root.into(),
-            files: BTreeMap::new(),
-        }
+        ConfigDir { root: root.into(), files: BTreeMap::new() }
     }
 
     pub fn root(&self) -> &Path {
@@ -247,11 +236,7 @@ impl ConfigDir {
             let state = match previous {
                 Some(state) if state.text == text => state,
                 previous => match parse_documents(&path, &text) {
-                    Ok(objects) => FileState {
-                        text,
-                        good: objects,
-                        error: None,
-                    },
+                    Ok(objects) => FileState { text, good: objects, error: None },
                     Err(error) => FileState {
                         text,
                         good: previous.map(|p| p.good).unwrap_or_default(),
@@ -267,10 +252,7 @@ impl ConfigDir {
 
     /// Problems in the current files (each file's last good content is still in the store).
     pub fn errors(&self) -> Vec<SourceError> {
-        self.files
-            .values()
-            .filter_map(|f| f.error.clone())
-            .collect()
+        self.files.values().filter_map(|f| f.error.clone()).collect()
     }
 
     /// All objects, in file order. An object defined twice is reported and the first one kept.
@@ -342,10 +324,7 @@ kind: Deployment
 metadata: { name: ignored }
 "#;
         let objects = parse_documents(Path::new("a.yaml"), text).unwrap();
-        let kinds: Vec<_> = objects
-            .iter()
-            .map(|o| format!("{} {}", o.kind(), o.key()))
-            .collect();
+        let kinds: Vec<_> = objects.iter().map(|o| format!("{} {}", o.kind(), o.key())).collect();
         assert_eq!(kinds, ["Service default/nginx", "ConfigMap default/ca"]);
     }
 
@@ -378,11 +357,7 @@ metadata: { name: ignored }
         let mut config = ConfigDir::new(&dir);
         config.reload().unwrap();
         assert!(config.errors().is_empty());
-        std::fs::write(
-            &file,
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca\n").unwrap();
         config.reload().unwrap();
         assert_eq!(config.errors().len(), 1);
         let (store, _) = config.store();
@@ -390,11 +365,7 @@ metadata: { name: ignored }
         assert_eq!(ca.data["ca.crt"], "one");
         std::fs::remove_file(&file).unwrap();
         config.reload().unwrap();
-        assert!(config
-            .store()
-            .0
-            .config_map(&ObjectKey::new("default", "ca"))
-            .is_none());
+        assert!(config.store().0.config_map(&ObjectKey::new("default", "ca")).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

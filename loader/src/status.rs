@@ -25,13 +25,7 @@ fn status_string<S: serde::Serializer>(status: &bool, s: S) -> Result<S::Ok, S::
 
 impl Condition {
     pub fn new(kind: &'static str, status: bool, reason: &'static str, message: String) -> Self {
-        Condition {
-            kind,
-            status,
-            reason,
-            message,
-            observed_generation: 1,
-        }
+        Condition { kind, status, reason, message, observed_generation: 1 }
     }
 
     pub fn observed(mut self, generation: i64) -> Self {

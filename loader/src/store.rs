@@ -13,10 +13,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: &str, name: &str) -> Self {
-        ObjectKey {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
+        ObjectKey { namespace: namespace.to_string(), name: name.to_string() }
     }
 }
 
@@ -76,11 +73,8 @@ impl Store {
     /// Labels of a namespace. Without a Namespace object, Kubernetes' automatic
     /// `kubernetes.io/metadata.name` label is still there.
     pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
-        let mut labels = self
-            .namespaces
-            .get(namespace)
-            .map(|ns| ns.metadata.labels.clone())
-            .unwrap_or_default();
+        let mut labels =
+            self.namespaces.get(namespace).map(|ns| ns.metadata.labels.clone()).unwrap_or_default();
         labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
         labels
     }

@@ -7,9 +7,7 @@ use backendtls_loader::{pipeline, resolve, source::ConfigDir, xds};
 use std::path::{Path, PathBuf};
 
 fn check(case: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(case);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(case);
     let mut config = ConfigDir::new(dir.join("input"));
     config.reload().unwrap();
     let options = resolve::Options {
@@ -29,17 +27,9 @@ fn check(case: &str) {
     let mut status = build.status_json();
     for error in status["errors"].as_array_mut().unwrap() {
         let file = error["file"].as_str().unwrap().to_string();
-        error["file"] = Path::new(&file)
-            .strip_prefix(&dir)
-            .unwrap()
-            .display()
-            .to_string()
-            .into();
+        error["file"] = Path::new(&file).strip_prefix(&dir).unwrap().display().to_string().into();
     }
-    compare(
-        &dir.join("ir.json"),
-        &serde_json::to_value(&build.resolution.ir).unwrap(),
-    );
+    compare(&dir.join("ir.json"), &serde_json::to_value(&build.resolution.ir).unwrap());
     compare(&dir.join("envoy.json"), &envoy);
     compare(&dir.join("status.json"), &status);
 }
@@ -51,10 +41,7 @@ fn compare(path: &Path, actual: &serde_json::Value) {
         return;
     }
     let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
+        panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display())
     });
     pretty_assertions::assert_eq!(
         expected,

@@ -30,12 +30,26 @@ fn admin(address: SocketAddr) -> bootstrap::Admin {
     }
 }
 
-fn node(id: &str) -> core::Node {
-    core::Node {
-        id: id.to_string(),
-        cluster: "backendtls".into(),
+/// Tag rules that give the filter's Wasm stats their Prometheus labels (see
+/// `backendtls_filter::contract::stats`); harmless without the filter.
+fn stats_config() -> envoy_types::pb::envoy::config::metrics::v3::StatsConfig {
+    use envoy_types::pb::envoy::config::metrics::v3::{
+        tag_specifier::TagValue, StatsConfig, TagSpecifier,
+    };
+    StatsConfig {
+        stats_tags: backendtls_filter::contract::stats::TAG_RULES
+            .iter()
+            .map(|(name, regex)| TagSpecifier {
+                tag_name: name.to_string(),
+                tag_value: Some(TagValue::Regex(regex.to_string())),
+            })
+            .collect(),
         ..Default::default()
     }
+}
+
+fn node(id: &str) -> core::Node {
+    core::Node { id: id.to_string(), cluster: "backendtls".into(), ..Default::default() }
 }
 
 pub fn ads_bootstrap(options: &AdsBootstrapOptions) -> bootstrap::Bootstrap {
@@ -73,16 +87,11 @@ pub fn ads_bootstrap(options: &AdsBootstrapOptions) -> bootstrap::Bootstrap {
         ..Default::default()
     };
     let mut protocol_options = HashMap::new();
-    protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-        pack(&http2),
-    );
+    protocol_options
+        .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), pack(&http2));
     let xds_cluster = cluster::Cluster {
         name: XDS_CLUSTER.into(),
-        connect_timeout: Some(Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
+        connect_timeout: Some(Duration { seconds: 1, nanos: 0 }),
         cluster_discovery_type: Some(cluster::cluster::ClusterDiscoveryType::Type(
             cluster::cluster::DiscoveryType::Static as i32,
         )),
@@ -111,6 +120,7 @@ pub fn ads_bootstrap(options: &AdsBootstrapOptions) -> bootstrap::Bootstrap {
     bootstrap::Bootstrap {
         node: Some(node(&options.node_id)),
         admin: Some(admin(options.admin_address)),
+        stats_config: Some(stats_config()),
         dynamic_resources: Some(bootstrap::bootstrap::DynamicResources {
             ads_config: Some(ads),
             cds_config: Some(ads_config_source()),
@@ -130,17 +140,10 @@ pub fn static_bootstrap(resources: &Resources, admin_address: SocketAddr) -> boo
     bootstrap::Bootstrap {
         node: Some(node("backendtls-static")),
         admin: Some(admin(admin_address)),
+        stats_config: Some(stats_config()),
         static_resources: Some(bootstrap::bootstrap::StaticResources {
-            listeners: resources
-                .listeners
-                .iter()
-                .map(|l| l.resource.clone())
-                .collect(),
-            clusters: resources
-                .clusters
-                .iter()
-                .map(|c| c.resource.clone())
-                .collect(),
+            listeners: resources.listeners.iter().map(|l| l.resource.clone()).collect(),
+            clusters: resources.clusters.iter().map(|c| c.resource.clone()).collect(),
             ..Default::default()
         }),
         ..Default::default()

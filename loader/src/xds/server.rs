@@ -63,10 +63,8 @@ impl XdsState {
     }
 
     pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(AdsService {
-            state: self.clone(),
-        })
-        .max_decoding_message_size(64 << 20)
+        AggregatedDiscoveryServiceServer::new(AdsService { state: self.clone() })
+            .max_decoding_message_size(64 << 20)
     }
 }
 
@@ -136,20 +134,9 @@ impl Session {
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
         state.sessions.lock().unwrap().insert(
             id,
-            SessionInfo {
-                node: String::new(),
-                protocol,
-                acked_version: None,
-                last_nack: None,
-            },
+            SessionInfo { node: String::new(), protocol, acked_version: None, last_nack: None },
         );
-        Session {
-            id,
-            state,
-            types: BTreeMap::new(),
-            next_nonce: 0,
-            node: String::new(),
-        }
+        Session { id, state, types: BTreeMap::new(), next_nonce: 0, node: String::new() }
     }
 
     fn nonce(&mut self) -> String {
@@ -204,13 +191,8 @@ impl Session {
     }
 
     fn publish_acked(&self) {
-        let acked = self
-            .types
-            .values()
-            .filter(|t| t.subscribed)
-            .map(|t| t.acked_version)
-            .min()
-            .flatten();
+        let acked =
+            self.types.values().filter(|t| t.subscribed).map(|t| t.acked_version).min().flatten();
         self.update_info(|info| info.acked_version = acked);
     }
 
@@ -226,8 +208,7 @@ impl Session {
     fn count_sent(&self, resources: usize, bytes: usize) {
         let m = &self.state.metrics;
         m.responses_sent.fetch_add(1, Ordering::Relaxed);
-        m.resources_sent
-            .fetch_add(resources as u64, Ordering::Relaxed);
+        m.resources_sent.fetch_add(resources as u64, Ordering::Relaxed);
         m.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
@@ -325,11 +306,7 @@ impl Session {
         let removed: Vec<String> = if is_named_type(type_url) {
             Vec::new()
         } else {
-            st.known
-                .keys()
-                .filter(|name| !current.contains_key(*name))
-                .cloned()
-                .collect()
+            st.known.keys().filter(|name| !current.contains_key(*name)).cloned().collect()
         };
         if changed.is_empty() && removed.is_empty() {
             self.settle(type_url, snapshot.version);
@@ -416,10 +393,7 @@ impl Session {
         if !request.response_nonce.is_empty() {
             let error = request.error_detail.as_ref().map(|e| e.message.as_str());
             let stale = !self.acknowledge(&type_url, &request.response_nonce, error)
-                && self
-                    .types
-                    .get(&type_url)
-                    .is_some_and(|st| st.pending.is_some());
+                && self.types.get(&type_url).is_some_and(|st| st.pending.is_some());
             if stale {
                 return None;
             }
@@ -456,10 +430,7 @@ impl Session {
             self.settle(type_url, snapshot.version);
             return None;
         }
-        let resources: Vec<_> = scope
-            .keys()
-            .map(|name| current[name].resource.clone())
-            .collect();
+        let resources: Vec<_> = scope.keys().map(|name| current[name].resource.clone()).collect();
         let bytes = resources.iter().map(|r| r.value.len()).sum();
         st.known = scope;
         let count = resources.len();
@@ -493,10 +464,7 @@ mod tests {
     use prost::Name;
 
     fn snapshot(version: u64, resources: &[(&str, &str, &str)]) -> Snapshot {
-        let mut snapshot = Snapshot {
-            version,
-            resources: BTreeMap::new(),
-        };
+        let mut snapshot = Snapshot { version, resources: BTreeMap::new() };
         for type_url in type_urls() {
             snapshot.resources.insert(type_url, BTreeMap::new());
         }
@@ -505,10 +473,7 @@ mod tests {
                 name.to_string(),
                 VersionedResource {
                     version: v.to_string(),
-                    resource: Any {
-                        type_url: type_url.to_string(),
-                        value: v.as_bytes().to_vec(),
-                    },
+                    resource: Any { type_url: type_url.to_string(), value: v.as_bytes().to_vec() },
                 },
             );
         }
@@ -536,11 +501,7 @@ mod tests {
     }
 
     fn names(response: &DeltaDiscoveryResponse) -> Vec<(&str, &str)> {
-        response
-            .resources
-            .iter()
-            .map(|r| (r.name.as_str(), r.version.as_str()))
-            .collect()
+        response.resources.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect()
     }
 
     fn acked(session: &Session) -> Option<u64> {
@@ -559,10 +520,7 @@ mod tests {
 
         s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
         assert_eq!(acked(&s), Some(1));
-        assert!(
-            s.delta_response(&cds, &v1).is_none(),
-            "an ACK needs no answer"
-        );
+        assert!(s.delta_response(&cds, &v1).is_none(), "an ACK needs no answer");
 
         let v2 = snapshot(2, &[(&cds, "a", "2")]);
         let response = s.delta_response(&cds, &v2).unwrap();
@@ -602,16 +560,10 @@ mod tests {
         s.on_delta_request(delta(&cds, &[], &[], ""));
         let response = s.delta_response(&cds, &v1).unwrap();
         let mut nack = delta(&cds, &[], &[], &response.nonce);
-        nack.error_detail = Some(RpcStatus {
-            code: 3,
-            message: "bad cluster".into(),
-            details: vec![],
-        });
+        nack.error_detail =
+            Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] });
         s.on_delta_request(nack);
-        assert_eq!(
-            s.state.sessions()[0].last_nack.as_deref(),
-            Some("bad cluster")
-        );
+        assert_eq!(s.state.sessions()[0].last_nack.as_deref(), Some("bad cluster"));
         assert_eq!(s.state.metrics.nacks.load(Ordering::Relaxed), 1);
         assert!(s.delta_response(&cds, &v1).is_none());
         let v2 = snapshot(2, &[(&cds, "a", "2")]);
@@ -623,12 +575,8 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let mut request = delta(&cds, &[], &[], "");
-        request
-            .initial_resource_versions
-            .insert("a".into(), "1".into());
-        request
-            .initial_resource_versions
-            .insert("b".into(), "old".into());
+        request.initial_resource_versions.insert("a".into(), "1".into());
+        request.initial_resource_versions.insert("b".into(), "old".into());
         s.on_delta_request(request);
         let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
         assert_eq!(names(&s.delta_response(&cds, &v1).unwrap()), [("b", "1")]);
@@ -654,24 +602,14 @@ mod tests {
         assert_eq!(first.version_info, "1");
 
         let force = s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap();
-        assert!(
-            s.sotw_response(&sds, &v1, force).is_none(),
-            "an ACK needs no answer"
-        );
+        assert!(s.sotw_response(&sds, &v1, force).is_none(), "an ACK needs no answer");
         assert_eq!(acked(&s), Some(1));
 
-        let force = s
-            .on_sotw_request(sotw(&sds, &["x", "y"], &first.nonce))
-            .unwrap();
+        let force = s.on_sotw_request(sotw(&sds, &["x", "y"], &first.nonce)).unwrap();
         let second = s.sotw_response(&sds, &v1, force).unwrap();
-        assert_eq!(
-            second.resources.len(),
-            2,
-            "a new name means the whole scope again"
-        );
+        assert_eq!(second.resources.len(), 2, "a new name means the whole scope again");
         assert!(
-            s.on_sotw_request(sotw(&sds, &["x"], &first.nonce))
-                .is_none(),
+            s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).is_none(),
             "a request answering an older response is stale"
         );
     }

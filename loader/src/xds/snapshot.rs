@@ -70,13 +70,7 @@ impl Snapshot {
             by_type
                 .get_mut(&any.type_url)
                 .expect("every served type is listed in type_urls")
-                .insert(
-                    name.to_string(),
-                    VersionedResource {
-                        version,
-                        resource: any,
-                    },
-                );
+                .insert(name.to_string(), VersionedResource { version, resource: any });
         };
         resources
             .clusters
@@ -86,22 +80,13 @@ impl Snapshot {
             .endpoints
             .iter()
             .for_each(|r| add(&r.resource.cluster_name, &r.version, pack(&r.resource)));
-        resources
-            .secrets
-            .iter()
-            .for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
+        resources.secrets.iter().for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
         resources
             .listeners
             .iter()
             .for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
-        resources
-            .routes
-            .iter()
-            .for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
-        Snapshot {
-            version,
-            resources: by_type,
-        }
+        resources.routes.iter().for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
+        Snapshot { version, resources: by_type }
     }
 
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, VersionedResource>> {
@@ -111,25 +96,17 @@ impl Snapshot {
     /// Same resources (by name and resource version), whatever the snapshot versions.
     pub fn same_content(&self, other: &Snapshot) -> bool {
         self.resources.len() == other.resources.len()
-            && self
-                .resources
-                .iter()
-                .zip(&other.resources)
-                .all(|((ta, a), (tb, b))| {
-                    ta == tb
-                        && a.len() == b.len()
-                        && a.iter()
-                            .zip(b)
-                            .all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
-                })
+            && self.resources.iter().zip(&other.resources).all(|((ta, a), (tb, b))| {
+                ta == tb
+                    && a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
+            })
     }
 
     /// Bytes of all resources, for metrics and benchmarks.
     pub fn total_bytes(&self) -> usize {
-        self.resources
-            .values()
-            .flat_map(|m| m.values())
-            .map(|r| r.resource.value.len())
-            .sum()
+        self.resources.values().flat_map(|m| m.values()).map(|r| r.resource.value.len()).sum()
     }
 }

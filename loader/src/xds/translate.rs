@@ -20,7 +20,7 @@ use prost::{Message, Name};
 use std::collections::HashMap;
 
 /// Where endpoints and CA bundles go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Delivery {
     /// Over the ADS stream: EDS for endpoints, SDS for CA bundles, RDS for routes.
     Ads,
@@ -29,11 +29,12 @@ pub enum Delivery {
 }
 
 /// Settings that come from the command line rather than from the manifests.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct TranslateOptions {
     /// Address the Gateway listeners bind to.
     pub listener_address: String,
     pub delivery: Delivery,
+    pub filter: Filter,
 }
 
 impl Default for TranslateOptions {
@@ -41,9 +42,32 @@ impl Default for TranslateOptions {
         TranslateOptions {
             listener_address: "127.0.0.1".into(),
             delivery: Delivery::Ads,
+            filter: Filter::default(),
         }
     }
 }
+
+/// The backendtls HTTP filter in each Gateway listener, in one of its two builds.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Filter {
+    pub build: FilterBuild,
+    /// Name of a request header that tells the backend which policy governs it (off when None).
+    pub request_header: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub enum FilterBuild {
+    #[default]
+    None,
+    /// The proxy-wasm module (`.wasm`).
+    Wasm { path: std::path::PathBuf },
+    /// The dynamic module (`lib<name>.so`): from this file, or when None found by name through
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    DynamicModule { path: Option<std::path::PathBuf> },
+}
+
+/// The dynamic module's name: Envoy looks for `lib<name>.so`.
+pub const DYNAMIC_MODULE_NAME: &str = "backendtls_filter";
 
 /// An Envoy resource with a version that changes exactly when its content does.
 ///
@@ -75,10 +99,7 @@ fn fingerprint(source: &impl serde::Serialize) -> String {
 }
 
 fn versioned<T>(source: &impl serde::Serialize, resource: T) -> Versioned<T> {
-    Versioned {
-        version: fingerprint(source),
-        resource,
-    }
+    Versioned { version: fingerprint(source), resource }
 }
 
 pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
@@ -86,9 +107,8 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
     let delivery = options.delivery == Delivery::Ads;
     for l in &ir.listeners {
         let routes = route_configuration(l);
-        let source = (l, &options.listener_address, delivery);
-        out.listeners
-            .push(versioned(&source, gateway_listener(l, options, &routes)));
+        let source = (l, options);
+        out.listeners.push(versioned(&source, gateway_listener(l, options, &routes)));
         if options.delivery == Delivery::Ads {
             out.routes.push(versioned(l, routes));
         }
@@ -100,8 +120,7 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
         // a resource it already holds. A new version makes the loader resend it.
         let source = (c, delivery);
         out.clusters.push(versioned(&source, cluster));
-        out.endpoints
-            .extend(load_assignment.map(|l| versioned(&source, l)));
+        out.endpoints.extend(load_assignment.map(|l| versioned(&source, l)));
     }
     if options.delivery == Delivery::Ads {
         for (name, bundle) in &ir.ca_bundles {
@@ -123,10 +142,7 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
 }
 
 pub fn pack<T: Message + Name>(message: &T) -> Any {
-    Any {
-        type_url: T::type_url(),
-        value: message.encode_to_vec(),
-    }
+    Any { type_url: T::type_url(), value: message.encode_to_vec() }
 }
 
 pub fn ads_config_source() -> core::ConfigSource {
@@ -157,10 +173,7 @@ fn inline_string(text: &str) -> core::DataSource {
 }
 
 fn seconds(s: i64) -> Option<Duration> {
-    Some(Duration {
-        seconds: s,
-        nanos: 0,
-    })
+    Some(Duration { seconds: s, nanos: 0 })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,7 +181,7 @@ fn seconds(s: i64) -> Option<Duration> {
 
 /// What the access log prints per request: enough to see which backend answered and why a
 /// handshake failed.
-const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% host=%REQ(:AUTHORITY)% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% tls=%UPSTREAM_TLS_VERSION% failure=\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"\n";
+const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% host=%REQ(:AUTHORITY)% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% tls=%UPSTREAM_TLS_VERSION% failure=\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" backendtls=%DYNAMIC_METADATA(backendtls)%\n";
 
 fn gateway_listener(
     l: &ir::Listener,
@@ -208,13 +221,16 @@ fn gateway_listener(
         stat_prefix: l.name.clone(),
         codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(route_specifier),
-        http_filters: vec![hcm::HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
+        http_filters: backendtls_filter(&options.filter)
+            .into_iter()
+            .chain([hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                    &Router::default(),
+                ))),
+                ..Default::default()
+            }])
+            .collect(),
         access_log: vec![access_log],
         // The guide's curl sends `host: example.com:8080`; routes match on the hostname alone.
         strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
@@ -234,6 +250,64 @@ fn gateway_listener(
     }
 }
 
+/// The filter's own configuration, passed to both builds as a JSON string.
+pub fn filter_config_json(filter: &Filter) -> String {
+    serde_json::json!({ "request_header": filter.request_header }).to_string()
+}
+
+fn backendtls_filter(filter: &Filter) -> Option<hcm::HttpFilter> {
+    use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::{plugin_config, PluginConfig, VmConfig};
+    let configuration = Some(pack(&pb::StringValue { value: filter_config_json(filter) }));
+    let local_file = |path: &std::path::Path| core::AsyncDataSource {
+        specifier: Some(core::async_data_source::Specifier::Local(core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(path.display().to_string())),
+            ..Default::default()
+        })),
+    };
+    let (name, config) = match &filter.build {
+        FilterBuild::None => return None,
+        FilterBuild::Wasm { path } => (
+            "envoy.filters.http.wasm",
+            pack(&Wasm {
+                config: Some(PluginConfig {
+                    name: contract::stats::FAMILY.into(),
+                    root_id: contract::stats::FAMILY.into(),
+                    configuration,
+                    vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                        vm_id: contract::stats::FAMILY.into(),
+                        runtime: "envoy.wasm.runtime.v8".into(),
+                        code: Some(local_file(path)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+            }),
+        ),
+        FilterBuild::DynamicModule { path } => (
+            "envoy.extensions.filters.http.dynamic_modules",
+            pack(&DynamicModuleFilter {
+                dynamic_module_config: Some(DynamicModuleConfig {
+                    name: DYNAMIC_MODULE_NAME.into(),
+                    module: path.as_deref().map(local_file),
+                    metrics_namespace: contract::stats::FAMILY.into(),
+                    ..Default::default()
+                }),
+                filter_name: contract::stats::FAMILY.into(),
+                filter_config: configuration,
+                ..Default::default()
+            }),
+        ),
+    };
+    Some(hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    })
+}
+
 fn route_configuration(l: &ir::Listener) -> route::RouteConfiguration {
     let virtual_hosts = l
         .virtual_hosts
@@ -245,11 +319,7 @@ fn route_configuration(l: &ir::Listener) -> route::RouteConfiguration {
             ..Default::default()
         })
         .collect();
-    route::RouteConfiguration {
-        name: l.name.clone(),
-        virtual_hosts,
-        ..Default::default()
-    }
+    route::RouteConfiguration { name: l.name.clone(), virtual_hosts, ..Default::default() }
 }
 
 fn envoy_route(r: &ir::Route) -> route::Route {
@@ -317,13 +387,7 @@ fn backend_cluster(
     delivery: Delivery,
 ) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
-    let unusable = matches!(
-        &c.tls,
-        Some(ir::BackendTls {
-            trust: Trust::Unusable { .. },
-            ..
-        })
-    );
+    let unusable = matches!(&c.tls, Some(ir::BackendTls { trust: Trust::Unusable { .. }, .. }));
     let mut out = cluster::Cluster {
         name: c.name.clone(),
         connect_timeout: seconds(5),
@@ -364,12 +428,8 @@ fn backend_cluster(
             out.load_assignment = Some(lb_endpoints(vec![(hostname.clone(), *port)]));
         }
         ir::Endpoints::Static(addresses) => {
-            let assignment = lb_endpoints(
-                addresses
-                    .iter()
-                    .map(|a| (a.ip().to_string(), a.port()))
-                    .collect(),
-            );
+            let assignment =
+                lb_endpoints(addresses.iter().map(|a| (a.ip().to_string(), a.port())).collect());
             match delivery {
                 Delivery::Ads => {
                     out.cluster_discovery_type =
@@ -454,15 +514,13 @@ fn san_matcher(san: &SubjectAltName) -> tls::SubjectAltNameMatcher {
                     ..Default::default()
                 }),
             ),
-            None => (
-                tls::subject_alt_name_matcher::SanType::Dns,
-                MatchPattern::Exact(name.clone()),
-            ),
+            None => {
+                (tls::subject_alt_name_matcher::SanType::Dns, MatchPattern::Exact(name.clone()))
+            }
         },
-        SubjectAltName::Uri(uri) => (
-            tls::subject_alt_name_matcher::SanType::Uri,
-            MatchPattern::Exact(uri.clone()),
-        ),
+        SubjectAltName::Uri(uri) => {
+            (tls::subject_alt_name_matcher::SanType::Uri, MatchPattern::Exact(uri.clone()))
+        }
     };
     tls::SubjectAltNameMatcher {
         san_type: san_type as i32,
@@ -488,18 +546,10 @@ fn regex_escape(text: &str) -> String {
 /// `filter_metadata["backendtls"]`, the contract the filter reads (see README).
 fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
     use pb::value::Kind;
-    let string = |s: &str| pb::Value {
-        kind: Some(Kind::StringValue(s.to_string())),
-    };
+    let string = |s: &str| pb::Value { kind: Some(Kind::StringValue(s.to_string())) };
     let mut fields = HashMap::new();
-    fields.insert(
-        contract::keys::POLICY.to_string(),
-        string(&policy.policy.to_string()),
-    );
-    fields.insert(
-        contract::keys::HOSTNAME.to_string(),
-        string(&policy.hostname),
-    );
+    fields.insert(contract::keys::POLICY.to_string(), string(&policy.policy.to_string()));
+    fields.insert(contract::keys::HOSTNAME.to_string(), string(&policy.hostname));
     let sans = policy
         .subject_alt_names
         .iter()
@@ -511,16 +561,12 @@ fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
             let mut entry = HashMap::new();
             entry.insert("type".to_string(), string(kind));
             entry.insert(key.to_string(), string(value));
-            pb::Value {
-                kind: Some(Kind::StructValue(pb::Struct { fields: entry })),
-            }
+            pb::Value { kind: Some(Kind::StructValue(pb::Struct { fields: entry })) }
         })
         .collect();
     fields.insert(
         contract::keys::SUBJECT_ALT_NAMES.to_string(),
-        pb::Value {
-            kind: Some(Kind::ListValue(pb::ListValue { values: sans })),
-        },
+        pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: sans })) },
     );
     let state = match &policy.trust {
         Trust::Ca { .. } => PolicyState::Valid,
@@ -531,12 +577,6 @@ fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
     };
     fields.insert(contract::keys::STATE.to_string(), string(state.as_str()));
     let mut filter_metadata = HashMap::new();
-    filter_metadata.insert(
-        contract::METADATA_NAMESPACE.to_string(),
-        pb::Struct { fields },
-    );
-    core::Metadata {
-        filter_metadata,
-        ..Default::default()
-    }
+    filter_metadata.insert(contract::METADATA_NAMESPACE.to_string(), pb::Struct { fields });
+    core::Metadata { filter_metadata, ..Default::default() }
 }
