@@ -1,0 +1,25 @@
+//! End-to-end harness for backendtls: real Envoy 1.40, real NGINX, the real loader binary, all on
+//! 127.0.0.1. Every component is a value that kills its process on drop and, when a test is
+//! failing, prints its log tail so the failure explains itself.
+
+pub mod certs;
+pub mod envoy;
+pub mod guide;
+pub mod http;
+pub mod loader;
+pub mod manifests;
+pub mod nginx;
+pub mod paths;
+pub mod ports;
+pub mod process;
+pub mod wait;
+
+pub use certs::{CertifiedKey, TestCa};
+pub use envoy::{validate_bootstrap, Envoy};
+pub use guide::GuideStack;
+pub use http::{http_get, try_http_get, HttpConnection};
+pub use loader::{ads_bootstrap, render_bootstrap, Loader};
+pub use manifests::Manifests;
+pub use nginx::{AccessLine, Nginx, NGINX_BODY};
+pub use ports::{free_port, port_accepts};
+pub use wait::wait_until;

@@ -1,0 +1,66 @@
+//! Test certificate authorities and the leaf certificates they issue.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// A PEM certificate and its PEM (PKCS#8) private key.
+#[derive(Clone, Debug)]
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A self-signed certificate authority that can issue server certificates.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA whose subject is `CN=<common_name>`. Two CAs made here never trust each other's
+    /// leaves, which is what the "wrong CA" cases need.
+    pub fn new(common_name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().expect("generate CA key");
+        let cert = params.self_signed(&key).expect("self-sign CA");
+        TestCa {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// A server certificate (serverAuth) for `dns_names`, signed by this CA; the first name is
+    /// also the subject common name.
+    pub fn issue(&self, dns_names: &[&str]) -> CertifiedKey {
+        let names: Vec<String> = dns_names.iter().map(|name| name.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("valid DNS names");
+        if let Some(first) = dns_names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("generate leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf certificate");
+        CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+}

@@ -1,0 +1,194 @@
+//! The loader binary as a subprocess: `serve`, `bootstrap` and `render`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::http::try_http_get;
+use crate::paths::loader_bin;
+use crate::ports::free_port;
+use crate::process::{print_tail_if_panicking, ManagedChild};
+use crate::wait::wait_until;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `backendtls-loader serve` on a config directory, with its xDS and admin ports on 127.0.0.1.
+pub struct Loader {
+    config_dir: PathBuf,
+    xds_port: u16,
+    admin_port: u16,
+    /// Holds the log file, which outlives restarts so one log tells the whole story.
+    log_dir: TempDir,
+    process: Option<ManagedChild>,
+}
+
+impl Loader {
+    /// Starts the loader on free ports and waits until `/readyz` answers 200.
+    pub fn start(config_dir: &Path) -> Loader {
+        Loader::start_on_ports(config_dir, free_port(), free_port())
+    }
+
+    pub fn start_on_ports(config_dir: &Path, xds_port: u16, admin_port: u16) -> Loader {
+        let log_dir =
+            tempfile::Builder::new().prefix("btls-loader-").tempdir().expect("loader temp dir");
+        let mut loader = Loader {
+            config_dir: config_dir.to_path_buf(),
+            xds_port,
+            admin_port,
+            log_dir,
+            process: None,
+        };
+        loader.start_again();
+        loader
+    }
+
+    pub fn xds_port(&self) -> u16 {
+        self.xds_port
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// Kills the loader (SIGKILL, as a crash would) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Stops the loader gracefully (SIGTERM, then SIGKILL if it lingers).
+    pub fn shutdown(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop();
+        }
+    }
+
+    /// Starts the loader (again) on the same ports and waits until `/readyz` answers 200.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let mut command = Command::new(loader_bin());
+        command
+            .arg("serve")
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .args(["--xds-address", &format!("127.0.0.1:{}", self.xds_port)])
+            .args(["--admin-address", &format!("127.0.0.1:{}", self.admin_port)])
+            .env("RUST_LOG", "info");
+        let mut process = ManagedChild::spawn("loader", command, &self.log_path());
+        let port = self.admin_port;
+        wait_until("loader /readyz to answer 200", READY_TIMEOUT, || {
+            process.assert_running();
+            match try_http_get(port, "127.0.0.1", "/readyz") {
+                Ok((200, _)) => Ok(()),
+                other => Err(other),
+            }
+        });
+        self.process = Some(process);
+    }
+
+    /// `GET /status`: snapshot version, per-policy status, input errors and problems.
+    pub fn status(&self) -> Value {
+        self.admin_json("/status")
+    }
+
+    /// `GET /xds`: snapshot version and, per connected Envoy, the newest fully ACKed version.
+    pub fn xds(&self) -> Value {
+        self.admin_json("/xds")
+    }
+
+    /// Whether Envoy `node_id` is connected and has ACKed the loader's current snapshot.
+    pub fn envoy_is_current(&self, node_id: &str) -> Result<(), Value> {
+        let xds = self.try_admin_json("/xds").map_err(Value::String)?;
+        let current = xds["snapshot_version"].as_u64();
+        let acked = xds["envoys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|envoy| envoy["node"] == node_id)
+            .and_then(|envoy| envoy["acked_version"].as_u64());
+        match (current, acked) {
+            (Some(current), Some(acked)) if acked == current => Ok(()),
+            _ => Err(xds),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// One log file across restarts, so it tells the whole story.
+    pub fn log_path(&self) -> PathBuf {
+        self.log_dir.path().join("loader.log")
+    }
+
+    pub fn admin_json(&self, path: &str) -> Value {
+        self.try_admin_json(path).unwrap_or_else(|e| panic!("loader admin {path}: {e}"))
+    }
+
+    fn try_admin_json(&self, path: &str) -> Result<Value, String> {
+        match try_http_get(self.admin_port, "127.0.0.1", path) {
+            Ok((200, body)) => serde_json::from_str(&body).map_err(|e| format!("{e}: {body}")),
+            Ok((status, body)) => Err(format!("{status} {body}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_tail_if_panicking("loader log", &self.log(), 60);
+            for path in ["/status", "/xds"] {
+                let answer = self.try_admin_json(path).map(|json| json.to_string());
+                eprintln!("----- loader {path} -----\n{}", answer.unwrap_or_else(|e| e));
+            }
+        }
+        self.stop();
+    }
+}
+
+/// The delta-ADS bootstrap the loader prints for an Envoy that talks to it.
+pub fn ads_bootstrap(xds_port: u16, admin_port: u16, node_id: &str) -> String {
+    run_loader(&[
+        "bootstrap",
+        "--xds-address",
+        &format!("127.0.0.1:{xds_port}"),
+        "--admin-address",
+        &format!("127.0.0.1:{admin_port}"),
+        "--node-id",
+        node_id,
+    ])
+}
+
+/// A static Envoy bootstrap (no xDS) rendered from a config directory, as YAML.
+pub fn render_bootstrap(config_dir: &Path, admin_port: u16) -> String {
+    let config_dir = config_dir.to_str().expect("UTF-8 config dir");
+    run_loader(&[
+        "render",
+        "--config-dir",
+        config_dir,
+        "-o",
+        "yaml",
+        "--admin-address",
+        &format!("127.0.0.1:{admin_port}"),
+    ])
+}
+
+/// Runs a one-shot loader subcommand and returns its stdout; panics with stderr when it fails.
+fn run_loader(args: &[&str]) -> String {
+    let output = Command::new(loader_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run backendtls-loader {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "backendtls-loader {args:?} failed with {}:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("loader prints UTF-8")
+}
