@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::certs::TestCa;
 use crate::envoy::Envoy;
 use crate::http::try_http_get;
-use crate::loader::{ads_bootstrap, Loader};
+use crate::loader::{ads_bootstrap, Ads, Loader};
 use crate::manifests::Manifests;
 use crate::nginx::Nginx;
 use crate::ports::free_port;
@@ -38,6 +38,11 @@ impl GuideStack {
     /// Starts everything and waits until Envoy is ready (it has its first listeners and clusters);
     /// `node_id` names this Envoy in the loader's `/xds`.
     pub fn start(node_id: &str) -> GuideStack {
+        GuideStack::start_with(node_id, Ads::Delta)
+    }
+
+    /// Like [`GuideStack::start`], with the given ADS flavour for Envoy.
+    pub fn start_with(node_id: &str, ads: Ads) -> GuideStack {
         let ca = TestCa::new("backendtls e2e CA");
         let nginx = Nginx::start(&ca.issue(&[HOSTNAME]));
         let gateway_port = free_port();
@@ -45,7 +50,7 @@ impl GuideStack {
         let loader = Loader::start(manifests.dir());
         let envoy_admin_port = free_port();
         let envoy = Envoy::start(
-            &ads_bootstrap(loader.xds_port(), envoy_admin_port, node_id),
+            &ads_bootstrap(loader.xds_port(), envoy_admin_port, node_id, ads),
             envoy_admin_port,
         );
         GuideStack {

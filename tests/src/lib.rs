@@ -18,7 +18,7 @@ pub use certs::{CertifiedKey, TestCa};
 pub use envoy::{validate_bootstrap, Envoy};
 pub use guide::GuideStack;
 pub use http::{http_get, try_http_get, HttpConnection};
-pub use loader::{ads_bootstrap, render_bootstrap, Loader};
+pub use loader::{ads_bootstrap, render_bootstrap, Ads, Loader};
 pub use manifests::Manifests;
 pub use nginx::{AccessLine, Nginx, NGINX_BODY};
 pub use ports::{free_port, port_accepts};

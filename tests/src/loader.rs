@@ -151,17 +151,26 @@ impl Drop for Loader {
     }
 }
 
-/// The delta-ADS bootstrap the loader prints for an Envoy that talks to it.
-pub fn ads_bootstrap(xds_port: u16, admin_port: u16, node_id: &str) -> String {
-    run_loader(&[
-        "bootstrap",
-        "--xds-address",
-        &format!("127.0.0.1:{xds_port}"),
-        "--admin-address",
-        &format!("127.0.0.1:{admin_port}"),
-        "--node-id",
-        node_id,
-    ])
+/// Which ADS protocol Envoy speaks to the loader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ads {
+    /// Incremental xDS, what the shipped bootstrap uses.
+    Delta,
+    /// State of the world.
+    Sotw,
+}
+
+/// The ADS bootstrap the loader prints for an Envoy that talks to it.
+pub fn ads_bootstrap(xds_port: u16, admin_port: u16, node_id: &str, ads: Ads) -> String {
+    let xds_address = format!("127.0.0.1:{xds_port}");
+    let admin_address = format!("127.0.0.1:{admin_port}");
+    let mut args =
+        vec!["bootstrap", "--xds-address", &xds_address, "--admin-address", &admin_address];
+    args.extend(["--node-id", node_id]);
+    if ads == Ads::Sotw {
+        args.push("--sotw");
+    }
+    run_loader(&args)
 }
 
 /// A static Envoy bootstrap (no xDS) rendered from a config directory, as YAML.

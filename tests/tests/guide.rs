@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use backendtls_e2e::guide::{wait_for_gateway_status, GUIDE_HOST, HOSTNAME, NGINX_CLUSTER};
 use backendtls_e2e::{
-    free_port, render_bootstrap, validate_bootstrap, wait_until, Envoy, GuideStack, HttpConnection,
-    Manifests, Nginx, TestCa, NGINX_BODY,
+    free_port, render_bootstrap, validate_bootstrap, wait_until, Ads, Envoy, GuideStack,
+    HttpConnection, Manifests, Nginx, TestCa, NGINX_BODY,
 };
 
 /// Requests sent after a change has been observed, to show it holds on every connection.
@@ -66,6 +66,29 @@ fn ca_swap_and_restore() {
     stack.manifests.set_ca(stack.ca.cert_pem());
     stack.wait_for_status(200);
     assert_all_requests_answer(&stack, &mut old_connection, 200);
+    assert_eq!(stack.nginx.plaintext_requests(), vec![], "plaintext reached nginx");
+}
+
+/// The same walkthrough and CA change with Envoy on state-of-the-world ADS instead of delta.
+#[test]
+fn state_of_the_world_ads() {
+    let stack = GuideStack::start_with("e2e-sotw", Ads::Sotw);
+    assert_eq!(stack.wait_for_status(200), NGINX_BODY);
+    let mut kept_alive = HttpConnection::connect(stack.gateway_port).expect("connect");
+    assert_eq!(get_on(&mut kept_alive), 200);
+
+    let unrelated = TestCa::new("unrelated CA");
+    stack.manifests.set_ca(unrelated.cert_pem());
+    stack.wait_for_status(503);
+    assert_all_requests_answer(&stack, &mut kept_alive, 503);
+
+    stack.manifests.set_ca(stack.ca.cert_pem());
+    stack.wait_for_status(200);
+    assert_all_requests_answer(&stack, &mut kept_alive, 200);
+    let loader = &stack.loader;
+    wait_until("Envoy to ACK the current snapshot over SotW", Duration::from_secs(10), || {
+        loader.envoy_is_current(&stack.node_id)
+    });
     assert_eq!(stack.nginx.plaintext_requests(), vec![], "plaintext reached nginx");
 }
 
