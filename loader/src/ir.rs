@@ -15,6 +15,8 @@ pub struct Ir {
     pub clusters: BTreeMap<String, Cluster>,
     /// Trust bundles by secret name. Names are content-addressed (see [`ca_secret_name`]).
     pub ca_bundles: BTreeMap<String, CaBundle>,
+    /// Gateway client certificates by secret name (content-addressed too).
+    pub client_certificates: BTreeMap<String, ClientCertificate>,
 }
 
 /// One Envoy listener: a port of one Gateway, with every HTTP listener of that Gateway on it.
@@ -90,7 +92,39 @@ pub struct BackendTls {
     /// Always the SNI; the identity to verify unless `subject_alt_names` is non-empty.
     pub hostname: String,
     pub subject_alt_names: Vec<SubjectAltName>,
+    pub params: TlsParams,
     pub trust: Trust,
+    /// Secret name of the certificate Envoy presents to the backend (the Gateway's
+    /// `spec.tls.backend.clientCertificateRef`), if any.
+    pub client_certificate: Option<String>,
+}
+
+/// TLS settings from the policy's `spec.options`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsParams {
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    /// TLS 1.2 cipher suites by BoringSSL name; empty means Envoy's defaults.
+    pub cipher_suites: Vec<String>,
+    /// ALPN protocols offered to the backend (`h2`, `http/1.1`); empty means none.
+    pub alpn: Vec<String>,
+}
+
+impl Default for TlsParams {
+    fn default() -> Self {
+        TlsParams {
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+            alpn: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 impl BackendTls {
@@ -125,13 +159,36 @@ pub struct CaBundle {
     pub pem: String,
 }
 
+/// A certificate chain and key Envoy presents to backends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClientCertificate {
+    /// The Secret it came from.
+    pub source: ObjectKey,
+    pub cert_pem: String,
+    /// Never serialized (golden files, status); the secret name covers its content.
+    #[serde(skip)]
+    pub key_pem: String,
+}
+
 /// Secret names carry a digest of their content, so that a CA change is a change of the
 /// cluster's configuration. Envoy keeps pooled upstream connections when only an SDS secret
 /// changes; a changed cluster is rebuilt and its old connections drained, so every request after
 /// the change is verified against the new trust.
 pub fn ca_secret_name(pem: &str) -> String {
+    format!("backendtls_ca_{}", short_digest(&[pem]))
+}
+
+/// Content-addressed like [`ca_secret_name`]; the key is part of the content.
+pub fn client_certificate_secret_name(cert_pem: &str, key_pem: &str) -> String {
+    format!("backendtls_client_{}", short_digest(&[cert_pem, key_pem]))
+}
+
+fn short_digest(parts: &[&str]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(pem.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("backendtls_ca_{hex}")
+    let mut hasher = sha2::Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

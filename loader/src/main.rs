@@ -115,6 +115,15 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:19000")]
         admin_address: SocketAddr,
     },
+    /// Validate and resolve the directory without serving: policy status and input errors.
+    /// Exit 0 when everything parsed and every policy is Accepted and ResolvedRefs, 1 when not,
+    /// 2 on a usage error or an unreadable directory.
+    Check {
+        #[command(flatten)]
+        translation: Translation,
+        #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+        output: Format,
+    },
     /// Print the bootstrap that points a stock Envoy at this loader over ADS.
     Bootstrap {
         #[arg(long, default_value = "127.0.0.1:18000")]
@@ -201,6 +210,28 @@ fn main() -> ExitCode {
             let bootstrap = xds::bootstrap::static_bootstrap(&build.resources, admin_address);
             print(&xds::json::to_json(&bootstrap), output);
             ExitCode::SUCCESS
+        }
+        Command::Check { translation, output } => {
+            let translate = match translation.translate_options(Delivery::Ads) {
+                Ok(options) => options,
+                Err(e) => return usage_error(&e),
+            };
+            let mut config = ConfigDir::new(&translation.config_dir);
+            if let Err(e) = config.reload() {
+                return usage_error(&format!(
+                    "cannot read {}: {e}",
+                    translation.config_dir.display()
+                ));
+            }
+            let build = pipeline::build(&config, &translation.resolve_options(), &translate);
+            print(&build.status_json(), output);
+            let healthy =
+                build.errors.is_empty() && build.resolution.policies.iter().all(|p| p.is_healthy());
+            if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Command::Bootstrap { xds_address, admin_address, node_id, sotw, output } => {
             let bootstrap = xds::bootstrap::ads_bootstrap(&xds::bootstrap::AdsBootstrapOptions {

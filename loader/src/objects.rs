@@ -48,6 +48,32 @@ pub struct GatewaySpec {
     pub gateway_class_name: String,
     #[serde(default)]
     pub listeners: Vec<GatewayListener>,
+    #[serde(default)]
+    pub tls: Option<GatewayTls>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GatewayTls {
+    #[serde(default)]
+    pub backend: Option<GatewayBackendTls>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayBackendTls {
+    #[serde(default)]
+    pub client_certificate_ref: Option<SecretObjectReference>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct SecretObjectReference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

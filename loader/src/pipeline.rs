@@ -19,6 +19,7 @@ impl Build {
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::json!({
             "policies": self.resolution.policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
+            "gateways": self.resolution.gateways,
             "errors": self.errors,
             "problems": self.resolution.problems,
         })

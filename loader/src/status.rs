@@ -2,7 +2,6 @@
 
 use crate::store::ObjectKey;
 use serde::Serialize;
-use std::collections::BTreeSet;
 
 /// The `controllerName` this loader writes into every ancestor entry.
 pub const CONTROLLER_NAME: &str = "backendtls.dev/loader";
@@ -43,26 +42,24 @@ pub struct AncestorRef {
     pub name: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PolicyAncestor {
-    #[serde(rename = "ancestorRef")]
-    pub ancestor_ref: AncestorRef,
-}
+impl AncestorRef {
+    pub fn gateway(key: &ObjectKey) -> Self {
+        AncestorRef {
+            group: "gateway.networking.k8s.io",
+            kind: "Gateway",
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        }
+    }
 
-impl PolicyAncestor {
-    pub fn for_gateways(gateways: &BTreeSet<ObjectKey>) -> Vec<PolicyAncestor> {
-        gateways
-            .iter()
-            .take(16) // the API allows at most 16 ancestors
-            .map(|g| PolicyAncestor {
-                ancestor_ref: AncestorRef {
-                    group: "gateway.networking.k8s.io",
-                    kind: "Gateway",
-                    namespace: g.namespace.clone(),
-                    name: g.name.clone(),
-                },
-            })
-            .collect()
+    /// Used for policies no Gateway reaches yet: they report on the Service they target.
+    pub fn service(key: &ObjectKey) -> Self {
+        AncestorRef {
+            group: "",
+            kind: "Service",
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        }
     }
 }
 
@@ -71,8 +68,8 @@ impl PolicyAncestor {
 pub struct PolicyReport {
     pub namespace: String,
     pub name: String,
-    /// Gateways whose routes reach a port the policy governs.
-    pub ancestors: Vec<PolicyAncestor>,
+    /// Gateways whose routes reach a port the policy targets, or else the targeted Services.
+    pub ancestors: Vec<AncestorRef>,
     /// `Accepted` and `ResolvedRefs`, the same for every ancestor.
     pub conditions: Vec<Condition>,
 }
@@ -83,30 +80,36 @@ impl PolicyReport {
     }
 
     /// The Kubernetes form: `{namespace, name, status: {ancestors: [{ancestorRef, controllerName,
-    /// conditions}]}}`. A policy no Gateway reaches yet still reports its conditions, under an
-    /// entry without ancestorRef, so that mistakes show before the first route uses the Service.
+    /// conditions}]}}`.
     pub fn to_json(&self) -> serde_json::Value {
-        let ancestors: Vec<serde_json::Value> = if self.ancestors.is_empty() {
-            vec![serde_json::json!({
-                "controllerName": CONTROLLER_NAME,
-                "conditions": self.conditions,
-            })]
-        } else {
-            self.ancestors
-                .iter()
-                .map(|a| {
-                    serde_json::json!({
-                        "ancestorRef": a.ancestor_ref,
-                        "controllerName": CONTROLLER_NAME,
-                        "conditions": self.conditions,
-                    })
+        let ancestors: Vec<serde_json::Value> = self
+            .ancestors
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "ancestorRef": a,
+                    "controllerName": CONTROLLER_NAME,
+                    "conditions": self.conditions,
                 })
-                .collect()
-        };
+            })
+            .collect();
         serde_json::json!({
             "namespace": self.namespace,
             "name": self.name,
             "status": { "ancestors": ancestors },
         })
     }
+
+    pub fn is_healthy(&self) -> bool {
+        self.conditions.iter().all(|c| c.status)
+    }
+}
+
+/// What the loader concluded about one Gateway: `Accepted`, and `ResolvedRefs` for its backend
+/// client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatewayReport {
+    pub namespace: String,
+    pub name: String,
+    pub conditions: Vec<Condition>,
 }

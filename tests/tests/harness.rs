@@ -1,20 +1,11 @@
 //! Self-tests of the harness that need no loader (NGINX, Envoy with static bootstraps, the
-//! certificates between them, the HTTP client), plus one Envoy fact the guide tests rely on.
+//! certificates between them, the HTTP client).
 
-use std::path::Path;
 use std::time::Duration;
 
 use backendtls_e2e::{
     free_port, http_get, try_http_get, wait_until, Envoy, HttpConnection, Nginx, TestCa, NGINX_BODY,
 };
-
-/// How the static cluster gets its trust anchors.
-enum Trust<'a> {
-    /// `validation_context.trusted_ca` inline.
-    Inline(&'a str),
-    /// An SDS validation-context secret `ca` read from a watched file.
-    SdsFile(&'a Path),
-}
 
 /// A static Envoy config: one listener routing everything to cluster `backend`, which originates
 /// TLS to 127.0.0.1:`backend_port` with SNI and SAN `example.com` (TLS 1.3 allowed).
@@ -22,21 +13,13 @@ fn static_tls_bootstrap(
     admin_port: u16,
     listener_port: u16,
     backend_port: u16,
-    trust: Trust,
+    ca_pem: &str,
 ) -> String {
-    let validation = match trust {
-        Trust::Inline(ca_pem) => format!(
-            "validation_context:\n            trusted_ca: {{inline_string: {}}}\n            \
-             match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: example.com}}}}]",
-            serde_json::to_string(ca_pem).expect("PEM as a JSON string")
-        ),
-        Trust::SdsFile(path) => format!(
-            "validation_context_sds_secret_config:\n            name: ca\n            \
-             sds_config: {{path_config_source: {{path: {}, watched_directory: {{path: {}}}}}}}",
-            path.display(),
-            path.parent().expect("SDS file has a directory").display()
-        ),
-    };
+    let validation = format!(
+        "validation_context:\n            trusted_ca: {{inline_string: {}}}\n            \
+         match_typed_subject_alt_names: [{{san_type: DNS, matcher: {{exact: example.com}}}}]",
+        serde_json::to_string(ca_pem).expect("PEM as a JSON string")
+    );
     format!(
         r#"node: {{id: harness, cluster: harness}}
 admin:
@@ -78,15 +61,6 @@ static_resources:
     )
 }
 
-/// An SDS file holding validation-context secret `ca` that trusts `ca_pem`.
-fn sds_ca_secret(ca_pem: &str) -> String {
-    format!(
-        "resources:\n- \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  \
-         name: ca\n  validation_context:\n    trusted_ca: {{inline_string: {}}}\n",
-        serde_json::to_string(ca_pem).expect("PEM as a JSON string")
-    )
-}
-
 fn wait_for_503(listener_port: u16) {
     wait_until("a new connection to answer 503", Duration::from_secs(10), || {
         match try_http_get(listener_port, "example.com", "/") {
@@ -119,12 +93,8 @@ fn envoy_static_tls_to_nginx_and_certificate_swap() {
     let ca = TestCa::new("harness CA");
     let mut nginx = Nginx::start(&ca.issue(&["example.com"]));
     let (admin_port, listener_port) = (free_port(), free_port());
-    let bootstrap = static_tls_bootstrap(
-        admin_port,
-        listener_port,
-        nginx.https_port(),
-        Trust::Inline(ca.cert_pem()),
-    );
+    let bootstrap =
+        static_tls_bootstrap(admin_port, listener_port, nginx.https_port(), ca.cert_pem());
     let envoy = Envoy::start(&bootstrap, admin_port);
 
     let mut keep_alive = HttpConnection::connect(listener_port).expect("connect to envoy");
@@ -146,37 +116,4 @@ fn envoy_static_tls_to_nginx_and_certificate_swap() {
     wait_for_503(listener_port);
     assert!(envoy.stat("cluster.backend.ssl.fail_verify_error") >= 1, "{:?}", envoy.stats());
     assert!(envoy.prometheus().contains("envoy_cluster_ssl_handshake"));
-}
-
-/// Envoy 1.40 fact behind `guide::ca_swap_and_restore`'s kept-alive connection: when an SDS
-/// validation context changes in place, only new upstream handshakes use it; pooled connections
-/// verified against the old CA keep serving. A control plane must therefore make a trust change
-/// drain the pools (e.g. by changing the cluster), and the guide test checks that it does.
-#[test]
-fn in_place_sds_ca_update_keeps_pooled_upstream_connections() {
-    let ca = TestCa::new("harness CA");
-    let nginx = Nginx::start(&ca.issue(&["example.com"]));
-    let sds_dir = tempfile::tempdir().expect("SDS dir");
-    let sds_path = sds_dir.path().join("ca.yaml");
-    std::fs::write(&sds_path, sds_ca_secret(ca.cert_pem())).expect("write SDS file");
-    let (admin_port, listener_port) = (free_port(), free_port());
-    let bootstrap = static_tls_bootstrap(
-        admin_port,
-        listener_port,
-        nginx.https_port(),
-        Trust::SdsFile(&sds_path),
-    );
-    let _envoy = Envoy::start(&bootstrap, admin_port);
-    let mut pooled = HttpConnection::connect(listener_port).expect("connect to envoy");
-    assert_eq!(pooled.get("example.com", "/").expect("GET").0, 200);
-
-    // Envoy's watched-directory SDS picks up a file moved into place.
-    let unrelated = TestCa::new("unrelated CA");
-    let staging = sds_dir.path().join(".staging");
-    std::fs::write(&staging, sds_ca_secret(unrelated.cert_pem())).expect("write SDS file");
-    std::fs::rename(&staging, &sds_path).expect("move SDS file into place");
-    wait_for_503(listener_port);
-
-    let status = pooled.get("example.com", "/").expect("GET on the pooled connection").0;
-    assert_eq!(status, 200, "Envoy now drains pools on SDS CA updates; revisit this note");
 }

@@ -3,7 +3,7 @@
 //! Two shapes come out of the same code: resources for ADS (clusters with EDS endpoints and CA
 //! bundles as SDS secrets) and a static bootstrap for `render` (endpoints and CAs inline).
 
-use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, Trust};
+use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, TlsVersion, Trust};
 use backendtls_filter::contract::{self, PolicyState};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -137,8 +137,26 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
                 },
             ));
         }
+        for (name, certificate) in &ir.client_certificates {
+            // The name digests the key too, so it versions what serialization leaves out.
+            let secret = tls::Secret {
+                name: name.clone(),
+                r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(
+                    certificate,
+                ))),
+            };
+            out.secrets.push(versioned(&(name, certificate), secret));
+        }
     }
     out
+}
+
+fn client_tls_certificate(certificate: &ir::ClientCertificate) -> tls::TlsCertificate {
+    tls::TlsCertificate {
+        certificate_chain: Some(inline_string(&certificate.cert_pem)),
+        private_key: Some(inline_string(&certificate.key_pem)),
+        ..Default::default()
+    }
 }
 
 pub fn pack<T: Message + Name>(message: &T) -> Any {
@@ -449,6 +467,8 @@ fn backend_cluster(
         }
     }
     if let Some(policy) = &c.tls {
+        out.typed_extension_protocol_options =
+            alpn_protocol_options(&policy.params.alpn).unwrap_or_default();
         out.transport_socket = Some(core::TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
             config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
@@ -486,20 +506,73 @@ fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::Up
             })
         }
     };
-    tls::UpstreamTlsContext {
-        sni: policy.hostname.clone(),
-        common_tls_context: Some(tls::CommonTlsContext {
-            tls_params: Some(tls::TlsParameters {
-                tls_minimum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv12 as i32,
-                // Envoy's upstream default maximum is TLS 1.2.
-                tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
-                ..Default::default()
-            }),
-            validation_context_type: Some(validation),
+    let version = |v: TlsVersion| match v {
+        TlsVersion::Tls12 => tls::tls_parameters::TlsProtocol::TlSv12 as i32,
+        TlsVersion::Tls13 => tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+    };
+    let mut common = tls::CommonTlsContext {
+        tls_params: Some(tls::TlsParameters {
+            tls_minimum_protocol_version: version(policy.params.min_version),
+            // Always explicit: Envoy's upstream default maximum is TLS 1.2.
+            tls_maximum_protocol_version: version(policy.params.max_version),
+            cipher_suites: policy.params.cipher_suites.clone(),
             ..Default::default()
         }),
+        alpn_protocols: policy.params.alpn.clone(),
+        validation_context_type: Some(validation),
+        ..Default::default()
+    };
+    if let Some(name) = &policy.client_certificate {
+        match delivery {
+            Delivery::Ads => {
+                common.tls_certificate_sds_secret_configs = vec![tls::SdsSecretConfig {
+                    name: name.clone(),
+                    sds_config: Some(ads_config_source()),
+                }]
+            }
+            Delivery::Inline => {
+                common.tls_certificates =
+                    vec![client_tls_certificate(&ir.client_certificates[name])]
+            }
+        }
+    }
+    tls::UpstreamTlsContext {
+        sni: policy.hostname.clone(),
+        common_tls_context: Some(common),
         ..Default::default()
     }
+}
+
+/// With ALPN the backend may pick HTTP/2: the cluster must then be able to speak it.
+fn alpn_protocol_options(alpn: &[String]) -> Option<HashMap<String, Any>> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options::{
+            explicit_http_config::ProtocolConfig, AutoHttpConfig, ExplicitHttpConfig,
+            UpstreamProtocolOptions,
+        },
+        HttpProtocolOptions,
+    };
+    let h2 = alpn.iter().any(|p| p == "h2");
+    let h1 = alpn.iter().any(|p| p == "http/1.1");
+    let protocol = match (h1, h2) {
+        (_, false) => return None,
+        (true, true) => UpstreamProtocolOptions::AutoConfig(AutoHttpConfig {
+            http_protocol_options: Some(core::Http1ProtocolOptions::default()),
+            http2_protocol_options: Some(core::Http2ProtocolOptions::default()),
+            ..Default::default()
+        }),
+        (false, true) => UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                core::Http2ProtocolOptions::default(),
+            )),
+        }),
+    };
+    let options =
+        HttpProtocolOptions { upstream_protocol_options: Some(protocol), ..Default::default() };
+    Some(HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack(&options),
+    )]))
 }
 
 fn san_matcher(san: &SubjectAltName) -> tls::SubjectAltNameMatcher {

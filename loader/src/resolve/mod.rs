@@ -4,10 +4,16 @@
 //! Gateways and the HTTPRoutes attached to them; each backendRef becomes a cluster governed by the
 //! policy that targets its Service port, if any.
 
+mod policy;
+mod trust;
+
+pub use policy::option_keys;
+
 use crate::ir::*;
-use crate::objects::{self, BackendTlsPolicy, Gateway, HttpRoute, ServicePort};
-use crate::status::{Condition, PolicyAncestor, PolicyReport};
+use crate::objects::{self, Gateway, HttpRoute, ServicePort};
+use crate::status::{Condition, GatewayReport, PolicyReport};
 use crate::store::{ObjectKey, Store};
+use policy::PolicyIndex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -46,6 +52,7 @@ pub struct Problem {
 pub struct Resolution {
     pub ir: Ir,
     pub policies: Vec<PolicyReport>,
+    pub gateways: Vec<GatewayReport>,
     pub problems: Vec<Problem>,
 }
 
@@ -53,6 +60,7 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     let mut policies = PolicyIndex::build(store, options);
     let mut problems = Vec::new();
     let mut ir = Ir::default();
+    let mut gateways = Vec::new();
 
     for (gateway_key, gateway) in &store.gateways {
         if let Some(class) = &options.gateway_class {
@@ -60,9 +68,13 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
                 continue;
             }
         }
+        let (client_certificate, report) =
+            gateway_client_certificate(store, gateway_key, gateway, &mut ir);
+        gateways.push(report);
+        let context = GatewayContext { key: gateway_key, gateway, client_certificate };
         for listener in gateway_listeners(gateway_key, gateway, &mut problems) {
             let listener =
-                build_listener(store, gateway_key, gateway, listener, &mut policies, &mut ir);
+                build_listener(store, &context, listener, &mut policies, &mut ir, &mut problems);
             ir.listeners.push(listener);
         }
     }
@@ -85,331 +97,113 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution { ir, policies: policies.reports(), problems }
+    Resolution { ir, policies: policies.reports(), gateways, problems }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Policies
-
-/// A policy after validation: what it would apply, or why it cannot.
-struct ResolvedPolicy {
-    key: ObjectKey,
-    generation: i64,
-    hostname: String,
-    subject_alt_names: Vec<SubjectAltName>,
-    trust: Trust,
-    accepted: Condition,
-    resolved_refs: Condition,
-    /// Gateways whose routes reach a port this policy governs.
-    ancestors: BTreeSet<ObjectKey>,
+/// What routes need to know of the Gateway they are attached to.
+struct GatewayContext<'a> {
+    key: &'a ObjectKey,
+    gateway: &'a Gateway,
+    /// Secret name of the Gateway's backend client certificate, when it has a valid one.
+    client_certificate: Option<String>,
 }
 
-/// A Service, and the name of one of its ports or None for the whole Service.
-type Target = (ObjectKey, Option<String>);
-
-struct PolicyIndex {
-    policies: BTreeMap<ObjectKey, ResolvedPolicy>,
-    /// (Service, port name or None for the whole Service) -> the winning policy.
-    by_target: BTreeMap<Target, ObjectKey>,
-    /// The same targets -> every policy that names them, winners and losers.
-    contenders: BTreeMap<Target, Vec<ObjectKey>>,
-    /// CA bundles by secret name.
-    bundles: BTreeMap<String, String>,
-}
-
-impl PolicyIndex {
-    fn build(store: &Store, options: &Options) -> Self {
-        let mut index = PolicyIndex {
-            policies: BTreeMap::new(),
-            by_target: BTreeMap::new(),
-            contenders: BTreeMap::new(),
-            bundles: BTreeMap::new(),
-        };
-        // Candidates per target, in precedence order: oldest creationTimestamp, then namespace/name.
-        let mut candidates: BTreeMap<Target, Vec<(Option<&str>, ObjectKey)>> = BTreeMap::new();
-        for (key, policy) in &store.policies {
-            let resolved = resolve_policy(store, options, key, policy, &mut index.bundles);
-            if resolved.accepted.status || resolved.accepted.reason == "NoValidCACertificate" {
-                for target in &policy.spec.target_refs {
-                    if target.group.is_empty() && target.kind == "Service" {
-                        let service = ObjectKey::new(&key.namespace, &target.name);
-                        let created = policy.metadata.creation_timestamp.as_deref();
-                        candidates
-                            .entry((service, target.section_name.clone()))
-                            .or_default()
-                            .push((created, key.clone()));
-                    }
-                }
-            }
-            index.policies.insert(key.clone(), resolved);
-        }
-        for (target, mut contenders) in candidates {
-            // None (no timestamp) sorts after every timestamp.
-            contenders.sort_by(|a, b| (a.0.is_none(), a.0, &a.1).cmp(&(b.0.is_none(), b.0, &b.1)));
-            let winner = contenders[0].1.clone();
-            for (_, loser) in &contenders[1..] {
-                let policy = index.policies.get_mut(loser).expect("indexed above");
-                policy.accepted = Condition::new(
-                    "Accepted",
-                    false,
-                    "Conflicted",
-                    format!(
-                        "{} targets the same Service{} and takes precedence (older creationTimestamp, then namespace/name)",
-                        winner,
-                        target.1.as_ref().map(|s| format!(" port {s}")).unwrap_or_default()
-                    ),
-                );
-            }
-            index
-                .contenders
-                .insert(target.clone(), contenders.into_iter().map(|(_, k)| k).collect());
-            index.by_target.insert(target, winner);
-        }
-        index
-    }
-
-    /// The policy that governs a Service port: one naming the port wins over a whole-Service one.
-    fn governing(
-        &mut self,
-        service: &ObjectKey,
-        port: &ServicePort,
-    ) -> Option<&mut ResolvedPolicy> {
-        let key = self
-            .by_target
-            .get(&(service.clone(), Some(port.name().to_string())))
-            .or_else(|| self.by_target.get(&(service.clone(), None)))?;
-        let policy = self.policies.get_mut(key)?;
-        // A conflicted policy does not govern; the winner is in by_target already.
-        Some(policy)
-    }
-
-    /// Records that a Gateway's routes reach a Service port: an ancestor of every policy that
-    /// targets it, including those that lost a conflict (their status must say so there).
-    fn reached_from(&mut self, gateway: &ObjectKey, service: &ObjectKey, port: &ServicePort) {
-        for section in [Some(port.name().to_string()), None] {
-            for key in self.contenders.get(&(service.clone(), section)).into_iter().flatten() {
-                if let Some(policy) = self.policies.get_mut(key) {
-                    policy.ancestors.insert(gateway.clone());
-                }
-            }
-        }
-    }
-
-    fn reports(self) -> Vec<PolicyReport> {
-        self.policies
-            .into_values()
-            .map(|p| PolicyReport {
-                namespace: p.key.namespace.clone(),
-                name: p.key.name.clone(),
-                ancestors: PolicyAncestor::for_gateways(&p.ancestors),
-                conditions: vec![
-                    p.accepted.observed(p.generation),
-                    p.resolved_refs.observed(p.generation),
-                ],
-            })
-            .collect()
-    }
-}
-
-fn resolve_policy(
+/// The Gateway's `spec.tls.backend.clientCertificateRef`, resolved into the IR, and the
+/// Gateway's conditions. An invalid reference leaves the Gateway Accepted with
+/// `ResolvedRefs=False` and no client certificate (backends that require one refuse the handshake).
+fn gateway_client_certificate(
     store: &Store,
-    options: &Options,
     key: &ObjectKey,
-    policy: &BackendTlsPolicy,
-    bundles: &mut BTreeMap<String, String>,
-) -> ResolvedPolicy {
-    let validation = &policy.spec.validation;
-    let subject_alt_names = validation
-        .subject_alt_names
-        .iter()
-        .filter_map(|san| match (san.kind.as_str(), &san.hostname, &san.uri) {
-            ("Hostname", Some(h), None) => Some(SubjectAltName::Hostname(h.clone())),
-            ("URI", None, Some(u)) => Some(SubjectAltName::Uri(u.clone())),
-            _ => None,
-        })
-        .collect::<Vec<_>>();
-    let mut resolved = ResolvedPolicy {
-        key: key.clone(),
-        generation: policy.metadata.generation(),
-        hostname: validation.hostname.clone(),
-        subject_alt_names,
-        trust: Trust::Unusable { reason: String::new() },
-        accepted: Condition::new("Accepted", true, "Accepted", "Policy is accepted".into()),
-        resolved_refs: Condition::new(
-            "ResolvedRefs",
-            true,
-            "ResolvedRefs",
-            "All CA certificate references are resolved".into(),
-        ),
-        ancestors: BTreeSet::new(),
+    gateway: &Gateway,
+    ir: &mut Ir,
+) -> (Option<String>, GatewayReport) {
+    let generation = gateway.metadata.generation();
+    let accepted = Condition::new("Accepted", true, "Accepted", "Gateway is accepted".into())
+        .observed(generation);
+    let report = |resolved: Condition| GatewayReport {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        conditions: vec![accepted.clone(), resolved.observed(generation)],
     };
-    if let Err(reason) = validate_spec(policy) {
-        resolved.accepted = Condition::new("Accepted", false, "Invalid", reason.clone());
-        resolved.trust = Trust::Unusable { reason };
-        return resolved;
+    let Some(reference) = gateway
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref())
+    else {
+        return (
+            None,
+            report(Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "All references are resolved".into(),
+            )),
+        );
+    };
+    let namespace = reference.namespace.as_deref().unwrap_or(&key.namespace);
+    let secret_key = ObjectKey::new(namespace, &reference.name);
+    let invalid = |reason: &'static str, message: String| {
+        (None, report(Condition::new("ResolvedRefs", false, reason, message)))
+    };
+    if !reference.group.as_deref().unwrap_or("").is_empty()
+        || reference.kind.as_deref().unwrap_or("Secret") != "Secret"
+    {
+        return invalid(
+            "InvalidClientCertificateRef",
+            format!("clientCertificateRef {} must be a core Secret", reference.name),
+        );
     }
-
-    let mut pems = Vec::new();
-    if let Some(well_known) = &validation.well_known_ca_certificates {
-        if well_known != "System" {
-            let reason = format!(
-                "wellKnownCACertificates {well_known:?} is not supported (supported: System)"
+    if namespace != key.namespace && !secret_reference_granted(store, key, &secret_key) {
+        return invalid("RefNotPermitted", format!("clientCertificateRef Secret {secret_key} is in another namespace and no ReferenceGrant allows it"));
+    }
+    let Some(secret) = store.secrets.get(&secret_key) else {
+        return invalid(
+            "InvalidClientCertificateRef",
+            format!("clientCertificateRef Secret {secret_key} not found"),
+        );
+    };
+    match trust::tls_key_pair(secret) {
+        Ok(pair) => {
+            let name = client_certificate_secret_name(&pair.cert_pem, &pair.key_pem);
+            ir.client_certificates.insert(
+                name.clone(),
+                ClientCertificate {
+                    source: secret_key,
+                    cert_pem: pair.cert_pem,
+                    key_pem: pair.key_pem,
+                },
             );
-            resolved.accepted = Condition::new("Accepted", false, "Invalid", reason.clone());
-            resolved.trust = Trust::Unusable { reason };
-            return resolved;
+            (
+                Some(name),
+                report(Condition::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "All references are resolved".into(),
+                )),
+            )
         }
-        match std::fs::read_to_string(&options.system_ca_bundle)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| check_ca_pem(&pem).map(|_| pem))
-        {
-            Ok(pem) => pems.push(pem),
-            Err(e) => {
-                let reason = format!(
-                    "the system trust bundle {} is not usable: {e}",
-                    options.system_ca_bundle.display()
-                );
-                resolved.accepted = Condition::new("Accepted", false, "Invalid", reason.clone());
-                resolved.trust = Trust::Unusable { reason };
-                return resolved;
-            }
-        }
+        Err(e) => invalid(
+            "InvalidClientCertificateRef",
+            format!("clientCertificateRef Secret {secret_key} {e}"),
+        ),
     }
-
-    let mut failures = Vec::new();
-    let mut invalid_kind = false;
-    for ca_ref in &validation.ca_certificate_refs {
-        let ref_key = ObjectKey::new(&key.namespace, &ca_ref.name);
-        let pem = match (ca_ref.group.as_str(), ca_ref.kind.as_str()) {
-            ("", "ConfigMap") => match store.config_maps.get(&ref_key) {
-                None => Err(format!("ConfigMap {ref_key} not found")),
-                Some(cm) => cm
-                    .data
-                    .get("ca.crt")
-                    .cloned()
-                    .ok_or_else(|| format!("ConfigMap {ref_key} has no key ca.crt")),
-            },
-            ("", "Secret") => match store.secrets.get(&ref_key) {
-                None => Err(format!("Secret {ref_key} not found")),
-                Some(secret) => secret_value(secret, "ca.crt")
-                    .ok_or_else(|| format!("Secret {ref_key} has no usable key ca.crt")),
-            },
-            (group, kind) => {
-                invalid_kind = true;
-                let group = if group.is_empty() { "core" } else { group };
-                failures.push(format!(
-                    "caCertificateRef {kind} {} (group {group}) is not a supported kind (ConfigMap or Secret in the core group)",
-                    ca_ref.name
-                ));
-                continue;
-            }
-        };
-        match pem.and_then(|pem| {
-            check_ca_pem(&pem)
-                .map(|_| pem)
-                .map_err(|e| format!("{} {ref_key}: ca.crt {e}", ca_ref.kind))
-        }) {
-            Ok(pem) => pems.push(pem),
-            Err(reason) => failures.push(reason),
-        }
-    }
-    if !failures.is_empty() {
-        let reason = if invalid_kind { "InvalidKind" } else { "InvalidCACertificateRef" };
-        resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures.join("; "));
-    }
-    if pems.is_empty() {
-        let reason = format!("no valid CA certificate: {}", failures.join("; "));
-        resolved.accepted =
-            Condition::new("Accepted", false, "NoValidCACertificate", reason.clone());
-        resolved.trust = Trust::Unusable { reason };
-        return resolved;
-    }
-    let mut bundle = String::new();
-    for pem in pems {
-        bundle.push_str(pem.trim_end());
-        bundle.push('\n');
-    }
-    let secret = ca_secret_name(&bundle);
-    bundles.insert(secret.clone(), bundle);
-    resolved.trust = Trust::Ca { secret };
-    resolved
 }
 
-/// What the API server's schema and CEL rules would reject.
-fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
-    let v = &policy.spec.validation;
-    match (v.ca_certificate_refs.is_empty(), v.well_known_ca_certificates.is_some()) {
-        (false, true) => {
-            return Err("must not contain both caCertificateRefs and wellKnownCACertificates".into())
-        }
-        (true, false) => {
-            return Err("must specify either caCertificateRefs or wellKnownCACertificates".into())
-        }
-        _ => {}
-    }
-    if !is_precise_hostname(&v.hostname) {
-        return Err(format!(
-            "hostname {:?} is not a valid lowercase DNS name without wildcards",
-            v.hostname
-        ));
-    }
-    for san in &v.subject_alt_names {
-        match (san.kind.as_str(), &san.hostname, &san.uri) {
-            ("Hostname", Some(h), None) if !h.is_empty() => {}
-            ("URI", None, Some(u)) if u.contains("://") => {}
-            _ => {
-                return Err(format!(
-                    "subjectAltNames entry {{type: {}, hostname: {:?}, uri: {:?}}}: type Hostname needs only hostname, type URI needs only an absolute uri",
-                    san.kind, san.hostname, san.uri
-                ))
-            }
-        }
-    }
-    if policy.spec.target_refs.is_empty() {
-        return Err("targetRefs must name at least one target".into());
-    }
-    Ok(())
-}
-
-fn is_precise_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-fn secret_value(secret: &objects::Secret, key: &str) -> Option<String> {
-    use base64::Engine;
-    if let Some(value) = secret.string_data.get(key) {
-        return Some(value.clone());
-    }
-    let encoded = secret.data.get(key)?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
-/// A CA bundle must be PEM with at least one certificate and nothing unparsable.
-pub fn check_ca_pem(pem: &str) -> Result<usize, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let mut count = 0;
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        cert.map_err(|e| format!("is not valid PEM: {e}"))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(if pem.trim().is_empty() {
-            "is empty".into()
-        } else {
-            "contains no PEM CERTIFICATE block".into()
-        });
-    }
-    Ok(count)
+fn secret_reference_granted(store: &Store, gateway: &ObjectKey, secret: &ObjectKey) -> bool {
+    store.reference_grants.iter().any(|(key, grant)| {
+        key.namespace == secret.namespace
+            && grant.spec.from.iter().any(|f| {
+                f.group == GATEWAY_GROUP && f.kind == "Gateway" && f.namespace == gateway.namespace
+            })
+            && grant.spec.to.iter().any(|t| {
+                t.group.is_empty()
+                    && t.kind == "Secret"
+                    && t.name.as_ref().is_none_or(|n| n == &secret.name)
+            })
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,20 +247,20 @@ fn gateway_listeners<'a>(
 
 fn build_listener(
     store: &Store,
-    gateway_key: &ObjectKey,
-    gateway: &Gateway,
+    gw: &GatewayContext<'_>,
     group: ListenerGroup<'_>,
     policies: &mut PolicyIndex,
     ir: &mut Ir,
+    problems: &mut Vec<Problem>,
 ) -> Listener {
     // hostname -> routes (with their precedence keys) for that virtual host.
     let mut hosts: BTreeMap<String, Vec<(RouteOrder, Route)>> = BTreeMap::new();
     for (route_key, route) in &store.http_routes {
-        let hostnames = attached_hostnames(store, gateway_key, gateway, &group, route_key, route);
+        let hostnames = attached_hostnames(store, gw.key, gw.gateway, &group, route_key, route);
         if hostnames.is_empty() {
             continue;
         }
-        let routes = build_routes(store, gateway_key, route_key, route, policies, ir);
+        let routes = build_routes(store, gw, route_key, route, policies, ir, problems);
         for hostname in hostnames {
             hosts.entry(hostname).or_default().extend(routes.iter().cloned());
         }
@@ -580,15 +374,16 @@ struct RouteOrder {
 
 fn build_routes(
     store: &Store,
-    gateway_key: &ObjectKey,
+    gw: &GatewayContext<'_>,
     route_key: &ObjectKey,
     route: &HttpRoute,
     policies: &mut PolicyIndex,
     ir: &mut Ir,
+    problems: &mut Vec<Problem>,
 ) -> Vec<(RouteOrder, Route)> {
     let mut out = Vec::new();
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
-        let action = route_action(store, gateway_key, route_key, rule, policies, ir);
+        let action = route_action(store, gw, route_key, rule, policies, ir, problems);
         let default_match = [objects::HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
         for (match_index, m) in matches.iter().enumerate() {
@@ -617,11 +412,12 @@ fn build_routes(
 
 fn route_action(
     store: &Store,
-    gateway_key: &ObjectKey,
+    gw: &GatewayContext<'_>,
     route_key: &ObjectKey,
     rule: &objects::HttpRouteRule,
     policies: &mut PolicyIndex,
     ir: &mut Ir,
+    problems: &mut Vec<Problem>,
 ) -> RouteAction {
     let mut forward = Vec::new();
     let mut invalid = Vec::new();
@@ -632,7 +428,7 @@ fn route_action(
         if weight == 0 {
             continue;
         }
-        match backend_cluster(store, gateway_key, route_key, backend, policies, ir) {
+        match backend_cluster(store, gw, route_key, backend, policies, ir, problems) {
             Ok(cluster) => {
                 if let Some(BackendTls { trust: Trust::Unusable { reason }, policy, .. }) =
                     &ir.clusters[&cluster].tls
@@ -686,11 +482,12 @@ fn route_action(
 /// The cluster of a backendRef, created on first use.
 fn backend_cluster(
     store: &Store,
-    gateway_key: &ObjectKey,
+    gw: &GatewayContext<'_>,
     route_key: &ObjectKey,
     backend: &objects::BackendRef,
     policies: &mut PolicyIndex,
     ir: &mut Ir,
+    problems: &mut Vec<Problem>,
 ) -> Result<String, String> {
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
@@ -715,31 +512,45 @@ fn backend_cluster(
         .find(|p| p.port == port_number)
         .ok_or_else(|| format!("Service {service_key} has no port {port_number}"))?;
     let name = backendtls_filter::contract::cluster_name(namespace, &backend.name, port_number);
-    if !ir.clusters.contains_key(&name) {
-        let endpoints = if service.spec.kind.as_deref() == Some("ExternalName") {
-            let hostname = service.spec.external_name.clone().unwrap_or_default();
-            Endpoints::Dns { hostname, port: port_number }
-        } else {
-            Endpoints::Static(slice_endpoints(store, &service_key, port))
-        };
-        let tls = policies.governing(&service_key, port).map(|policy| BackendTls {
-            policy: policy.key.clone(),
-            hostname: policy.hostname.clone(),
-            subject_alt_names: policy.subject_alt_names.clone(),
-            trust: policy.trust.clone(),
-        });
-        ir.clusters.insert(
-            name.clone(),
-            Cluster {
+    let client_certificate = gw.client_certificate.clone();
+    match ir.clusters.get(&name) {
+        None => {
+            let endpoints = if service.spec.kind.as_deref() == Some("ExternalName") {
+                let hostname = service.spec.external_name.clone().unwrap_or_default();
+                Endpoints::Dns { hostname, port: port_number }
+            } else {
+                Endpoints::Static(slice_endpoints(store, &service_key, port))
+            };
+            let tls = policies.governing(&service_key, port).map(|policy| BackendTls {
+                policy: policy.key.clone(),
+                hostname: policy.hostname.clone(),
+                subject_alt_names: policy.subject_alt_names.clone(),
+                params: policy.params.clone(),
+                trust: policy.trust.clone(),
+                client_certificate,
+            });
+            let cluster = Cluster {
                 name: name.clone(),
                 service: service_key.clone(),
                 port: port_number,
                 endpoints,
                 tls,
-            },
-        );
+            };
+            ir.clusters.insert(name.clone(), cluster);
+        }
+        // One cluster serves every Gateway that routes to this port, so it can present only one
+        // client certificate.
+        Some(Cluster { tls: Some(tls), .. }) if tls.client_certificate != client_certificate => {
+            problems.push(Problem {
+                object: format!("Gateway {}", gw.key),
+                reason: format!(
+                    "routes to Service {service_key} port {port_number}, which another Gateway with a different backend client certificate also uses; the first Gateway's certificate is presented"
+                ),
+            });
+        }
+        Some(_) => {}
     }
-    policies.reached_from(gateway_key, &service_key, port);
+    policies.reached_from(gw.key, &service_key, port);
     Ok(name)
 }
 
@@ -803,13 +614,5 @@ mod tests {
             ["a.example.com"]
         );
         assert!(intersect_hostnames(Some("example.com"), &["*.example.com".into()]).is_empty());
-    }
-
-    #[test]
-    fn precise_hostnames() {
-        assert!(is_precise_hostname("example.com"));
-        assert!(!is_precise_hostname("*.example.com"));
-        assert!(!is_precise_hostname("Example.com"));
-        assert!(!is_precise_hostname(""));
     }
 }

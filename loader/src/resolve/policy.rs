@@ -1,0 +1,515 @@
+//! BackendTLSPolicy semantics: validation as the API server would do it, targets, trust, options,
+//! conflicts, and the conditions each policy reports.
+
+use super::trust::{self, RefError};
+use super::Options;
+use crate::ir::{ca_secret_name, SubjectAltName, TlsParams, TlsVersion, Trust};
+use crate::objects::{BackendTlsPolicy, ServicePort};
+use crate::status::{AncestorRef, Condition, PolicyReport};
+use crate::store::{ObjectKey, Store};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Domain-prefixed `spec.options` keys this implementation understands.
+pub mod option_keys {
+    pub const MIN_TLS_VERSION: &str = "backendtls.dev/min-tls-version";
+    pub const MAX_TLS_VERSION: &str = "backendtls.dev/max-tls-version";
+    pub const CIPHER_SUITES: &str = "backendtls.dev/cipher-suites";
+    pub const ALPN: &str = "backendtls.dev/alpn";
+}
+
+/// TLS 1.2 cipher suites BoringSSL (and so Envoy) accepts by name. Anything else would make Envoy
+/// reject the cluster, so the loader refuses it first.
+const CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+];
+
+/// A policy after validation: what it applies, or why it cannot.
+pub struct ResolvedPolicy {
+    pub key: ObjectKey,
+    generation: i64,
+    pub hostname: String,
+    pub subject_alt_names: Vec<SubjectAltName>,
+    pub params: TlsParams,
+    pub trust: Trust,
+    accepted: Condition,
+    resolved_refs: Condition,
+    /// The Services it targets (for status when no Gateway reaches them).
+    targets: BTreeSet<ObjectKey>,
+    /// Gateways whose routes reach a port this policy targets.
+    ancestors: BTreeSet<ObjectKey>,
+}
+
+/// A Service, and the name of one of its ports or None for the whole Service.
+type Target = (ObjectKey, Option<String>);
+
+pub struct PolicyIndex {
+    policies: BTreeMap<ObjectKey, ResolvedPolicy>,
+    /// Each target -> the winning policy.
+    winners: BTreeMap<Target, ObjectKey>,
+    /// Each target -> every policy that names it, winners and losers.
+    contenders: BTreeMap<Target, Vec<ObjectKey>>,
+    /// Usable CA bundles by secret name.
+    pub bundles: BTreeMap<String, String>,
+}
+
+impl PolicyIndex {
+    pub fn build(store: &Store, options: &Options) -> Self {
+        let mut index = PolicyIndex {
+            policies: BTreeMap::new(),
+            winners: BTreeMap::new(),
+            contenders: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+        };
+        // Contenders per target with their precedence: oldest creationTimestamp (a missing one
+        // sorts last), then namespace/name.
+        type Precedence<'a> = (bool, Option<&'a str>, ObjectKey);
+        let mut contenders: BTreeMap<Target, Vec<Precedence<'_>>> = BTreeMap::new();
+        for (key, policy) in &store.policies {
+            let (resolved, attached) =
+                resolve_policy(store, options, key, policy, &mut index.bundles);
+            let created = policy.metadata.creation_timestamp.as_deref();
+            for target in attached {
+                contenders.entry(target).or_default().push((
+                    created.is_none(),
+                    created,
+                    key.clone(),
+                ));
+            }
+            index.policies.insert(key.clone(), resolved);
+        }
+        for (target, mut list) in contenders {
+            list.sort();
+            let winner = list[0].2.clone();
+            for (_, _, loser) in &list[1..] {
+                let port = target.1.as_ref().map(|s| format!(" port {s}")).unwrap_or_default();
+                let policy = index.policies.get_mut(loser).expect("indexed above");
+                policy.accepted = Condition::new(
+                    "Accepted",
+                    false,
+                    "Conflicted",
+                    format!("BackendTLSPolicy {winner} targets Service {}{port} too and takes precedence (older creationTimestamp, then namespace/name)", target.0),
+                );
+            }
+            index.contenders.insert(target.clone(), list.into_iter().map(|(_, _, k)| k).collect());
+            index.winners.insert(target, winner);
+        }
+        index
+    }
+
+    /// The policy that governs a Service port: one naming the port wins over a whole-Service one.
+    pub fn governing(&self, service: &ObjectKey, port: &ServicePort) -> Option<&ResolvedPolicy> {
+        let key = self
+            .winners
+            .get(&(service.clone(), Some(port.name().to_string())))
+            .or_else(|| self.winners.get(&(service.clone(), None)))?;
+        self.policies.get(key)
+    }
+
+    /// Records that a Gateway's routes reach a Service port: an ancestor of every policy that
+    /// targets it, including those that lost a conflict (their status must say so there).
+    pub fn reached_from(&mut self, gateway: &ObjectKey, service: &ObjectKey, port: &ServicePort) {
+        for section in [Some(port.name().to_string()), None] {
+            for key in self.contenders.get(&(service.clone(), section)).into_iter().flatten() {
+                if let Some(policy) = self.policies.get_mut(key) {
+                    policy.ancestors.insert(gateway.clone());
+                }
+            }
+        }
+    }
+
+    pub fn reports(self) -> Vec<PolicyReport> {
+        self.policies
+            .into_values()
+            .map(|p| {
+                // The API allows at most 16 ancestors. A policy no Gateway reaches reports on the
+                // Services it targets, so that its conditions are visible before any route exists.
+                let ancestors = if p.ancestors.is_empty() {
+                    p.targets.iter().take(16).map(AncestorRef::service).collect()
+                } else {
+                    p.ancestors.iter().take(16).map(AncestorRef::gateway).collect()
+                };
+                PolicyReport {
+                    namespace: p.key.namespace.clone(),
+                    name: p.key.name.clone(),
+                    ancestors,
+                    conditions: vec![
+                        p.accepted.observed(p.generation),
+                        p.resolved_refs.observed(p.generation),
+                    ],
+                }
+            })
+            .collect()
+    }
+}
+
+/// Validates and resolves one policy. Returns it with the targets it attaches to: none when it is
+/// invalid, so that an invalid policy never displaces a valid one, but an `Accepted=False`
+/// `NoValidCACertificate` policy still attaches and fails its traffic closed, as the spec demands.
+fn resolve_policy(
+    store: &Store,
+    options: &Options,
+    key: &ObjectKey,
+    policy: &BackendTlsPolicy,
+    bundles: &mut BTreeMap<String, String>,
+) -> (ResolvedPolicy, Vec<Target>) {
+    let validation = &policy.spec.validation;
+    let mut resolved = ResolvedPolicy {
+        key: key.clone(),
+        generation: policy.metadata.generation(),
+        hostname: validation.hostname.clone(),
+        subject_alt_names: Vec::new(),
+        params: TlsParams::default(),
+        trust: Trust::Unusable { reason: String::new() },
+        accepted: Condition::new("Accepted", true, "Accepted", "Policy is accepted".into()),
+        resolved_refs: Condition::new(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "All CA certificate references are resolved".into(),
+        ),
+        targets: policy
+            .spec
+            .target_refs
+            .iter()
+            .filter(|t| t.group.is_empty() && t.kind == "Service")
+            .map(|t| ObjectKey::new(&key.namespace, &t.name))
+            .collect(),
+        ancestors: BTreeSet::new(),
+    };
+    let invalid = |mut resolved: ResolvedPolicy, reason: &'static str, message: String| {
+        resolved.accepted = Condition::new("Accepted", false, reason, message.clone());
+        resolved.trust = Trust::Unusable { reason: message };
+        (resolved, Vec::new())
+    };
+    if let Err(message) = validate_spec(policy) {
+        return invalid(resolved, "Invalid", message);
+    }
+    resolved.subject_alt_names = validation
+        .subject_alt_names
+        .iter()
+        .map(|san| match &san.hostname {
+            Some(h) => SubjectAltName::Hostname(h.clone()),
+            None => SubjectAltName::Uri(san.uri.clone().unwrap_or_default()),
+        })
+        .collect();
+    let unknown_options = match tls_params(&policy.spec.options) {
+        Ok((params, unknown)) => {
+            resolved.params = params;
+            unknown
+        }
+        Err(message) => return invalid(resolved, "Invalid", message),
+    };
+
+    if let Some(well_known) = &validation.well_known_ca_certificates {
+        if well_known != "System" {
+            let message = format!(
+                "wellKnownCACertificates {well_known:?} is not supported (supported: System)"
+            );
+            return invalid(resolved, "Invalid", message);
+        }
+    }
+    let Attachment { targets: attached, notes } = match targets(store, key, policy) {
+        Ok(found) => found,
+        Err((reason, message)) => return invalid(resolved, reason, message),
+    };
+
+    // Trust: the system bundle, or every usable caCertificateRef bundled together.
+    let mut pems = Vec::new();
+    let mut failures = Vec::new();
+    let mut skipped = Vec::new();
+    let mut invalid_kind = false;
+    if validation.well_known_ca_certificates.is_some() {
+        let path = &options.system_ca_bundle;
+        match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| trust::ca_bundle(&pem))
+        {
+            Ok(bundle) => pems.push(bundle.pem),
+            Err(e) => {
+                let message =
+                    format!("the system trust bundle {} is not usable: {e}", path.display());
+                return invalid(resolved, "Invalid", message);
+            }
+        }
+    }
+    for ca_ref in &validation.ca_certificate_refs {
+        match trust::ca_ref(store, &key.namespace, ca_ref) {
+            Ok(bundle) => {
+                pems.push(bundle.pem);
+                skipped.extend(bundle.skipped);
+            }
+            Err(RefError::Kind(message)) => {
+                invalid_kind = true;
+                failures.push(message);
+            }
+            Err(RefError::Invalid(message)) => failures.push(message),
+        }
+    }
+    if !failures.is_empty() {
+        let reason = if invalid_kind { "InvalidKind" } else { "InvalidCACertificateRef" };
+        resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures.join("; "));
+    } else if !skipped.is_empty() {
+        resolved.resolved_refs.message =
+            format!("All CA certificate references are resolved; left out: {}", skipped.join("; "));
+    }
+    if pems.is_empty() {
+        let message = format!("no valid CA certificate: {}", failures.join("; "));
+        resolved.accepted =
+            Condition::new("Accepted", false, "NoValidCACertificate", message.clone());
+        resolved.trust = Trust::Unusable { reason: message };
+        return (resolved, attached);
+    }
+    let bundle: String = pems.concat();
+    let secret = ca_secret_name(&bundle);
+    bundles.insert(secret.clone(), bundle);
+    resolved.trust = Trust::Ca { secret };
+
+    let mut message = "Policy is accepted".to_string();
+    if !unknown_options.is_empty() {
+        message.push_str(&format!("; ignored unknown options: {}", unknown_options.join(", ")));
+    }
+    if !notes.is_empty() {
+        message.push_str(&format!("; not attached: {}", notes.join("; ")));
+    }
+    resolved.accepted.message = message;
+    (resolved, attached)
+}
+
+/// The targets a policy attaches to, and notes on those it cannot.
+struct Attachment {
+    targets: Vec<Target>,
+    notes: Vec<String>,
+}
+
+/// Err when the policy attaches to nothing: (condition reason, message).
+fn targets(
+    store: &Store,
+    key: &ObjectKey,
+    policy: &BackendTlsPolicy,
+) -> Result<Attachment, (&'static str, String)> {
+    let mut attached = Vec::new();
+    let mut notes = Vec::new();
+    let mut reason = "TargetNotFound";
+    for target in &policy.spec.target_refs {
+        if !target.group.is_empty() || target.kind != "Service" {
+            notes.push(format!(
+                "{} {} is not a Service (only Services are supported)",
+                target.kind, target.name
+            ));
+            reason = "Invalid";
+            continue;
+        }
+        let service_key = ObjectKey::new(&key.namespace, &target.name);
+        let Some(service) = store.services.get(&service_key) else {
+            notes.push(format!("Service {service_key} not found"));
+            continue;
+        };
+        let udp = |p: &ServicePort| p.protocol().eq_ignore_ascii_case("UDP");
+        match &target.section_name {
+            Some(section) => match service.spec.ports.iter().find(|p| p.name() == section) {
+                None => notes.push(format!("Service {service_key} has no port named {section:?}")),
+                Some(port) if udp(port) => {
+                    notes.push(format!("Service {service_key} port {section} is UDP; BackendTLSPolicy applies to TCP only"));
+                    reason = "Invalid";
+                }
+                Some(_) => attached.push((service_key, Some(section.clone()))),
+            },
+            None if !service.spec.ports.is_empty() && service.spec.ports.iter().all(udp) => {
+                notes.push(format!("Service {service_key} has only UDP ports; BackendTLSPolicy applies to TCP only"));
+                reason = "Invalid";
+            }
+            None => attached.push((service_key, None)),
+        }
+    }
+    if attached.is_empty() {
+        return Err((reason, notes.join("; ")));
+    }
+    Ok(Attachment { targets: attached, notes })
+}
+
+/// What the API server's schema and CEL rules would reject, with the same wording where it has one.
+fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
+    let spec = &policy.spec;
+    let v = &spec.validation;
+    match (v.ca_certificate_refs.is_empty(), v.well_known_ca_certificates.is_some()) {
+        (false, true) => {
+            return Err("must not contain both CACertificateRefs and WellKnownCACertificates".into())
+        }
+        (true, false) => {
+            return Err("must specify either CACertificateRefs or WellKnownCACertificates".into())
+        }
+        _ => {}
+    }
+    let limit = |what: &str, len: usize, max: usize| {
+        if len > max {
+            Err(format!("{what} has {len} entries; at most {max} are allowed"))
+        } else {
+            Ok(())
+        }
+    };
+    if spec.target_refs.is_empty() {
+        return Err("targetRefs must have at least 1 entry".into());
+    }
+    limit("targetRefs", spec.target_refs.len(), 16)?;
+    limit("caCertificateRefs", v.ca_certificate_refs.len(), 8)?;
+    limit("subjectAltNames", v.subject_alt_names.len(), 5)?;
+    limit("options", spec.options.len(), 16)?;
+    for (i, a) in spec.target_refs.iter().enumerate() {
+        for b in &spec.target_refs[i + 1..] {
+            if (&a.group, &a.kind, &a.name) != (&b.group, &b.kind, &b.name) {
+                continue;
+            }
+            if a.section_name.is_none() || b.section_name.is_none() {
+                return Err("sectionName must be specified when targetRefs includes 2 or more references to the same target".into());
+            }
+            if a.section_name == b.section_name {
+                return Err("sectionName must be unique when targetRefs includes 2 or more references to the same target".into());
+            }
+        }
+    }
+    if !is_hostname(&v.hostname, false) {
+        return Err(format!(
+            "hostname {:?} is not a valid lowercase DNS name (no wildcards)",
+            v.hostname
+        ));
+    }
+    for san in &v.subject_alt_names {
+        match (san.kind.as_str(), &san.hostname, &san.uri) {
+            ("Hostname", Some(h), None) if is_hostname(h, true) => {}
+            ("URI", None, Some(u)) if is_absolute_uri(u) => {}
+            ("Hostname", Some(h), None) => return Err(format!("subjectAltNames hostname {h:?} is not a valid DNS name")),
+            ("URI", None, Some(u)) => return Err(format!("subjectAltNames uri {u:?} is not an absolute URI (scheme://...)")),
+            ("Hostname", _, _) => return Err("SubjectAltName element must contain Hostname, if Type is set to Hostname, and only Hostname".into()),
+            ("URI", _, _) => return Err("SubjectAltName element must contain URI, if Type is set to URI, and only URI".into()),
+            (other, _, _) => return Err(format!("subjectAltNames type {other:?} is not Hostname or URI")),
+        }
+    }
+    for (key, value) in &spec.options {
+        if value.len() > 4096 {
+            return Err(format!("options {key}: value longer than 4096 characters"));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 1123 names in lowercase; `wildcard` allows a leading `*.` (Gateway API `Hostname`).
+fn is_hostname(name: &str, wildcard: bool) -> bool {
+    let name = match name.strip_prefix("*.") {
+        Some(rest) if wildcard => rest,
+        _ => name,
+    };
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The CRD's pattern: a scheme, then `//` and an authority.
+fn is_absolute_uri(uri: &str) -> bool {
+    match uri.split_once("://") {
+        Some((scheme, _)) => {
+            !scheme.is_empty()
+                && !scheme.contains(['/', '?', '#'])
+                && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        }
+        None => false,
+    }
+}
+
+/// The TLS parameters in `spec.options`, and the keys this implementation does not know.
+fn tls_params(options: &BTreeMap<String, String>) -> Result<(TlsParams, Vec<String>), String> {
+    let mut params = TlsParams::default();
+    let mut unknown = Vec::new();
+    let version = |key: &str, value: &str| match value {
+        "1.2" => Ok(TlsVersion::Tls12),
+        "1.3" => Ok(TlsVersion::Tls13),
+        other => {
+            Err(format!("options {key}: {other:?} is not a supported TLS version (1.2 or 1.3)"))
+        }
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            option_keys::MIN_TLS_VERSION => params.min_version = version(key, value)?,
+            option_keys::MAX_TLS_VERSION => params.max_version = version(key, value)?,
+            option_keys::CIPHER_SUITES => {
+                for suite in value.split(',').map(str::trim) {
+                    if !CIPHER_SUITES.contains(&suite) {
+                        return Err(format!("options {key}: {suite:?} is not a cipher suite Envoy knows (one of {})", CIPHER_SUITES.join(", ")));
+                    }
+                    params.cipher_suites.push(suite.to_string());
+                }
+            }
+            option_keys::ALPN => {
+                for protocol in value.split(',').map(str::trim) {
+                    if protocol != "h2" && protocol != "http/1.1" {
+                        return Err(format!("options {key}: {protocol:?} is not h2 or http/1.1"));
+                    }
+                    params.alpn.push(protocol.to_string());
+                }
+            }
+            _ => unknown.push(key.clone()),
+        }
+    }
+    if params.min_version > params.max_version {
+        return Err(format!(
+            "options: {} is above {}",
+            option_keys::MIN_TLS_VERSION,
+            option_keys::MAX_TLS_VERSION
+        ));
+    }
+    Ok((params, unknown))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_and_uris() {
+        assert!(is_hostname("example.com", false));
+        assert!(!is_hostname("*.example.com", false));
+        assert!(is_hostname("*.example.com", true));
+        assert!(!is_hostname("Example.com", false));
+        assert!(!is_hostname("", false));
+        assert!(is_absolute_uri("spiffe://example.com/backend"));
+        assert!(!is_absolute_uri("example.com/backend"));
+        assert!(!is_absolute_uri("://x"));
+    }
+
+    #[test]
+    fn options_are_parsed_and_unknown_keys_kept() {
+        let options: BTreeMap<String, String> = [
+            (option_keys::MAX_TLS_VERSION, "1.2"),
+            (option_keys::ALPN, "h2, http/1.1"),
+            ("example.com/foo", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (params, unknown) = tls_params(&options).unwrap();
+        assert_eq!(params.max_version, TlsVersion::Tls12);
+        assert_eq!(params.alpn, ["h2", "http/1.1"]);
+        assert_eq!(unknown, ["example.com/foo"]);
+        let bad: BTreeMap<String, String> =
+            [(option_keys::MIN_TLS_VERSION.to_string(), "1.0".to_string())].into();
+        assert!(tls_params(&bad).unwrap_err().contains("1.0"));
+    }
+}
