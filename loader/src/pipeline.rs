@@ -31,9 +31,13 @@ pub fn build(
     resolve_options: &resolve::Options,
     translate_options: &TranslateOptions,
 ) -> Build {
+    let started = std::time::Instant::now();
     let (store, mut errors) = config.store();
     errors.extend(config.errors());
+    let stored = started.elapsed();
     let resolution = resolve::resolve(&store, resolve_options);
+    let resolved = started.elapsed();
     let resources = translate::translate(&resolution.ir, translate_options);
+    tracing::debug!(?stored, ?resolved, total = ?started.elapsed(), "build phases");
     Build { resolution, errors, resources }
 }

@@ -99,14 +99,44 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Object>, SourceErr
         object,
         reason,
     };
-    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)
-        .map_err(|e| error(None, None, format!("invalid YAML: {e}")))?;
     let mut objects = Vec::new();
-    for (index, document) in documents.into_iter().enumerate() {
-        parse_document(document, &mut objects)
-            .map_err(|(object, reason)| error(Some(index + 1), object, reason))?;
+    for (index, (first_line, document)) in split_documents(text).into_iter().enumerate() {
+        let number = index + 1;
+        let values: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(document).map_err(|e| {
+                let at = if first_line > 1 {
+                    format!(" (the document starts at line {first_line})")
+                } else {
+                    String::new()
+                };
+                error(Some(number), None, format!("invalid YAML{at}: {e}"))
+            })?;
+        for value in values {
+            parse_document(value, &mut objects)
+                .map_err(|(object, reason)| error(Some(number), object, reason))?;
+        }
     }
     Ok(objects)
+}
+
+/// Splits a multi-document YAML text at `---` lines, so that an error names its document. A
+/// document marker always starts at column 0 (block scalars are indented), so this is exact for
+/// the files the loader reads. Returns each document with its first line number (1-based).
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let (mut start, mut start_line) = (0, 1);
+    let mut offset = 0;
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker = line.starts_with("---")
+            && line[3..].chars().next().is_none_or(|c| c.is_whitespace() || c == '#');
+        if is_marker && offset > 0 {
+            documents.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, number + 1);
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents
 }
 
 type DocumentError = (Option<String>, String);
@@ -209,6 +239,8 @@ impl ConfigDir {
     /// Re-reads the tree. Unchanged files are not parsed again. Returns an error only when the
     /// directory itself cannot be read.
     pub fn reload(&mut self) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let _timing = Timing(started);
         let mut paths = Vec::new();
         collect_yaml_files(&self.root, &mut paths)?;
         let mut next = BTreeMap::new();
@@ -277,6 +309,13 @@ impl ConfigDir {
     }
 }
 
+struct Timing(std::time::Instant);
+impl Drop for Timing {
+    fn drop(&mut self) {
+        tracing::debug!(elapsed = ?self.0.elapsed(), "reload");
+    }
+}
+
 fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -342,6 +381,16 @@ metadata: { name: ignored }
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n";
         let err = parse_documents(Path::new("s.yaml"), text).unwrap_err();
         assert_eq!(err.object.as_deref(), Some("Service default/s"));
+    }
+
+    #[test]
+    fn yaml_syntax_errors_name_their_document() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: [unclosed\n";
+        let err = parse_documents(Path::new("s.yaml"), text).unwrap_err();
+        assert_eq!(err.document, Some(2), "{err}");
+        assert!(err.reason.contains("starts at line 4"), "{err}");
+        assert_eq!(split_documents("---\na: 1\n---\nb: 2\n").len(), 2);
+        assert_eq!(split_documents("a: |\n  ---\n  x\n").len(), 1);
     }
 
     #[test]

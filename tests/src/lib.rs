@@ -10,8 +10,10 @@ pub mod loader;
 pub mod manifests;
 pub mod nginx;
 pub mod paths;
+pub mod policy_support;
 pub mod ports;
 pub mod process;
+pub mod scale;
 pub mod wait;
 
 pub use certs::{CertifiedKey, TestCa};

@@ -73,27 +73,30 @@ impl PolicyIndex {
             contenders: BTreeMap::new(),
             bundles: BTreeMap::new(),
         };
-        // Contenders per target with their precedence: oldest creationTimestamp (a missing one
-        // sorts last), then namespace/name.
-        type Precedence<'a> = (bool, Option<&'a str>, ObjectKey);
+        // Contenders per target with their precedence: valid policies before invalid ones (an
+        // invalid policy only governs a port no valid policy claims, and then fails it closed),
+        // then the oldest creationTimestamp (a missing one sorts last), then namespace/name.
+        type Precedence<'a> = (bool, bool, Option<&'a str>, ObjectKey);
         let mut contenders: BTreeMap<Target, Vec<Precedence<'_>>> = BTreeMap::new();
         for (key, policy) in &store.policies {
             let (resolved, attached) =
                 resolve_policy(store, options, key, policy, &mut index.bundles);
             let created = policy.metadata.creation_timestamp.as_deref();
+            let invalid = resolved.accepted.reason == "Invalid";
             for target in attached {
-                contenders.entry(target).or_default().push((
-                    created.is_none(),
-                    created,
-                    key.clone(),
-                ));
+                let entry = contenders.entry(target).or_default();
+                entry.push((invalid, created.is_none(), created, key.clone()));
             }
             index.policies.insert(key.clone(), resolved);
         }
         for (target, mut list) in contenders {
             list.sort();
-            let winner = list[0].2.clone();
-            for (_, _, loser) in &list[1..] {
+            list.dedup();
+            let winner = list[0].3.clone();
+            for (invalid, _, _, loser) in &list[1..] {
+                if *invalid {
+                    continue; // it says why already
+                }
                 let port = target.1.as_ref().map(|s| format!(" port {s}")).unwrap_or_default();
                 let policy = index.policies.get_mut(loser).expect("indexed above");
                 policy.accepted = Condition::new(
@@ -103,7 +106,9 @@ impl PolicyIndex {
                     format!("BackendTLSPolicy {winner} targets Service {}{port} too and takes precedence (older creationTimestamp, then namespace/name)", target.0),
                 );
             }
-            index.contenders.insert(target.clone(), list.into_iter().map(|(_, _, k)| k).collect());
+            index
+                .contenders
+                .insert(target.clone(), list.into_iter().map(|(_, _, _, k)| k).collect());
             index.winners.insert(target, winner);
         }
         index
@@ -155,9 +160,9 @@ impl PolicyIndex {
     }
 }
 
-/// Validates and resolves one policy. Returns it with the targets it attaches to: none when it is
-/// invalid, so that an invalid policy never displaces a valid one, but an `Accepted=False`
-/// `NoValidCACertificate` policy still attaches and fails its traffic closed, as the spec demands.
+/// Validates and resolves one policy. Returns it with the targets it attaches to. Invalid policies
+/// attach too, with unusable trust: never plaintext where a policy was meant to apply. (They
+/// govern only ports no valid policy claims; see [`PolicyIndex::build`].)
 fn resolve_policy(
     store: &Store,
     options: &Options,
@@ -189,10 +194,12 @@ fn resolve_policy(
             .collect(),
         ancestors: BTreeSet::new(),
     };
+    let attachment = targets(store, key, policy);
+    let attached = attachment.as_ref().map(|a| a.targets.clone()).unwrap_or_default();
     let invalid = |mut resolved: ResolvedPolicy, reason: &'static str, message: String| {
         resolved.accepted = Condition::new("Accepted", false, reason, message.clone());
         resolved.trust = Trust::Unusable { reason: message };
-        (resolved, Vec::new())
+        (resolved, attached.clone())
     };
     if let Err(message) = validate_spec(policy) {
         return invalid(resolved, "Invalid", message);
@@ -221,8 +228,8 @@ fn resolve_policy(
             return invalid(resolved, "Invalid", message);
         }
     }
-    let Attachment { targets: attached, notes } = match targets(store, key, policy) {
-        Ok(found) => found,
+    let notes = match attachment {
+        Ok(found) => found.notes,
         Err((reason, message)) => return invalid(resolved, reason, message),
     };
 
