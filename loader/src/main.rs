@@ -200,11 +200,16 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            let build = pipeline::build(&config, &translation.resolve_options(), &translate);
-            for error in &build.errors {
+            let build = pipeline::build(
+                &config,
+                &translation.resolve_options(),
+                &mut Default::default(),
+                &translate,
+            );
+            for error in &build.resolved.errors {
                 eprintln!("warning: {error}");
             }
-            for problem in build.problems() {
+            for problem in build.resolved.problems() {
                 eprintln!("warning: {}: {}", problem.object, problem.reason);
             }
             let bootstrap = xds::bootstrap::static_bootstrap(&build.resources, admin_address);
@@ -212,10 +217,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { translation, output } => {
-            let translate = match translation.translate_options(Delivery::Ads) {
-                Ok(options) => options,
-                Err(e) => return usage_error(&e),
-            };
+            // The filter flags are checked like `serve` would, though nothing is translated.
+            if let Err(e) = translation.translate_options(Delivery::Ads) {
+                return usage_error(&e);
+            }
             let mut config = ConfigDir::new(&translation.config_dir);
             if let Err(e) = config.reload() {
                 return usage_error(&format!(
@@ -223,11 +228,9 @@ fn main() -> ExitCode {
                     translation.config_dir.display()
                 ));
             }
-            let build = pipeline::build(&config, &translation.resolve_options(), &translate);
-            print(&build.status_json(), output);
-            let healthy =
-                build.errors.is_empty() && build.resolution.policies.iter().all(|p| p.is_healthy());
-            if healthy {
+            let resolved = pipeline::resolve(&config, &translation.resolve_options());
+            print(&resolved.status_json(), output);
+            if resolved.is_healthy() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

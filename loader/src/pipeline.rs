@@ -1,21 +1,22 @@
-//! One pass from a config directory to Envoy resources, shared by `serve`, `render` and `check`.
+//! From a config directory to policy status (`check`) and on to Envoy resources (`serve`,
+//! `render`): the same steps for every command.
 
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
-use crate::xds::translate::{self, Resources, TranslateOptions};
+use crate::xds::translate::{Resources, TranslateOptions, Translator};
 
-pub struct Build {
+/// Everything the loader concluded from the input, before any Envoy type.
+pub struct Resolved {
     pub resolution: Resolution,
     pub errors: Vec<SourceError>,
-    pub resources: Resources,
 }
 
-impl Build {
+impl Resolved {
     pub fn problems(&self) -> &[Problem] {
         &self.resolution.problems
     }
 
-    /// `{"policies": [...], "errors": [...], "problems": [...]}`, the shape of `/status`.
+    /// `{"policies", "gateways", "errors", "problems"}`: what `check` prints and `/status` shows.
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::json!({
             "policies": self.resolution.policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
@@ -24,20 +25,35 @@ impl Build {
             "problems": self.resolution.problems,
         })
     }
+
+    /// True when everything parsed and every policy is Accepted and ResolvedRefs.
+    pub fn is_healthy(&self) -> bool {
+        self.errors.is_empty() && self.resolution.policies.iter().all(|p| p.is_healthy())
+    }
 }
 
+pub fn resolve(config: &ConfigDir, options: &resolve::Options) -> Resolved {
+    let (store, mut errors) = config.store();
+    errors.extend(config.errors());
+    Resolved { resolution: resolve::resolve(&store, options), errors }
+}
+
+pub struct Build {
+    pub resolved: Resolved,
+    pub resources: Resources,
+}
+
+/// Resolves and translates. `translator` carries what earlier builds translated.
 pub fn build(
     config: &ConfigDir,
     resolve_options: &resolve::Options,
+    translator: &mut Translator,
     translate_options: &TranslateOptions,
 ) -> Build {
     let started = std::time::Instant::now();
-    let (store, mut errors) = config.store();
-    errors.extend(config.errors());
-    let stored = started.elapsed();
-    let resolution = resolve::resolve(&store, resolve_options);
-    let resolved = started.elapsed();
-    let resources = translate::translate(&resolution.ir, translate_options);
-    tracing::debug!(?stored, ?resolved, total = ?started.elapsed(), "build phases");
-    Build { resolution, errors, resources }
+    let resolved = resolve(config, resolve_options);
+    let resolve_time = started.elapsed();
+    let resources = translator.translate(&resolved.resolution.ir, translate_options);
+    tracing::debug!(?resolve_time, total = ?started.elapsed(), "build");
+    Build { resolved, resources }
 }

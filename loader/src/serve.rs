@@ -6,7 +6,7 @@ use crate::resolve;
 use crate::source::ConfigDir;
 use crate::xds::server::XdsState;
 use crate::xds::snapshot::Snapshot;
-use crate::xds::translate::TranslateOptions;
+use crate::xds::translate::{TranslateOptions, Translator};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -34,7 +34,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let xds = XdsState::new(snapshot_rx);
     let status = Arc::new(RwLock::new(LoaderStatus::default()));
-    let mut rebuild = Rebuilder { config, options: &options, snapshot_tx, status: status.clone() };
+    let mut rebuild = Rebuilder {
+        config,
+        options: &options,
+        translator: Translator::default(),
+        snapshot_tx,
+        status: status.clone(),
+    };
     rebuild.run();
 
     // File events arrive on notify's thread; forward them into the async world.
@@ -93,6 +99,7 @@ async fn shutdown_signal() {
 struct Rebuilder<'a> {
     config: ConfigDir,
     options: &'a ServeOptions,
+    translator: Translator,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<RwLock<LoaderStatus>>,
 }
@@ -105,15 +112,20 @@ impl Rebuilder<'_> {
             tracing::error!(dir = %self.config.root().display(), error = %e, "cannot read config directory; keeping the current configuration");
             return;
         }
-        let build = pipeline::build(&self.config, &self.options.resolve, &self.options.translate);
-        for error in &build.errors {
+        let build = pipeline::build(
+            &self.config,
+            &self.options.resolve,
+            &mut self.translator,
+            &self.options.translate,
+        );
+        for error in &build.resolved.errors {
             tracing::warn!(%error, "input problem (the file's last good content stays in use)");
         }
-        for problem in build.problems() {
+        for problem in build.resolved.problems() {
             tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
         }
         let current = self.snapshot_tx.borrow().clone();
-        let mut next = Snapshot::new(current.version + 1, &build.resources);
+        let mut next = Snapshot::new(current.version + 1, &build.resources, &current);
         let changed = !next.same_content(&current) || current.version == 0;
         if !changed {
             next.version = current.version;
@@ -123,7 +135,7 @@ impl Rebuilder<'_> {
             let mut status = self.status.write().unwrap();
             status.ready = true;
             status.snapshot_version = next.version;
-            status.status = build.status_json();
+            status.status = build.resolved.status_json();
             status.builds += 1;
             status.last_build_seconds = elapsed;
             status.snapshot_bytes = next.total_bytes();

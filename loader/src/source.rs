@@ -9,6 +9,8 @@ use crate::store::{ObjectKey, Store};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// One problem with the input, located as precisely as the loader can.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -36,16 +38,18 @@ impl fmt::Display for SourceError {
 
 /// An object read from a file, tagged with its kind.
 #[derive(Clone, Debug, PartialEq)]
+/// Objects are shared (`Arc`) between the per-file cache and every [`Store`] built from it, so a
+/// rebuild does not copy them.
 pub enum Object {
-    Gateway(Gateway),
-    HttpRoute(HttpRoute),
-    BackendTlsPolicy(BackendTlsPolicy),
-    ReferenceGrant(ReferenceGrant),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    ConfigMap(ConfigMap),
-    Secret(Secret),
-    Namespace(Namespace),
+    Gateway(Arc<Gateway>),
+    HttpRoute(Arc<HttpRoute>),
+    BackendTlsPolicy(Arc<BackendTlsPolicy>),
+    ReferenceGrant(Arc<ReferenceGrant>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    ConfigMap(Arc<ConfigMap>),
+    Secret(Arc<Secret>),
+    Namespace(Arc<Namespace>),
 }
 
 impl Object {
@@ -194,8 +198,8 @@ fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<
     fn typed<T: serde::de::DeserializeOwned>(
         document: serde_json::Value,
         object: &Option<String>,
-    ) -> Result<T, DocumentError> {
-        serde_json::from_value(document).map_err(|e| (object.clone(), e.to_string()))
+    ) -> Result<Arc<T>, DocumentError> {
+        serde_json::from_value(document).map(Arc::new).map_err(|e| (object.clone(), e.to_string()))
     }
     let parsed = match kind.as_str() {
         "Gateway" => Object::Gateway(typed(document, &object)?),
@@ -213,15 +217,31 @@ fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<
     Ok(())
 }
 
+/// How long before the previous scan a file's modification time must be for its stamp to be
+/// trusted.
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The directory tree, file by file, with the last good parse of each file.
 #[derive(Default)]
 pub struct ConfigDir {
     root: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// When the previous reload started.
+    last_scan: Option<SystemTime>,
+}
+
+/// What identifies a file's version without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
 }
 
 struct FileState {
-    text: String,
+    stamp: FileStamp,
+    /// Digest of the content, to skip parsing a rewrite that changed nothing.
+    digest: u64,
     /// The last content that parsed, kept while the file is broken.
     good: Vec<Object>,
     error: Option<SourceError>,
@@ -229,29 +249,51 @@ struct FileState {
 
 impl ConfigDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ConfigDir { root: root.into(), files: BTreeMap::new() }
+        ConfigDir { root: root.into(), files: BTreeMap::new(), last_scan: None }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Re-reads the tree. Unchanged files are not parsed again. Returns an error only when the
+    /// Re-reads the tree: files whose size, inode and modification time are unchanged are not
+    /// read again, and changed ones are parsed on all cores. Returns an error only when the
     /// directory itself cannot be read.
     pub fn reload(&mut self) -> std::io::Result<()> {
         let started = std::time::Instant::now();
-        let _timing = Timing(started);
-        let mut paths = Vec::new();
-        collect_yaml_files(&self.root, &mut paths)?;
+        let scan_time = SystemTime::now();
+        // Modification times are coarse (milliseconds on many filesystems): a file rewritten in
+        // place with the same size during the previous scan can keep its stamp. Files modified
+        // near or after the previous scan are therefore always read ("racy git" problem).
+        let settled_before = self.last_scan.and_then(|t| t.checked_sub(RACY_WINDOW));
+        self.last_scan = Some(scan_time);
+        let mut listed = Vec::new();
+        collect_yaml_files(&self.root, &mut listed)?;
         let mut next = BTreeMap::new();
-        for path in paths {
+        let mut to_parse = Vec::new();
+        for (path, stamp) in listed {
             let previous = self.files.remove(&path);
-            let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
+            let settled = matches!((stamp.modified, settled_before), (Some(m), Some(s)) if m < s);
+            if settled && previous.as_ref().is_some_and(|state| state.stamp == stamp) {
+                next.insert(path, previous.expect("checked above"));
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let digest = content_digest(&text);
+                    match previous {
+                        Some(mut state) if state.digest == digest => {
+                            state.stamp = stamp;
+                            next.insert(path, state);
+                        }
+                        previous => to_parse.push((path, stamp, digest, text, previous)),
+                    }
+                }
                 Err(e) => {
                     // Vanished between listing and reading, or unreadable: keep what we had.
                     let mut state = previous.unwrap_or(FileState {
-                        text: String::new(),
+                        stamp,
+                        digest: 0,
                         good: Vec::new(),
                         error: None,
                     });
@@ -262,23 +304,15 @@ impl ConfigDir {
                         reason: format!("cannot read: {e}"),
                     });
                     next.insert(path, state);
-                    continue;
                 }
-            };
-            let state = match previous {
-                Some(state) if state.text == text => state,
-                previous => match parse_documents(&path, &text) {
-                    Ok(objects) => FileState { text, good: objects, error: None },
-                    Err(error) => FileState {
-                        text,
-                        good: previous.map(|p| p.good).unwrap_or_default(),
-                        error: Some(error),
-                    },
-                },
-            };
+            }
+        }
+        let parsed_files = to_parse.len();
+        for (path, state) in parse_all(to_parse) {
             next.insert(path, state);
         }
         self.files = next;
+        tracing::debug!(elapsed = ?started.elapsed(), files = self.files.len(), parsed_files, "reload");
         Ok(())
     }
 
@@ -309,14 +343,50 @@ impl ConfigDir {
     }
 }
 
-struct Timing(std::time::Instant);
-impl Drop for Timing {
-    fn drop(&mut self) {
-        tracing::debug!(elapsed = ?self.0.elapsed(), "reload");
+type ParseJob = (PathBuf, FileStamp, u64, String, Option<FileState>);
+
+/// Parses files on every core: YAML parsing is most of the loader's start-up time.
+fn parse_all(jobs: Vec<ParseJob>) -> Vec<(PathBuf, FileState)> {
+    let parse = |(path, stamp, digest, text, previous): ParseJob| {
+        let state = match parse_documents(&path, &text) {
+            Ok(good) => FileState { stamp, digest, good, error: None },
+            Err(error) => FileState {
+                stamp,
+                digest,
+                good: previous.map(|p| p.good).unwrap_or_default(),
+                error: Some(error),
+            },
+        };
+        (path, state)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
+    if threads <= 1 {
+        return jobs.into_iter().map(parse).collect();
     }
+    let chunk = jobs.len().div_ceil(threads);
+    let mut jobs = jobs;
+    let mut chunks = Vec::new();
+    while !jobs.is_empty() {
+        let rest = jobs.split_off(jobs.len().saturating_sub(chunk));
+        chunks.push(rest);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("parsing does not panic")).collect()
+    })
 }
 
-fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn content_digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn collect_yaml_files(dir: &Path, out: &mut Vec<(PathBuf, FileStamp)>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -327,14 +397,19 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()>
         if name.starts_with('.') || name.ends_with('~') {
             continue;
         }
-        let file_type = std::fs::metadata(&path)?;
-        if file_type.is_dir() {
+        let metadata = std::fs::metadata(&path)?;
+        if metadata.is_dir() {
             collect_yaml_files(&path, out)?;
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(path);
+            use std::os::unix::fs::MetadataExt;
+            let stamp = FileStamp {
+                modified: metadata.modified().ok(),
+                len: metadata.len(),
+                inode: metadata.ino(),
+            };
+            out.push((path, stamp));
         }
     }
-    out.sort();
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use crate::objects::*;
 use crate::source::Object;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -25,15 +26,15 @@ impl fmt::Display for ObjectKey {
 
 #[derive(Clone, Debug, Default)]
 pub struct Store {
-    pub gateways: BTreeMap<ObjectKey, Gateway>,
-    pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
-    pub policies: BTreeMap<ObjectKey, BackendTlsPolicy>,
-    pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
-    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
-    pub secrets: BTreeMap<ObjectKey, Secret>,
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
+    pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub policies: BTreeMap<ObjectKey, Arc<BackendTlsPolicy>>,
+    pub reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
+    pub endpoint_slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
+    pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+    pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
 }
 
 impl Store {
@@ -67,7 +68,7 @@ impl Store {
     }
 
     pub fn config_map(&self, key: &ObjectKey) -> Option<&ConfigMap> {
-        self.config_maps.get(key)
+        self.config_maps.get(key).map(|c| &**c)
     }
 
     /// Labels of a namespace. Without a Namespace object, Kubernetes' automatic
@@ -87,7 +88,7 @@ impl Store {
         self.endpoint_slices
             .range(ObjectKey::new(&service.namespace, "")..)
             .take_while(move |(k, _)| k.namespace == service.namespace)
-            .map(|(_, slice)| slice)
+            .map(|(_, slice)| &**slice)
             .filter(move |slice| {
                 slice.metadata.labels.get("kubernetes.io/service-name") == Some(&service.name)
             })

@@ -14,7 +14,7 @@ fn check(case: &str) {
         gateway_class: Some("backendtls".into()).filter(|_| case == "routes"),
         ..Default::default()
     };
-    let build = pipeline::build(&config, &options, &Default::default());
+    let build = pipeline::build(&config, &options, &mut Default::default(), &Default::default());
     let resources = &build.resources;
     let envoy = serde_json::json!({
         "clusters": resources.clusters.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
@@ -24,12 +24,12 @@ fn check(case: &str) {
         "routes": resources.routes.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),
     });
     // Paths in errors are relative to the case, so the files read the same on every machine.
-    let mut status = build.status_json();
+    let mut status = build.resolved.status_json();
     for error in status["errors"].as_array_mut().unwrap() {
         let file = error["file"].as_str().unwrap().to_string();
         error["file"] = Path::new(&file).strip_prefix(&dir).unwrap().display().to_string().into();
     }
-    compare(&dir.join("ir.json"), &serde_json::to_value(&build.resolution.ir).unwrap());
+    compare(&dir.join("ir.json"), &serde_json::to_value(&build.resolved.resolution.ir).unwrap());
     compare(&dir.join("envoy.json"), &envoy);
     compare(&dir.join("status.json"), &status);
 }

@@ -6,6 +6,8 @@ use crate::objects::{LocalObjectRef, Secret};
 use crate::store::{ObjectKey, Store};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a caCertificateRef cannot be used, in the spec's two kinds.
@@ -69,39 +71,90 @@ pub fn ca_ref(
 /// which check failed.
 pub fn ca_bundle(pem: &str) -> Result<CaCertificates, String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let parsed = parse_bundle_cached(pem);
+    let parsed = parsed.as_ref().as_ref().map_err(Clone::clone)?;
     let mut usable = Vec::new();
     let mut skipped = Vec::new();
-    let mut count = 0;
+    for cert in &parsed.certificates {
+        if cert.not_after < now {
+            skipped.push(format!("{} expired on {}", cert.label, cert.not_after_text));
+        } else if cert.not_before > now {
+            skipped.push(format!("{} is not valid before {}", cert.label, cert.not_before_text));
+        } else {
+            usable.push(cert.der.clone());
+        }
+    }
+    if usable.is_empty() {
+        return Err(format!("has no usable certificate: {}", skipped.join("; ")));
+    }
+    let pem = if skipped.is_empty() { parsed.pem.clone() } else { to_pem(&usable) };
+    Ok(CaCertificates { pem, skipped })
+}
+
+/// What does not change with time: the certificates of a bundle and their validity periods.
+struct ParsedBundle {
+    certificates: Vec<ParsedCertificate>,
+    /// All certificates re-encoded as clean PEM (comments and other blocks dropped).
+    pem: String,
+}
+
+struct ParsedCertificate {
+    der: CertificateDer<'static>,
+    /// `certificate N (subject)`, for messages.
+    label: String,
+    not_before: i64,
+    not_after: i64,
+    not_before_text: String,
+    not_after_text: String,
+}
+
+/// Parsing X.509 is the costliest part of resolving policies, and thousands of policies commonly
+/// share a few CA bundles, so parses are kept by content (bounded: cleared when it grows large).
+fn parse_bundle_cached(pem: &str) -> Arc<Result<ParsedBundle, String>> {
+    static CACHE: LazyLock<Mutex<HashMap<String, Arc<Result<ParsedBundle, String>>>>> =
+        LazyLock::new(Default::default);
+    const MAX_ENTRIES: usize = 50_000;
+    if let Some(hit) = CACHE.lock().unwrap().get(pem) {
+        return hit.clone();
+    }
+    let parsed = Arc::new(parse_bundle(pem));
+    let mut cache = CACHE.lock().unwrap();
+    if cache.len() >= MAX_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(pem.to_string(), parsed.clone());
+    parsed
+}
+
+fn parse_bundle(pem: &str) -> Result<ParsedBundle, String> {
+    let mut certificates = Vec::new();
     for (index, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
         let der = der.map_err(|e| format!("certificate {}: is not valid PEM: {e}", index + 1))?;
-        count += 1;
         let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
             format!("certificate {}: is not a valid X.509 certificate: {e}", index + 1)
         })?;
-        let subject = cert.subject().to_string();
-        let label = format!("certificate {} ({subject})", index + 1);
+        let label = format!("certificate {} ({})", index + 1, cert.subject());
         webpki::anchor_from_trusted_cert(&der)
             .map_err(|e| format!("{label}: cannot be used as a trust anchor: {e:?}"))?;
         let validity = cert.validity();
-        if validity.not_after.timestamp() < now {
-            skipped.push(format!("{label} expired on {}", validity.not_after));
-        } else if validity.not_before.timestamp() > now {
-            skipped.push(format!("{label} is not valid before {}", validity.not_before));
-        } else {
-            usable.push(der);
-        }
+        certificates.push(ParsedCertificate {
+            label,
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            not_before_text: validity.not_before.to_string(),
+            not_after_text: validity.not_after.to_string(),
+            der: der.clone(),
+        });
     }
-    if count == 0 {
+    if certificates.is_empty() {
         return Err(if pem.trim().is_empty() {
             "is empty".into()
         } else {
             "contains no PEM CERTIFICATE block".into()
         });
     }
-    if usable.is_empty() {
-        return Err(format!("has no usable certificate: {}", skipped.join("; ")));
-    }
-    Ok(CaCertificates { pem: to_pem(&usable), skipped })
+    let pem = to_pem(&certificates.iter().map(|c| c.der.clone()).collect::<Vec<_>>());
+    Ok(ParsedBundle { certificates, pem })
 }
 
 fn to_pem(certs: &[CertificateDer<'_>]) -> String {
@@ -177,5 +230,32 @@ mod tests {
         assert_eq!(ca_bundle("hello").unwrap_err(), "contains no PEM CERTIFICATE block");
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(ca_bundle(garbage).unwrap_err().contains("not a valid X.509 certificate"));
+    }
+
+    fn ca_valid_between(from: (i32, u8, u8), to: (i32, u8, u8)) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, format!("ca {from:?}"));
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
+    #[test]
+    fn expired_and_future_certificates_are_left_out_and_named() {
+        let expired = ca_valid_between((2000, 1, 1), (2001, 1, 1));
+        let future = ca_valid_between((2999, 1, 1), (3000, 1, 1));
+        let err = ca_bundle(&expired).unwrap_err();
+        assert!(err.starts_with("has no usable certificate: certificate 1 (CN=ca (2000"), "{err}");
+        assert!(err.contains("expired on"), "{err}");
+        assert!(ca_bundle(&future).unwrap_err().contains("is not valid before"));
+        let mixed = format!("{expired}{GOLDEN_CA}");
+        let bundle = ca_bundle(&mixed).unwrap();
+        assert_eq!(bundle.skipped.len(), 1);
+        assert_eq!(
+            bundle.pem,
+            ca_bundle(GOLDEN_CA).unwrap().pem,
+            "only the valid certificate stays"
+        );
     }
 }

@@ -28,3 +28,17 @@ pub fn to_json<T: Message + Name>(message: &T) -> serde_json::Value {
 pub fn to_yaml(value: &serde_json::Value) -> String {
     serde_saphyr::to_string(value).expect("JSON values serialize to YAML")
 }
+
+/// The JSON form of a packed resource, whatever its type (for comparing snapshots).
+pub fn any_to_json(any: &envoy_types::pb::google::protobuf::Any) -> serde_json::Value {
+    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let descriptor = POOL
+        .get_message_by_name(name)
+        .unwrap_or_else(|| panic!("{name} is in envoy-types' descriptors"));
+    let dynamic = DynamicMessage::decode(descriptor, any.value.as_slice())
+        .expect("a packed resource decodes with its descriptor");
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("Envoy messages serialize to JSON")
+}

@@ -321,7 +321,7 @@ impl Session {
                 Resource {
                     name: name.clone(),
                     version: r.version.clone(),
-                    resource: Some(r.resource.clone()),
+                    resource: Some((*r.resource).clone()),
                     ..Default::default()
                 }
             })
@@ -430,7 +430,8 @@ impl Session {
             self.settle(type_url, snapshot.version);
             return None;
         }
-        let resources: Vec<_> = scope.keys().map(|name| current[name].resource.clone()).collect();
+        let resources: Vec<_> =
+            scope.keys().map(|name| (*current[name].resource).clone()).collect();
         let bytes = resources.iter().map(|r| r.value.len()).sum();
         st.known = scope;
         let count = resources.len();
@@ -473,7 +474,10 @@ mod tests {
                 name.to_string(),
                 VersionedResource {
                     version: v.to_string(),
-                    resource: Any { type_url: type_url.to_string(), value: v.as_bytes().to_vec() },
+                    resource: Arc::new(Any {
+                        type_url: type_url.to_string(),
+                        value: v.as_bytes().to_vec(),
+                    }),
                 },
             );
         }

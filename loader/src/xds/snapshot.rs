@@ -5,7 +5,7 @@
 //! cluster, however many backends there are, and an Envoy that reconnects after a loader restart
 //! is not sent what it already holds.
 
-use super::translate::{pack, Resources};
+use super::translate::{pack, Resources, Versioned};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The xDS resource types the loader serves, in the order changes are pushed: clusters before
 /// their endpoints, listeners before their routes (the ordering the xDS protocol recommends to
@@ -49,7 +50,8 @@ pub fn short_name(type_url: &str) -> &'static str {
 pub struct VersionedResource {
     /// Changes exactly when the resource does (see [`super::translate::Versioned`]).
     pub version: String,
-    pub resource: Any,
+    /// Shared with the previous snapshot when the version is the same.
+    pub resource: Arc<Any>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -60,32 +62,39 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(version: u64, resources: &Resources) -> Self {
+    /// Packs `resources`, reusing the encoded form of every resource `previous` has at the same
+    /// version.
+    pub fn new(version: u64, resources: &Resources, previous: &Snapshot) -> Self {
         let mut by_type: BTreeMap<String, BTreeMap<String, VersionedResource>> = BTreeMap::new();
         for type_url in type_urls() {
             by_type.insert(type_url, BTreeMap::new());
         }
-        let mut add = |name: &str, version: &str, any: Any| {
-            let version = version.to_string();
-            by_type
-                .get_mut(&any.type_url)
-                .expect("every served type is listed in type_urls")
-                .insert(name.to_string(), VersionedResource { version, resource: any });
-        };
-        resources
-            .clusters
-            .iter()
-            .for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
+        fn add<T: prost::Message + Name>(
+            by_type: &mut BTreeMap<String, BTreeMap<String, VersionedResource>>,
+            previous: &Snapshot,
+            name: &str,
+            versioned: &Versioned<T>,
+        ) {
+            let type_url = T::type_url();
+            let reused = previous
+                .of_type(&type_url)
+                .and_then(|m| m.get(name))
+                .filter(|r| r.version == versioned.version)
+                .map(|r| r.resource.clone());
+            let resource = reused.unwrap_or_else(|| Arc::new(pack(&versioned.resource)));
+            by_type.get_mut(&type_url).expect("every served type is listed in type_urls").insert(
+                name.to_string(),
+                VersionedResource { version: versioned.version.clone(), resource },
+            );
+        }
+        resources.clusters.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
         resources
             .endpoints
             .iter()
-            .for_each(|r| add(&r.resource.cluster_name, &r.version, pack(&r.resource)));
-        resources.secrets.iter().for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
-        resources
-            .listeners
-            .iter()
-            .for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
-        resources.routes.iter().for_each(|r| add(&r.resource.name, &r.version, pack(&r.resource)));
+            .for_each(|r| add(&mut by_type, previous, &r.resource.cluster_name, r));
+        resources.secrets.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
+        resources.listeners.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
+        resources.routes.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
         Snapshot { version, resources: by_type }
     }
 

@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::{self as pb, Any, Duration};
 use prost::{Message, Name};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Where endpoints and CA bundles go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -83,11 +84,11 @@ pub struct Versioned<T> {
 /// The Envoy resources of one IR.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    pub listeners: Vec<Versioned<listener::Listener>>,
-    pub routes: Vec<Versioned<route::RouteConfiguration>>,
-    pub clusters: Vec<Versioned<cluster::Cluster>>,
-    pub endpoints: Vec<Versioned<endpoint::ClusterLoadAssignment>>,
-    pub secrets: Vec<Versioned<tls::Secret>>,
+    pub listeners: Vec<Arc<Versioned<listener::Listener>>>,
+    pub routes: Vec<Arc<Versioned<route::RouteConfiguration>>>,
+    pub clusters: Vec<Arc<Versioned<cluster::Cluster>>>,
+    pub endpoints: Vec<Arc<Versioned<endpoint::ClusterLoadAssignment>>>,
+    pub secrets: Vec<Arc<Versioned<tls::Secret>>>,
 }
 
 /// Digest of the serialized form of whatever a resource was built from.
@@ -102,51 +103,106 @@ fn versioned<T>(source: &impl serde::Serialize, resource: T) -> Versioned<T> {
     Versioned { version: fingerprint(source), resource }
 }
 
+/// Translates once, with nothing to reuse (`render`, `check`, tests).
 pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
-    let mut out = Resources::default();
-    let delivery = options.delivery == Delivery::Ads;
-    for l in &ir.listeners {
-        let routes = route_configuration(l);
-        let source = (l, options);
-        out.listeners.push(versioned(&source, gateway_listener(l, options, &routes)));
-        if options.delivery == Delivery::Ads {
-            out.routes.push(versioned(l, routes));
+    Translator::default().translate(ir, options)
+}
+
+type Shared<T> = Arc<Versioned<T>>;
+/// A listener's IR and what it translated to.
+type ListenerEntry =
+    (ir::Listener, Shared<listener::Listener>, Option<Shared<route::RouteConfiguration>>);
+/// A cluster's IR and what it translated to.
+type ClusterEntry =
+    (ir::Cluster, Shared<cluster::Cluster>, Option<Shared<endpoint::ClusterLoadAssignment>>);
+
+/// Translation that remembers its last output per listener and per cluster, keyed by the IR value
+/// it came from: `serve` rebuilds after every change, and at ten thousand backends rebuilding and
+/// fingerprinting every unchanged cluster would dominate the time a change takes to apply. The
+/// output is the same as a fresh [`translate`] (tests compare them on random edit sequences).
+#[derive(Default)]
+pub struct Translator {
+    /// The options the cache was filled under; a change clears it.
+    options: Option<String>,
+    listeners: HashMap<String, ListenerEntry>,
+    clusters: HashMap<String, ClusterEntry>,
+}
+
+impl Translator {
+    pub fn translate(&mut self, ir: &Ir, options: &TranslateOptions) -> Resources {
+        let options_key = serde_json::to_string(options).expect("options serialize");
+        if self.options.as_ref() != Some(&options_key) {
+            *self = Translator { options: Some(options_key), ..Default::default() };
         }
-    }
-    for c in ir.clusters.values() {
-        let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
-        // The endpoints' version follows the whole cluster, not only the addresses: when Envoy
-        // replaces a cluster it waits for EDS again before the new one warms, but does not ask for
-        // a resource it already holds. A new version makes the loader resend it.
-        let source = (c, delivery);
-        out.clusters.push(versioned(&source, cluster));
-        out.endpoints.extend(load_assignment.map(|l| versioned(&source, l)));
-    }
-    if options.delivery == Delivery::Ads {
-        for (name, bundle) in &ir.ca_bundles {
-            out.secrets.push(versioned(
-                bundle,
-                tls::Secret {
-                    name: name.clone(),
-                    r#type: Some(tls::secret::Type::ValidationContext(
-                        tls::CertificateValidationContext {
-                            trusted_ca: Some(inline_string(&bundle.pem)),
-                            ..Default::default()
-                        },
-                    )),
-                },
-            ));
-        }
-        for (name, certificate) in &ir.client_certificates {
-            // The name digests the key too, so it versions what serialization leaves out.
-            let secret = tls::Secret {
-                name: name.clone(),
-                r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(
-                    certificate,
-                ))),
+        let mut out = Resources::default();
+        let delivery = options.delivery == Delivery::Ads;
+        let mut listeners = HashMap::with_capacity(ir.listeners.len());
+        for l in &ir.listeners {
+            let (listener, routes) = match self.listeners.remove(&l.name) {
+                Some((cached, listener, routes)) if &cached == l => (listener, routes),
+                _ => {
+                    let routes = route_configuration(l);
+                    let listener =
+                        Arc::new(versioned(&(l, options), gateway_listener(l, options, &routes)));
+                    let routes = delivery.then(|| Arc::new(versioned(l, routes)));
+                    (listener, routes)
+                }
             };
-            out.secrets.push(versioned(&(name, certificate), secret));
+            out.listeners.push(listener.clone());
+            out.routes.extend(routes.clone());
+            listeners.insert(l.name.clone(), (l.clone(), listener, routes));
         }
+        self.listeners = listeners;
+        let mut clusters = HashMap::with_capacity(ir.clusters.len());
+        for c in ir.clusters.values() {
+            let (cluster, load_assignment) = match self.clusters.remove(&c.name) {
+                Some((cached, cluster, load_assignment)) if &cached == c => {
+                    (cluster, load_assignment)
+                }
+                _ => {
+                    let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
+                    // The endpoints' version follows the whole cluster, not only the addresses:
+                    // when Envoy replaces a cluster it waits for EDS again before the new one
+                    // warms, but does not ask for a resource it already holds. A new version
+                    // makes the loader resend it.
+                    let source = (c, delivery);
+                    let cluster = Arc::new(versioned(&source, cluster));
+                    (cluster, load_assignment.map(|l| Arc::new(versioned(&source, l))))
+                }
+            };
+            out.clusters.push(cluster.clone());
+            out.endpoints.extend(load_assignment.clone());
+            clusters.insert(c.name.clone(), (c.clone(), cluster, load_assignment));
+        }
+        self.clusters = clusters;
+        if delivery {
+            out.secrets = secrets(ir);
+        }
+        out
+    }
+}
+
+/// CA bundles and client certificates as SDS secrets. Their names are content-addressed.
+fn secrets(ir: &Ir) -> Vec<Shared<tls::Secret>> {
+    let mut out = Vec::new();
+    for (name, bundle) in &ir.ca_bundles {
+        let context = tls::CertificateValidationContext {
+            trusted_ca: Some(inline_string(&bundle.pem)),
+            ..Default::default()
+        };
+        let secret = tls::Secret {
+            name: name.clone(),
+            r#type: Some(tls::secret::Type::ValidationContext(context)),
+        };
+        out.push(Arc::new(Versioned { version: name.clone(), resource: secret }));
+    }
+    for (name, certificate) in &ir.client_certificates {
+        let secret = tls::Secret {
+            name: name.clone(),
+            r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
+        };
+        // The name digests the key too, so it versions what serialization leaves out.
+        out.push(Arc::new(Versioned { version: name.clone(), resource: secret }));
     }
     out
 }
