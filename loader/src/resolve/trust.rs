@@ -110,9 +110,10 @@ struct ParsedCertificate {
 
 /// Parsing X.509 is the costliest part of resolving policies, and thousands of policies commonly
 /// share a few CA bundles, so parses are kept by content (bounded: cleared when it grows large).
-fn parse_bundle_cached(pem: &str) -> Arc<Result<ParsedBundle, String>> {
-    static CACHE: LazyLock<Mutex<HashMap<String, Arc<Result<ParsedBundle, String>>>>> =
-        LazyLock::new(Default::default);
+type Parsed = Arc<Result<ParsedBundle, String>>;
+
+fn parse_bundle_cached(pem: &str) -> Parsed {
+    static CACHE: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
     const MAX_ENTRIES: usize = 50_000;
     if let Some(hit) = CACHE.lock().unwrap().get(pem) {
         return hit.clone();
