@@ -33,9 +33,13 @@ impl Resolved {
 }
 
 pub fn resolve(config: &ConfigDir, options: &resolve::Options) -> Resolved {
+    let started = std::time::Instant::now();
     let (store, mut errors) = config.store();
     errors.extend(config.errors());
-    Resolved { resolution: resolve::resolve(&store, options), errors }
+    let stored = started.elapsed();
+    let resolution = resolve::resolve(&store, options);
+    tracing::debug!(?stored, total = ?started.elapsed(), "resolve");
+    Resolved { resolution, errors }
 }
 
 pub struct Build {

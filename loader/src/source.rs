@@ -106,16 +106,17 @@ pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Object>, SourceErr
     let mut objects = Vec::new();
     for (index, (first_line, document)) in split_documents(text).into_iter().enumerate() {
         let number = index + 1;
-        let values: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple(document).map_err(|e| {
-                let at = if first_line > 1 {
-                    format!(" (the document starts at line {first_line})")
-                } else {
-                    String::new()
-                };
-                error(Some(number), None, format!("invalid YAML{at}: {e}"))
-            })?;
-        for value in values {
+        let invalid = |e: serde_norway::Error| {
+            let at = if first_line > 1 {
+                format!(" (the document starts at line {first_line})")
+            } else {
+                String::new()
+            };
+            error(Some(number), None, format!("invalid YAML{at}: {e}"))
+        };
+        // A piece is one document, or none when it holds only comments.
+        for piece in serde_norway::Deserializer::from_str(document) {
+            let value = serde::Deserialize::deserialize(piece).map_err(invalid)?;
             parse_document(value, &mut objects)
                 .map_err(|(object, reason)| error(Some(number), object, reason))?;
         }

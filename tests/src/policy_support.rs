@@ -1145,7 +1145,7 @@ pub fn run_check(dir: &Path, format: &str) -> CheckRun {
 
 /// Parses YAML (the `check -o yaml` output) into JSON values.
 pub fn yaml_to_json(yaml: &str) -> Value {
-    serde_saphyr::from_str(yaml)
+    serde_norway::from_str(yaml)
         .unwrap_or_else(|e| panic!("the output is not YAML: {e}\n--- input ---\n{yaml}"))
 }
 

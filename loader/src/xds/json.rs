@@ -26,7 +26,7 @@ pub fn to_json<T: Message + Name>(message: &T) -> serde_json::Value {
 
 /// YAML for people; the same content as [`to_json`].
 pub fn to_yaml(value: &serde_json::Value) -> String {
-    serde_saphyr::to_string(value).expect("JSON values serialize to YAML")
+    serde_norway::to_string(value).expect("JSON values serialize to YAML")
 }
 
 /// The JSON form of a packed resource, whatever its type (for comparing snapshots).
