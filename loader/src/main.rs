@@ -208,12 +208,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            let build = pipeline::build(
-                &config,
-                &translation.resolve_options(),
-                &mut Default::default(),
-                &translate,
-            );
+            let build = pipeline::build(&config, &translation.resolve_options(), &translate);
             for error in &build.resolved.errors {
                 eprintln!("warning: {error}");
             }

@@ -3,7 +3,7 @@
 
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
-use crate::xds::translate::{Resources, TranslateOptions, Translator};
+use crate::xds::translate::{translate, Resources, TranslateOptions};
 
 /// Everything the loader concluded from the input, before any Envoy type.
 pub struct Resolved {
@@ -47,17 +47,14 @@ pub struct Build {
     pub resources: Resources,
 }
 
-/// Resolves and translates. `translator` carries what earlier builds translated.
+/// Resolves and translates into structs (`render`, golden files). `serve` translates through a
+/// [`crate::xds::translate::Translator`] instead, which keeps work between builds.
 pub fn build(
     config: &ConfigDir,
     resolve_options: &resolve::Options,
-    translator: &mut Translator,
     translate_options: &TranslateOptions,
 ) -> Build {
-    let started = std::time::Instant::now();
     let resolved = resolve(config, resolve_options);
-    let resolve_time = started.elapsed();
-    let resources = translator.translate(&resolved.resolution.ir, translate_options);
-    tracing::debug!(?resolve_time, total = ?started.elapsed(), "build");
+    let resources = translate(&resolved.resolution.ir, translate_options);
     Build { resolved, resources }
 }

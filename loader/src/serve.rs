@@ -112,20 +112,16 @@ impl Rebuilder<'_> {
             tracing::error!(dir = %self.config.root().display(), error = %e, "cannot read config directory; keeping the current configuration");
             return;
         }
-        let build = pipeline::build(
-            &self.config,
-            &self.options.resolve,
-            &mut self.translator,
-            &self.options.translate,
-        );
-        for error in &build.resolved.errors {
+        let resolved = pipeline::resolve(&self.config, &self.options.resolve);
+        let resources = self.translator.translate(&resolved.resolution.ir, &self.options.translate);
+        for error in &resolved.errors {
             tracing::warn!(%error, "input problem (the file's last good content stays in use)");
         }
-        for problem in build.resolved.problems() {
+        for problem in resolved.problems() {
             tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
         }
         let current = self.snapshot_tx.borrow().clone();
-        let mut next = Snapshot::new(current.version + 1, &build.resources, &current);
+        let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
         if !changed {
             next.version = current.version;
@@ -135,7 +131,7 @@ impl Rebuilder<'_> {
             let mut status = self.status.write().unwrap();
             status.ready = true;
             status.snapshot_version = next.version;
-            status.status = build.resolved.status_json();
+            status.status = resolved.status_json();
             status.builds += 1;
             status.last_build_seconds = elapsed;
             status.snapshot_bytes = next.total_bytes();

@@ -14,7 +14,7 @@ fn check(case: &str) {
         gateway_class: Some("backendtls".into()).filter(|_| case == "routes"),
         ..Default::default()
     };
-    let build = pipeline::build(&config, &options, &mut Default::default(), &Default::default());
+    let build = pipeline::build(&config, &options, &Default::default());
     let resources = &build.resources;
     let envoy = serde_json::json!({
         "clusters": resources.clusters.iter().map(|r| xds::json::to_json(&r.resource)).collect::<Vec<_>>(),

@@ -113,13 +113,8 @@ fn contents(snapshot: &Snapshot) -> BTreeMap<(String, String), (String, serde_js
 fn fresh_snapshot(dir: &Path) -> Snapshot {
     let mut config = ConfigDir::new(dir);
     config.reload().unwrap();
-    let build = pipeline::build(
-        &config,
-        &Default::default(),
-        &mut Translator::default(),
-        &Default::default(),
-    );
-    Snapshot::new(1, &build.resources, &Snapshot::default())
+    let resolved = pipeline::resolve(&config, &Default::default());
+    Snapshot::new(1, Translator::default().translate(&resolved.resolution.ir, &Default::default()))
 }
 
 fn run(seed: u64) {
@@ -184,9 +179,9 @@ fn run(seed: u64) {
         write_backend(&dir, i, b, &cas);
 
         config.reload().unwrap();
-        let build =
-            pipeline::build(&config, &Default::default(), &mut translator, &Default::default());
-        current = Snapshot::new(current.version + 1, &build.resources, &current);
+        let resolved = pipeline::resolve(&config, &Default::default());
+        let packed = translator.translate(&resolved.resolution.ir, &Default::default());
+        current = Snapshot::new(current.version + 1, packed);
         let incremental = contents(&current);
         let full = contents(&fresh_snapshot(&dir));
         assert!(

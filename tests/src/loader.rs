@@ -23,6 +23,8 @@ pub struct Loader {
     /// Holds the log file, which outlives restarts so one log tells the whole story.
     log_dir: TempDir,
     process: Option<ManagedChild>,
+    /// More `serve` arguments, e.g. `--filter ...`.
+    extra_args: Vec<String>,
 }
 
 impl Loader {
@@ -32,6 +34,16 @@ impl Loader {
     }
 
     pub fn start_on_ports(config_dir: &Path, xds_port: u16, admin_port: u16) -> Loader {
+        Loader::start_with_args(config_dir, xds_port, admin_port, &[])
+    }
+
+    /// Like [`Loader::start_on_ports`], with more `serve` arguments (e.g. the filter flags).
+    pub fn start_with_args(
+        config_dir: &Path,
+        xds_port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+    ) -> Loader {
         let log_dir =
             tempfile::Builder::new().prefix("btls-loader-").tempdir().expect("loader temp dir");
         let mut loader = Loader {
@@ -40,6 +52,7 @@ impl Loader {
             admin_port,
             log_dir,
             process: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         loader.start_again();
         loader
@@ -77,6 +90,7 @@ impl Loader {
             .arg(&self.config_dir)
             .args(["--xds-address", &format!("127.0.0.1:{}", self.xds_port)])
             .args(["--admin-address", &format!("127.0.0.1:{}", self.admin_port)])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info");
         let mut process = ManagedChild::spawn("loader", command, &self.log_path());
         let port = self.admin_port;

@@ -296,7 +296,7 @@ impl Session {
         let empty = BTreeMap::new();
         let current = snapshot.of_type(type_url).unwrap_or(&empty);
         let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
-        let changed: Vec<(&String, &VersionedResource)> = current
+        let changed: Vec<(&String, &Arc<VersionedResource>)> = current
             .iter()
             .filter(|(name, r)| st.in_scope(name) && st.known.get(*name) != Some(&r.version))
             .collect();
@@ -321,7 +321,7 @@ impl Session {
                 Resource {
                     name: name.clone(),
                     version: r.version.clone(),
-                    resource: Some((*r.resource).clone()),
+                    resource: Some(r.resource.clone()),
                     ..Default::default()
                 }
             })
@@ -430,8 +430,7 @@ impl Session {
             self.settle(type_url, snapshot.version);
             return None;
         }
-        let resources: Vec<_> =
-            scope.keys().map(|name| (*current[name].resource).clone()).collect();
+        let resources: Vec<_> = scope.keys().map(|name| current[name].resource.clone()).collect();
         let bytes = resources.iter().map(|r| r.value.len()).sum();
         st.known = scope;
         let count = resources.len();
@@ -472,13 +471,10 @@ mod tests {
         for (type_url, name, v) in resources {
             snapshot.resources.get_mut(*type_url).unwrap().insert(
                 name.to_string(),
-                VersionedResource {
+                Arc::new(VersionedResource {
                     version: v.to_string(),
-                    resource: Arc::new(Any {
-                        type_url: type_url.to_string(),
-                        value: v.as_bytes().to_vec(),
-                    }),
-                },
+                    resource: Any { type_url: type_url.to_string(), value: v.as_bytes().to_vec() },
+                }),
             );
         }
         snapshot

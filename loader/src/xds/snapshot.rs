@@ -1,17 +1,17 @@
-//! A versioned set of Envoy resources, by type URL and name.
+//! A versioned set of encoded Envoy resources, by type URL and name.
 //!
-//! Every resource carries its own version, a digest of its content. Delta xDS sends only
-//! resources whose digest the Envoy does not have yet, so a CA change sends one secret and one
-//! cluster, however many backends there are, and an Envoy that reconnects after a loader restart
-//! is not sent what it already holds.
+//! Every resource carries its own version, a digest of what it was built from. Delta xDS sends
+//! only resources whose version the Envoy does not have yet, so a CA change sends one cluster, its
+//! endpoints and one secret, however many backends there are, and an Envoy that reconnects after a
+//! loader restart is not sent what it already holds.
 
-use super::translate::{pack, Resources, Versioned};
+use super::translate::Packed;
+pub use super::translate::PackedResource as VersionedResource;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,59 +46,22 @@ pub fn short_name(type_url: &str) -> &'static str {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct VersionedResource {
-    /// Changes exactly when the resource does (see [`super::translate::Versioned`]).
-    pub version: String,
-    /// Shared with the previous snapshot when the version is the same.
-    pub resource: Arc<Any>,
-}
-
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     /// Increases by one whenever any resource changes.
     pub version: u64,
-    pub resources: BTreeMap<String, BTreeMap<String, VersionedResource>>,
+    pub resources: BTreeMap<String, BTreeMap<String, Arc<VersionedResource>>>,
 }
 
 impl Snapshot {
-    /// Packs `resources`, reusing the encoded form of every resource `previous` has at the same
-    /// version.
-    pub fn new(version: u64, resources: &Resources, previous: &Snapshot) -> Self {
-        let mut by_type: BTreeMap<String, BTreeMap<String, VersionedResource>> = BTreeMap::new();
+    pub fn new(version: u64, mut resources: Packed) -> Self {
         for type_url in type_urls() {
-            by_type.insert(type_url, BTreeMap::new());
+            resources.entry(type_url).or_default();
         }
-        fn add<T: prost::Message + Name>(
-            by_type: &mut BTreeMap<String, BTreeMap<String, VersionedResource>>,
-            previous: &Snapshot,
-            name: &str,
-            versioned: &Versioned<T>,
-        ) {
-            let type_url = T::type_url();
-            let reused = previous
-                .of_type(&type_url)
-                .and_then(|m| m.get(name))
-                .filter(|r| r.version == versioned.version)
-                .map(|r| r.resource.clone());
-            let resource = reused.unwrap_or_else(|| Arc::new(pack(&versioned.resource)));
-            by_type.get_mut(&type_url).expect("every served type is listed in type_urls").insert(
-                name.to_string(),
-                VersionedResource { version: versioned.version.clone(), resource },
-            );
-        }
-        resources.clusters.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
-        resources
-            .endpoints
-            .iter()
-            .for_each(|r| add(&mut by_type, previous, &r.resource.cluster_name, r));
-        resources.secrets.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
-        resources.listeners.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
-        resources.routes.iter().for_each(|r| add(&mut by_type, previous, &r.resource.name, r));
-        Snapshot { version, resources: by_type }
+        Snapshot { version, resources }
     }
 
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, VersionedResource>> {
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<VersionedResource>>> {
         self.resources.get(type_url)
     }
 

@@ -17,7 +17,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::{self as pb, Any, Duration};
 use prost::{Message, Name};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Where endpoints and CA bundles go.
@@ -81,14 +81,14 @@ pub struct Versioned<T> {
     pub resource: T,
 }
 
-/// The Envoy resources of one IR.
+/// The Envoy resources of one IR, as structs (`render`, golden files).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
-    pub listeners: Vec<Arc<Versioned<listener::Listener>>>,
-    pub routes: Vec<Arc<Versioned<route::RouteConfiguration>>>,
-    pub clusters: Vec<Arc<Versioned<cluster::Cluster>>>,
-    pub endpoints: Vec<Arc<Versioned<endpoint::ClusterLoadAssignment>>>,
-    pub secrets: Vec<Arc<Versioned<tls::Secret>>>,
+    pub listeners: Vec<Versioned<listener::Listener>>,
+    pub routes: Vec<Versioned<route::RouteConfiguration>>,
+    pub clusters: Vec<Versioned<cluster::Cluster>>,
+    pub endpoints: Vec<Versioned<endpoint::ClusterLoadAssignment>>,
+    pub secrets: Vec<Versioned<tls::Secret>>,
 }
 
 /// Digest of the serialized form of whatever a resource was built from.
@@ -103,23 +103,74 @@ fn versioned<T>(source: &impl serde::Serialize, resource: T) -> Versioned<T> {
     Versioned { version: fingerprint(source), resource }
 }
 
-/// Translates once, with nothing to reuse (`render`, `check`, tests).
+/// Translates once, into structs.
 pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
-    Translator::default().translate(ir, options)
+    let mut out = Resources::default();
+    for l in &ir.listeners {
+        let (listener, routes) = listener_resources(l, options);
+        out.listeners.push(listener);
+        out.routes.extend(routes);
+    }
+    for c in ir.clusters.values() {
+        let (cluster, load_assignment) = cluster_resources(c, ir, options);
+        out.clusters.push(cluster);
+        out.endpoints.extend(load_assignment);
+    }
+    if options.delivery == Delivery::Ads {
+        out.secrets = secrets(ir);
+    }
+    out
 }
 
-type Shared<T> = Arc<Versioned<T>>;
-/// A listener's IR and what it translated to.
-type ListenerEntry =
-    (ir::Listener, Shared<listener::Listener>, Option<Shared<route::RouteConfiguration>>);
-/// A cluster's IR and what it translated to.
-type ClusterEntry =
-    (ir::Cluster, Shared<cluster::Cluster>, Option<Shared<endpoint::ClusterLoadAssignment>>);
+/// A Gateway listener and, for ADS, its route configuration.
+fn listener_resources(
+    l: &ir::Listener,
+    options: &TranslateOptions,
+) -> (Versioned<listener::Listener>, Option<Versioned<route::RouteConfiguration>>) {
+    let routes = route_configuration(l);
+    let listener = versioned(&(l, options), gateway_listener(l, options, &routes));
+    (listener, (options.delivery == Delivery::Ads).then(|| versioned(l, routes)))
+}
 
-/// Translation that remembers its last output per listener and per cluster, keyed by the IR value
-/// it came from: `serve` rebuilds after every change, and at ten thousand backends rebuilding and
-/// fingerprinting every unchanged cluster would dominate the time a change takes to apply. The
-/// output is the same as a fresh [`translate`] (tests compare them on random edit sequences).
+/// A backend cluster and, for ADS, its endpoints.
+fn cluster_resources(
+    c: &ir::Cluster,
+    ir: &Ir,
+    options: &TranslateOptions,
+) -> (Versioned<cluster::Cluster>, Option<Versioned<endpoint::ClusterLoadAssignment>>) {
+    let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
+    // The endpoints' version follows the whole cluster, not only the addresses: when Envoy
+    // replaces a cluster it waits for EDS again before the new one warms, but does not ask for a
+    // resource it already holds. A new version makes the loader resend it.
+    let source = (c, options.delivery);
+    (versioned(&source, cluster), load_assignment.map(|l| versioned(&source, l)))
+}
+
+/// A resource encoded for xDS, with its version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedResource {
+    /// Changes exactly when the resource does (see [`Versioned`]).
+    pub version: String,
+    pub resource: Any,
+}
+
+/// Encoded resources by type URL and name: what a snapshot holds.
+pub type Packed = BTreeMap<String, BTreeMap<String, Arc<PackedResource>>>;
+
+fn pack_versioned<T: Message + Name>(v: Versioned<T>) -> Arc<PackedResource> {
+    Arc::new(PackedResource { resource: pack(&v.resource), version: v.version })
+}
+
+/// A listener's IR and what it translated to.
+type ListenerEntry = (ir::Listener, Arc<PackedResource>, Option<Arc<PackedResource>>);
+/// A cluster's IR and what it translated to.
+type ClusterEntry = (ir::Cluster, Arc<PackedResource>, Option<Arc<PackedResource>>);
+
+/// `serve`'s translation: straight to encoded resources, remembering them per listener and per
+/// cluster keyed by the IR value they came from. At ten thousand backends, rebuilding, encoding and
+/// fingerprinting every unchanged cluster would dominate the time a change takes to apply, and
+/// keeping Envoy's structs (kilobytes each) would dominate memory. The output equals a fresh
+/// translation (tests compare them on random edit sequences).
 #[derive(Default)]
 pub struct Translator {
     /// The options the cache was filled under; a change clears it.
@@ -129,27 +180,28 @@ pub struct Translator {
 }
 
 impl Translator {
-    pub fn translate(&mut self, ir: &Ir, options: &TranslateOptions) -> Resources {
+    pub fn translate(&mut self, ir: &Ir, options: &TranslateOptions) -> Packed {
         let options_key = serde_json::to_string(options).expect("options serialize");
         if self.options.as_ref() != Some(&options_key) {
             *self = Translator { options: Some(options_key), ..Default::default() };
         }
-        let mut out = Resources::default();
-        let delivery = options.delivery == Delivery::Ads;
+        let mut out = Packed::new();
+        let mut put = |type_url: String, name: &str, resource: &Arc<PackedResource>| {
+            out.entry(type_url).or_default().insert(name.to_string(), resource.clone());
+        };
         let mut listeners = HashMap::with_capacity(ir.listeners.len());
         for l in &ir.listeners {
             let (listener, routes) = match self.listeners.remove(&l.name) {
                 Some((cached, listener, routes)) if &cached == l => (listener, routes),
                 _ => {
-                    let routes = route_configuration(l);
-                    let listener =
-                        Arc::new(versioned(&(l, options), gateway_listener(l, options, &routes)));
-                    let routes = delivery.then(|| Arc::new(versioned(l, routes)));
-                    (listener, routes)
+                    let (listener, routes) = listener_resources(l, options);
+                    (pack_versioned(listener), routes.map(pack_versioned))
                 }
             };
-            out.listeners.push(listener.clone());
-            out.routes.extend(routes.clone());
+            put(listener::Listener::type_url(), &l.name, &listener);
+            if let Some(routes) = &routes {
+                put(route::RouteConfiguration::type_url(), &l.name, routes);
+            }
             listeners.insert(l.name.clone(), (l.clone(), listener, routes));
         }
         self.listeners = listeners;
@@ -160,30 +212,30 @@ impl Translator {
                     (cluster, load_assignment)
                 }
                 _ => {
-                    let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
-                    // The endpoints' version follows the whole cluster, not only the addresses:
-                    // when Envoy replaces a cluster it waits for EDS again before the new one
-                    // warms, but does not ask for a resource it already holds. A new version
-                    // makes the loader resend it.
-                    let source = (c, delivery);
-                    let cluster = Arc::new(versioned(&source, cluster));
-                    (cluster, load_assignment.map(|l| Arc::new(versioned(&source, l))))
+                    let (cluster, load_assignment) = cluster_resources(c, ir, options);
+                    (pack_versioned(cluster), load_assignment.map(pack_versioned))
                 }
             };
-            out.clusters.push(cluster.clone());
-            out.endpoints.extend(load_assignment.clone());
+            put(cluster::Cluster::type_url(), &c.name, &cluster);
+            if let Some(load_assignment) = &load_assignment {
+                put(endpoint::ClusterLoadAssignment::type_url(), &c.name, load_assignment);
+            }
             clusters.insert(c.name.clone(), (c.clone(), cluster, load_assignment));
         }
         self.clusters = clusters;
-        if delivery {
-            out.secrets = secrets(ir);
+        if options.delivery == Delivery::Ads {
+            for secret in secrets(ir) {
+                let name = secret.resource.name.clone();
+                put(tls::Secret::type_url(), &name, &pack_versioned(secret));
+            }
         }
         out
     }
 }
 
-/// CA bundles and client certificates as SDS secrets. Their names are content-addressed.
-fn secrets(ir: &Ir) -> Vec<Shared<tls::Secret>> {
+/// CA bundles and client certificates as SDS secrets. Their names are content-addressed, so the
+/// name is the version.
+fn secrets(ir: &Ir) -> Vec<Versioned<tls::Secret>> {
     let mut out = Vec::new();
     for (name, bundle) in &ir.ca_bundles {
         let context = tls::CertificateValidationContext {
@@ -194,15 +246,14 @@ fn secrets(ir: &Ir) -> Vec<Shared<tls::Secret>> {
             name: name.clone(),
             r#type: Some(tls::secret::Type::ValidationContext(context)),
         };
-        out.push(Arc::new(Versioned { version: name.clone(), resource: secret }));
+        out.push(Versioned { version: name.clone(), resource: secret });
     }
     for (name, certificate) in &ir.client_certificates {
         let secret = tls::Secret {
             name: name.clone(),
             r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
         };
-        // The name digests the key too, so it versions what serialization leaves out.
-        out.push(Arc::new(Versioned { version: name.clone(), resource: secret }));
+        out.push(Versioned { version: name.clone(), resource: secret });
     }
     out
 }
@@ -255,7 +306,7 @@ fn seconds(s: i64) -> Option<Duration> {
 
 /// What the access log prints per request: enough to see which backend answered and why a
 /// handshake failed.
-const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% host=%REQ(:AUTHORITY)% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% tls=%UPSTREAM_TLS_VERSION% failure=\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" backendtls=%DYNAMIC_METADATA(backendtls)%\n";
+const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% host=%REQ(:AUTHORITY)% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% tls=%UPSTREAM_TLS_VERSION% failure=\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" backendtls=%DYNAMIC_METADATA(backendtls)% backendtls_wasm=%FILTER_STATE(wasm.backendtls:PLAIN)%\n";
 
 fn gateway_listener(
     l: &ir::Listener,
@@ -696,6 +747,22 @@ fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
     fields.insert(
         contract::keys::SUBJECT_ALT_NAMES.to_string(),
         pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: sans })) },
+    );
+    // The same names as flat strings, for the dynamic-module build (see the contract).
+    let identities = policy
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            SubjectAltName::Hostname(h) => {
+                contract::identity_string(contract::san_types::HOSTNAME, h)
+            }
+            SubjectAltName::Uri(u) => contract::identity_string(contract::san_types::URI, u),
+        })
+        .map(|identity| string(&identity))
+        .collect();
+    fields.insert(
+        contract::keys::IDENTITIES.to_string(),
+        pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: identities })) },
     );
     let state = match &policy.trust {
         Trust::Ca { .. } => PolicyState::Valid,

@@ -41,7 +41,13 @@ fn main() -> ExitCode {
         .unwrap_or_else(|e| panic!("write {}: {e}", ca_yaml.display()));
 
     let mut nginx = Nginx::start_on_port(NGINX_HTTPS_PORT, &server_cert);
-    let mut loader = Loader::start_on_ports(&examples_dir(), LOADER_XDS_PORT, LOADER_ADMIN_PORT);
+    // The filter's dynamic-module build (`make demo` builds it first): per-policy counters in
+    // Envoy's /stats.
+    let filter = workspace_root().join("target/release/libbackendtls_filter.so");
+    let filter = filter.to_str().expect("UTF-8 path");
+    let filter_args = ["--filter", "dynamic-module", "--filter-path", filter];
+    let mut loader =
+        Loader::start_with_args(&examples_dir(), LOADER_XDS_PORT, LOADER_ADMIN_PORT, &filter_args);
     let bootstrap_path = workspace_root().join("envoy/bootstrap.yaml");
     let bootstrap = std::fs::read_to_string(&bootstrap_path)
         .unwrap_or_else(|e| panic!("read {}: {e}", bootstrap_path.display()));
@@ -144,7 +150,8 @@ fn print_banner(demo_dir: &Path, nginx: &Nginx, loader: &Loader, envoy: &Envoy) 
          \x20 logs    {nginx_logs}/, {loader_log}, {envoy_log}\n\
          \nTry:\n\
          \x20 curl -i http://127.0.0.1:{GATEWAY_PORT}/ -H \"host: {GUIDE_HOST}\"\n\
-         \x20 curl -s http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats | grep {NGINX_CLUSTER}.ssl.handshake",
+         \x20 curl -s http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats | grep {NGINX_CLUSTER}.ssl.handshake\n\
+         \x20 curl -s http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats | grep '^backendtls\\.'   # the filter's per-policy counters",
         ca = demo_dir.join("ca.crt").display(),
         examples = examples_dir().display(),
         nginx_logs = nginx.dir().display(),

@@ -1,0 +1,79 @@
+//! The filter's own configuration: a JSON object, passed by both builds as a string
+//! (`google.protobuf.StringValue`), e.g. `{"request_header": "x-backendtls-policy"}`.
+
+use std::fmt;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// When set, requests to a governed backend carry this header with the policy's name
+    /// (`<namespace>/<name>`). Off by default.
+    #[serde(default)]
+    pub request_header: Option<String>,
+    /// Test hook, off by default: in the dynamic-module build a request carrying this header
+    /// panics deliberately inside the filter logic, to show that a panic is caught at the FFI
+    /// boundary (the request gets a 500, Envoy keeps running). Never set it in production.
+    #[serde(default)]
+    pub debug_panic_header: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid backendtls filter configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    pub fn from_message(message: String) -> ConfigError {
+        ConfigError(message)
+    }
+}
+
+impl FilterConfig {
+    /// Parses the configuration bytes; empty (or whitespace) means all defaults.
+    pub fn parse(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(FilterConfig::default());
+        }
+        let config: FilterConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
+        for name in [&config.request_header, &config.debug_panic_header].into_iter().flatten() {
+            let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                return Err(ConfigError(format!(
+                    "header name {name:?} must be a non-empty lower-case HTTP token"
+                )));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_null_mean_defaults() {
+        assert_eq!(FilterConfig::parse(b"").unwrap(), FilterConfig::default());
+        assert_eq!(
+            FilterConfig::parse(br#"{"request_header": null}"#).unwrap(),
+            FilterConfig::default()
+        );
+    }
+
+    #[test]
+    fn header_names_are_checked() {
+        let c = FilterConfig::parse(br#"{"request_header":"x-backendtls-policy"}"#).unwrap();
+        assert_eq!(c.request_header.as_deref(), Some("x-backendtls-policy"));
+        assert!(FilterConfig::parse(br#"{"request_header":"X-Upper"}"#).is_err());
+        assert!(FilterConfig::parse(br#"{"request_header":"a b"}"#).is_err());
+        assert!(FilterConfig::parse(br#"{"request_headr":"x"}"#).is_err());
+        assert!(FilterConfig::parse(b"not json").is_err());
+    }
+}

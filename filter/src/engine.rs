@@ -1,0 +1,678 @@
+//! The per-request decisions, shared by both builds.
+//!
+//! An adapter (proxy-wasm or dynamic module) finds the [`PolicyEntry`] of the request's cluster,
+//! calls [`on_request`] in the request-headers phase and [`on_response`] in the
+//! response-headers phase, and carries out the returned decision: count, tag, answer locally.
+//! Everything Envoy-specific sits behind [`Upstream`], so the logic is tested on the host.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{HashMap, HashSet};
+
+use crate::contract::{stats, Verification};
+use crate::policy::Policy;
+use crate::x509::SubjectAltNames;
+
+/// Envoy's `upstream.tls_version`, as a stat label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls1_0,
+    Tls1_1,
+    Tls1_2,
+    Tls1_3,
+    Other,
+}
+
+impl TlsVersion {
+    const ALL: [TlsVersion; 5] = [
+        TlsVersion::Tls1_0,
+        TlsVersion::Tls1_1,
+        TlsVersion::Tls1_2,
+        TlsVersion::Tls1_3,
+        TlsVersion::Other,
+    ];
+
+    pub fn from_envoy(version: &[u8]) -> TlsVersion {
+        match version {
+            b"TLSv1" => TlsVersion::Tls1_0,
+            b"TLSv1.1" => TlsVersion::Tls1_1,
+            b"TLSv1.2" => TlsVersion::Tls1_2,
+            b"TLSv1.3" => TlsVersion::Tls1_3,
+            _ => TlsVersion::Other,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `version` label value (`TLSv1_3`).
+    pub fn label(self) -> &'static str {
+        stats::TLS_VERSIONS[self.index()]
+    }
+
+    /// As Envoy spells it (`TLSv1.3`), for the request's tags.
+    pub fn envoy_name(self) -> &'static str {
+        ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", "other"][self.index()]
+    }
+}
+
+/// Why an upstream TLS handshake failed, from Envoy's transport failure reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    UnknownCa,
+    SanMismatch,
+    Expired,
+    HandshakeError,
+}
+
+impl FailureClass {
+    const ALL: [FailureClass; 4] = [
+        FailureClass::UnknownCa,
+        FailureClass::SanMismatch,
+        FailureClass::Expired,
+        FailureClass::HandshakeError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        stats::VERIFY_FAILURE_REASONS[self as usize]
+    }
+
+    fn verification(self) -> Verification {
+        match self {
+            FailureClass::UnknownCa => Verification::UnknownCa,
+            FailureClass::SanMismatch => Verification::SanMismatch,
+            FailureClass::Expired => Verification::Expired,
+            FailureClass::HandshakeError => Verification::HandshakeError,
+        }
+    }
+
+    /// Classifies `upstream.transport_failure_reason`. Envoy (BoringSSL) reports e.g.
+    /// `TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert
+    /// failed: SAN matcher...`. `None` when the failure was not a TLS one (connection refused,
+    /// reset before TLS, ...), which the filter does not count as a verification failure.
+    pub fn classify(reason: &[u8]) -> Option<FailureClass> {
+        let has = |needle: &str| contains_ignore_case(reason, needle.as_bytes());
+        if has("SAN matcher") || has("subject alt name") || has("hostname mismatch") {
+            Some(FailureClass::SanMismatch)
+        } else if has("certificate has expired") || has("not yet valid") || has("CERT_HAS_EXPIRED")
+        {
+            Some(FailureClass::Expired)
+        } else if has("unable to get local issuer")
+            || has("unable to get issuer")
+            || has("self signed certificate")
+            || has("self-signed certificate")
+            || has("untrusted")
+            || has("unknown ca")
+            || has("X509_verify_cert")
+        {
+            Some(FailureClass::UnknownCa)
+        } else if has("TLS_error") || has("SSL") || has("CERTIFICATE_VERIFY_FAILED") {
+            Some(FailureClass::HandshakeError)
+        } else {
+            None
+        }
+    }
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Why the filter refused or replaced a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    Plaintext,
+    IdentityMismatch,
+    InvalidPolicy,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 3] =
+        [RejectReason::Plaintext, RejectReason::IdentityMismatch, RejectReason::InvalidPolicy];
+
+    pub fn label(self) -> &'static str {
+        stats::REJECTION_REASONS[self as usize]
+    }
+
+    pub fn verification(self) -> Verification {
+        match self {
+            RejectReason::Plaintext => Verification::Plaintext,
+            RejectReason::IdentityMismatch => Verification::IdentityMismatch,
+            RejectReason::InvalidPolicy => Verification::InvalidPolicy,
+        }
+    }
+
+    /// HTTP status of the filter's answer.
+    pub fn status(self) -> u32 {
+        match self {
+            RejectReason::InvalidPolicy => 503,
+            RejectReason::Plaintext | RejectReason::IdentityMismatch => 502,
+        }
+    }
+
+    /// `RESPONSE_CODE_DETAILS` of the filter's answer.
+    pub fn details(self) -> &'static str {
+        match self {
+            RejectReason::Plaintext => "backendtls_plaintext_upstream",
+            RejectReason::IdentityMismatch => "backendtls_identity_mismatch",
+            RejectReason::InvalidPolicy => "backendtls_invalid_policy",
+        }
+    }
+}
+
+/// One of the per-policy counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Requests,
+    Handshakes,
+    TlsRequests(TlsVersion),
+    VerifyFailures(FailureClass),
+    Rejections(RejectReason),
+}
+
+impl Counter {
+    pub const COUNT: usize =
+        2 + TlsVersion::ALL.len() + FailureClass::ALL.len() + RejectReason::ALL.len();
+
+    pub fn index(self) -> usize {
+        match self {
+            Counter::Requests => 0,
+            Counter::Handshakes => 1,
+            Counter::TlsRequests(v) => 2 + v.index(),
+            Counter::VerifyFailures(c) => 2 + TlsVersion::ALL.len() + c as usize,
+            Counter::Rejections(r) => {
+                2 + TlsVersion::ALL.len() + FailureClass::ALL.len() + r as usize
+            }
+        }
+    }
+
+    /// The counters defined eagerly for every policy (so that they read 0 rather than being
+    /// absent); TLS versions appear when first seen.
+    pub fn eager() -> impl Iterator<Item = Counter> {
+        [Counter::Requests, Counter::Handshakes]
+            .into_iter()
+            .chain(FailureClass::ALL.into_iter().map(Counter::VerifyFailures))
+            .chain(RejectReason::ALL.into_iter().map(Counter::Rejections))
+    }
+
+    /// The metric's base name (see `contract::stats`).
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Counter::Requests => stats::REQUESTS,
+            Counter::Handshakes => stats::HANDSHAKES,
+            Counter::TlsRequests(_) => stats::TLS_REQUESTS,
+            Counter::VerifyFailures(_) => stats::VERIFY_FAILURES,
+            Counter::Rejections(_) => stats::REJECTIONS,
+        }
+    }
+
+    /// The label before `policy`, if any: (label name, value).
+    pub fn label(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Counter::Requests | Counter::Handshakes => None,
+            Counter::TlsRequests(v) => Some((stats::LABEL_VERSION, v.label())),
+            Counter::VerifyFailures(c) => Some((stats::LABEL_REASON, c.label())),
+            Counter::Rejections(r) => Some((stats::LABEL_REASON, r.label())),
+        }
+    }
+
+    /// The flat stat name the Wasm build defines:
+    /// `backendtls.<base>[.<label>.<value>].policy.<ns>/<name>`.
+    pub fn flat_name(self, policy: &str) -> String {
+        let mut name = format!("{}.{}", stats::FAMILY, self.base_name());
+        if let Some((label, value)) = self.label() {
+            name.push('.');
+            name.push_str(label);
+            name.push('.');
+            name.push_str(value);
+        }
+        name.push('.');
+        name.push_str(stats::LABEL_POLICY);
+        name.push('.');
+        name.push_str(policy);
+        name
+    }
+}
+
+/// A bounded set of recently seen keys, in two generations: when the current one fills up it
+/// becomes the previous one and the oldest generation is dropped. Keys in use keep being moved
+/// into the current generation, so only keys idle for a whole generation are forgotten.
+#[derive(Debug)]
+pub struct RecentSet {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+    capacity: usize,
+}
+
+impl RecentSet {
+    pub fn new(capacity: usize) -> RecentSet {
+        RecentSet { current: HashSet::new(), previous: HashSet::new(), capacity }
+    }
+
+    /// Records `key`; true when it had not been seen (or was forgotten).
+    pub fn insert(&mut self, key: u64) -> bool {
+        if self.current.contains(&key) {
+            return false;
+        }
+        let seen = self.previous.remove(&key);
+        if self.current.len() >= self.capacity {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key);
+        !seen
+    }
+}
+
+/// FNV-1a over several byte strings (with separators), for cache keys.
+pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// What the filter remembers about one policy in one worker (Wasm VM or dynamic-module thread).
+#[derive(Debug)]
+pub struct PolicyEntry {
+    pub policy: Policy,
+    /// Adapter-owned metric handles, one per [`Counter::index`] (None = not defined yet).
+    pub metric_ids: [Cell<Option<u32>>; Counter::COUNT],
+    /// Leaf verdicts by certificate digest (hex SHA-256, as Envoy reports it).
+    verdicts: RefCell<HashMap<Box<[u8]>, bool>>,
+    /// Serialized tags (Wasm filter state) by (TLS version, verification).
+    tag_json: [OnceCell<String>; TAG_SLOTS],
+}
+
+const VERIFICATIONS: usize = 8;
+const _: () = assert!(Verification::InvalidPolicy as usize + 1 == VERIFICATIONS);
+const TAG_SLOTS: usize = (TlsVersion::ALL.len() + 1) * VERIFICATIONS;
+/// Distinct certificates remembered per policy before the verdict cache starts over.
+const VERDICT_CAPACITY: usize = 64;
+
+impl PolicyEntry {
+    pub fn new(policy: Policy) -> PolicyEntry {
+        PolicyEntry {
+            policy,
+            metric_ids: std::array::from_fn(|_| Cell::new(None)),
+            verdicts: RefCell::new(HashMap::new()),
+            tag_json: std::array::from_fn(|_| OnceCell::new()),
+        }
+    }
+
+    /// The request's tags as one JSON object (what the Wasm build stores in filter state).
+    pub fn tag_json(&self, tls: Option<TlsVersion>, verification: Verification) -> &str {
+        let slot = tls.map_or(0, |v| v.index() + 1) * VERIFICATIONS + verification as usize;
+        self.tag_json[slot].get_or_init(|| {
+            let mut object = serde_json::Map::new();
+            let mut put = |k: &str, v: &str| object.insert(k.into(), v.into());
+            put(crate::contract::tag_keys::POLICY, &self.policy.name);
+            put(crate::contract::tag_keys::HOSTNAME, &self.policy.hostname);
+            if let Some(v) = tls {
+                put(crate::contract::tag_keys::TLS_VERSION, v.envoy_name());
+            }
+            put(crate::contract::tag_keys::VERIFICATION, verification.as_str());
+            serde_json::Value::Object(object).to_string()
+        })
+    }
+
+    fn cached_verdict(&self, digest: &[u8]) -> Option<bool> {
+        self.verdicts.borrow().get(digest).copied()
+    }
+
+    fn remember_verdict(&self, digest: &[u8], ok: bool) {
+        let mut verdicts = self.verdicts.borrow_mut();
+        if verdicts.len() >= VERDICT_CAPACITY {
+            verdicts.clear();
+        }
+        verdicts.insert(digest.into(), ok);
+    }
+}
+
+/// Per-worker state that outlives requests.
+#[derive(Debug)]
+pub struct Worker {
+    /// Upstream connections seen, by (local address, peer digest): a new one is a handshake.
+    connections: RecentSet,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker { connections: RecentSet::new(4096) }
+    }
+}
+
+/// What the filter needs to know about the upstream side of a request, read lazily (each read
+/// is a host call; the happy path makes three).
+pub trait Upstream {
+    /// Envoy's `upstream.tls_version`; None when the upstream connection had no TLS (or none
+    /// was made).
+    fn tls_version(&mut self) -> Option<TlsVersion>;
+    /// Whether the response came from the upstream (`response.code_details == via_upstream`)
+    /// rather than from Envoy itself.
+    fn response_from_upstream(&mut self) -> bool;
+    /// `upstream.transport_failure_reason`, classified.
+    fn failure_class(&mut self) -> Option<FailureClass>;
+    /// Calls `f` with `upstream.local_address` and `upstream.sha256_peer_certificate_digest`.
+    fn with_connection_key<R>(&mut self, f: impl FnOnce(&[u8], &[u8]) -> R) -> R;
+    /// Decides whether the leaf certificate satisfies `policy`; called once per certificate
+    /// digest (the result is cached). An unreadable leaf fails closed (false).
+    fn leaf_satisfies(&mut self, policy: &Policy) -> bool;
+}
+
+/// Counts the per-policy counters; the adapter turns them into Envoy stats.
+pub trait Metrics {
+    fn increment(&mut self, entry: &PolicyEntry, counter: Counter);
+}
+
+/// The request-phase decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestDecision {
+    /// Go on to the upstream.
+    Continue,
+    /// Answer locally; the policy cannot be enforced.
+    Reject(RejectReason),
+}
+
+pub fn on_request(entry: &PolicyEntry, metrics: &mut impl Metrics) -> RequestDecision {
+    metrics.increment(entry, Counter::Requests);
+    if entry.policy.is_valid() {
+        RequestDecision::Continue
+    } else {
+        metrics.increment(entry, Counter::Rejections(RejectReason::InvalidPolicy));
+        RequestDecision::Reject(RejectReason::InvalidPolicy)
+    }
+}
+
+/// The response-phase decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseDecision {
+    pub tls: Option<TlsVersion>,
+    pub verification: Verification,
+    /// Replace the response with the filter's own answer.
+    pub reject: Option<RejectReason>,
+}
+
+pub fn on_response(
+    worker: &mut Worker,
+    entry: &PolicyEntry,
+    upstream: &mut impl Upstream,
+    metrics: &mut impl Metrics,
+) -> ResponseDecision {
+    let Some(tls) = upstream.tls_version() else {
+        if upstream.response_from_upstream() {
+            // The backend answered over a connection without TLS: never hand that to the client.
+            metrics.increment(entry, Counter::Rejections(RejectReason::Plaintext));
+            return ResponseDecision {
+                tls: None,
+                verification: Verification::Plaintext,
+                reject: Some(RejectReason::Plaintext),
+            };
+        }
+        // Envoy's own answer (e.g. 503 after a failed handshake): let it through, count why.
+        let verification = match upstream.failure_class() {
+            Some(class) => {
+                metrics.increment(entry, Counter::VerifyFailures(class));
+                class.verification()
+            }
+            None => Verification::HandshakeError,
+        };
+        return ResponseDecision { tls: None, verification, reject: None };
+    };
+    metrics.increment(entry, Counter::TlsRequests(tls));
+    let (new_connection, cached) = upstream.with_connection_key(|local, digest| {
+        let new = worker.connections.insert(hash_parts(&[local, digest]));
+        (new, entry.cached_verdict(digest).ok_or_else(|| digest.to_vec()))
+    });
+    if new_connection {
+        metrics.increment(entry, Counter::Handshakes);
+    }
+    let ok = match cached {
+        Ok(ok) => ok,
+        Err(digest) => {
+            let ok = upstream.leaf_satisfies(&entry.policy);
+            // Without a digest there is nothing to key the verdict by: decide every time.
+            if !digest.is_empty() {
+                entry.remember_verdict(&digest, ok);
+            }
+            ok
+        }
+    };
+    if ok {
+        ResponseDecision { tls: Some(tls), verification: Verification::Verified, reject: None }
+    } else {
+        metrics.increment(entry, Counter::Rejections(RejectReason::IdentityMismatch));
+        ResponseDecision {
+            tls: Some(tls),
+            verification: Verification::IdentityMismatch,
+            reject: Some(RejectReason::IdentityMismatch),
+        }
+    }
+}
+
+/// The body of the filter's local answers: short, and saying why.
+pub fn reject_body(reason: RejectReason, policy: &Policy) -> String {
+    match reason {
+        RejectReason::InvalidPolicy => format!(
+            "backendtls: policy {} cannot be enforced: {}\n",
+            policy.name,
+            policy.reason.as_deref().unwrap_or("invalid")
+        ),
+        RejectReason::Plaintext => {
+            format!(
+                "backendtls: policy {} requires TLS to the backend; the connection had none\n",
+                policy.name
+            )
+        }
+        RejectReason::IdentityMismatch => {
+            format!("backendtls: the backend certificate does not match policy {}\n", policy.name)
+        }
+    }
+}
+
+/// Whether any of a leaf's names satisfies the policy.
+pub fn sans_satisfy(policy: &Policy, sans: &SubjectAltNames) -> bool {
+    policy.accepts(sans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Fields;
+
+    fn entry(state: &str) -> PolicyEntry {
+        PolicyEntry::new(Policy::from_fields(Fields {
+            policy: Some("default/p"),
+            hostname: Some("example.com"),
+            state: Some(state),
+            ..Fields::default()
+        }))
+    }
+
+    #[derive(Default)]
+    struct Counted(Vec<Counter>);
+
+    impl Metrics for Counted {
+        fn increment(&mut self, _: &PolicyEntry, counter: Counter) {
+            self.0.push(counter);
+        }
+    }
+
+    struct FakeUpstream {
+        tls: Option<TlsVersion>,
+        via_upstream: bool,
+        failure: Option<&'static str>,
+        local: &'static str,
+        digest: &'static str,
+        leaf: SubjectAltNames,
+        leaf_checks: usize,
+    }
+
+    impl FakeUpstream {
+        fn tls(local: &'static str, dns: &[&str]) -> FakeUpstream {
+            FakeUpstream {
+                tls: Some(TlsVersion::Tls1_3),
+                via_upstream: true,
+                failure: None,
+                local,
+                digest: "ab01",
+                leaf: SubjectAltNames {
+                    dns: dns.iter().map(|s| s.to_string()).collect(),
+                    uri: vec![],
+                },
+                leaf_checks: 0,
+            }
+        }
+    }
+
+    impl Upstream for FakeUpstream {
+        fn tls_version(&mut self) -> Option<TlsVersion> {
+            self.tls
+        }
+        fn response_from_upstream(&mut self) -> bool {
+            self.via_upstream
+        }
+        fn failure_class(&mut self) -> Option<FailureClass> {
+            self.failure.and_then(|r| FailureClass::classify(r.as_bytes()))
+        }
+        fn with_connection_key<R>(&mut self, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
+            f(self.local.as_bytes(), self.digest.as_bytes())
+        }
+        fn leaf_satisfies(&mut self, policy: &Policy) -> bool {
+            self.leaf_checks += 1;
+            sans_satisfy(policy, &self.leaf)
+        }
+    }
+
+    #[test]
+    fn valid_tls_counts_request_version_and_one_handshake_per_connection() {
+        let (e, mut w, mut m) = (entry("valid"), Worker::default(), Counted::default());
+        let mut up = FakeUpstream::tls("127.0.0.1:40000", &["other.example", "example.com"]);
+        for _ in 0..3 {
+            assert_eq!(on_request(&e, &mut m), RequestDecision::Continue);
+            let d = on_response(&mut w, &e, &mut up, &mut m);
+            assert_eq!(d.reject, None);
+            assert_eq!(d.verification, Verification::Verified);
+        }
+        up.local = "127.0.0.1:40001";
+        on_response(&mut w, &e, &mut up, &mut m);
+        let count = |c: Counter| m.0.iter().filter(|x| **x == c).count();
+        assert_eq!(count(Counter::Requests), 3);
+        assert_eq!(count(Counter::TlsRequests(TlsVersion::Tls1_3)), 4);
+        assert_eq!(count(Counter::Handshakes), 2);
+        assert_eq!(up.leaf_checks, 1, "the verdict is cached per certificate digest");
+    }
+
+    #[test]
+    fn identity_mismatch_is_rejected_and_cached() {
+        let (e, mut w, mut m) = (entry("valid"), Worker::default(), Counted::default());
+        let mut up = FakeUpstream::tls("127.0.0.1:40000", &["evil.example"]);
+        for _ in 0..2 {
+            let d = on_response(&mut w, &e, &mut up, &mut m);
+            assert_eq!(d.reject, Some(RejectReason::IdentityMismatch));
+        }
+        assert_eq!(up.leaf_checks, 1);
+        assert!(m.0.contains(&Counter::Rejections(RejectReason::IdentityMismatch)));
+    }
+
+    #[test]
+    fn plaintext_upstream_answer_is_replaced() {
+        let (e, mut w, mut m) = (entry("valid"), Worker::default(), Counted::default());
+        let mut up = FakeUpstream { tls: None, ..FakeUpstream::tls("l", &[]) };
+        let d = on_response(&mut w, &e, &mut up, &mut m);
+        assert_eq!(d.reject, Some(RejectReason::Plaintext));
+        assert_eq!(d.verification, Verification::Plaintext);
+        assert_eq!(m.0, [Counter::Rejections(RejectReason::Plaintext)]);
+    }
+
+    #[test]
+    fn handshake_failures_pass_through_and_are_classified() {
+        let (e, mut w, mut m) = (entry("valid"), Worker::default(), Counted::default());
+        let mut up = FakeUpstream {
+            tls: None,
+            via_upstream: false,
+            failure: Some("TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: SAN matcher, certificate SANs are [other]:TLS_error_end"),
+            ..FakeUpstream::tls("l", &[])
+        };
+        let d = on_response(&mut w, &e, &mut up, &mut m);
+        assert_eq!(d.reject, None);
+        assert_eq!(d.verification, Verification::SanMismatch);
+        assert_eq!(m.0, [Counter::VerifyFailures(FailureClass::SanMismatch)]);
+    }
+
+    #[test]
+    fn invalid_policy_is_rejected_before_upstream() {
+        let (e, mut m) = (entry("invalid"), Counted::default());
+        assert_eq!(on_request(&e, &mut m), RequestDecision::Reject(RejectReason::InvalidPolicy));
+        assert_eq!(m.0, [Counter::Requests, Counter::Rejections(RejectReason::InvalidPolicy)]);
+        assert!(reject_body(RejectReason::InvalidPolicy, &e.policy).contains("default/p"));
+    }
+
+    #[test]
+    fn transport_failures_are_classified() {
+        let cases: [(&str, Option<FailureClass>); 6] = [
+            ("TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: X509_verify_cert: certificate verification error at depth 0: unable to get local issuer certificate:TLS_error_end", Some(FailureClass::UnknownCa)),
+            ("TLS_error:|CERTIFICATE_VERIFY_FAILED:verify cert failed: X509_verify_cert: certificate verification error at depth 0: certificate has expired:TLS_error_end", Some(FailureClass::Expired)),
+            ("TLS_error:|CERTIFICATE_VERIFY_FAILED:verify cert failed: SAN matcher", Some(FailureClass::SanMismatch)),
+            ("TLS_error:|268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER:TLS_error_end", Some(FailureClass::HandshakeError)),
+            ("delayed connect error: Connection refused", None),
+            ("", None),
+        ];
+        for (reason, want) in cases {
+            assert_eq!(FailureClass::classify(reason.as_bytes()), want, "{reason}");
+        }
+    }
+
+    #[test]
+    fn counter_names_and_indices() {
+        assert_eq!(
+            Counter::Requests.flat_name("default/p"),
+            "backendtls.requests.policy.default/p"
+        );
+        assert_eq!(
+            Counter::TlsRequests(TlsVersion::Tls1_3).flat_name("default/p"),
+            "backendtls.tls_requests.version.TLSv1_3.policy.default/p"
+        );
+        assert_eq!(
+            Counter::Rejections(RejectReason::Plaintext).flat_name("ns/a.b"),
+            "backendtls.rejections.reason.plaintext.policy.ns/a.b"
+        );
+        let mut seen = HashSet::new();
+        for c in Counter::eager().chain(TlsVersion::ALL.into_iter().map(Counter::TlsRequests)) {
+            assert!(c.index() < Counter::COUNT && seen.insert(c.index()));
+        }
+        assert_eq!(seen.len(), Counter::COUNT);
+    }
+
+    #[test]
+    fn recent_set_forgets_only_idle_keys() {
+        let mut s = RecentSet::new(2);
+        assert!(s.insert(1));
+        assert!(!s.insert(1));
+        assert!(s.insert(2));
+        assert!(s.insert(3)); // generation turns over: {1, 2} become previous
+        assert!(!s.insert(1)); // still remembered, moved forward
+        assert!(s.insert(4)); // turns over again: 2 is dropped
+        assert!(s.insert(2));
+    }
+
+    #[test]
+    fn tag_json_is_built_once_per_combination() {
+        let e = entry("valid");
+        let a = e.tag_json(Some(TlsVersion::Tls1_3), Verification::Verified) as *const str;
+        let b = e.tag_json(Some(TlsVersion::Tls1_3), Verification::Verified) as *const str;
+        assert_eq!(a, b);
+        let v: serde_json::Value =
+            serde_json::from_str(e.tag_json(Some(TlsVersion::Tls1_3), Verification::Verified))
+                .unwrap();
+        assert_eq!(v["policy"], "default/p");
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["verification"], "verified");
+        let v: serde_json::Value =
+            serde_json::from_str(e.tag_json(None, Verification::InvalidPolicy)).unwrap();
+        assert!(v.get("tls_version").is_none());
+    }
+}
