@@ -71,3 +71,11 @@ compose-test: setup filter
 
 bench-filter: setup filter
 	filter/bench/run.sh
+
+## bench-loader: BENCH_SIZES (default 100,1000,10000) backends; writes BENCHMARKS.md and its plot.
+BENCH_SIZES ?= 100,1000,10000
+bench-loader: setup
+	$(CARGO) build --release -p backendtls-loader -p backendtls-e2e --bin backendtls-loader --bin backendtls-bench-loader
+	BACKENDTLS_LOADER_BIN=$(abspath target/release/backendtls-loader) ./target/release/backendtls-bench-loader $(BENCH_SIZES)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
+	$(VENV)/bin/python tests/bench/plot_loader.py target/bench-loader/results.csv docs/bench-loader.png

@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 pub struct LoaderStatus {
     pub ready: bool,
     pub snapshot_version: u64,
-    pub status: serde_json::Value,
+    /// Rendered as JSON when `/status` is asked for.
+    pub status: Arc<crate::pipeline::StatusReport>,
     pub builds: u64,
     pub last_build_seconds: f64,
     pub snapshot_bytes: usize,
@@ -77,7 +78,7 @@ impl Admin {
             "/readyz" if status.ready => (200, "text/plain", "ready\n".into()),
             "/readyz" => (503, "text/plain", "no snapshot yet\n".into()),
             "/status" => {
-                let mut body = status.status.clone();
+                let mut body = status.status.to_json();
                 body["snapshot_version"] = status.snapshot_version.into();
                 (200, "application/json", format!("{body:#}\n"))
             }

@@ -3,6 +3,7 @@
 
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
+use crate::status::{GatewayReport, PolicyReport};
 use crate::xds::translate::{translate, Resources, TranslateOptions};
 
 /// Everything the loader concluded from the input, before any Envoy type.
@@ -18,18 +19,53 @@ impl Resolved {
 
     /// `{"policies", "gateways", "errors", "problems"}`: what `check` prints and `/status` shows.
     pub fn status_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "policies": self.resolution.policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
-            "gateways": self.resolution.gateways,
-            "errors": self.errors,
-            "problems": self.resolution.problems,
-        })
+        let r = &self.resolution;
+        status_json(&r.policies, &r.gateways, &self.errors, &r.problems)
+    }
+
+    /// Keeps only what status reports need (`serve` renders `/status` on request, not per build).
+    pub fn into_status(self) -> StatusReport {
+        let r = self.resolution;
+        StatusReport {
+            policies: r.policies,
+            gateways: r.gateways,
+            errors: self.errors,
+            problems: r.problems,
+        }
     }
 
     /// True when everything parsed and every policy is Accepted and ResolvedRefs.
     pub fn is_healthy(&self) -> bool {
         self.errors.is_empty() && self.resolution.policies.iter().all(|p| p.is_healthy())
     }
+}
+
+#[derive(Default)]
+pub struct StatusReport {
+    pub policies: Vec<PolicyReport>,
+    pub gateways: Vec<GatewayReport>,
+    pub errors: Vec<SourceError>,
+    pub problems: Vec<Problem>,
+}
+
+impl StatusReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        status_json(&self.policies, &self.gateways, &self.errors, &self.problems)
+    }
+}
+
+fn status_json(
+    policies: &[PolicyReport],
+    gateways: &[GatewayReport],
+    errors: &[SourceError],
+    problems: &[Problem],
+) -> serde_json::Value {
+    serde_json::json!({
+        "policies": policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
+        "gateways": gateways,
+        "errors": errors,
+        "problems": problems,
+    })
 }
 
 pub fn resolve(config: &ConfigDir, options: &resolve::Options) -> Resolved {

@@ -131,7 +131,7 @@ impl Rebuilder<'_> {
             let mut status = self.status.write().unwrap();
             status.ready = true;
             status.snapshot_version = next.version;
-            status.status = resolved.status_json();
+            status.status = Arc::new(resolved.into_status());
             status.builds += 1;
             status.last_build_seconds = elapsed;
             status.snapshot_bytes = next.total_bytes();

@@ -139,6 +139,18 @@ impl Loader {
         self.log_dir.path().join("loader.log")
     }
 
+    /// The loader's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ManagedChild::pid)
+    }
+
+    /// A counter or gauge from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = try_http_get(self.admin_port, "127.0.0.1", "/metrics").ok()?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     pub fn admin_json(&self, path: &str) -> Value {
         self.try_admin_json(path).unwrap_or_else(|e| panic!("loader admin {path}: {e}"))
     }

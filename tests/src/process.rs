@@ -35,6 +35,11 @@ impl ManagedChild {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `Some(status)` once the process has exited (or was stopped), `None` while it runs.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         match self.child.as_mut() {

@@ -244,7 +244,7 @@ fn resolve_policy(
             .map_err(|e| e.to_string())
             .and_then(|pem| trust::ca_bundle(&pem))
         {
-            Ok(bundle) => pems.push(bundle.pem),
+            Ok(bundle) => pems.push(bundle),
             Err(e) => {
                 let message =
                     format!("the system trust bundle {} is not usable: {e}", path.display());
@@ -255,8 +255,8 @@ fn resolve_policy(
     for ca_ref in &validation.ca_certificate_refs {
         match trust::ca_ref(store, &key.namespace, ca_ref) {
             Ok(bundle) => {
-                pems.push(bundle.pem);
-                skipped.extend(bundle.skipped);
+                skipped.extend(bundle.skipped.iter().cloned());
+                pems.push(bundle);
             }
             Err(RefError::Kind(message)) => {
                 invalid_kind = true;
@@ -279,8 +279,15 @@ fn resolve_policy(
         resolved.trust = Trust::Unusable { reason: message };
         return (resolved, attached);
     }
-    let bundle: String = pems.concat();
-    let secret = ca_secret_name(&bundle);
+    // One bundle (the common case) already carries its secret name.
+    let (bundle, secret) = match <[_; 1]>::try_from(pems) {
+        Ok([only]) => (only.pem, only.secret_name),
+        Err(pems) => {
+            let bundle: String = pems.into_iter().map(|b| b.pem).collect();
+            let secret = ca_secret_name(&bundle);
+            (bundle, secret)
+        }
+    };
     bundles.insert(secret.clone(), bundle);
     resolved.trust = Trust::Ca { secret };
 

@@ -24,6 +24,8 @@ pub enum RefError {
 pub struct CaCertificates {
     /// PEM of the usable certificates only.
     pub pem: String,
+    /// [`crate::ir::ca_secret_name`] of `pem`, computed once per bundle content.
+    pub secret_name: String,
     /// Certificates left out, with the reason (e.g. expired); the others still work.
     pub skipped: Vec<String>,
 }
@@ -87,8 +89,12 @@ pub fn ca_bundle(pem: &str) -> Result<CaCertificates, String> {
     if usable.is_empty() {
         return Err(format!("has no usable certificate: {}", skipped.join("; ")));
     }
-    let pem = if skipped.is_empty() { parsed.pem.clone() } else { to_pem(&usable) };
-    Ok(CaCertificates { pem, skipped })
+    if skipped.is_empty() {
+        let (pem, secret_name) = (parsed.pem.clone(), parsed.secret_name.clone());
+        return Ok(CaCertificates { pem, secret_name, skipped });
+    }
+    let pem = to_pem(&usable);
+    Ok(CaCertificates { secret_name: crate::ir::ca_secret_name(&pem), pem, skipped })
 }
 
 /// What does not change with time: the certificates of a bundle and their validity periods.
@@ -96,6 +102,7 @@ struct ParsedBundle {
     certificates: Vec<ParsedCertificate>,
     /// All certificates re-encoded as clean PEM (comments and other blocks dropped).
     pem: String,
+    secret_name: String,
 }
 
 struct ParsedCertificate {
@@ -155,7 +162,7 @@ fn parse_bundle(pem: &str) -> Result<ParsedBundle, String> {
         });
     }
     let pem = to_pem(&certificates.iter().map(|c| c.der.clone()).collect::<Vec<_>>());
-    Ok(ParsedBundle { certificates, pem })
+    Ok(ParsedBundle { certificates, secret_name: crate::ir::ca_secret_name(&pem), pem })
 }
 
 fn to_pem(certs: &[CertificateDer<'_>]) -> String {
