@@ -100,7 +100,7 @@ envoy_bin="$(ls "$repo"/.venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev
 say "the compose file's copies agree with their sources"
 expected="$("$loader_bin" bootstrap --xds-address 127.0.0.1:18000 --admin-address 0.0.0.0:19000 |
     sed -e 's/^    type: STATIC$/    type: STRICT_DNS/' \
-        -e 's/^                address: "127.0.0.1"$/                address: loader/')"
+        -e 's/^                address: "\{0,1\}127\.0\.0\.1"\{0,1\}$/                address: loader/')"
 if ! diff -u <(echo "$expected") <(grep -v '^#' compose/envoy-bootstrap.yaml); then
     die "compose/envoy-bootstrap.yaml no longer matches 'backendtls-loader bootstrap' (diff above): regenerate it as its header says"
 fi
