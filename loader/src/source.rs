@@ -304,6 +304,9 @@ impl ConfigDir {
                         object: None,
                         reason: format!("cannot read: {e}"),
                     });
+                    // No trusted stamp: the next reload reads it again (a permission fix does
+                    // not change the modification time).
+                    state.stamp.modified = None;
                     next.insert(path, state);
                 }
             }
