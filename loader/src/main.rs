@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use xds::translate::{Delivery, Filter, FilterBuild, TranslateOptions};
+use xds::translate::{Delivery, Filter, FilterBuild, TranslateOptions, Validator};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,17 @@ struct Translation {
     /// Have the filter add this request header (the governing policy) to requests to backends.
     #[arg(long)]
     filter_header: Option<String>,
+    /// Who verifies backend certificates during the handshake: Envoy, or the filter's dynamic
+    /// module (rustls-webpki; Envoy must find libbackendtls_filter.so through
+    /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+    #[arg(long, value_enum, default_value = "envoy")]
+    validator: ValidatorKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ValidatorKind {
+    Envoy,
+    DynamicModule,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,7 +85,16 @@ impl Translation {
             }
         };
         let filter = Filter { build, request_header: self.filter_header.clone() };
-        Ok(TranslateOptions { listener_address: self.listener_address.clone(), delivery, filter })
+        let validator = match self.validator {
+            ValidatorKind::Envoy => Validator::Envoy,
+            ValidatorKind::DynamicModule => Validator::DynamicModule,
+        };
+        Ok(TranslateOptions {
+            listener_address: self.listener_address.clone(),
+            delivery,
+            filter,
+            validator,
+        })
     }
 }
 

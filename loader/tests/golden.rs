@@ -88,3 +88,34 @@ fn shipped_bootstrap_is_current() {
         "regenerate with: backendtls-loader bootstrap > envoy/bootstrap.yaml"
     );
 }
+
+/// `--validator dynamic-module`: the module verifies chain and identity, so the cluster carries
+/// the policy's anchors and identities in the validator's config instead of SDS and SAN matchers.
+#[test]
+fn dynamic_module_validator_config() {
+    use backendtls_loader::xds::translate::{TranslateOptions, Validator};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/guide/input");
+    let mut config = ConfigDir::new(dir);
+    config.reload().unwrap();
+    let options = TranslateOptions { validator: Validator::DynamicModule, ..Default::default() };
+    let build = pipeline::build(&config, &Default::default(), &options);
+    let cluster = xds::json::to_json(&build.resources.clusters[0].resource);
+    let tls = &cluster["transport_socket"]["typed_config"];
+    let validation = &tls["common_tls_context"]["validation_context"];
+    let validator = &validation["custom_validator_config"];
+    assert_eq!(validator["name"], "envoy.tls.cert_validator.dynamic_modules");
+    assert_eq!(validator["typed_config"]["dynamic_module_config"]["name"], "backendtls_filter");
+    let config: serde_json::Value = serde_json::from_str(
+        validator["typed_config"]["validator_config"]["value"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["policy"], "default/nginx-tls-policy");
+    assert_eq!(config["identities"], serde_json::json!(["dns:example.com"]));
+    assert!(config["trust_anchors_pem"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(validation.get("match_typed_subject_alt_names").is_none());
+    assert!(tls["common_tls_context"].get("combined_validation_context").is_none());
+    assert_eq!(tls["sni"], "example.com");
+}

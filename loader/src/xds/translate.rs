@@ -36,6 +36,19 @@ pub struct TranslateOptions {
     pub listener_address: String,
     pub delivery: Delivery,
     pub filter: Filter,
+    pub validator: Validator,
+}
+
+/// Who verifies backend certificates during the handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Validator {
+    /// Envoy's own validation: the CA bundle (over SDS) and SAN matchers.
+    #[default]
+    Envoy,
+    /// The filter's dynamic module (`envoy.tls.cert_validator.dynamic_modules`, rustls-webpki),
+    /// with the policy's anchors and identities in its config. Envoy finds
+    /// `lib<DYNAMIC_MODULE_NAME>.so` through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    DynamicModule,
 }
 
 impl Default for TranslateOptions {
@@ -44,6 +57,7 @@ impl Default for TranslateOptions {
             listener_address: "127.0.0.1".into(),
             delivery: Delivery::Ads,
             filter: Filter::default(),
+            validator: Validator::default(),
         }
     }
 }
@@ -138,11 +152,11 @@ fn cluster_resources(
     ir: &Ir,
     options: &TranslateOptions,
 ) -> (Versioned<cluster::Cluster>, Option<Versioned<endpoint::ClusterLoadAssignment>>) {
-    let (cluster, load_assignment) = backend_cluster(c, ir, options.delivery);
+    let (cluster, load_assignment) = backend_cluster(c, ir, options);
     // The endpoints' version follows the whole cluster, not only the addresses: when Envoy
     // replaces a cluster it waits for EDS again before the new one warms, but does not ask for a
     // resource it already holds. A new version makes the loader resend it.
-    let source = (c, options.delivery);
+    let source = (c, options.delivery, options.validator);
     (versioned(&source, cluster), load_assignment.map(|l| versioned(&source, l)))
 }
 
@@ -509,8 +523,9 @@ fn envoy_route(r: &ir::Route) -> route::Route {
 fn backend_cluster(
     c: &ir::Cluster,
     ir: &Ir,
-    delivery: Delivery,
+    options: &TranslateOptions,
 ) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
+    let delivery = options.delivery;
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     let unusable = matches!(&c.tls, Some(ir::BackendTls { trust: Trust::Unusable { .. }, .. }));
     let mut out = cluster::Cluster {
@@ -579,15 +594,20 @@ fn backend_cluster(
         out.transport_socket = Some(core::TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
             config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
-                &upstream_tls(policy, ir, delivery),
+                &upstream_tls(policy, ir, options),
             ))),
         });
     }
     (out, eds)
 }
 
-fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::UpstreamTlsContext {
+fn upstream_tls(
+    policy: &ir::BackendTls,
+    ir: &Ir,
+    options: &TranslateOptions,
+) -> tls::UpstreamTlsContext {
     use tls::common_tls_context::ValidationContextType;
+    let delivery = options.delivery;
     let Trust::Ca { secret } = &policy.trust else {
         unreachable!("unusable policies get no transport socket")
     };
@@ -595,8 +615,14 @@ fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::Up
         match_typed_subject_alt_names: policy.identities().iter().map(san_matcher).collect(),
         ..Default::default()
     };
-    let validation = match delivery {
-        Delivery::Ads => ValidationContextType::CombinedValidationContext(
+    let validation = match (options.validator, delivery) {
+        (Validator::DynamicModule, _) => {
+            ValidationContextType::ValidationContext(tls::CertificateValidationContext {
+                custom_validator_config: Some(module_validator(policy, &ir.ca_bundles[secret].pem)),
+                ..Default::default()
+            })
+        }
+        (Validator::Envoy, Delivery::Ads) => ValidationContextType::CombinedValidationContext(
             tls::common_tls_context::CombinedCertificateValidationContext {
                 default_validation_context: Some(identity),
                 validation_context_sds_secret_config: Some(tls::SdsSecretConfig {
@@ -606,7 +632,7 @@ fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::Up
                 ..Default::default()
             },
         ),
-        Delivery::Inline => {
+        (Validator::Envoy, Delivery::Inline) => {
             ValidationContextType::ValidationContext(tls::CertificateValidationContext {
                 trusted_ca: Some(inline_string(&ir.ca_bundles[secret].pem)),
                 ..identity
@@ -647,6 +673,40 @@ fn upstream_tls(policy: &ir::BackendTls, ir: &Ir, delivery: Delivery) -> tls::Up
         sni: policy.hostname.clone(),
         common_tls_context: Some(common),
         ..Default::default()
+    }
+}
+
+/// The dynamic-module validator with the policy's trust anchors and identities inline: a CA
+/// change is then a cluster change, which Envoy applies to every new connection.
+fn module_validator(policy: &ir::BackendTls, anchors_pem: &str) -> core::TypedExtensionConfig {
+    use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::cert_validator::dynamic_modules::v3::DynamicModuleCertValidatorConfig;
+    let identities: Vec<String> = policy
+        .identities()
+        .iter()
+        .filter_map(|san| match san {
+            SubjectAltName::Hostname(h) => {
+                contract::identity_string(contract::san_types::HOSTNAME, h)
+            }
+            SubjectAltName::Uri(u) => contract::identity_string(contract::san_types::URI, u),
+        })
+        .collect();
+    let config = serde_json::json!({
+        "policy": policy.policy.to_string(),
+        "hostname": policy.hostname,
+        "identities": identities,
+        "trust_anchors_pem": anchors_pem,
+    });
+    core::TypedExtensionConfig {
+        name: "envoy.tls.cert_validator.dynamic_modules".into(),
+        typed_config: Some(pack(&DynamicModuleCertValidatorConfig {
+            dynamic_module_config: Some(DynamicModuleConfig {
+                name: DYNAMIC_MODULE_NAME.into(),
+                ..Default::default()
+            }),
+            validator_name: "backendtls".into(),
+            validator_config: Some(pack(&pb::StringValue { value: config.to_string() })),
+        })),
     }
 }
 
