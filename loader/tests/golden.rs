@@ -3,7 +3,11 @@
 //! `status.json` (policy status and input problems). `UPDATE_GOLDEN=1 cargo test` rewrites them;
 //! review the diff like code.
 
+use backendtls_loader::xds::translate::Translator;
 use backendtls_loader::{pipeline, resolve, source::ConfigDir, xds};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::{Message, Name};
 use std::path::{Path, PathBuf};
 
 fn check(case: &str) {
@@ -28,6 +32,16 @@ fn check(case: &str) {
     for error in status["errors"].as_array_mut().unwrap() {
         let file = error["file"].as_str().unwrap().to_string();
         error["file"] = Path::new(&file).strip_prefix(&dir).unwrap().display().to_string().into();
+    }
+    // `serve`'s translation (encoded directly, per virtual host) gives the same bytes.
+    let packed = Translator::default().translate(&build.resolved.resolution.ir, &Default::default());
+    for routes in &resources.routes {
+        let served = &packed[&RouteConfiguration::type_url()][&routes.resource.name];
+        assert_eq!(served.resource.value, routes.resource.encode_to_vec(), "{case}: RDS bytes");
+    }
+    for cluster in &resources.clusters {
+        let served = &packed[&Cluster::type_url()][&cluster.resource.name];
+        assert_eq!(served.version, cluster.version, "{case}: cluster versions");
     }
     compare(&dir.join("ir.json"), &serde_json::to_value(&build.resolved.resolution.ir).unwrap());
     compare(&dir.join("envoy.json"), &envoy);
