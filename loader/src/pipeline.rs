@@ -73,7 +73,7 @@ pub fn resolve(config: &ConfigDir, options: &resolve::Options) -> Resolved {
     let (store, mut errors) = config.store();
     errors.extend(config.errors());
     let stored = started.elapsed();
-    let resolution = resolve::resolve(&store, options);
+    let resolution = resolve::resolve(store, options);
     tracing::debug!(?stored, total = ?started.elapsed(), "resolve");
     Resolved { resolution, errors }
 }

@@ -6,7 +6,7 @@
 
 use crate::objects::*;
 use crate::store::{ObjectKey, Store};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -229,6 +229,13 @@ pub struct ConfigDir {
     files: BTreeMap<PathBuf, FileState>,
     /// When the previous reload started.
     last_scan: Option<SystemTime>,
+    /// The objects of `files`, kept up to date file by file: at ten thousand backends, building
+    /// it anew for every change costs more than the change.
+    store: Store,
+    /// Which files define each object, in path order; the first one's definition is in `store`.
+    owners: BTreeMap<(&'static str, ObjectKey), Vec<PathBuf>>,
+    /// Objects defined in more than one file.
+    duplicated: BTreeSet<(&'static str, ObjectKey)>,
 }
 
 /// What identifies a file's version without reading it.
@@ -250,7 +257,7 @@ struct FileState {
 
 impl ConfigDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ConfigDir { root: root.into(), files: BTreeMap::new(), last_scan: None }
+        ConfigDir { root: root.into(), ..Default::default() }
     }
 
     pub fn root(&self) -> &Path {
@@ -272,6 +279,8 @@ impl ConfigDir {
         collect_yaml_files(&self.root, &mut listed)?;
         let mut next = BTreeMap::new();
         let mut to_parse = Vec::new();
+        // Files whose objects may change, with the objects they had.
+        let mut touched: Vec<(PathBuf, Vec<Object>)> = Vec::new();
         for (path, stamp) in listed {
             let previous = self.files.remove(&path);
             let settled = matches!((stamp.modified, settled_before), (Some(m), Some(s)) if m < s);
@@ -287,7 +296,11 @@ impl ConfigDir {
                             state.stamp = stamp;
                             next.insert(path, state);
                         }
-                        previous => to_parse.push((path, stamp, digest, text, previous)),
+                        previous => {
+                            let old = previous.as_ref().map(|p| p.good.clone()).unwrap_or_default();
+                            touched.push((path.clone(), old));
+                            to_parse.push((path, stamp, digest, text, previous))
+                        }
                     }
                 }
                 Err(e) => {
@@ -315,7 +328,13 @@ impl ConfigDir {
         for (path, state) in parse_all(to_parse) {
             next.insert(path, state);
         }
+        for (path, removed) in std::mem::take(&mut self.files) {
+            touched.push((path, removed.good));
+        }
         self.files = next;
+        for (path, old) in touched {
+            self.update_store(&path, &old);
+        }
         tracing::debug!(elapsed = ?started.elapsed(), files = self.files.len(), parsed_files, "reload");
         Ok(())
     }
@@ -325,25 +344,66 @@ impl ConfigDir {
         self.files.values().filter_map(|f| f.error.clone()).collect()
     }
 
-    /// All objects, in file order. An object defined twice is reported and the first one kept.
-    pub fn store(&self) -> (Store, Vec<SourceError>) {
-        let mut store = Store::default();
-        let mut errors = Vec::new();
-        for (path, file) in &self.files {
-            for object in &file.good {
-                let kind = object.kind();
-                let key = object.key();
-                if !store.insert(object.clone()) {
-                    errors.push(SourceError {
-                        file: path.clone(),
-                        document: None,
-                        object: Some(format!("{kind} {key}")),
-                        reason: "defined more than once; the first definition is used".into(),
-                    });
+    /// Brings `store` up to date for one file whose objects were `old`.
+    fn update_store(&mut self, path: &Path, old: &[Object]) {
+        let new = self.files.get(path).map(|f| f.good.as_slice()).unwrap_or_default();
+        let mut affected = BTreeSet::new();
+        for object in old {
+            let id = (object.kind(), object.key());
+            if let Some(paths) = self.owners.get_mut(&id) {
+                paths.retain(|p| p != path);
+            }
+            affected.insert(id);
+        }
+        for object in new {
+            let id = (object.kind(), object.key());
+            let paths = self.owners.entry(id.clone()).or_default();
+            if let Err(at) = paths.binary_search_by(|p| p.as_path().cmp(path)) {
+                paths.insert(at, path.to_path_buf());
+            }
+            affected.insert(id);
+        }
+        for id in affected {
+            let first = self.owners.get(&id).and_then(|paths| paths.first()).cloned();
+            match first {
+                None => {
+                    self.owners.remove(&id);
+                    self.store.remove(id.0, &id.1);
+                }
+                Some(first) => {
+                    let object = self.files[&first]
+                        .good
+                        .iter()
+                        .find(|o| o.kind() == id.0 && o.key() == id.1)
+                        .expect("an owner defines the object")
+                        .clone();
+                    self.store.put(object);
                 }
             }
+            if self.owners.get(&id).is_some_and(|paths| paths.len() > 1) {
+                self.duplicated.insert(id);
+            } else {
+                self.duplicated.remove(&id);
+            }
         }
-        (store, errors)
+    }
+
+    /// All objects. An object defined in several files is reported and the definition in the
+    /// first file (by path) is used.
+    pub fn store(&self) -> (&Store, Vec<SourceError>) {
+        let errors = self
+            .duplicated
+            .iter()
+            .flat_map(|(kind, key)| {
+                self.owners[&(*kind, key.clone())][1..].iter().map(move |path| SourceError {
+                    file: path.clone(),
+                    document: None,
+                    object: Some(format!("{kind} {key}")),
+                    reason: "defined more than once; the first definition is used".into(),
+                })
+            })
+            .collect();
+        (&self.store, errors)
     }
 }
 
@@ -470,6 +530,33 @@ metadata: { name: ignored }
         assert!(err.reason.contains("starts at line 4"), "{err}");
         assert_eq!(split_documents("---\na: 1\n---\nb: 2\n").len(), 2);
         assert_eq!(split_documents("a: |\n  ---\n  x\n").len(), 1);
+    }
+
+    #[test]
+    fn an_object_defined_twice_comes_from_the_first_file_until_it_goes() {
+        let dir = std::env::temp_dir().join(format!("btls-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cm = |value: &str| {
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca}}\ndata: {{ca.crt: {value}}}\n")
+        };
+        std::fs::write(dir.join("a.yaml"), cm("from-a")).unwrap();
+        std::fs::write(dir.join("b.yaml"), cm("from-b")).unwrap();
+        let mut config = ConfigDir::new(&dir);
+        config.reload().unwrap();
+        let key = ObjectKey::new("default", "ca");
+        let (store, errors) = config.store();
+        assert_eq!(store.config_map(&key).unwrap().data["ca.crt"], "from-a");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].file.ends_with("b.yaml"), "{errors:?}");
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        config.reload().unwrap();
+        let (store, errors) = config.store();
+        assert_eq!(store.config_map(&key).unwrap().data["ca.crt"], "from-b");
+        assert!(errors.is_empty());
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        config.reload().unwrap();
+        assert!(config.store().0.config_map(&key).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -38,32 +38,35 @@ pub struct Store {
 }
 
 impl Store {
-    /// Adds an object; false when one of the same kind and key is already there (it is kept).
-    pub fn insert(&mut self, object: Object) -> bool {
-        fn put<T>(map: &mut BTreeMap<ObjectKey, T>, key: ObjectKey, value: T) -> bool {
-            if map.contains_key(&key) {
-                return false;
-            }
-            map.insert(key, value);
-            true
-        }
+    /// Adds or replaces an object.
+    pub fn put(&mut self, object: Object) {
         let key = object.key();
         match object {
-            Object::Gateway(o) => put(&mut self.gateways, key, o),
-            Object::HttpRoute(o) => put(&mut self.http_routes, key, o),
-            Object::BackendTlsPolicy(o) => put(&mut self.policies, key, o),
-            Object::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
-            Object::Service(o) => put(&mut self.services, key, o),
-            Object::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
-            Object::ConfigMap(o) => put(&mut self.config_maps, key, o),
-            Object::Secret(o) => put(&mut self.secrets, key, o),
-            Object::Namespace(o) => {
-                if self.namespaces.contains_key(&key.name) {
-                    return false;
-                }
-                self.namespaces.insert(key.name, o);
-                true
-            }
+            Object::Gateway(o) => drop(self.gateways.insert(key, o)),
+            Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Object::BackendTlsPolicy(o) => drop(self.policies.insert(key, o)),
+            Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
+            Object::Service(o) => drop(self.services.insert(key, o)),
+            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            Object::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
+            Object::Secret(o) => drop(self.secrets.insert(key, o)),
+            Object::Namespace(o) => drop(self.namespaces.insert(key.name, o)),
+        }
+    }
+
+    /// Removes the object of `kind` (as [`Object::kind`] names it) and `key`.
+    pub fn remove(&mut self, kind: &str, key: &ObjectKey) {
+        match kind {
+            "Gateway" => drop(self.gateways.remove(key)),
+            "HTTPRoute" => drop(self.http_routes.remove(key)),
+            "BackendTLSPolicy" => drop(self.policies.remove(key)),
+            "ReferenceGrant" => drop(self.reference_grants.remove(key)),
+            "Service" => drop(self.services.remove(key)),
+            "EndpointSlice" => drop(self.endpoint_slices.remove(key)),
+            "ConfigMap" => drop(self.config_maps.remove(key)),
+            "Secret" => drop(self.secrets.remove(key)),
+            "Namespace" => drop(self.namespaces.remove(&key.name)),
+            other => unreachable!("no such kind {other}"),
         }
     }
 

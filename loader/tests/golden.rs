@@ -34,7 +34,8 @@ fn check(case: &str) {
         error["file"] = Path::new(&file).strip_prefix(&dir).unwrap().display().to_string().into();
     }
     // `serve`'s translation (encoded directly, per virtual host) gives the same bytes.
-    let packed = Translator::default().translate(&build.resolved.resolution.ir, &Default::default());
+    let packed =
+        Translator::default().translate(&build.resolved.resolution.ir, &Default::default());
     for routes in &resources.routes {
         let served = &packed[&RouteConfiguration::type_url()][&routes.resource.name];
         assert_eq!(served.resource.value, routes.resource.encode_to_vec(), "{case}: RDS bytes");
