@@ -21,9 +21,10 @@ pub struct ServeOptions {
     pub translate: TranslateOptions,
 }
 
-/// Quiet time after a file event before rebuilding, so that an editor's save (or `kubectl`-style
-/// write of several files) becomes one snapshot.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Quiet time after a file event before rebuilding, so that the events of one save (an editor's
+/// write and rename) become one rebuild. Short, since it adds to every change's latency and a
+/// rebuild that catches a half-done multi-file edit is followed by another.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let mut config = ConfigDir::new(&options.config_dir);
@@ -112,33 +113,38 @@ impl Rebuilder<'_> {
             tracing::error!(dir = %self.config.root().display(), error = %e, "cannot read config directory; keeping the current configuration");
             return;
         }
+        let reloaded = started.elapsed();
         let resolved = pipeline::resolve(&self.config, &self.options.resolve);
+        let resolved_at = started.elapsed();
         let resources = self.translator.translate(&resolved.resolution.ir, &self.options.translate);
-        for error in &resolved.errors {
-            tracing::warn!(%error, "input problem (the file's last good content stays in use)");
-        }
-        for problem in resolved.problems() {
-            tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
-        }
         let current = self.snapshot_tx.borrow().clone();
         let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
         if !changed {
             next.version = current.version;
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        {
-            let mut status = self.status.write().unwrap();
-            status.ready = true;
-            status.snapshot_version = next.version;
-            status.status = Arc::new(resolved.into_status());
-            status.builds += 1;
-            status.last_build_seconds = elapsed;
-            status.snapshot_bytes = next.total_bytes();
-        }
+        let (version, bytes) = (next.version, next.total_bytes());
+        let elapsed = started.elapsed();
+        // Envoy first; logs, status and freeing this build's data after.
         if changed {
-            tracing::info!(version = next.version, seconds = elapsed, "new snapshot");
             self.snapshot_tx.send_replace(Arc::new(next));
         }
+        tracing::debug!(?reloaded, ?resolved_at, ?elapsed, "rebuild phases");
+        if changed {
+            tracing::info!(version, seconds = elapsed.as_secs_f64(), "new snapshot");
+        }
+        for error in &resolved.errors {
+            tracing::warn!(%error, "input problem (the file's last good content stays in use)");
+        }
+        for problem in resolved.problems() {
+            tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
+        }
+        let mut status = self.status.write().unwrap();
+        status.ready = true;
+        status.snapshot_version = version;
+        status.status = Arc::new(resolved.into_status());
+        status.builds += 1;
+        status.last_build_seconds = elapsed.as_secs_f64();
+        status.snapshot_bytes = bytes;
     }
 }

@@ -52,15 +52,18 @@ pub struct ResolvedPolicy {
     ancestors: BTreeSet<ObjectKey>,
 }
 
-/// A Service, and the name of one of its ports or None for the whole Service.
-type Target = (ObjectKey, Option<String>);
+/// The name of a Service port, or None for the whole Service.
+type Section = Option<String>;
+/// A Service and a section of it.
+type Target = (ObjectKey, Section);
 
 pub struct PolicyIndex {
     policies: BTreeMap<ObjectKey, ResolvedPolicy>,
-    /// Each target -> the winning policy.
-    winners: BTreeMap<Target, ObjectKey>,
-    /// Each target -> every policy that names it, winners and losers.
-    contenders: BTreeMap<Target, Vec<ObjectKey>>,
+    /// Per Service, per section (port name, or None for the whole Service): the winning policy.
+    /// Keyed by Service first so that lookups need no allocation.
+    winners: BTreeMap<ObjectKey, Vec<(Section, ObjectKey)>>,
+    /// The same targets -> every policy that names them, winners and losers.
+    contenders: BTreeMap<ObjectKey, Vec<(Section, Vec<ObjectKey>)>>,
     /// Usable CA bundles by secret name.
     pub bundles: BTreeMap<String, String>,
 }
@@ -106,30 +109,35 @@ impl PolicyIndex {
                     format!("BackendTLSPolicy {winner} targets Service {}{port} too and takes precedence (older creationTimestamp, then namespace/name)", target.0),
                 );
             }
-            index
-                .contenders
-                .insert(target.clone(), list.into_iter().map(|(_, _, _, k)| k).collect());
-            index.winners.insert(target, winner);
+            let (service, section) = target;
+            let all = list.into_iter().map(|(_, _, _, k)| k).collect();
+            index.contenders.entry(service.clone()).or_default().push((section.clone(), all));
+            index.winners.entry(service).or_default().push((section, winner));
         }
         index
     }
 
     /// The policy that governs a Service port: one naming the port wins over a whole-Service one.
     pub fn governing(&self, service: &ObjectKey, port: &ServicePort) -> Option<&ResolvedPolicy> {
-        let key = self
-            .winners
-            .get(&(service.clone(), Some(port.name().to_string())))
-            .or_else(|| self.winners.get(&(service.clone(), None)))?;
+        let sections = self.winners.get(service)?;
+        let find = |section: Option<&str>| sections.iter().find(|(s, _)| s.as_deref() == section);
+        let (_, key) = find(Some(port.name())).or_else(|| find(None))?;
         self.policies.get(key)
     }
 
     /// Records that a Gateway's routes reach a Service port: an ancestor of every policy that
     /// targets it, including those that lost a conflict (their status must say so there).
     pub fn reached_from(&mut self, gateway: &ObjectKey, service: &ObjectKey, port: &ServicePort) {
-        for section in [Some(port.name().to_string()), None] {
-            for key in self.contenders.get(&(service.clone(), section)).into_iter().flatten() {
+        let Some(sections) = self.contenders.get(service) else { return };
+        for (section, keys) in sections {
+            if section.as_deref().is_some_and(|s| s != port.name()) {
+                continue;
+            }
+            for key in keys {
                 if let Some(policy) = self.policies.get_mut(key) {
-                    policy.ancestors.insert(gateway.clone());
+                    if !policy.ancestors.contains(gateway) {
+                        policy.ancestors.insert(gateway.clone());
+                    }
                 }
             }
         }
