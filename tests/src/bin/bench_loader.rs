@@ -183,13 +183,18 @@ fn status(port: u16, host: &str) -> u16 {
     try_http_get(port, host, "/").map(|(status, _)| status).unwrap_or(0)
 }
 
+/// Polls every 2 ms (the harness's `wait_until` polls every 50 ms, too coarse to time a change).
 fn wait_for_200(port: u16, host: &str) {
-    wait_until(&format!("{host} to answer 200"), Duration::from_secs(30), || {
-        match status(port, host) {
-            200 => Ok(()),
-            other => Err(other),
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = 0;
+    while Instant::now() < deadline {
+        last = status(port, host);
+        if last == 200 {
+            return;
         }
-    });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{host} did not answer 200 within 30 s (last status {last})");
 }
 
 /// xDS bytes sent so far, once every connected Envoy has acknowledged the current snapshot.
