@@ -216,9 +216,30 @@ impl Session {
     // Delta
 
     async fn run_delta(
-        mut self,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
+        self,
+        requests: Streaming<DeltaDiscoveryRequest>,
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        let on_request =
+            |session: &mut Session, request: DeltaDiscoveryRequest, snapshot: &Snapshot| {
+                let type_url = request.type_url.clone();
+                session.on_delta_request(request);
+                session.delta_response(&type_url, snapshot)
+            };
+        let on_change = |session: &mut Session, type_url: &str, snapshot: &Snapshot| {
+            session.delta_response(type_url, snapshot)
+        };
+        self.pump(requests, tx, on_request, on_change).await
+    }
+
+    /// The stream's event loop, the same for both protocols: answer each request, and push what a
+    /// new snapshot changes, type by type in [`type_urls`] order.
+    async fn pump<Req, Resp>(
+        mut self,
+        mut requests: Streaming<Req>,
+        tx: mpsc::Sender<Result<Resp, Status>>,
+        on_request: fn(&mut Session, Req, &Snapshot) -> Option<Resp>,
+        on_change: fn(&mut Session, &str, &Snapshot) -> Option<Resp>,
     ) {
         let mut snapshots = self.state.snapshots.clone();
         loop {
@@ -226,9 +247,7 @@ impl Session {
                 request = requests.message() => match request {
                     Ok(Some(request)) => {
                         let snapshot = snapshots.borrow_and_update().clone();
-                        let type_url = request.type_url.clone();
-                        self.on_delta_request(request);
-                        if let Some(response) = self.delta_response(&type_url, &snapshot) {
+                        if let Some(response) = on_request(&mut self, request, &snapshot) {
                             if tx.send(Ok(response)).await.is_err() { break; }
                         }
                     }
@@ -242,7 +261,7 @@ impl Session {
                     if changed.is_err() { break; }
                     let snapshot = snapshots.borrow_and_update().clone();
                     for type_url in type_urls() {
-                        if let Some(response) = self.delta_response(&type_url, &snapshot) {
+                        if let Some(response) = on_change(&mut self, &type_url, &snapshot) {
                             if tx.send(Ok(response)).await.is_err() { return self.close(); }
                         }
                     }
@@ -349,40 +368,19 @@ impl Session {
     // State of the world
 
     async fn run_sotw(
-        mut self,
-        mut requests: Streaming<DiscoveryRequest>,
+        self,
+        requests: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) {
-        let mut snapshots = self.state.snapshots.clone();
-        loop {
-            tokio::select! {
-                request = requests.message() => match request {
-                    Ok(Some(request)) => {
-                        let snapshot = snapshots.borrow_and_update().clone();
-                        let type_url = request.type_url.clone();
-                        let Some(force) = self.on_sotw_request(request) else { continue };
-                        if let Some(response) = self.sotw_response(&type_url, &snapshot, force) {
-                            if tx.send(Ok(response)).await.is_err() { break; }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(node = %self.node, %status, "xDS stream ended");
-                        break;
-                    }
-                },
-                changed = snapshots.changed() => {
-                    if changed.is_err() { break; }
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    for type_url in type_urls() {
-                        if let Some(response) = self.sotw_response(&type_url, &snapshot, false) {
-                            if tx.send(Ok(response)).await.is_err() { return self.close(); }
-                        }
-                    }
-                }
-            }
-        }
-        self.close();
+        let on_request = |session: &mut Session, request: DiscoveryRequest, snapshot: &Snapshot| {
+            let type_url = request.type_url.clone();
+            let force = session.on_sotw_request(request)?;
+            session.sotw_response(&type_url, snapshot, force)
+        };
+        let on_change = |session: &mut Session, type_url: &str, snapshot: &Snapshot| {
+            session.sotw_response(type_url, snapshot, false)
+        };
+        self.pump(requests, tx, on_request, on_change).await
     }
 
     /// Returns whether a response must be sent even if nothing changed (a new subscription), or
