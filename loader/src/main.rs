@@ -1,5 +1,10 @@
 //! `backendtls-loader`: see README for the full CLI reference.
 
+/// mimalloc rather than glibc's allocator: the loader rebuilds large, short-lived structures on
+/// every change, and glibc's per-thread arenas kept about 70 MB more resident at 10,000 backends.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use backendtls_loader::{pipeline, resolve, serve, source::ConfigDir, xds};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
