@@ -17,7 +17,8 @@ help:
 	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
 	@echo "             target/wasm32-wasip1/release/backendtls_filter.wasm"
 	@echo "make compose-test  docker compose up -d --wait on a private Docker engine, the guide's checks, down (root)"
-	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved"
+	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
+	@echo "                   then new-connection rate with Envoy's validator vs the module's"
 	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
 
 ## setup: idempotent; everything beyond the Rust toolchain and Python.
@@ -71,6 +72,7 @@ compose-test: setup filter
 
 bench-filter: setup filter
 	filter/bench/run.sh
+	filter/bench/validator.sh
 
 ## bench-loader: BENCH_SIZES (default 100,1000,10000) backends; writes BENCHMARKS.md and its plot.
 BENCH_SIZES ?= 100,1000,10000

@@ -89,6 +89,41 @@ pub fn identity_string(san_type: &str, value: &str) -> Option<String> {
     }
 }
 
+/// The dynamic-module certificate validator's configuration
+/// (`envoy.tls.cert_validator.dynamic_modules` with `validator_name`
+/// [`validator::VALIDATOR_NAME`]): a JSON object passed as a `google.protobuf.StringValue` in
+/// `validator_config`, e.g.
+///
+/// ```json
+/// {"policy": "default/nginx-tls-policy", "hostname": "example.com",
+///  "identities": ["dns:example.com"], "trust_anchors_pem": "-----BEGIN CERTIFICATE-----..."}
+/// ```
+///
+/// Everything the handshake check needs is inline, so a CA or identity change is a change of the
+/// cluster's TLS context, which Envoy applies to every new upstream connection.
+pub mod validator {
+    /// `validator_name` in `DynamicModuleCertValidatorConfig`.
+    pub const VALIDATOR_NAME: &str = "backendtls";
+    /// The `name` of the `custom_validator_config` extension.
+    pub const EXTENSION_NAME: &str = "envoy.tls.cert_validator.dynamic_modules";
+    /// Keys of the JSON object.
+    pub mod keys {
+        /// `"<namespace>/<name>"` of the policy: the `policy` label of the validator's counters.
+        pub const POLICY: &str = "policy";
+        /// The policy's hostname (the SNI); the identity when `identities` is empty.
+        pub const HOSTNAME: &str = "hostname";
+        /// Names the leaf must carry one of, in the flat form of [`super::super::identity_string`]
+        /// (`dns:example.com`, `dns:*.example.com`, `uri:spiffe://...`).
+        pub const IDENTITIES: &str = "identities";
+        /// The policy's CA certificates (PEM, one or more): the only trust anchors.
+        pub const TRUST_ANCHORS_PEM: &str = "trust_anchors_pem";
+    }
+    /// Every error detail the validator hands Envoy starts with this, then the failure reason
+    /// label and `: ` (`backendtls: unknown_issuer: ...`), so that the HTTP filter and access logs
+    /// can tell the validator's verdicts apart from BoringSSL's.
+    pub const DETAIL_PREFIX: &str = "backendtls: ";
+}
+
 /// Values of the `type` field of a subject_alt_names entry.
 pub mod san_types {
     pub const HOSTNAME: &str = "Hostname";
@@ -131,6 +166,8 @@ impl PolicyState {
 /// backendtls.handshakes.policy.<ns>/<name>
 /// backendtls.verify_failures.reason.<reason>.policy.<ns>/<name>
 /// backendtls.rejections.reason.<reason>.policy.<ns>/<name>
+/// backendtls.handshakes_verified.policy.<ns>/<name>                  (dynamic-module validator)
+/// backendtls.handshake_failures.reason.<reason>.policy.<ns>/<name>  (dynamic-module validator)
 /// ```
 pub mod stats {
     pub const FAMILY: &str = "backendtls";
@@ -153,6 +190,23 @@ pub mod stats {
         ["unknown_ca", "san_mismatch", "expired", "handshake_error"];
     /// Values of the `reason` label of `rejections`.
     pub const REJECTION_REASONS: [&str; 3] = ["plaintext", "identity_mismatch", "invalid_policy"];
+
+    /// Counted by the dynamic-module certificate validator, once per upstream handshake it
+    /// checked (see `validator` below): verified, or failed by `reason`.
+    pub const HANDSHAKES_VERIFIED: &str = "handshakes_verified";
+    pub const HANDSHAKE_FAILURES: &str = "handshake_failures";
+    /// Values of the `reason` label of `handshake_failures`.
+    pub const HANDSHAKE_FAILURE_REASONS: [&str; 9] = [
+        "unknown_issuer",
+        "expired",
+        "not_yet_valid",
+        "name_mismatch",
+        "bad_key_usage",
+        "bad_signature",
+        "invalid_chain",
+        "malformed",
+        "internal",
+    ];
 
     /// Envoy `stats_config.stats_tags` rules (tag name, regex) that turn the parts of the Wasm
     /// build's flat names into Prometheus labels. The dynamic module defines labelled metrics

@@ -8,7 +8,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 
-use crate::contract::{stats, Verification};
+use crate::contract::{self, stats, Verification};
 use crate::policy::Policy;
 use crate::x509::SubjectAltNames;
 
@@ -91,6 +91,9 @@ impl FailureClass {
     /// failed: SAN matcher...`. `None` when the failure was not a TLS one (connection refused,
     /// reset before TLS, ...), which the filter does not count as a verification failure.
     pub fn classify(reason: &[u8]) -> Option<FailureClass> {
+        if let Some(class) = FailureClass::from_validator_detail(reason) {
+            return Some(class);
+        }
         let has = |needle: &str| contains_ignore_case(reason, needle.as_bytes());
         if has("SAN matcher") || has("subject alt name") || has("hostname mismatch") {
             Some(FailureClass::SanMismatch)
@@ -111,6 +114,25 @@ impl FailureClass {
         } else {
             None
         }
+    }
+}
+
+impl FailureClass {
+    /// The backendtls certificate validator's own detail (`...CERTIFICATE_VERIFY_FAILED:backendtls:
+    /// <reason>: ...`): its reason label says exactly what failed, no guessing from BoringSSL text.
+    fn from_validator_detail(reason: &[u8]) -> Option<FailureClass> {
+        // Envoy may store the reason with its spaces turned into underscores (as its access log
+        // prints it): accept either after the colon.
+        let prefix = contract::validator::DETAIL_PREFIX.trim_end().as_bytes();
+        let start = reason.windows(prefix.len()).position(|w| w == prefix)? + prefix.len();
+        let rest = reason[start..].strip_prefix(b" ").or(reason[start..].strip_prefix(b"_"))?;
+        let label = &rest[..rest.iter().position(|&b| b == b':')?];
+        Some(match label {
+            b"unknown_issuer" => FailureClass::UnknownCa,
+            b"name_mismatch" => FailureClass::SanMismatch,
+            b"expired" | b"not_yet_valid" => FailureClass::Expired,
+            _ => FailureClass::HandshakeError,
+        })
     }
 }
 
@@ -613,7 +635,12 @@ mod tests {
 
     #[test]
     fn transport_failures_are_classified() {
-        let cases: [(&str, Option<FailureClass>); 6] = [
+        let cases: [(&str, Option<FailureClass>); 11] = [
+            ("TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:backendtls:_expired:_policy_default/p:_the_leaf_expired_at_2020-01-01T00:00:00Z:TLS_error_end", Some(FailureClass::Expired)),
+            ("TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:backendtls: unknown_issuer: policy default/p: no chain from the leaf to the policy's 1 trust anchor(s):TLS_error_end", Some(FailureClass::UnknownCa)),
+            ("TLS_error:|CERTIFICATE_VERIFY_FAILED:backendtls: name_mismatch: policy default/p: the leaf's names [dns:x] match none of [dns:y]:TLS_error_end", Some(FailureClass::SanMismatch)),
+            ("TLS_error:|CERTIFICATE_VERIFY_FAILED:backendtls: not_yet_valid: policy a/b: the leaf is not valid before 2090-01-01T00:00:00Z:TLS_error_end", Some(FailureClass::Expired)),
+            ("TLS_error:|CERTIFICATE_VERIFY_FAILED:backendtls: bad_key_usage: policy a/b: a certificate's extended key usage [clientAuth] does not allow TLS server authentication (serverAuth):TLS_error_end", Some(FailureClass::HandshakeError)),
             ("TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: X509_verify_cert: certificate verification error at depth 0: unable to get local issuer certificate:TLS_error_end", Some(FailureClass::UnknownCa)),
             ("TLS_error:|CERTIFICATE_VERIFY_FAILED:verify cert failed: X509_verify_cert: certificate verification error at depth 0: certificate has expired:TLS_error_end", Some(FailureClass::Expired)),
             ("TLS_error:|CERTIFICATE_VERIFY_FAILED:verify cert failed: SAN matcher", Some(FailureClass::SanMismatch)),

@@ -3,7 +3,8 @@
 //!
 //! One core ([`engine`], [`policy`], [`x509`]) and two thin adapters: proxy-wasm when built for
 //! `wasm32` and an Envoy dynamic module otherwise. With the default feature `filter` off, the
-//! crate is only the contract shared with the loader.
+//! crate is only the contract shared with the loader. The dynamic module can also be Envoy's
+//! upstream certificate validator ([`validator`], on rustls-webpki).
 pub mod contract;
 
 #[cfg(feature = "filter")]
@@ -16,6 +17,11 @@ pub mod pb;
 pub mod policy;
 #[cfg(feature = "filter")]
 pub mod x509;
+
+/// The handshake-time certificate validator's core (dynamic module only: Wasm filters cannot
+/// validate certificates, and webpki's crypto is not built for wasm32).
+#[cfg(all(feature = "validator", not(target_arch = "wasm32")))]
+pub mod validator;
 
 #[cfg(all(feature = "filter", target_arch = "wasm32"))]
 mod wasm;

@@ -3,7 +3,8 @@
 //! The filter needs every DNS and URI name of the upstream leaf, not only the first one Envoy
 //! reports. It does not verify signatures or chains (Envoy did that during the handshake), so a
 //! full X.509 parser would be dead weight in the Wasm module. This walks
-//! `Certificate -> tbsCertificate -> extensions -> subjectAltName -> GeneralNames` and nothing else.
+//! `Certificate -> tbsCertificate -> extensions -> subjectAltName -> GeneralNames` and nothing else
+//! (plus the validity window, which the certificate validator quotes in its error details).
 
 use std::fmt;
 
@@ -129,6 +130,98 @@ pub fn subject_alt_names(der: &[u8]) -> Result<SubjectAltNames, CertError> {
     Ok(names)
 }
 
+/// A certificate's validity window, in seconds since the Unix epoch (times before 1970 read as 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+/// `UTCTime` and `GeneralizedTime`, the two encodings of an X.509 `Time`.
+const TAG_UTC_TIME: u8 = 0x17;
+const TAG_GENERALIZED_TIME: u8 = 0x18;
+
+/// The validity window of a DER certificate. The certificate validator uses it only to say
+/// *which* certificate of a chain webpki found expired; webpki itself decides validity.
+pub fn validity(der: &[u8]) -> Result<Validity, CertError> {
+    let certificate = Der(der).expect(TAG_SEQUENCE, "certificate is not a SEQUENCE")?;
+    let mut tbs = Der(Der(certificate).expect(TAG_SEQUENCE, "tbsCertificate is not a SEQUENCE")?);
+    if tbs.peek_tag() == Some(TAG_VERSION) {
+        tbs.next()?;
+    }
+    // serialNumber, signature, issuer.
+    for _ in 0..3 {
+        tbs.next()?;
+    }
+    let mut window = Der(tbs.expect(TAG_SEQUENCE, "validity is not a SEQUENCE")?);
+    let not_before = parse_time(window.next()?)?;
+    let not_after = parse_time(window.next()?)?;
+    Ok(Validity { not_before, not_after })
+}
+
+/// `YYMMDDHHMMSSZ` (UTCTime; years 50-99 are 19xx, RFC 5280) or `YYYYMMDDHHMMSSZ`.
+fn parse_time((tag, text): (u8, &[u8])) -> Result<u64, CertError> {
+    let digits = |range: std::ops::Range<usize>| -> Result<i64, CertError> {
+        let part = text.get(range).ok_or(CertError("truncated time"))?;
+        part.iter().try_fold(0i64, |acc, &c| match c {
+            b'0'..=b'9' => Ok(acc * 10 + i64::from(c - b'0')),
+            _ => Err(CertError("time is not digits")),
+        })
+    };
+    let (year, rest) = match tag {
+        TAG_UTC_TIME if text.len() == 13 => {
+            let yy = digits(0..2)?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+        }
+        TAG_GENERALIZED_TIME if text.len() == 15 => (digits(0..4)?, 4),
+        _ => return Err(CertError("time is neither UTCTime nor GeneralizedTime")),
+    };
+    if text.last() != Some(&b'Z') {
+        return Err(CertError("time is not in UTC"));
+    }
+    let field = |i: usize| digits(rest + 2 * i..rest + 2 * i + 2);
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(CertError("time out of range"));
+    }
+    let days = days_from_civil(year, month, day);
+    Ok(u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).unwrap_or(0))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (`2026-01-31T12:00:00Z`), for error details.
+pub fn format_rfc3339(seconds: u64) -> String {
+    let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = seconds % 86_400;
+    // The inverse of `days_from_civil`.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
 /// The DER of the first `CERTIFICATE` block of a PEM text (Envoy's `upstream.peer_certificate`
 /// is the leaf alone, URL-encoded or not depending on version: both are accepted).
 pub fn pem_to_der(pem: &[u8]) -> Result<Vec<u8>, CertError> {
@@ -231,11 +324,35 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_validity_window() {
+        let mut params = CertificateParams::default();
+        params.not_before = rcgen::date_time_ymd(2001, 2, 3);
+        params.not_after = rcgen::date_time_ymd(2051, 12, 31);
+        let c = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let window = validity(c.der()).unwrap();
+        assert_eq!(format_rfc3339(window.not_before), "2001-02-03T00:00:00Z");
+        assert_eq!(format_rfc3339(window.not_after), "2051-12-31T00:00:00Z");
+        assert_eq!(window.not_before, 981_158_400);
+    }
+
+    #[test]
+    fn both_time_encodings_parse() {
+        assert_eq!(parse_time((TAG_UTC_TIME, b"700101000000Z")), Ok(0));
+        assert_eq!(parse_time((TAG_UTC_TIME, b"491231235959Z")), Ok(2_524_607_999));
+        assert_eq!(parse_time((TAG_GENERALIZED_TIME, b"20240229120000Z")), Ok(1_709_208_000));
+        assert_eq!(format_rfc3339(1_709_208_000), "2024-02-29T12:00:00Z");
+        assert!(parse_time((TAG_UTC_TIME, b"700101000000")).is_err());
+        assert!(parse_time((TAG_GENERALIZED_TIME, b"2024022912000Z")).is_err());
+        assert!(parse_time((TAG_UTC_TIME, b"701301000000Z")).is_err());
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let c = cert(vec![SanType::DnsName("example.com".try_into().unwrap())]);
         let der = c.der().to_vec();
         for cut in [0, 1, 2, 10, der.len() / 2, der.len() - 1] {
             let _ = subject_alt_names(&der[..cut]);
+            let _ = validity(&der[..cut]);
         }
         assert!(subject_alt_names(b"\x30\x84\xff\xff\xff\xff").is_err());
         assert!(pem_to_der(b"no pem here").is_err());

@@ -94,6 +94,14 @@ impl Translation {
             ValidatorKind::Envoy => Validator::Envoy,
             ValidatorKind::DynamicModule => Validator::DynamicModule,
         };
+        if validator == Validator::DynamicModule && self.filter != FilterKind::DynamicModule {
+            // The validator ABI has no metrics; the module counts through the HTTP filter's
+            // config, which exists only when the filter is the dynamic module too.
+            tracing::warn!(
+                "--validator dynamic-module without --filter dynamic-module: backends are \
+                 verified, but the per-policy handshake counters will not exist"
+            );
+        }
         Ok(TranslateOptions {
             listener_address: self.listener_address.clone(),
             delivery,

@@ -14,6 +14,7 @@ pub mod policy_support;
 pub mod ports;
 pub mod process;
 pub mod scale;
+pub mod validator_support;
 pub mod wait;
 
 pub use certs::{CertifiedKey, TestCa};

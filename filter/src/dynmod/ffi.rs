@@ -1,5 +1,6 @@
 //! Hand-written bindings to the Envoy 1.40 dynamic-module ABI (`v0.2.0`): the required HTTP
-//! filter hooks and the few callbacks the filter uses. This is the only module with `unsafe`.
+//! filter hooks, the five certificate-validator hooks, and the few callbacks both use. This is
+//! the only module with `unsafe`.
 //!
 //! Rules kept here:
 //! - Envoy resolves every declared callback at `dlopen` time (`RTLD_NOW`), so only callbacks the
@@ -668,4 +669,237 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
     _: *mut c_void,
     _: *const c_void,
 ) {
+}
+
+// ---- Certificate validator (`envoy.tls.cert_validator.dynamic_modules`) --------------------
+//
+// Envoy resolves all five hooks when a cluster's TLS context names the validator, creates one
+// module config per TLS context, and calls `do_verify_cert_chain` synchronously on the worker
+// thread doing the handshake, possibly on several workers at once for the same config (hence
+// `CertValidator: Sync`).
+
+#[cfg(feature = "validator")]
+pub use validator_abi::{CounterSink, ValidationCall};
+
+/// Everything the certificate validator needs from the ABI; compiled only with the `validator`
+/// feature (so a build without it declares no validator symbol).
+#[cfg(feature = "validator")]
+mod validator_abi {
+    use super::*;
+    use crate::dynmod::cert_validator::{CertValidator, Verdict};
+
+    extern "C" {
+        fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+            config: *mut c_void,
+            id: usize,
+            label_values: *mut ModuleBuffer,
+            label_values_count: usize,
+            value: u64,
+        ) -> u32;
+        fn envoy_dynamic_module_callback_cert_validator_set_error_details(
+            config: *mut c_void,
+            details: ModuleBuffer,
+        );
+    }
+
+    impl ConfigHandle {
+        /// A handle on this filter config that may update its counters later, from any thread
+        /// (the certificate validator's; see [`CounterSink`]).
+        pub fn counter_sink(&self) -> CounterSink {
+            CounterSink(self.0)
+        }
+    }
+
+    /// An HTTP filter config's counters, kept beyond `config_new` so that the certificate
+    /// validator, which has no metrics callback of its own in 1.40, can count through them.
+    ///
+    /// Envoy's `http_filter_config_increment_counter` takes the config object and updates the
+    /// (thread-safe) counter from any thread. The pointer is valid until Envoy has called
+    /// `on_http_filter_config_destroy` for it; the owner ([`crate::dynmod::handshake_counters`])
+    /// drops the sink in that hook, under the lock that every increment holds.
+    pub struct CounterSink(*mut c_void);
+
+    // SAFETY: the pointer is only passed to Envoy's config-level counter callback, which Envoy
+    // allows from any thread; the sink's owner guarantees it is not used after config_destroy.
+    unsafe impl Send for CounterSink {}
+    // SAFETY: as above; the callback takes no lock of ours and only adds to Envoy's atomic
+    // counters.
+    unsafe impl Sync for CounterSink {}
+
+    impl CounterSink {
+        /// Adds 1 to a labelled counter; `labels` are the values, in definition order (at most 2).
+        /// Whether Envoy accepted it.
+        pub fn increment(&self, id: usize, labels: &[&[u8]]) -> bool {
+            let mut buffers = [ModuleBuffer::of(b""); 2];
+            for (buffer, label) in buffers.iter_mut().zip(labels) {
+                *buffer = ModuleBuffer::of(label);
+            }
+            // SAFETY: the config pointer is alive (see the type's invariant); the buffers outlive
+            // the call.
+            let result = unsafe {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                    self.0,
+                    id,
+                    buffers.as_mut_ptr(),
+                    labels.len().min(buffers.len()),
+                    1,
+                )
+            };
+            result == METRICS_SUCCESS
+        }
+    }
+
+    /// Envoy's certificate-validator config object as passed to one `do_verify_cert_chain` call.
+    pub struct ValidationCall(*mut c_void);
+
+    impl ValidationCall {
+        /// The detail Envoy appends to the handshake's failure reason (`CERTIFICATE_VERIFY_FAILED:
+        /// <details>`), visible as `%UPSTREAM_TRANSPORT_FAILURE_REASON%` and in 503 details.
+        pub fn set_error_details(&self, details: &str) {
+            // SAFETY: the pointer comes from Envoy for this call; Envoy copies the bytes.
+            unsafe {
+                envoy_dynamic_module_callback_cert_validator_set_error_details(
+                    self.0,
+                    ModuleBuffer::of(details.as_bytes()),
+                )
+            }
+        }
+    }
+
+    /// `envoy_dynamic_module_type_cert_validator_validation_result`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ValidationResult {
+        /// `..._validation_status`: 0 Successful, 1 Failed.
+        status: u32,
+        /// `..._client_validation_status`: 0 NotValidated, 1 NoClientCertificate, 2 Validated,
+        /// 3 Failed.
+        detailed_status: u32,
+        tls_alert: u8,
+        has_tls_alert: bool,
+    }
+
+    impl ValidationResult {
+        const VERIFIED: ValidationResult =
+            ValidationResult { status: 0, detailed_status: 2, tls_alert: 0, has_tls_alert: false };
+
+        fn failed(alert: u8) -> ValidationResult {
+            ValidationResult {
+                status: 1,
+                detailed_status: 3,
+                tls_alert: alert,
+                has_tls_alert: true,
+            }
+        }
+    }
+
+    /// BoringSSL's `SSL_VERIFY_PEER`: Envoy then installs its verify callback, which calls the
+    /// module (`SSL_VERIFY_NONE` would skip verification altogether).
+    const SSL_VERIFY_PEER: i32 = 0x01;
+    /// TLS `internal_error`, for a validator that could not decide.
+    const ALERT_INTERNAL_ERROR: u8 = 80;
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_cert_validator_config_new(
+        _config_envoy: *mut c_void,
+        name: EnvoyBuffer,
+        config: EnvoyBuffer,
+    ) -> *const c_void {
+        guard("cert_validator_config_new", std::ptr::null(), || {
+            // SAFETY: both buffers come from Envoy for this call.
+            let (name, config) = unsafe { (name.as_slice(), config.as_slice()) };
+            match CertValidator::new(name, config) {
+                Ok(validator) => Box::into_raw(Box::new(validator)).cast_const().cast(),
+                Err(e) => {
+                    log(LogLevel::Error, &format!("backendtls: {e}"));
+                    std::ptr::null()
+                }
+            }
+        })
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_cert_validator_config_destroy(
+        validator: *const c_void,
+    ) {
+        guard("cert_validator_config_destroy", (), || {
+            if !validator.is_null() {
+                // SAFETY: created by Box::into_raw in cert_validator_config_new; destroyed once.
+                drop(unsafe { Box::from_raw(validator.cast::<CertValidator>().cast_mut()) });
+            }
+        })
+    }
+
+    /// # Safety
+    /// `validator` is the pointer `cert_validator_config_new` returned, not yet destroyed. Envoy
+    /// may call the validator from several workers at once, so only a shared reference is made.
+    unsafe fn validator_ref<'a>(validator: *const c_void) -> &'a CertValidator {
+        &*validator.cast::<CertValidator>()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_cert_validator_do_verify_cert_chain(
+        config_envoy: *mut c_void,
+        validator: *const c_void,
+        certs: *const EnvoyBuffer,
+        certs_count: usize,
+        host_name: EnvoyBuffer,
+        is_server: bool,
+    ) -> ValidationResult {
+        let call = ValidationCall(config_envoy);
+        catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: Envoy passes `certs_count` DER buffers that live for this call (null when
+            // empty); see `validator_ref` for the validator.
+            let (validator, buffers, host_name) = unsafe {
+                let buffers = if certs.is_null() || certs_count == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(certs, certs_count)
+                };
+                (validator_ref(validator), buffers, host_name.as_slice())
+            };
+            // SAFETY: each buffer is one certificate Envoy encoded for this call.
+            let chain: Vec<&[u8]> = buffers.iter().map(|b| unsafe { b.as_slice() }).collect();
+            match validator.verify(&call, &chain, host_name, is_server) {
+                Verdict::Verified => ValidationResult::VERIFIED,
+                Verdict::Failed { alert } => ValidationResult::failed(alert),
+            }
+        }))
+        .unwrap_or_else(|payload| {
+            report_panic("cert_validator_do_verify_cert_chain", payload);
+            // Fail closed: a validator that could not decide must not let the handshake through.
+            guard("cert_validator_do_verify_cert_chain (after panic)", (), || {
+                call.set_error_details("backendtls: internal: the certificate validator panicked")
+            });
+            ValidationResult::failed(ALERT_INTERNAL_ERROR)
+        })
+    }
+
+    /// Touches no pointer and cannot panic: no guard needed.
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_cert_validator_get_ssl_verify_mode(
+        _validator: *const c_void,
+        _handshaker_provides_certificates: bool,
+    ) -> i32 {
+        SSL_VERIFY_PEER
+    }
+
+    #[no_mangle]
+    pub extern "C" fn envoy_dynamic_module_on_cert_validator_update_digest(
+        validator: *const c_void,
+        out: *mut ModuleBuffer,
+    ) {
+        guard("cert_validator_update_digest", (), || {
+            if validator.is_null() || out.is_null() {
+                return;
+            }
+            // SAFETY: see `validator_ref`; `out` is Envoy's buffer to fill. The digest lives as
+            // long as the validator config, which outlives Envoy's use of it (Envoy hashes it at
+            // once).
+            unsafe {
+                let digest = validator_ref(validator).digest();
+                *out = ModuleBuffer::of(digest);
+            }
+        })
+    }
 }

@@ -16,8 +16,18 @@
 //!
 //! The verdict is cached per policy and digest, so the fetch happens once per new certificate
 //! per worker; it blocks that worker for at most [`leaf_fetch::TIMEOUT`] twice.
+//!
+//! **Certificate validator.** The same module is also Envoy's upstream certificate validator
+//! when a cluster's TLS context names it (`cert_validator`, feature `validator`): it verifies the
+//! chain and the policy's names during the handshake with rustls-webpki. It counts per policy
+//! through counters this HTTP filter's config defines (`handshake_counters`), because the
+//! validator ABI has no metrics callback.
 
+#[cfg(feature = "validator")]
+mod cert_validator;
 mod ffi;
+#[cfg(feature = "validator")]
+mod handshake_counters;
 mod leaf_fetch;
 
 use std::cell::RefCell;
@@ -56,6 +66,9 @@ struct CounterIds {
 pub(crate) struct Config {
     settings: FilterConfig,
     counters: CounterIds,
+    /// Lends this config's counters to the certificate validator until the config is destroyed.
+    #[cfg(feature = "validator")]
+    _handshake_counters: handshake_counters::Registration,
 }
 
 impl Config {
@@ -85,7 +98,25 @@ impl Config {
             )?,
             rejections: define(stats::REJECTIONS, &[stats::LABEL_REASON, stats::LABEL_POLICY])?,
         };
-        Ok(Config { settings, counters })
+        // The validator's counters are defined here because Envoy lets a module define metrics
+        // only while an HTTP filter config is being created; see `handshake_counters`.
+        #[cfg(feature = "validator")]
+        let _handshake_counters = handshake_counters::register(
+            envoy.counter_sink(),
+            handshake_counters::HandshakeCounterIds {
+                verified: define(stats::HANDSHAKES_VERIFIED, &policy)?,
+                failures: define(
+                    stats::HANDSHAKE_FAILURES,
+                    &[stats::LABEL_REASON, stats::LABEL_POLICY],
+                )?,
+            },
+        );
+        Ok(Config {
+            settings,
+            counters,
+            #[cfg(feature = "validator")]
+            _handshake_counters,
+        })
     }
 
     pub(crate) fn settings(&self) -> &FilterConfig {

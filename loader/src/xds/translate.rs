@@ -747,20 +747,21 @@ fn module_validator(policy: &ir::BackendTls, anchors_pem: &str) -> core::TypedEx
             SubjectAltName::Uri(u) => contract::identity_string(contract::san_types::URI, u),
         })
         .collect();
-    let config = serde_json::json!({
-        "policy": policy.policy.to_string(),
-        "hostname": policy.hostname,
-        "identities": identities,
-        "trust_anchors_pem": anchors_pem,
-    });
+    use contract::validator::{keys, EXTENSION_NAME, VALIDATOR_NAME};
+    let mut config = serde_json::Map::new();
+    config.insert(keys::POLICY.into(), policy.policy.to_string().into());
+    config.insert(keys::HOSTNAME.into(), policy.hostname.clone().into());
+    config.insert(keys::IDENTITIES.into(), identities.into());
+    config.insert(keys::TRUST_ANCHORS_PEM.into(), anchors_pem.into());
+    let config = serde_json::Value::Object(config);
     core::TypedExtensionConfig {
-        name: "envoy.tls.cert_validator.dynamic_modules".into(),
+        name: EXTENSION_NAME.into(),
         typed_config: Some(pack(&DynamicModuleCertValidatorConfig {
             dynamic_module_config: Some(DynamicModuleConfig {
                 name: DYNAMIC_MODULE_NAME.into(),
                 ..Default::default()
             }),
-            validator_name: "backendtls".into(),
+            validator_name: VALIDATOR_NAME.into(),
             validator_config: Some(pack(&pb::StringValue { value: config.to_string() })),
         })),
     }
@@ -802,11 +803,12 @@ fn san_matcher(san: &SubjectAltName) -> tls::SubjectAltNameMatcher {
     use matcher::string_matcher::MatchPattern;
     let (san_type, pattern) = match san {
         SubjectAltName::Hostname(name) => match name.strip_prefix("*.") {
-            // A policy wildcard stands for exactly one label, as in RFC 6125.
+            // A policy wildcard stands for exactly one label, as in RFC 6125; DNS names compare
+            // case-insensitively, as Envoy's exact matcher does for DNS SANs.
             Some(suffix) => (
                 tls::subject_alt_name_matcher::SanType::Dns,
                 MatchPattern::SafeRegex(matcher::RegexMatcher {
-                    regex: format!("^[^.]+\\.{}$", regex_escape(suffix)),
+                    regex: format!("(?i)^[^.]+\\.{}$", regex_escape(suffix)),
                     ..Default::default()
                 }),
             ),

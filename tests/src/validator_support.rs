@@ -1,0 +1,727 @@
+//! Support for the certificate-validator tests (`tests/tests/validator.rs`): the certificate
+//! matrix, one NGINX serving every case on its own port, and static Envoy configs that put
+//! Envoy's default validator and the backendtls dynamic-module validator side by side.
+//!
+//! The module validator is loaded by name (Envoy 1.40 has no file path for it), so Envoy must
+//! find `libbackendtls_filter.so` through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`; see
+//! [`use_module_search_path`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use tempfile::TempDir;
+
+use crate::certs::CertifiedKey;
+use crate::paths::workspace_root;
+use crate::ports::{free_port, port_accepts};
+use crate::process::{print_tail_if_panicking, tail, ManagedChild};
+use crate::wait::wait_until;
+
+/// The environment variable Envoy searches for `lib<name>.so` when a module is named only.
+pub const SEARCH_PATH_ENV: &str = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH";
+/// Overrides the dynamic module the tests use (as in `tests/tests/filter.rs`).
+pub const FILTER_SO_ENV: &str = "BACKENDTLS_FILTER_SO";
+/// The module's name: Envoy loads `lib<MODULE_NAME>.so`.
+pub const MODULE_NAME: &str = "backendtls_filter";
+
+/// `libbackendtls_filter.so`: `$BACKENDTLS_FILTER_SO`, or built once per test process with
+/// `cargo build --release -p backendtls-filter`.
+pub fn filter_so() -> PathBuf {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        if let Some(path) = std::env::var_os(FILTER_SO_ENV) {
+            return PathBuf::from(path);
+        }
+        let root = workspace_root();
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "backendtls-filter"])
+            .current_dir(&root)
+            .output()
+            .expect("run cargo build -p backendtls-filter");
+        assert!(
+            output.status.success(),
+            "cargo build -p backendtls-filter failed (set {FILTER_SO_ENV} to use a prebuilt \
+             one):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let path = target.join("release").join(format!("lib{MODULE_NAME}.so"));
+        assert!(path.is_file(), "built the filter but {} is missing", path.display());
+        path
+    })
+    .clone()
+}
+
+/// Points every Envoy this process starts at the directory of [`filter_so`] (Envoy inherits the
+/// environment). Every caller sets the same value, once; call it before starting Envoy.
+pub fn use_module_search_path() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let so = filter_so();
+        assert_eq!(
+            so.file_name().and_then(|n| n.to_str()),
+            Some(format!("lib{MODULE_NAME}.so").as_str()),
+            "Envoy loads the validator as lib{MODULE_NAME}.so from a directory"
+        );
+        let dir = so.parent().expect("the module has a directory").to_path_buf();
+        std::env::set_var(SEARCH_PATH_ENV, &dir);
+        dir
+    })
+    .clone()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The certificate matrix
+
+/// What a validator must do with a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accept,
+    /// Refuse the handshake; for the backendtls validator, with this `reason` label.
+    Reject(&'static str),
+}
+
+/// One backend certificate situation.
+pub struct Case {
+    /// Also names the clusters (`default_<name>`, `module_<name>`) and the policy
+    /// (`matrix/<name>`).
+    pub name: &'static str,
+    /// What is wrong (or right) with it, for the results table.
+    pub about: &'static str,
+    /// What NGINX serves: the leaf, then the intermediates it sends.
+    pub server: CertifiedKey,
+    /// The policy's hostname: the SNI, and the identity when `identities` is empty.
+    pub hostname: &'static str,
+    /// The policy's subjectAltNames in the flat `dns:`/`uri:` form.
+    pub identities: Vec<String>,
+    /// The policy's CA bundle.
+    pub anchors_pem: String,
+    /// What the backendtls validator must do.
+    pub ours: Outcome,
+}
+
+impl Case {
+    pub fn policy(&self) -> String {
+        format!("matrix/{}", self.name)
+    }
+
+    /// The names the leaf must carry: the identities, or the hostname.
+    pub fn expected_names(&self) -> Vec<String> {
+        if self.identities.is_empty() {
+            vec![format!("dns:{}", self.hostname)]
+        } else {
+            self.identities.clone()
+        }
+    }
+}
+
+type Issuer = CertifiedIssuer<'static, KeyPair>;
+
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn root(common_name: &str) -> Issuer {
+    CertifiedIssuer::self_signed(ca_params(common_name), KeyPair::generate().expect("CA key"))
+        .expect("self-sign CA")
+}
+
+fn sub_ca(parent: &Issuer, common_name: &str, edit: impl FnOnce(&mut CertificateParams)) -> Issuer {
+    let mut params = ca_params(common_name);
+    params.use_authority_key_identifier_extension = true;
+    edit(&mut params);
+    CertifiedIssuer::signed_by(params, KeyPair::generate().expect("intermediate key"), parent)
+        .expect("sign intermediate")
+}
+
+/// A serverAuth leaf with subject `CN=backend` and `sans`, signed by `issuer` after `edit`; the
+/// PEM chain is the leaf followed by `send`.
+fn leaf(
+    issuer: &Issuer,
+    sans: &[SanType],
+    send: &[&Issuer],
+    edit: impl FnOnce(&mut CertificateParams),
+) -> CertifiedKey {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, "backend");
+    params.subject_alt_names = sans.to_vec();
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    edit(&mut params);
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = params.signed_by(&key, issuer).expect("sign leaf");
+    let mut cert_pem = cert.pem();
+    for intermediate in send {
+        cert_pem.push_str(&intermediate.pem());
+    }
+    CertifiedKey { cert_pem, key_pem: key.serialize_pem() }
+}
+
+fn dns(name: &str) -> SanType {
+    SanType::DnsName(name.try_into().expect("IA5 DNS name"))
+}
+
+fn uri(value: &str) -> SanType {
+    SanType::URI(value.try_into().expect("IA5 URI"))
+}
+
+pub const SPIFFE_NGINX: &str = "spiffe://cluster.local/ns/default/sa/nginx";
+
+/// Every case of the acceptance matrix, freshly generated. The policy CA is the same for all
+/// but `wrong_ca`'s leaf; validity windows in the past or future are years away from now.
+pub fn matrix() -> Vec<Case> {
+    let ca = root("backendtls matrix CA");
+    let stranger = root("a CA no policy trusts");
+    let intermediate = sub_ca(&ca, "matrix intermediate", |_| {});
+    let expired_intermediate = sub_ca(&ca, "expired intermediate", |p| {
+        p.not_before = date_time_ymd(2019, 1, 1);
+        p.not_after = date_time_ymd(2021, 1, 1);
+    });
+    let not_a_ca = sub_ca(&ca, "not a CA", |p| {
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign];
+    });
+    let anchors = ca.pem();
+    let example = [dns("example.com")];
+    let case = |name, about, server, hostname, identities: &[&str], ours| Case {
+        name,
+        about,
+        server,
+        hostname,
+        identities: identities.iter().map(|s| s.to_string()).collect(),
+        anchors_pem: anchors.clone(),
+        ours,
+    };
+    let self_signed = {
+        let mut params = CertificateParams::new(vec!["example.com".to_string()]).expect("SAN");
+        params.distinguished_name.push(DnType::CommonName, "example.com");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-sign");
+        CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    };
+    use Outcome::{Accept, Reject};
+    vec![
+        case(
+            "valid_leaf",
+            "leaf for example.com from the policy CA",
+            leaf(&ca, &example, &[], |_| {}),
+            "example.com",
+            &[],
+            Accept,
+        ),
+        case(
+            "valid_chain",
+            "leaf from an intermediate the backend sends",
+            leaf(&intermediate, &example, &[&intermediate], |_| {}),
+            "example.com",
+            &[],
+            Accept,
+        ),
+        case(
+            "wrong_ca",
+            "leaf from a CA the policy does not trust",
+            leaf(&stranger, &example, &[], |_| {}),
+            "example.com",
+            &[],
+            Reject("unknown_issuer"),
+        ),
+        case(
+            "expired_leaf",
+            "leaf notAfter 2020-01-01",
+            leaf(&ca, &example, &[], |p| {
+                p.not_before = date_time_ymd(2019, 1, 1);
+                p.not_after = date_time_ymd(2020, 1, 1);
+            }),
+            "example.com",
+            &[],
+            Reject("expired"),
+        ),
+        case(
+            "not_yet_valid_leaf",
+            "leaf notBefore 2090-01-01",
+            leaf(&ca, &example, &[], |p| p.not_before = date_time_ymd(2090, 1, 1)),
+            "example.com",
+            &[],
+            Reject("not_yet_valid"),
+        ),
+        case(
+            "expired_intermediate",
+            "valid leaf from an intermediate that expired 2021-01-01",
+            leaf(&expired_intermediate, &example, &[&expired_intermediate], |_| {}),
+            "example.com",
+            &[],
+            Reject("expired"),
+        ),
+        case(
+            "dns_san_mismatch",
+            "leaf for other.example, policy hostname example.com",
+            leaf(&ca, &[dns("other.example")], &[], |_| {}),
+            "example.com",
+            &[],
+            Reject("name_mismatch"),
+        ),
+        case(
+            "cn_only",
+            "CN=example.com, no subjectAltName",
+            leaf(&ca, &[], &[], |p| {
+                p.distinguished_name = rcgen::DistinguishedName::new();
+                p.distinguished_name.push(DnType::CommonName, "example.com");
+            }),
+            "example.com",
+            &[],
+            Reject("name_mismatch"),
+        ),
+        case(
+            "leaf_wildcard_match",
+            "leaf *.example.com, policy hostname a.example.com",
+            leaf(&ca, &[dns("*.example.com")], &[], |_| {}),
+            "a.example.com",
+            &[],
+            Accept,
+        ),
+        case(
+            "leaf_wildcard_non_match",
+            "leaf *.example.com, policy hostname a.b.example.com",
+            leaf(&ca, &[dns("*.example.com")], &[], |_| {}),
+            "a.b.example.com",
+            &[],
+            Reject("name_mismatch"),
+        ),
+        case(
+            "policy_wildcard_match",
+            "leaf a.example.com, policy SAN *.example.com",
+            leaf(&ca, &[dns("a.example.com")], &[], |_| {}),
+            "a.example.com",
+            &["dns:*.example.com"],
+            Accept,
+        ),
+        case(
+            "policy_wildcard_non_match",
+            "leaf a.b.example.com, policy SAN *.example.com",
+            leaf(&ca, &[dns("a.b.example.com")], &[], |_| {}),
+            "a.b.example.com",
+            &["dns:*.example.com"],
+            Reject("name_mismatch"),
+        ),
+        case(
+            "uri_san_match",
+            "leaf URI SAN = the policy's URI SAN",
+            leaf(&ca, &[dns("nginx.internal"), uri(SPIFFE_NGINX)], &[], |_| {}),
+            "nginx.internal",
+            &[&format!("uri:{SPIFFE_NGINX}")],
+            Accept,
+        ),
+        case(
+            "uri_san_mismatch",
+            "leaf URI SAN .../sa/other, policy URI SAN .../sa/nginx",
+            leaf(
+                &ca,
+                &[dns("nginx.internal"), uri("spiffe://cluster.local/ns/default/sa/other")],
+                &[],
+                |_| {},
+            ),
+            "nginx.internal",
+            &[&format!("uri:{SPIFFE_NGINX}")],
+            Reject("name_mismatch"),
+        ),
+        case(
+            "client_auth_only",
+            "leaf whose extended key usage is clientAuth only",
+            leaf(&ca, &example, &[], |p| {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            }),
+            "example.com",
+            &[],
+            Reject("bad_key_usage"),
+        ),
+        case(
+            "issuer_not_ca",
+            "leaf issued by a certificate with cA=false (sent as intermediate)",
+            leaf(&not_a_ca, &example, &[&not_a_ca], |_| {}),
+            "example.com",
+            &[],
+            Reject("invalid_chain"),
+        ),
+        Case {
+            anchors_pem: intermediate.pem(),
+            ..case(
+                "intermediate_as_anchor",
+                "policy CA bundle holds only the intermediate; the backend sends the leaf alone",
+                leaf(&intermediate, &example, &[], |_| {}),
+                "example.com",
+                &[],
+                Accept,
+            )
+        },
+        case(
+            "policy_wildcard_upper_case",
+            "leaf a.EXAMPLE.com, policy SAN *.example.com",
+            leaf(&ca, &[dns("a.EXAMPLE.com")], &[], |_| {}),
+            "a.example.com",
+            &["dns:*.example.com"],
+            Accept,
+        ),
+        case(
+            "self_signed_leaf",
+            "self-signed leaf for example.com, not among the anchors",
+            self_signed,
+            "example.com",
+            &[],
+            Reject("unknown_issuer"),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// NGINX with one TLS server per case
+
+/// One line of [`MatrixNginx`]'s access log: `$server_port|$ssl_server_name|$status|$request`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatrixAccess {
+    pub port: u16,
+    pub sni: String,
+    pub status: u16,
+    pub request: String,
+}
+
+/// A foreground NGINX with one HTTPS server per served certificate, each on its own port.
+pub struct MatrixNginx {
+    dir: TempDir,
+    ports: Vec<u16>,
+    process: ManagedChild,
+}
+
+impl MatrixNginx {
+    /// Serves `certs[i]` on `ports()[i]`.
+    pub fn start(certs: &[&CertifiedKey]) -> MatrixNginx {
+        let dir =
+            tempfile::Builder::new().prefix("btls-matrix-nginx-").tempdir().expect("nginx dir");
+        let ports: Vec<u16> = certs.iter().map(|_| free_port()).collect();
+        let mut servers = String::new();
+        for (i, (cert, port)) in certs.iter().zip(&ports).enumerate() {
+            let (crt, key) =
+                (dir.path().join(format!("{i}.crt")), dir.path().join(format!("{i}.key")));
+            std::fs::write(&crt, &cert.cert_pem).expect("write certificate");
+            std::fs::write(&key, &cert.key_pem).expect("write key");
+            servers.push_str(&format!(
+                "    server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; \
+                 ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3; \
+                 location / {{ default_type text/plain; return 200 \"hello from nginx\\n\"; }} }}\n",
+                crt.display(),
+                key.display()
+            ));
+        }
+        let d = dir.path().display();
+        let config = format!(
+            "master_process off;\nworker_processes 1;\nerror_log {d}/error.log info;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\nhttp {{\n    \
+             log_format btls '$server_port|$ssl_server_name|$status|$request';\n    \
+             access_log {d}/access.log btls;\n    client_body_temp_path {d}/client_body;\n    \
+             proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
+             uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{servers}}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), config).expect("write nginx.conf");
+        let mut command = Command::new("/usr/sbin/nginx");
+        command
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .args(["-g", "daemon off;"]);
+        let mut process = ManagedChild::spawn("nginx", command, &dir.path().join("nginx.out"));
+        for port in &ports {
+            wait_until(&format!("nginx on 127.0.0.1:{port}"), Duration::from_secs(10), || {
+                process.assert_running();
+                port_accepts(*port).then_some(())
+            });
+        }
+        MatrixNginx { dir, ports, process }
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn access(&self) -> Vec<MatrixAccess> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(4, '|');
+                Some(MatrixAccess {
+                    port: parts.next()?.parse().ok()?,
+                    sni: parts.next()?.to_string(),
+                    status: parts.next()?.parse().ok()?,
+                    request: parts.next()?.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for MatrixNginx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = |name: &str| {
+                tail(&std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default(), 30)
+            };
+            print_tail_if_panicking(
+                "matrix nginx",
+                &format!(
+                    "error.log:\n{}\naccess.log:\n{}\n{}",
+                    log("error.log"),
+                    log("access.log"),
+                    self.process.log_tail(10)
+                ),
+                80,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static Envoy configs
+
+/// Who verifies a cluster's backend certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validator {
+    /// Envoy's default: `trusted_ca` + `match_typed_subject_alt_names`, as the loader writes them.
+    Default,
+    /// The backendtls dynamic module (`custom_validator_config`).
+    Module,
+}
+
+/// One upstream cluster of a static config.
+pub struct ClusterSpec {
+    /// The cluster's name; its route is the path prefix `/<name>/`.
+    pub name: String,
+    pub port: u16,
+    pub validator: Validator,
+    /// The policy (`ns/name`), its hostname (SNI), identities and CA bundle.
+    pub policy: String,
+    pub hostname: String,
+    pub identities: Vec<String>,
+    pub anchors_pem: String,
+    /// `Some(1)`: every request a new upstream connection (a new handshake).
+    pub max_requests_per_connection: Option<u32>,
+    /// `Some(0)`: no TLS session resumption, every handshake a full one.
+    pub max_session_keys: Option<u32>,
+}
+
+impl ClusterSpec {
+    pub fn for_case(case: &Case, validator: Validator, port: u16) -> ClusterSpec {
+        let prefix = match validator {
+            Validator::Default => "default",
+            Validator::Module => "module",
+        };
+        ClusterSpec {
+            name: format!("{prefix}_{}", case.name),
+            port,
+            validator,
+            policy: case.policy(),
+            hostname: case.hostname.to_string(),
+            identities: case.identities.clone(),
+            anchors_pem: case.anchors_pem.clone(),
+            max_requests_per_connection: None,
+            max_session_keys: None,
+        }
+    }
+
+    /// The backendtls validator's JSON configuration (keys from `contract::validator`).
+    pub fn module_config_json(&self) -> String {
+        serde_json::json!({
+            "policy": self.policy,
+            "hostname": self.hostname,
+            "identities": self.identities,
+            "trust_anchors_pem": self.anchors_pem,
+        })
+        .to_string()
+    }
+
+    fn validation_context_yaml(&self) -> String {
+        // JSON is YAML: quoting through serde_json keeps PEM and regexes intact.
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        match self.validator {
+            Validator::Default => {
+                let names = if self.identities.is_empty() {
+                    vec![format!("dns:{}", self.hostname)]
+                } else {
+                    self.identities.clone()
+                };
+                let matchers: Vec<String> = names
+                    .iter()
+                    .map(|identity| match identity.split_once(':') {
+                        Some(("dns", name)) => match name.strip_prefix("*.") {
+                            // As the loader writes a policy wildcard: exactly one label.
+                            Some(suffix) => format!(
+                                "{{ san_type: DNS, matcher: {{ safe_regex: {{ regex: {} }} }} }}",
+                                quote(&format!("(?i)^[^.]+\\.{}$", suffix.replace('.', "\\.")))
+                            ),
+                            None => format!(
+                                "{{ san_type: DNS, matcher: {{ exact: {} }} }}",
+                                quote(name)
+                            ),
+                        },
+                        Some(("uri", value)) => format!(
+                            "{{ san_type: URI, matcher: {{ exact: {} }} }}",
+                            quote(value)
+                        ),
+                        _ => panic!("identity {identity:?}"),
+                    })
+                    .collect();
+                format!(
+                    "{{ trusted_ca: {{ inline_string: {} }}, match_typed_subject_alt_names: [{}] }}",
+                    quote(&self.anchors_pem),
+                    matchers.join(", ")
+                )
+            }
+            Validator::Module => format!(
+                "{{ custom_validator_config: {{ name: envoy.tls.cert_validator.dynamic_modules, \
+                 typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.cert_validator.dynamic_modules.v3.DynamicModuleCertValidatorConfig, \
+                 dynamic_module_config: {{ name: {MODULE_NAME} }}, validator_name: backendtls, \
+                 validator_config: {{ \"@type\": type.googleapis.com/google.protobuf.StringValue, value: {} }} }} }} }}",
+                quote(&self.module_config_json())
+            ),
+        }
+    }
+
+    fn yaml(&self) -> String {
+        let protocol_options = match self.max_requests_per_connection {
+            None => String::new(),
+            Some(n) => format!(
+                "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+                 \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+                 common_http_protocol_options: {{ max_requests_per_connection: {n} }}\n        \
+                 explicit_http_config: {{ http_protocol_options: {{}} }}"
+            ),
+        };
+        let session_keys = match self.max_session_keys {
+            None => String::new(),
+            Some(n) => format!("\n        max_session_keys: {n}"),
+        };
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 2s{protocol_options}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {sni}{session_keys}
+        common_tls_context:
+          tls_params: {{ tls_maximum_protocol_version: TLSv1_3 }}
+          validation_context: {validation}"#,
+            name = self.name,
+            port = self.port,
+            sni = self.hostname,
+            validation = self.validation_context_yaml(),
+        )
+    }
+}
+
+/// A static Envoy config: one HTTP listener routing `/<cluster>/...` to each cluster, an access
+/// log line per request (`ACCESS <cluster> <code> <transport failure reason>`), and, when
+/// `http_filter` is set, the backendtls HTTP filter (dynamic module), which hosts the validator's
+/// counters.
+pub fn static_config(
+    listener: u16,
+    admin: u16,
+    http_filter: bool,
+    clusters: &[ClusterSpec],
+) -> String {
+    let filter = if http_filter {
+        format!(
+            r#"
+          - name: backendtls
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{ name: {MODULE_NAME}, module: {{ local: {{ filename: {so} }} }}, metrics_namespace: backendtls }}
+              filter_name: backendtls
+              filter_config: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{{}}' }}"#,
+            so = filter_so().display()
+        )
+    } else {
+        String::new()
+    };
+    let routes: String = clusters
+        .iter()
+        .map(|c| {
+            format!(
+                "\n              - {{ match: {{ prefix: \"/{0}/\" }}, route: {{ cluster: {0} }} }}",
+                c.name
+            )
+        })
+        .collect();
+    let cluster_yaml: String = clusters.iter().map(ClusterSpec::yaml).collect();
+    format!(
+        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "ACCESS %UPSTREAM_CLUSTER% %RESPONSE_CODE% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n" }} }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:{routes}
+          http_filters:{filter}
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:{cluster_yaml}
+"#
+    )
+}
+
+/// The `ACCESS` lines of an Envoy log from [`static_config`]: (cluster, status, failure reason).
+pub fn access_lines(envoy_log: &str) -> Vec<(String, u16, String)> {
+    envoy_log
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("ACCESS ")?;
+            let mut parts = rest.splitn(3, ' ');
+            Some((
+                parts.next()?.to_string(),
+                parts.next()?.parse().ok()?,
+                parts.next().unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
