@@ -2,7 +2,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 
 /// A PEM certificate and its PEM (PKCS#8) private key.
@@ -51,14 +51,41 @@ impl TestCa {
     /// A server certificate (serverAuth) for `dns_names`, signed by this CA; the first name is
     /// also the subject common name.
     pub fn issue(&self, dns_names: &[&str]) -> CertifiedKey {
+        self.issue_server(dns_names.first().copied().unwrap_or(""), dns_names, &[])
+    }
+
+    /// A serverAuth certificate with subject `CN=<common_name>` (none when empty), the given DNS
+    /// SANs and URI SANs.
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        dns_names: &[&str],
+        uris: &[&str],
+    ) -> CertifiedKey {
         let names: Vec<String> = dns_names.iter().map(|name| name.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("valid DNS names");
-        if let Some(first) = dns_names.first() {
-            params.distinguished_name.push(DnType::CommonName, *first);
+        for uri in uris {
+            let uri = (*uri).try_into().expect("URI SAN is IA5");
+            params.subject_alt_names.push(SanType::URI(uri));
         }
+        if !common_name.is_empty() {
+            params.distinguished_name.push(DnType::CommonName, common_name);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// A clientAuth certificate with subject `CN=<common_name>` and no SANs.
+    pub fn issue_client(&self, common_name: &str) -> CertifiedKey {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, mut params: CertificateParams) -> CertifiedKey {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().expect("generate leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf certificate");
         CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() }

@@ -131,7 +131,8 @@ impl Drop for Nginx {
     }
 }
 
-fn spawn(dir: &Path) -> ManagedChild {
+/// Starts NGINX on the `nginx.conf` in `dir`, in the foreground, logging inside `dir`.
+pub fn spawn(dir: &Path) -> ManagedChild {
     let mut command = Command::new(NGINX_BIN);
     command
         .arg("-p")

@@ -20,10 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -62,67 +58,8 @@ pub const BTLS_PORT_NAME: &str = "btls";
 // ---------------------------------------------------------------------------------------------
 // Certificates
 
-/// A self-signed CA that issues server and client certificates with any SANs.
-pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    cert_pem: String,
-}
-
-impl Ca {
-    pub fn new(common_name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("generate CA key");
-        let cert = params.self_signed(&key).expect("self-sign CA");
-        Ca { cert_pem: cert.pem(), issuer: Issuer::new(params, key) }
-    }
-
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    /// A serverAuth certificate with subject `CN=<common_name>`, the given DNS SANs and URI SANs.
-    pub fn issue_server(
-        &self,
-        common_name: &str,
-        dns_names: &[&str],
-        uris: &[&str],
-    ) -> CertifiedKey {
-        let mut params = CertificateParams::new(
-            dns_names.iter().map(|name| name.to_string()).collect::<Vec<_>>(),
-        )
-        .expect("valid DNS names");
-        for uri in uris {
-            let uri = (*uri).try_into().expect("URI SAN is IA5");
-            params.subject_alt_names.push(SanType::URI(uri));
-        }
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.sign(params)
-    }
-
-    /// A clientAuth certificate with subject `CN=<common_name>` and no SANs.
-    pub fn issue_client(&self, common_name: &str) -> CertifiedKey {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params)
-    }
-
-    fn sign(&self, mut params: CertificateParams) -> CertifiedKey {
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().expect("generate leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf certificate");
-        CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
-    }
-}
+/// The harness's CA, which issues server certificates with any SANs and client certificates.
+pub use crate::certs::TestCa as Ca;
 
 /// The subject NGINX logs (`$ssl_client_s_dn`) for [`Pki::client_cert`].
 pub const CLIENT_COMMON_NAME: &str = "backendtls e2e gateway client";
@@ -168,7 +105,6 @@ impl Default for Pki {
 // ---------------------------------------------------------------------------------------------
 // NGINX backend
 
-const NGINX_BIN: &str = "/usr/sbin/nginx";
 const NGINX_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One HTTPS server block of a [`Backend`].
@@ -271,7 +207,7 @@ impl Backend {
         }
         std::fs::write(dir.path().join("nginx.conf"), nginx_config(dir.path(), &blocks))
             .expect("write nginx.conf");
-        let process = spawn_nginx(dir.path());
+        let process = crate::nginx::spawn(dir.path());
         let mut backend = Backend { dir, ports, process };
         for port in backend.ports.clone() {
             let process = &mut backend.process;
@@ -331,19 +267,6 @@ impl Drop for Backend {
     fn drop(&mut self) {
         print_tail_if_panicking("nginx backend", &self.diagnostics(), 90);
     }
-}
-
-fn spawn_nginx(dir: &Path) -> ManagedChild {
-    let mut command = Command::new(NGINX_BIN);
-    command
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .args(["-g", "daemon off;"]);
-    ManagedChild::spawn("nginx", command, &dir.join("nginx.out"))
 }
 
 fn server_block(dir: &Path, index: usize, server: &TlsServer, port: u16) -> String {
