@@ -101,11 +101,16 @@ fn delete_and_recreate_policy() {
     // with 400: correct, since no policy applies any more.
     stack.manifests.delete_policy();
     stack.wait_for_status(400);
-    assert_ne!(
-        stack.nginx.plaintext_requests(),
-        vec![],
-        "the 400 did not come from NGINX receiving plaintext"
-    );
+    // NGINX writes its access-log line after the response has gone out, so wait for it.
+    let nginx = &stack.nginx;
+    wait_until("NGINX to log the plaintext request behind the 400", Duration::from_secs(5), || {
+        let plaintext = nginx.plaintext_requests();
+        if plaintext.is_empty() {
+            Err(nginx.access_log_lines())
+        } else {
+            Ok(())
+        }
+    });
     let mut keep_alive = HttpConnection::connect(stack.gateway_port).expect("connect");
     assert_eq!(get_on(&mut keep_alive), 400);
 
