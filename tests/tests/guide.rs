@@ -31,12 +31,21 @@ fn guide_walkthrough() {
     let tls13 = stack.nginx_cluster_stat("ssl.versions.TLSv1.3");
     assert!(tls12 + tls13 >= 1, "no TLS version counted (1.2: {tls12}, 1.3: {tls13})");
 
-    let lines = stack.nginx.access_log_lines();
-    assert!(
-        lines
-            .iter()
-            .any(|line| line.sni == HOSTNAME && line.scheme == "https" && line.status == 200),
-        "nginx saw no TLS request with SNI {HOSTNAME}: {lines:?}"
+    // NGINX logs a request after answering it, so wait for the line.
+    let nginx = &stack.nginx;
+    wait_until(
+        &format!("nginx to log a TLS request with SNI {HOSTNAME}"),
+        Duration::from_secs(5),
+        || {
+            let lines = nginx.access_log_lines();
+            let seen =
+                lines.iter().any(|l| l.sni == HOSTNAME && l.scheme == "https" && l.status == 200);
+            if seen {
+                Ok(())
+            } else {
+                Err(lines)
+            }
+        },
     );
     assert_eq!(stack.nginx.plaintext_requests(), vec![], "plaintext reached nginx");
     assert_policy_condition_true(&stack, "Accepted");
