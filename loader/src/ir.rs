@@ -20,7 +20,7 @@ pub struct Ir {
 }
 
 /// One Envoy listener: a port of one Gateway, with every HTTP listener of that Gateway on it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct Listener {
     /// Also the name of its route configuration.
     pub name: String,
@@ -28,7 +28,7 @@ pub struct Listener {
     pub virtual_hosts: Vec<VirtualHost>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct VirtualHost {
     pub name: String,
     pub domains: Vec<String>,
@@ -36,7 +36,7 @@ pub struct VirtualHost {
     pub routes: Vec<Route>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct Route {
     /// `<namespace>/<route>/rule/<i>/match/<j>`.
     pub name: String,
@@ -44,14 +44,14 @@ pub struct Route {
     pub action: RouteAction,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Eq, Serialize)]
 pub enum PathMatch {
     /// Gateway API `PathPrefix`: matches whole path segments.
     Prefix(String),
     Exact(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub enum RouteAction {
     Forward(Vec<WeightedCluster>),
     /// A local answer: missing backends (500) or a backend whose policy cannot be met (503).
@@ -61,14 +61,14 @@ pub enum RouteAction {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct WeightedCluster {
     pub cluster: String,
     pub weight: u32,
 }
 
 /// One Service port.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct Cluster {
     pub name: String,
     pub service: ObjectKey,
@@ -78,7 +78,7 @@ pub struct Cluster {
     pub tls: Option<BackendTls>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub enum Endpoints {
     /// Ready addresses from EndpointSlices, with the slice's port number.
     Static(Vec<SocketAddr>),
@@ -86,7 +86,7 @@ pub enum Endpoints {
     Dns { hostname: String, port: u16 },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct BackendTls {
     pub policy: ObjectKey,
     /// Always the SNI; the identity to verify unless `subject_alt_names` is non-empty.
@@ -100,7 +100,7 @@ pub struct BackendTls {
 }
 
 /// TLS settings from the policy's `spec.options`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Eq, Serialize)]
 pub struct TlsParams {
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
@@ -121,7 +121,7 @@ impl Default for TlsParams {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Hash, Eq, PartialOrd, Ord, Serialize)]
 pub enum TlsVersion {
     Tls12,
     Tls13,
@@ -138,14 +138,14 @@ impl BackendTls {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Eq, Serialize)]
 pub enum SubjectAltName {
     /// A DNS name; may start with `*.`.
     Hostname(String),
     Uri(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub enum Trust {
     /// Verify against the bundle stored under this secret name in [`Ir::ca_bundles`].
     Ca { secret: String },
@@ -191,4 +191,23 @@ fn short_digest(parts: &[&str]) -> String {
         hasher.update(part.as_bytes());
     }
     hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A 128-bit digest of an IR value, for telling whether a cluster or virtual host changed
+/// without keeping a copy of it. SHA-256 under [`std::hash::Hash`], whose encoding of strings
+/// and sequences is unambiguous (lengths and terminators), truncated to 16 bytes.
+pub fn digest(value: &impl std::hash::Hash) -> [u8; 16] {
+    use sha2::Digest;
+    struct Sha(sha2::Sha256);
+    impl std::hash::Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            unreachable!("digest() reads the full SHA-256 state, not a u64")
+        }
+    }
+    let mut hasher = Sha(sha2::Sha256::new());
+    value.hash(&mut hasher);
+    hasher.0.finalize()[..16].try_into().expect("SHA-256 is 32 bytes")
 }

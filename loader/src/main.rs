@@ -2,6 +2,7 @@
 
 /// mimalloc rather than glibc's allocator: the loader rebuilds large, short-lived structures on
 /// every change, and glibc's per-thread arenas kept about 70 MB more resident at 10,000 backends.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

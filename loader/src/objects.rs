@@ -5,7 +5,86 @@
 //! the spec gives them different meanings (e.g. a policy `sectionName`).
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// The string maps of Kubernetes objects (labels, ConfigMap and Secret data): sorted pairs.
+/// Most hold one to three entries, and the loader keeps tens of thousands of them, where a
+/// `BTreeMap` spends a node of about 500 bytes on even one entry. Long values (certificates) are
+/// shared between objects that hold the same text: thousands of ConfigMaps commonly carry the
+/// same CA bundle.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StringMap(Vec<(String, Arc<str>)>);
+
+impl StringMap {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.shared(key).map(|v| &**v)
+    }
+
+    /// The value as a shared string, for keeping it without copying.
+    pub fn shared(&self, key: &str) -> Option<&Arc<str>> {
+        let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.0[at].1)
+    }
+
+    pub fn insert(&mut self, key: String, value: &str) {
+        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(at) => self.0[at].1 = value.into(),
+            Err(at) => self.0.insert(at, (key, value.into())),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for StringMap {
+    type Output = str;
+    fn index(&self, key: &str) -> &str {
+        self.get(key).unwrap_or_else(|| panic!("no key {key}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for StringMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Sorted and free of duplicates by way of the map.
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        Ok(StringMap(map.into_iter().map(|(k, v)| (k, intern(v))).collect()))
+    }
+}
+
+/// Values at least this long are shared by content (see [`StringMap`]).
+const SHARED_VALUE_MIN_LEN: usize = 256;
+
+/// The shared long values: each is kept while an object holds it ([`release_unused_values`]).
+static SHARED_VALUES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+
+fn intern(value: String) -> Arc<str> {
+    if value.len() < SHARED_VALUE_MIN_LEN {
+        return value.into();
+    }
+    let mut shared = SHARED_VALUES.lock().unwrap();
+    if let Some(existing) = shared.get(value.as_str()) {
+        return existing.clone();
+    }
+    let value: Arc<str> = value.into();
+    shared.insert(value.clone());
+    value
+}
+
+/// Forgets shared values no object holds any more; called after every reload of the sources.
+pub fn release_unused_values() {
+    SHARED_VALUES.lock().unwrap().retain(|v| Arc::strong_count(v) > 1);
+}
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -14,7 +93,7 @@ pub struct ObjectMeta {
     #[serde(default)]
     pub namespace: Option<String>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: StringMap,
     #[serde(default)]
     pub generation: Option<i64>,
     /// RFC 3339, as the API server writes it (`2024-05-01T10:00:00Z`). Objects from files may
@@ -124,13 +203,13 @@ pub struct LabelSelectorRequirement {
 
 impl LabelSelector {
     /// Kubernetes label-selector semantics (matchLabels AND matchExpressions).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn matches(&self, labels: &StringMap) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|req| {
                 let value = labels.get(&req.key);
                 match req.operator.as_str() {
-                    "In" => value.is_some_and(|v| req.values.contains(v)),
-                    "NotIn" => value.is_none_or(|v| !req.values.contains(v)),
+                    "In" => value.is_some_and(|v| req.values.iter().any(|x| x == v)),
+                    "NotIn" => value.is_none_or(|v| !req.values.iter().any(|x| x == v)),
                     "Exists" => value.is_some(),
                     "DoesNotExist" => value.is_none(),
                     _ => false,
@@ -393,7 +472,7 @@ pub struct EndpointPort {
 pub struct ConfigMap {
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub data: BTreeMap<String, String>,
+    pub data: StringMap,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -402,10 +481,10 @@ pub struct Secret {
     pub metadata: ObjectMeta,
     /// Base64-encoded values, as in the API.
     #[serde(default)]
-    pub data: BTreeMap<String, String>,
+    pub data: StringMap,
     /// Plain values; the API server merges them into `data` on write, so the loader does too.
     #[serde(default)]
-    pub string_data: BTreeMap<String, String>,
+    pub string_data: StringMap,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
 }

@@ -233,7 +233,7 @@ pub struct ConfigDir {
     /// it anew for every change costs more than the change.
     store: Store,
     /// Which files define each object, in path order; the first one's definition is in `store`.
-    owners: BTreeMap<(&'static str, ObjectKey), Vec<PathBuf>>,
+    owners: BTreeMap<(&'static str, ObjectKey), Vec<Arc<Path>>>,
     /// Objects defined in more than one file.
     duplicated: BTreeSet<(&'static str, ObjectKey)>,
 }
@@ -278,9 +278,7 @@ impl ConfigDir {
         let mut listed = Vec::new();
         collect_yaml_files(&self.root, &mut listed)?;
         let mut next = BTreeMap::new();
-        let mut to_parse = Vec::new();
-        // Files whose objects may change, with the objects they had.
-        let mut touched: Vec<(PathBuf, Vec<Object>)> = Vec::new();
+        let mut to_read = Vec::new();
         for (path, stamp) in listed {
             let previous = self.files.remove(&path);
             let settled = matches!((stamp.modified, settled_before), (Some(m), Some(s)) if m < s);
@@ -288,44 +286,15 @@ impl ConfigDir {
                 next.insert(path, previous.expect("checked above"));
                 continue;
             }
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let digest = content_digest(&text);
-                    match previous {
-                        Some(mut state) if state.digest == digest => {
-                            state.stamp = stamp;
-                            next.insert(path, state);
-                        }
-                        previous => {
-                            let old = previous.as_ref().map(|p| p.good.clone()).unwrap_or_default();
-                            touched.push((path.clone(), old));
-                            to_parse.push((path, stamp, digest, text, previous))
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Vanished between listing and reading, or unreadable: keep what we had.
-                    let mut state = previous.unwrap_or(FileState {
-                        stamp,
-                        digest: 0,
-                        good: Vec::new(),
-                        error: None,
-                    });
-                    state.error = Some(SourceError {
-                        file: path.clone(),
-                        document: None,
-                        object: None,
-                        reason: format!("cannot read: {e}"),
-                    });
-                    // No trusted stamp: the next reload reads it again (a permission fix does
-                    // not change the modification time).
-                    state.stamp.modified = None;
-                    next.insert(path, state);
-                }
-            }
+            to_read.push(ReadJob { path, stamp, previous });
         }
-        let parsed_files = to_parse.len();
-        for (path, state) in parse_all(to_parse) {
+        let read_files = to_read.len();
+        // Files whose objects may change, with the objects they had.
+        let mut touched: Vec<(PathBuf, Vec<Object>)> = Vec::new();
+        for (path, state, replaced) in read_all(to_read) {
+            if let Some(old) = replaced {
+                touched.push((path.clone(), old));
+            }
             next.insert(path, state);
         }
         for (path, removed) in std::mem::take(&mut self.files) {
@@ -335,7 +304,8 @@ impl ConfigDir {
         for (path, old) in touched {
             self.update_store(&path, &old);
         }
-        tracing::debug!(elapsed = ?started.elapsed(), files = self.files.len(), parsed_files, "reload");
+        crate::objects::release_unused_values();
+        tracing::debug!(elapsed = ?started.elapsed(), files = self.files.len(), read_files, "reload");
         Ok(())
     }
 
@@ -347,19 +317,21 @@ impl ConfigDir {
     /// Brings `store` up to date for one file whose objects were `old`.
     fn update_store(&mut self, path: &Path, old: &[Object]) {
         let new = self.files.get(path).map(|f| f.good.as_slice()).unwrap_or_default();
+        // One allocation for the path, shared by its objects' entries.
+        let shared_path: Arc<Path> = path.into();
         let mut affected = BTreeSet::new();
         for object in old {
             let id = (object.kind(), object.key());
             if let Some(paths) = self.owners.get_mut(&id) {
-                paths.retain(|p| p != path);
+                paths.retain(|p| **p != *path);
             }
             affected.insert(id);
         }
         for object in new {
             let id = (object.kind(), object.key());
             let paths = self.owners.entry(id.clone()).or_default();
-            if let Err(at) = paths.binary_search_by(|p| p.as_path().cmp(path)) {
-                paths.insert(at, path.to_path_buf());
+            if let Err(at) = paths.binary_search_by(|p| (**p).cmp(path)) {
+                paths.insert(at, shared_path.clone());
             }
             affected.insert(id);
         }
@@ -371,7 +343,7 @@ impl ConfigDir {
                     self.store.remove(id.0, &id.1);
                 }
                 Some(first) => {
-                    let object = self.files[&first]
+                    let object = self.files[&*first]
                         .good
                         .iter()
                         .find(|o| o.kind() == id.0 && o.key() == id.1)
@@ -396,7 +368,7 @@ impl ConfigDir {
             .iter()
             .flat_map(|(kind, key)| {
                 self.owners[&(*kind, key.clone())][1..].iter().map(move |path| SourceError {
-                    file: path.clone(),
+                    file: path.to_path_buf(),
                     document: None,
                     object: Some(format!("{kind} {key}")),
                     reason: "defined more than once; the first definition is used".into(),
@@ -407,25 +379,20 @@ impl ConfigDir {
     }
 }
 
-type ParseJob = (PathBuf, FileStamp, u64, String, Option<FileState>);
+/// A file that is new or may have changed since the previous reload.
+struct ReadJob {
+    path: PathBuf,
+    stamp: FileStamp,
+    previous: Option<FileState>,
+}
 
-/// Parses files on every core: YAML parsing is most of the loader's start-up time.
-fn parse_all(jobs: Vec<ParseJob>) -> Vec<(PathBuf, FileState)> {
-    let parse = |(path, stamp, digest, text, previous): ParseJob| {
-        let state = match parse_documents(&path, &text) {
-            Ok(good) => FileState { stamp, digest, good, error: None },
-            Err(error) => FileState {
-                stamp,
-                digest,
-                good: previous.map(|p| p.good).unwrap_or_default(),
-                error: Some(error),
-            },
-        };
-        (path, state)
-    };
+/// Reads and parses files on every core, each worker holding one file's text at a time (at ten
+/// thousand files, holding every text at once would double the loader's peak memory). Returns
+/// each file's new state and, when its objects were replaced, the objects it had before.
+fn read_all(jobs: Vec<ReadJob>) -> Vec<(PathBuf, FileState, Option<Vec<Object>>)> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
     if threads <= 1 {
-        return jobs.into_iter().map(parse).collect();
+        return jobs.into_iter().map(read_one).collect();
     }
     let chunk = jobs.len().div_ceil(threads);
     let mut jobs = jobs;
@@ -437,10 +404,51 @@ fn parse_all(jobs: Vec<ParseJob>) -> Vec<(PathBuf, FileState)> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|chunk| scope.spawn(move || chunk.into_iter().map(parse).collect::<Vec<_>>()))
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(read_one).collect::<Vec<_>>()))
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("parsing does not panic")).collect()
     })
+}
+
+fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
+    let ReadJob { path, stamp, previous } = job;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            // Vanished between listing and reading, or unreadable: keep what we had.
+            let mut state =
+                previous.unwrap_or(FileState { stamp, digest: 0, good: Vec::new(), error: None });
+            state.error = Some(SourceError {
+                file: path.clone(),
+                document: None,
+                object: None,
+                reason: format!("cannot read: {e}"),
+            });
+            // No trusted stamp: the next reload reads it again (a permission fix does not
+            // change the modification time).
+            state.stamp.modified = None;
+            return (path, state, None);
+        }
+    };
+    let digest = content_digest(&text);
+    match previous {
+        Some(mut state) if state.digest == digest => {
+            // Rewritten with the same content (or only touched): nothing to parse.
+            state.stamp = stamp;
+            (path, state, None)
+        }
+        previous => match parse_documents(&path, &text) {
+            Ok(good) => {
+                let old = previous.map(|p| p.good).unwrap_or_default();
+                (path, FileState { stamp, digest, good, error: None }, Some(old))
+            }
+            Err(error) => {
+                // Broken: the last good content stays in use, so the store does not change.
+                let good = previous.map(|p| p.good).unwrap_or_default();
+                (path, FileState { stamp, digest, good, error: Some(error) }, None)
+            }
+        },
+    }
 }
 
 fn content_digest(text: &str) -> u64 {
@@ -545,13 +553,13 @@ metadata: { name: ignored }
         config.reload().unwrap();
         let key = ObjectKey::new("default", "ca");
         let (store, errors) = config.store();
-        assert_eq!(store.config_map(&key).unwrap().data["ca.crt"], "from-a");
+        assert_eq!(&store.config_map(&key).unwrap().data["ca.crt"], "from-a");
         assert_eq!(errors.len(), 1);
         assert!(errors[0].file.ends_with("b.yaml"), "{errors:?}");
         std::fs::remove_file(dir.join("a.yaml")).unwrap();
         config.reload().unwrap();
         let (store, errors) = config.store();
-        assert_eq!(store.config_map(&key).unwrap().data["ca.crt"], "from-b");
+        assert_eq!(&store.config_map(&key).unwrap().data["ca.crt"], "from-b");
         assert!(errors.is_empty());
         std::fs::remove_file(dir.join("b.yaml")).unwrap();
         config.reload().unwrap();
@@ -577,7 +585,7 @@ metadata: { name: ignored }
         assert_eq!(config.errors().len(), 1);
         let (store, _) = config.store();
         let ca = store.config_map(&ObjectKey::new("default", "ca")).unwrap();
-        assert_eq!(ca.data["ca.crt"], "one");
+        assert_eq!(&ca.data["ca.crt"], "one");
         std::fs::remove_file(&file).unwrap();
         config.reload().unwrap();
         assert!(config.store().0.config_map(&ObjectKey::new("default", "ca")).is_none());

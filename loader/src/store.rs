@@ -76,10 +76,10 @@ impl Store {
 
     /// Labels of a namespace. Without a Namespace object, Kubernetes' automatic
     /// `kubernetes.io/metadata.name` label is still there.
-    pub fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+    pub fn namespace_labels(&self, namespace: &str) -> StringMap {
         let mut labels =
             self.namespaces.get(namespace).map(|ns| ns.metadata.labels.clone()).unwrap_or_default();
-        labels.insert("kubernetes.io/metadata.name".into(), namespace.into());
+        labels.insert("kubernetes.io/metadata.name".into(), namespace);
         labels
     }
 
@@ -93,7 +93,8 @@ impl Store {
             .take_while(move |(k, _)| k.namespace == service.namespace)
             .map(|(_, slice)| &**slice)
             .filter(move |slice| {
-                slice.metadata.labels.get("kubernetes.io/service-name") == Some(&service.name)
+                slice.metadata.labels.get("kubernetes.io/service-name")
+                    == Some(service.name.as_str())
             })
     }
 }

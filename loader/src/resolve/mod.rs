@@ -94,7 +94,7 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     for cluster in ir.clusters.values() {
         if let Some(BackendTls { trust: Trust::Ca { secret }, .. }) = &cluster.tls {
             let pem = policies.bundles[secret].clone();
-            ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
+            ir.ca_bundles.insert(secret.clone(), CaBundle { pem: pem.to_string() });
         }
     }
     Resolution { ir, policies: policies.reports(), gateways, problems }

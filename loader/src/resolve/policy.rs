@@ -8,6 +8,7 @@ use crate::objects::{BackendTlsPolicy, ServicePort};
 use crate::status::{AncestorRef, Condition, PolicyReport};
 use crate::store::{ObjectKey, Store};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Domain-prefixed `spec.options` keys this implementation understands.
 pub mod option_keys {
@@ -65,7 +66,7 @@ pub struct PolicyIndex {
     /// The same targets -> every policy that names them, winners and losers.
     contenders: BTreeMap<ObjectKey, Vec<(Section, Vec<ObjectKey>)>>,
     /// Usable CA bundles by secret name.
-    pub bundles: BTreeMap<String, String>,
+    pub bundles: BTreeMap<String, Arc<str>>,
 }
 
 impl PolicyIndex {
@@ -176,7 +177,7 @@ fn resolve_policy(
     options: &Options,
     key: &ObjectKey,
     policy: &BackendTlsPolicy,
-    bundles: &mut BTreeMap<String, String>,
+    bundles: &mut BTreeMap<String, Arc<str>>,
 ) -> (ResolvedPolicy, Vec<Target>) {
     let validation = &policy.spec.validation;
     let mut resolved = ResolvedPolicy {
@@ -291,12 +292,12 @@ fn resolve_policy(
     let (bundle, secret) = match <[_; 1]>::try_from(pems) {
         Ok([only]) => (only.pem, only.secret_name),
         Err(pems) => {
-            let bundle: String = pems.into_iter().map(|b| b.pem).collect();
+            let bundle: String = pems.iter().map(|b| &*b.pem).collect();
             let secret = ca_secret_name(&bundle);
-            (bundle, secret)
+            (bundle.into(), secret)
         }
     };
-    bundles.insert(secret.clone(), bundle);
+    bundles.entry(secret.clone()).or_insert(bundle);
     resolved.trust = Trust::Ca { secret };
 
     let mut message = "Policy is accepted".to_string();

@@ -6,6 +6,7 @@ use crate::objects::{LocalObjectRef, Secret};
 use crate::store::{ObjectKey, Store};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,8 +23,8 @@ pub enum RefError {
 /// A usable CA bundle and what was left out of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaCertificates {
-    /// PEM of the usable certificates only.
-    pub pem: String,
+    /// PEM of the usable certificates only (shared with the parse cache).
+    pub pem: Arc<str>,
     /// [`crate::ir::ca_secret_name`] of `pem`, computed once per bundle content.
     pub secret_name: String,
     /// Certificates left out, with the reason (e.g. expired); the others still work.
@@ -43,18 +44,20 @@ pub fn ca_ref(
                 .config_maps
                 .get(&key)
                 .ok_or_else(|| RefError::Invalid(format!("ConfigMap {key} not found")))?;
-            cm.data
-                .get("ca.crt")
-                .cloned()
-                .ok_or_else(|| RefError::Invalid(format!("ConfigMap {key} has no key ca.crt")))?
+            let pem = cm.data.get("ca.crt");
+            Cow::Borrowed(
+                pem.ok_or_else(|| RefError::Invalid(format!("ConfigMap {key} has no key ca.crt")))?,
+            )
         }
         ("", "Secret") => {
             let secret = store
                 .secrets
                 .get(&key)
                 .ok_or_else(|| RefError::Invalid(format!("Secret {key} not found")))?;
-            secret_value(secret, "ca.crt")
-                .map_err(|e| RefError::Invalid(format!("Secret {key}: {e}")))?
+            Cow::Owned(
+                secret_value(secret, "ca.crt")
+                    .map_err(|e| RefError::Invalid(format!("Secret {key}: {e}")))?,
+            )
         }
         (group, kind) => {
             let group = if group.is_empty() { "core" } else { group };
@@ -94,14 +97,14 @@ pub fn ca_bundle(pem: &str) -> Result<CaCertificates, String> {
         return Ok(CaCertificates { pem, secret_name, skipped });
     }
     let pem = to_pem(&usable);
-    Ok(CaCertificates { secret_name: crate::ir::ca_secret_name(&pem), pem, skipped })
+    Ok(CaCertificates { secret_name: crate::ir::ca_secret_name(&pem), pem: pem.into(), skipped })
 }
 
 /// What does not change with time: the certificates of a bundle and their validity periods.
 struct ParsedBundle {
     certificates: Vec<ParsedCertificate>,
     /// All certificates re-encoded as clean PEM (comments and other blocks dropped).
-    pem: String,
+    pem: Arc<str>,
     secret_name: String,
 }
 
@@ -162,7 +165,7 @@ fn parse_bundle(pem: &str) -> Result<ParsedBundle, String> {
         });
     }
     let pem = to_pem(&certificates.iter().map(|c| c.der.clone()).collect::<Vec<_>>());
-    Ok(ParsedBundle { certificates, secret_name: crate::ir::ca_secret_name(&pem), pem })
+    Ok(ParsedBundle { certificates, secret_name: crate::ir::ca_secret_name(&pem), pem: pem.into() })
 }
 
 fn to_pem(certs: &[CertificateDer<'_>]) -> String {
@@ -184,7 +187,7 @@ fn to_pem(certs: &[CertificateDer<'_>]) -> String {
 pub fn secret_value(secret: &Secret, key: &str) -> Result<String, String> {
     use base64::Engine;
     if let Some(value) = secret.string_data.get(key) {
-        return Ok(value.clone());
+        return Ok(value.to_string());
     }
     let encoded = secret.data.get(key).ok_or_else(|| format!("has no key {key}"))?;
     let bytes = base64::engine::general_purpose::STANDARD

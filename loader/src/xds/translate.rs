@@ -178,24 +178,39 @@ fn pack_versioned<T: Message + Name>(v: Versioned<T>) -> Arc<PackedResource> {
     Arc::new(PackedResource { resource: pack(&v.resource), version: v.version })
 }
 
-/// A listener's IR and what it translated to.
-type ListenerEntry = (ir::Listener, Arc<PackedResource>, Option<Arc<PackedResource>>);
-/// A cluster's IR and what it translated to.
-type ClusterEntry = (ir::Cluster, Arc<PackedResource>, Option<Arc<PackedResource>>);
+/// What one listener translated to, and the digest of the IR it came from.
+struct ListenerEntry {
+    source: [u8; 16],
+    listener: Arc<PackedResource>,
+    routes: Option<Arc<PackedResource>>,
+}
 
-/// `serve`'s translation: straight to encoded resources, remembering them per listener and per
-/// cluster keyed by the IR value they came from. At ten thousand backends, rebuilding, encoding and
-/// fingerprinting every unchanged cluster would dominate the time a change takes to apply, and
-/// keeping Envoy's structs (kilobytes each) would dominate memory. The output equals a fresh
-/// translation (tests compare them on random edit sequences).
+/// What one cluster translated to, and the digest of the IR it came from.
+struct ClusterEntry {
+    source: [u8; 16],
+    cluster: Arc<PackedResource>,
+    load_assignment: Option<Arc<PackedResource>>,
+}
+
+/// One virtual host's encoding (a route configuration is their concatenation).
+struct VirtualHostEntry {
+    source: [u8; 16],
+    encoded: Vec<u8>,
+}
+
+/// `serve`'s translation: straight to encoded resources, remembering them per listener, virtual
+/// host and cluster with a digest of the IR they came from ([`ir::digest`]). At ten thousand
+/// backends, rebuilding, encoding and fingerprinting every unchanged cluster would dominate the
+/// time a change takes to apply, and keeping Envoy's structs (kilobytes each) or copies of the IR
+/// would dominate memory. The output equals a fresh translation (tests compare them on random edit
+/// sequences).
 #[derive(Default)]
 pub struct Translator {
     /// The options the cache was filled under; a change clears it.
     options: Option<String>,
     listeners: HashMap<String, ListenerEntry>,
     clusters: HashMap<String, ClusterEntry>,
-    /// Encoded virtual hosts by name, with the IR they came from.
-    virtual_hosts: HashMap<String, (ir::VirtualHost, Vec<u8>)>,
+    virtual_hosts: HashMap<String, VirtualHostEntry>,
 }
 
 impl Translator {
@@ -211,21 +226,28 @@ impl Translator {
         let mut listeners = HashMap::with_capacity(ir.listeners.len());
         let mut virtual_hosts = HashMap::new();
         for l in &ir.listeners {
-            let (listener, routes) = match self.listeners.remove(&l.name) {
-                Some((cached, listener, routes)) if &cached == l => {
+            // Per virtual host first: the listener's digest is over theirs.
+            let host_digests: Vec<[u8; 16]> = l.virtual_hosts.iter().map(ir::digest).collect();
+            let source = ir::digest(&(&l.name, l.port, &host_digests));
+            let entry = match self.listeners.remove(&l.name) {
+                Some(entry) if entry.source == source => {
                     // Keep its virtual hosts' encodings for the next change.
                     for vh in &l.virtual_hosts {
                         if let Some(entry) = self.virtual_hosts.remove(&vh.name) {
                             virtual_hosts.insert(vh.name.clone(), entry);
                         }
                     }
-                    (listener, routes)
+                    entry
                 }
                 _ if options.delivery == Delivery::Ads => {
                     let empty = route::RouteConfiguration::default();
                     let listener = versioned(&(l, options), gateway_listener(l, options, &empty));
-                    let bytes =
-                        encode_route_configuration(l, &mut self.virtual_hosts, &mut virtual_hosts);
+                    let bytes = encode_route_configuration(
+                        l,
+                        &host_digests,
+                        &mut self.virtual_hosts,
+                        &mut virtual_hosts,
+                    );
                     let routes = PackedResource {
                         version: digest_hex(&bytes),
                         resource: Any {
@@ -233,37 +255,48 @@ impl Translator {
                             value: bytes,
                         },
                     };
-                    (pack_versioned(listener), Some(Arc::new(routes)))
+                    ListenerEntry {
+                        source,
+                        listener: pack_versioned(listener),
+                        routes: Some(Arc::new(routes)),
+                    }
                 }
                 _ => {
                     let (listener, routes) = listener_resources(l, options);
-                    (pack_versioned(listener), routes.map(pack_versioned))
+                    ListenerEntry {
+                        source,
+                        listener: pack_versioned(listener),
+                        routes: routes.map(pack_versioned),
+                    }
                 }
             };
-            put(listener::Listener::type_url(), &l.name, &listener);
-            if let Some(routes) = &routes {
+            put(listener::Listener::type_url(), &l.name, &entry.listener);
+            if let Some(routes) = &entry.routes {
                 put(route::RouteConfiguration::type_url(), &l.name, routes);
             }
-            listeners.insert(l.name.clone(), (l.clone(), listener, routes));
+            listeners.insert(l.name.clone(), entry);
         }
         self.listeners = listeners;
         self.virtual_hosts = virtual_hosts;
         let mut clusters = HashMap::with_capacity(ir.clusters.len());
         for c in ir.clusters.values() {
-            let (cluster, load_assignment) = match self.clusters.remove(&c.name) {
-                Some((cached, cluster, load_assignment)) if &cached == c => {
-                    (cluster, load_assignment)
-                }
+            let source = ir::digest(c);
+            let entry = match self.clusters.remove(&c.name) {
+                Some(entry) if entry.source == source => entry,
                 _ => {
                     let (cluster, load_assignment) = cluster_resources(c, ir, options);
-                    (pack_versioned(cluster), load_assignment.map(pack_versioned))
+                    ClusterEntry {
+                        source,
+                        cluster: pack_versioned(cluster),
+                        load_assignment: load_assignment.map(pack_versioned),
+                    }
                 }
             };
-            put(cluster::Cluster::type_url(), &c.name, &cluster);
-            if let Some(load_assignment) = &load_assignment {
+            put(cluster::Cluster::type_url(), &c.name, &entry.cluster);
+            if let Some(load_assignment) = &entry.load_assignment {
                 put(endpoint::ClusterLoadAssignment::type_url(), &c.name, load_assignment);
             }
-            clusters.insert(c.name.clone(), (c.clone(), cluster, load_assignment));
+            clusters.insert(c.name.clone(), entry);
         }
         self.clusters = clusters;
         if options.delivery == Delivery::Ads {
@@ -497,22 +530,23 @@ fn virtual_host(vh: &ir::VirtualHost) -> route::VirtualHost {
 /// megabytes per change and re-encoding the hosts that did not change.
 fn encode_route_configuration(
     l: &ir::Listener,
-    cache: &mut HashMap<String, (ir::VirtualHost, Vec<u8>)>,
-    next_cache: &mut HashMap<String, (ir::VirtualHost, Vec<u8>)>,
+    host_digests: &[[u8; 16]],
+    cache: &mut HashMap<String, VirtualHostEntry>,
+    next_cache: &mut HashMap<String, VirtualHostEntry>,
 ) -> Vec<u8> {
     use prost::encoding::{encode_key, encode_varint, WireType};
     let mut out = Vec::new();
     // RouteConfiguration: name = 1, virtual_hosts = 2.
     prost::encoding::string::encode(1, &l.name, &mut out);
-    for vh in &l.virtual_hosts {
+    for (vh, &source) in l.virtual_hosts.iter().zip(host_digests) {
         let encoded = match cache.remove(&vh.name) {
-            Some((cached, bytes)) if &cached == vh => bytes,
+            Some(entry) if entry.source == source => entry.encoded,
             _ => virtual_host(vh).encode_to_vec(),
         };
         encode_key(2, WireType::LengthDelimited, &mut out);
         encode_varint(encoded.len() as u64, &mut out);
         out.extend_from_slice(&encoded);
-        next_cache.insert(vh.name.clone(), (vh.clone(), encoded));
+        next_cache.insert(vh.name.clone(), VirtualHostEntry { source, encoded });
     }
     out
 }
