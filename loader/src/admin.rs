@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 pub struct LoaderStatus {
     pub ready: bool,
     pub snapshot_version: u64,
-    /// Rendered as JSON when `/status` is asked for.
-    pub status: Arc<crate::pipeline::StatusReport>,
+    /// `/status`'s body ([`crate::pipeline::StatusReport::render`]).
+    pub status: Arc<String>,
     pub builds: u64,
     pub last_build_seconds: f64,
     pub snapshot_bytes: usize,
@@ -77,11 +77,7 @@ impl Admin {
             "/healthz" => (200, "text/plain", "ok\n".into()),
             "/readyz" if status.ready => (200, "text/plain", "ready\n".into()),
             "/readyz" => (503, "text/plain", "no snapshot yet\n".into()),
-            "/status" => {
-                let mut body = status.status.to_json();
-                body["snapshot_version"] = status.snapshot_version.into();
-                (200, "application/json", format!("{body:#}\n"))
-            }
+            "/status" => (200, "application/json", status.status.to_string()),
             "/xds" => {
                 let body = serde_json::json!({
                     "snapshot_version": status.snapshot_version,

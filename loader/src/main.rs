@@ -6,6 +6,31 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Tunes mimalloc for a process whose every rebuild frees what the previous one built: freed
+/// pages go back to the OS at once instead of after 10 ms, and arena memory is committed as it is
+/// used rather than all up front. At 10,000 backends the two took the serving loader's peak
+/// resident memory from about 200 MB to under 150 MB (BENCHMARKS.md), for a few more page faults
+/// per rebuild. The arena option only counts before the first allocation reserves an arena, so
+/// this runs as an ELF constructor, before Rust's runtime allocates anything.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+extern "C" fn tune_allocator() {
+    use libmimalloc_sys::{mi_option_set, mi_option_t};
+    // Positions in mimalloc v2's `mi_option_e` (libmimalloc-sys 0.1.49 names neither).
+    const MI_OPTION_ARENA_EAGER_COMMIT: mi_option_t = 4;
+    const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
+    // SAFETY: writes process-wide options, which mimalloc allows at any time, even before its
+    // own initialization.
+    unsafe {
+        mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+}
+
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
 use backendtls_loader::{pipeline, resolve, serve, source::ConfigDir, xds};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;

@@ -117,6 +117,8 @@ impl Rebuilder<'_> {
         let resolved = pipeline::resolve(&self.config, &self.options.resolve);
         let resolved_at = started.elapsed();
         let resources = self.translator.translate(&resolved.resolution.ir, &self.options.translate);
+        // The IR is translated: free it before the snapshot is built.
+        let report = resolved.into_status();
         let current = self.snapshot_tx.borrow().clone();
         let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
@@ -133,16 +135,18 @@ impl Rebuilder<'_> {
         if changed {
             tracing::info!(version, seconds = elapsed.as_secs_f64(), "new snapshot");
         }
-        for error in &resolved.errors {
+        for error in &report.errors {
             tracing::warn!(%error, "input problem (the file's last good content stays in use)");
         }
-        for problem in resolved.problems() {
+        for problem in &report.problems {
             tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
         }
+        let rendered = Arc::new(report.render(version));
+        drop(report);
         let mut status = self.status.write().unwrap();
         status.ready = true;
         status.snapshot_version = version;
-        status.status = Arc::new(resolved.into_status());
+        status.status = rendered;
         status.builds += 1;
         status.last_build_seconds = elapsed.as_secs_f64();
         status.snapshot_bytes = bytes;

@@ -80,24 +80,9 @@ impl PolicyReport {
     }
 
     /// The Kubernetes form: `{namespace, name, status: {ancestors: [{ancestorRef, controllerName,
-    /// conditions}]}}`.
+    /// conditions}]}}` (see the `Serialize` impl).
     pub fn to_json(&self) -> serde_json::Value {
-        let ancestors: Vec<serde_json::Value> = self
-            .ancestors
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "ancestorRef": a,
-                    "controllerName": CONTROLLER_NAME,
-                    "conditions": self.conditions,
-                })
-            })
-            .collect();
-        serde_json::json!({
-            "namespace": self.namespace,
-            "name": self.name,
-            "status": { "ancestors": ancestors },
-        })
+        serde_json::to_value(self).expect("reports serialize")
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -112,4 +97,37 @@ pub struct GatewayReport {
     pub namespace: String,
     pub name: String,
     pub conditions: Vec<Condition>,
+}
+
+/// Written straight to JSON text (`serve` renders thousands of reports per build for `/status`,
+/// without building a `serde_json::Value` tree first).
+impl Serialize for PolicyReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Ancestor<'a> {
+            ancestor_ref: &'a AncestorRef,
+            controller_name: &'static str,
+            conditions: &'a [Condition],
+        }
+        #[derive(Serialize)]
+        struct Status<'a> {
+            ancestors: Vec<Ancestor<'a>>,
+        }
+        let ancestors = self
+            .ancestors
+            .iter()
+            .map(|a| Ancestor {
+                ancestor_ref: a,
+                controller_name: CONTROLLER_NAME,
+                conditions: &self.conditions,
+            })
+            .collect();
+        let mut out = s.serialize_struct("PolicyReport", 3)?;
+        out.serialize_field("namespace", &self.namespace)?;
+        out.serialize_field("name", &self.name)?;
+        out.serialize_field("status", &Status { ancestors })?;
+        out.end()
+    }
 }
