@@ -6,12 +6,12 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Tunes mimalloc for a process whose every rebuild frees what the previous one built: freed
-/// pages go back to the OS at once instead of after 10 ms, and arena memory is committed as it is
-/// used rather than all up front. At 10,000 backends the two took the serving loader's peak
-/// resident memory from about 200 MB to under 150 MB (BENCHMARKS.md), for a few more page faults
-/// per rebuild. The arena option only counts before the first allocation reserves an arena, so
-/// this runs as an ELF constructor, before Rust's runtime allocates anything.
+/// Tunes mimalloc for a process whose every rebuild frees most of what the previous one built:
+/// freed pages go back to the OS at once instead of after 10 ms, and arena memory is committed as
+/// it is used rather than up front. At 10,000 backends the two took the serving loader's peak
+/// resident memory from about 190 MB to under 150 MB (BENCHMARKS.md); the price is page faults,
+/// about a fifth of a rebuild's time. The arena option only counts before the first allocation
+/// reserves an arena, so this runs as an ELF constructor, before Rust's runtime allocates.
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 extern "C" fn tune_allocator() {
     use libmimalloc_sys::{mi_option_set, mi_option_t};

@@ -2,7 +2,7 @@
 
 use crate::objects::*;
 use crate::source::Object;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -35,6 +35,10 @@ pub struct Store {
     pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
     pub secrets: BTreeMap<ObjectKey, Arc<Secret>>,
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// Names of the EndpointSlices of each Service (by their `kubernetes.io/service-name` label),
+    /// kept with `endpoint_slices`: scanning a namespace's slices per Service made resolving
+    /// quadratic in the Services per namespace.
+    slices_by_service: BTreeMap<ObjectKey, BTreeSet<String>>,
 }
 
 impl Store {
@@ -47,7 +51,13 @@ impl Store {
             Object::BackendTlsPolicy(o) => drop(self.policies.insert(key, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
             Object::Service(o) => drop(self.services.insert(key, o)),
-            Object::EndpointSlice(o) => drop(self.endpoint_slices.insert(key, o)),
+            Object::EndpointSlice(o) => {
+                if let Some(old) = self.endpoint_slices.remove(&key) {
+                    self.link_slice(&key, &old, false);
+                }
+                self.link_slice(&key, &o, true);
+                self.endpoint_slices.insert(key, o);
+            }
             Object::ConfigMap(o) => drop(self.config_maps.insert(key, o)),
             Object::Secret(o) => drop(self.secrets.insert(key, o)),
             Object::Namespace(o) => drop(self.namespaces.insert(key.name, o)),
@@ -62,7 +72,11 @@ impl Store {
             "BackendTLSPolicy" => drop(self.policies.remove(key)),
             "ReferenceGrant" => drop(self.reference_grants.remove(key)),
             "Service" => drop(self.services.remove(key)),
-            "EndpointSlice" => drop(self.endpoint_slices.remove(key)),
+            "EndpointSlice" => {
+                if let Some(old) = self.endpoint_slices.remove(key) {
+                    self.link_slice(key, &old, false);
+                }
+            }
             "ConfigMap" => drop(self.config_maps.remove(key)),
             "Secret" => drop(self.secrets.remove(key)),
             "Namespace" => drop(self.namespaces.remove(&key.name)),
@@ -88,14 +102,25 @@ impl Store {
         &'a self,
         service: &'a ObjectKey,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.endpoint_slices
-            .range(ObjectKey::new(&service.namespace, "")..)
-            .take_while(move |(k, _)| k.namespace == service.namespace)
-            .map(|(_, slice)| &**slice)
-            .filter(move |slice| {
-                slice.metadata.labels.get("kubernetes.io/service-name")
-                    == Some(service.name.as_str())
-            })
+        self.slices_by_service.get(service).into_iter().flatten().filter_map(move |name| {
+            self.endpoint_slices.get(&ObjectKey::new(&service.namespace, name)).map(|s| &**s)
+        })
+    }
+
+    /// Adds (`linked`) or removes a slice in its Service's entry of `slices_by_service`.
+    fn link_slice(&mut self, key: &ObjectKey, slice: &EndpointSlice, linked: bool) {
+        let Some(service) = slice.metadata.labels.get("kubernetes.io/service-name") else {
+            return;
+        };
+        let service = ObjectKey::new(&key.namespace, service);
+        if linked {
+            self.slices_by_service.entry(service).or_default().insert(key.name.clone());
+        } else if let Some(names) = self.slices_by_service.get_mut(&service) {
+            names.remove(&key.name);
+            if names.is_empty() {
+                self.slices_by_service.remove(&service);
+            }
+        }
     }
 }
 

@@ -116,6 +116,17 @@ fn digest_hex(bytes: &[u8]) -> String {
     d[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Over ADS a listener names its route configuration and does not depend on the virtual hosts
+/// (serializing ten thousand of them on every route change cost more than the change); inline, it
+/// holds them.
+fn listener_version(l: &ir::Listener, options: &TranslateOptions) -> String {
+    if options.delivery == Delivery::Ads {
+        fingerprint(&(&l.name, l.port, options))
+    } else {
+        fingerprint(&(l, options))
+    }
+}
+
 fn versioned<T>(source: &impl serde::Serialize, resource: T) -> Versioned<T> {
     Versioned { version: fingerprint(source), resource }
 }
@@ -145,7 +156,10 @@ fn listener_resources(
     options: &TranslateOptions,
 ) -> (Versioned<listener::Listener>, Option<Versioned<route::RouteConfiguration>>) {
     let routes = route_configuration(l);
-    let listener = versioned(&(l, options), gateway_listener(l, options, &routes));
+    let listener = Versioned {
+        version: listener_version(l, options),
+        resource: gateway_listener(l, options, &routes),
+    };
     (listener, (options.delivery == Delivery::Ads).then(|| versioned(l, routes)))
 }
 
@@ -241,7 +255,10 @@ impl Translator {
                 }
                 _ if options.delivery == Delivery::Ads => {
                     let empty = route::RouteConfiguration::default();
-                    let listener = versioned(&(l, options), gateway_listener(l, options, &empty));
+                    let listener = Versioned {
+                        version: listener_version(l, options),
+                        resource: gateway_listener(l, options, &empty),
+                    };
                     let bytes = encode_route_configuration(
                         l,
                         &host_digests,
