@@ -82,10 +82,15 @@ impl GuideStack {
 
 /// Waits until the guide's request through the gateway on `gateway_port` answers `status`.
 pub fn wait_for_gateway_status(gateway_port: u16, status: u16) -> String {
+    wait_for_host_status(gateway_port, GUIDE_HOST, status)
+}
+
+/// Waits until `GET /` with `Host: host` through the gateway on `gateway_port` answers `status`.
+pub fn wait_for_host_status(gateway_port: u16, host: &str, status: u16) -> String {
     wait_until(
-        &format!("GET / (Host: {GUIDE_HOST}) on 127.0.0.1:{gateway_port} to answer {status}"),
+        &format!("GET / (Host: {host}) on 127.0.0.1:{gateway_port} to answer {status}"),
         CONVERGE_TIMEOUT,
-        || match try_http_get(gateway_port, GUIDE_HOST, "/") {
+        || match try_http_get(gateway_port, host, "/") {
             Ok((got, body)) if got == status => Ok(body),
             other => Err(other),
         },

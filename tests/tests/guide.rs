@@ -7,9 +7,11 @@
 
 use std::time::Duration;
 
-use backendtls_e2e::guide::{wait_for_gateway_status, GUIDE_HOST, HOSTNAME, NGINX_CLUSTER};
+use backendtls_e2e::guide::{
+    wait_for_gateway_status, wait_for_host_status, GUIDE_HOST, HOSTNAME, NGINX_CLUSTER,
+};
 use backendtls_e2e::{
-    free_port, render_bootstrap, validate_bootstrap, wait_until, Ads, Envoy, GuideStack,
+    free_port, http_get, render_bootstrap, validate_bootstrap, wait_until, Ads, Envoy, GuideStack,
     HttpConnection, Manifests, Nginx, TestCa, NGINX_BODY,
 };
 
@@ -133,6 +135,36 @@ fn delete_and_recreate_policy() {
     }
     let late_plaintext = stack.nginx.plaintext_requests().split_off(plaintext_before);
     assert_eq!(late_plaintext, vec![], "plaintext reached nginx after the policy came back");
+}
+
+/// Over delta ADS, virtual hosts come one by one over VHDS: a new route's host starts routing,
+/// and a deleted route's host stops (Envoy removes the virtual host by name), while the others keep
+/// working.
+#[test]
+fn routes_come_and_go_over_vhds() {
+    let stack = GuideStack::start("e2e-vhds");
+    stack.wait_for_status(200);
+    let route = std::fs::read_to_string(stack.manifests.path("route.yaml")).expect("read route");
+    let second = route
+        .replace("name: nginx-route", "name: second-route")
+        .replace("\"example.com\"", "\"second.example.com\"");
+    assert_ne!(second, route, "the example route changed shape; update this test");
+    let second_host = "second.example.com:8080";
+    assert_eq!(http_get(stack.gateway_port, second_host, "/").0, 404);
+    let listener = format!("gateway_kgateway-system_http_{}", stack.gateway_port);
+    let vhds_reloads =
+        || stack.envoy.stat(&format!("http.{listener}.rds.vhds.{listener}.config_reload"));
+    let reloads_before = vhds_reloads();
+
+    stack.manifests.write_file("second-route.yaml", &second);
+    wait_for_host_status(stack.gateway_port, second_host, 200);
+    let reloads_added = vhds_reloads();
+    assert!(reloads_added > reloads_before, "the new host came over VHDS");
+
+    std::fs::remove_file(stack.manifests.path("second-route.yaml")).expect("delete route");
+    wait_for_host_status(stack.gateway_port, second_host, 404);
+    assert!(vhds_reloads() > reloads_added, "the removal came over VHDS");
+    assert_eq!(get_new(&stack), 200, "the guide's host keeps routing");
 }
 
 #[test]

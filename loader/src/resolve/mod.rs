@@ -270,7 +270,9 @@ fn build_listener(
         .map(|(hostname, mut routes)| {
             routes.sort_by(|a, b| a.0.cmp(&b.0));
             VirtualHost {
-                name: format!("{}~{}", group.name, hostname),
+                // `<route configuration>/<host>`: VHDS's resource naming, which Envoy relies on
+                // to remove a virtual host by name (hostnames hold no `/`).
+                name: format!("{}/{}", group.name, hostname),
                 domains: vec![hostname],
                 routes: routes.into_iter().map(|(_, r)| r).collect(),
             }

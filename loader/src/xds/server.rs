@@ -313,7 +313,7 @@ impl Session {
         snapshot: &Snapshot,
     ) -> Option<DeltaDiscoveryResponse> {
         let empty = BTreeMap::new();
-        let current = snapshot.of_type(type_url).unwrap_or(&empty);
+        let current = snapshot.of_type_for_delta(type_url).unwrap_or(&empty);
         let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
         let changed: Vec<(&String, &Arc<VersionedResource>)> = current
             .iter()
@@ -454,8 +454,10 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use super::super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
     use super::*;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status as RpcStatus;
@@ -466,6 +468,7 @@ mod tests {
         for type_url in type_urls() {
             snapshot.resources.insert(type_url, BTreeMap::new());
         }
+        snapshot.resources.insert(VHDS_ROUTE_CONFIGURATIONS.into(), BTreeMap::new());
         for (type_url, name, v) in resources {
             snapshot.resources.get_mut(*type_url).unwrap().insert(
                 name.to_string(),
@@ -610,5 +613,53 @@ mod tests {
             s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).is_none(),
             "a request answering an older response is stale"
         );
+    }
+
+    #[test]
+    fn delta_routes_leave_virtual_hosts_to_vhds_which_sends_and_removes_them() {
+        let (rds, vhds) = (RouteConfiguration::type_url(), VirtualHost::type_url());
+        let v1 = snapshot(
+            1,
+            &[
+                (&rds, "rc", "inline-1"),
+                (VHDS_ROUTE_CONFIGURATIONS, "rc", "base"),
+                (&vhds, "rc/a.example", "1"),
+                (&vhds, "rc/b.example", "1"),
+            ],
+        );
+        let mut s = session();
+        s.on_delta_request(delta(&rds, &["rc"], &[], ""));
+        let response = s.delta_response(&rds, &v1).unwrap();
+        assert_eq!(
+            names(&response),
+            [("rc", "base")],
+            "delta gets the route configuration for VHDS"
+        );
+        // Envoy's VHDS subscription names nothing: it takes every virtual host.
+        s.on_delta_request(delta(&vhds, &[], &[], ""));
+        let response = s.delta_response(&vhds, &v1).unwrap();
+        assert_eq!(names(&response), [("rc/a.example", "1"), ("rc/b.example", "1")]);
+        s.on_delta_request(delta(&vhds, &[], &[], &response.nonce));
+
+        // A host goes and another changes: the route configuration stays, VHDS sends the
+        // difference and the removal (the host must stop routing).
+        let v2 = snapshot(
+            2,
+            &[
+                (&rds, "rc", "inline-2"),
+                (VHDS_ROUTE_CONFIGURATIONS, "rc", "base"),
+                (&vhds, "rc/a.example", "2"),
+            ],
+        );
+        assert!(s.delta_response(&rds, &v2).is_none());
+        let response = s.delta_response(&vhds, &v2).unwrap();
+        assert_eq!(names(&response), [("rc/a.example", "2")]);
+        assert_eq!(response.removed_resources, ["rc/b.example"]);
+
+        // State of the world has no VHDS: it gets the route configuration with hosts inline.
+        let mut sotw_session = session();
+        let force = sotw_session.on_sotw_request(sotw(&rds, &["rc"], "")).unwrap();
+        let response = sotw_session.sotw_response(&rds, &v2, force).unwrap();
+        assert_eq!(response.resources[0].value, b"inline-2");
     }
 }

@@ -10,31 +10,44 @@ pub use super::translate::PackedResource as VersionedResource;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The xDS resource types the loader serves, in the order changes are pushed: clusters before
-/// their endpoints, listeners before their routes (the ordering the xDS protocol recommends to
-/// avoid dropping traffic).
-pub fn type_urls() -> [String; 5] {
+/// their endpoints, listeners before their routes and routes before their virtual hosts (the
+/// ordering the xDS protocol recommends to avoid dropping traffic).
+pub fn type_urls() -> [String; 6] {
     [
         Cluster::type_url(),
         ClusterLoadAssignment::type_url(),
         Secret::type_url(),
         Listener::type_url(),
         RouteConfiguration::type_url(),
+        VirtualHost::type_url(),
     ]
 }
 
-/// Types whose resources Envoy asks for by name (the others it takes whole: wildcard).
+/// Where a snapshot keeps the route configurations served over delta ADS: without virtual hosts,
+/// which come one by one over VHDS, so that adding a backend sends one virtual host instead of
+/// every virtual host of its listener. State-of-the-world ADS (which VHDS does not support) gets
+/// them inline, from the `RouteConfiguration` type URL.
+pub const VHDS_ROUTE_CONFIGURATIONS: &str =
+    "backendtls.internal/envoy.config.route.v3.RouteConfiguration+vhds";
+
+/// Types whose resources Envoy asks for by name (the others it takes whole: wildcard). VHDS
+/// subscribes to a route configuration's name, but Envoy does not send it: it asks for virtual
+/// hosts as a wildcard and keeps those named `<route configuration>/<host>` of the route
+/// configurations it has.
 pub fn is_named_type(type_url: &str) -> bool {
-    type_url != Cluster::type_url() && type_url != Listener::type_url()
+    type_url != Cluster::type_url()
+        && type_url != Listener::type_url()
+        && type_url != VirtualHost::type_url()
 }
 
-/// Short name for logs and metrics: `CDS`, `EDS`, `SDS`, `LDS`, `RDS`.
+/// Short name for logs and metrics: `CDS`, `EDS`, `SDS`, `LDS`, `RDS`, `VHDS`.
 pub fn short_name(type_url: &str) -> &'static str {
     match type_url.rsplit('.').next() {
         Some("Cluster") => "CDS",
@@ -42,6 +55,7 @@ pub fn short_name(type_url: &str) -> &'static str {
         Some("Secret") => "SDS",
         Some("Listener") => "LDS",
         Some("RouteConfiguration") => "RDS",
+        Some("VirtualHost") => "VHDS",
         _ => "unknown",
     }
 }
@@ -58,11 +72,24 @@ impl Snapshot {
         for type_url in type_urls() {
             resources.entry(type_url).or_default();
         }
+        resources.entry(VHDS_ROUTE_CONFIGURATIONS.to_string()).or_default();
         Snapshot { version, resources }
     }
 
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<VersionedResource>>> {
         self.resources.get(type_url)
+    }
+
+    /// What a delta ADS stream is served for `type_url`: route configurations rely on VHDS.
+    pub fn of_type_for_delta(
+        &self,
+        type_url: &str,
+    ) -> Option<&BTreeMap<String, Arc<VersionedResource>>> {
+        if type_url == RouteConfiguration::type_url() {
+            self.resources.get(VHDS_ROUTE_CONFIGURATIONS)
+        } else {
+            self.resources.get(type_url)
+        }
     }
 
     /// Same resources (by name and resource version), whatever the snapshot versions.
@@ -77,8 +104,15 @@ impl Snapshot {
             })
     }
 
-    /// Bytes of all resources, for metrics and benchmarks.
+    /// Bytes of all resources as state-of-the-world ADS serves them, for metrics and benchmarks.
     pub fn total_bytes(&self) -> usize {
-        self.resources.values().flat_map(|m| m.values()).map(|r| r.resource.value.len()).sum()
+        self.resources
+            .iter()
+            .filter(|(type_url, _)| {
+                *type_url != VHDS_ROUTE_CONFIGURATIONS && **type_url != VirtualHost::type_url()
+            })
+            .flat_map(|(_, m)| m.values())
+            .map(|r| r.resource.value.len())
+            .sum()
     }
 }

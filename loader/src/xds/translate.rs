@@ -3,6 +3,7 @@
 //! Two shapes come out of the same code: resources for ADS (clusters with EDS endpoints and CA
 //! bundles as SDS secrets) and a static bootstrap for `render` (endpoints and CAs inline).
 
+use super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
 use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, TlsVersion, Trust};
 use backendtls_filter::contract::{self, PolicyState};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
@@ -196,7 +197,10 @@ fn pack_versioned<T: Message + Name>(v: Versioned<T>) -> Arc<PackedResource> {
 struct ListenerEntry {
     source: [u8; 16],
     listener: Arc<PackedResource>,
+    /// With every virtual host inline (state-of-the-world ADS, and the bytes `render` prints).
     routes: Option<Arc<PackedResource>>,
+    /// Over delta ADS: the route configuration without virtual hosts, which come by VHDS.
+    vhds_routes: Option<Arc<PackedResource>>,
 }
 
 /// What one cluster translated to, and the digest of the IR it came from.
@@ -206,10 +210,11 @@ struct ClusterEntry {
     load_assignment: Option<Arc<PackedResource>>,
 }
 
-/// One virtual host's encoding (a route configuration is their concatenation).
+/// One virtual host, encoded as a VHDS resource (a route configuration with its virtual hosts
+/// inline is their concatenation).
 struct VirtualHostEntry {
     source: [u8; 16],
-    encoded: Vec<u8>,
+    resource: Arc<PackedResource>,
 }
 
 /// `serve`'s translation: straight to encoded resources, remembering them per listener, virtual
@@ -272,10 +277,20 @@ impl Translator {
                             value: bytes,
                         },
                     };
+                    let vhds_routes = route::RouteConfiguration {
+                        name: l.name.clone(),
+                        vhds: Some(route::Vhds { config_source: Some(ads_config_source()) }),
+                        ..Default::default()
+                    };
+                    let vhds_routes = pack(&vhds_routes);
                     ListenerEntry {
                         source,
                         listener: pack_versioned(listener),
                         routes: Some(Arc::new(routes)),
+                        vhds_routes: Some(Arc::new(PackedResource {
+                            version: digest_hex(&vhds_routes.value),
+                            resource: vhds_routes,
+                        })),
                     }
                 }
                 _ => {
@@ -284,12 +299,20 @@ impl Translator {
                         source,
                         listener: pack_versioned(listener),
                         routes: routes.map(pack_versioned),
+                        vhds_routes: None,
                     }
                 }
             };
             put(listener::Listener::type_url(), &l.name, &entry.listener);
             if let Some(routes) = &entry.routes {
                 put(route::RouteConfiguration::type_url(), &l.name, routes);
+            }
+            if let Some(routes) = &entry.vhds_routes {
+                put(VHDS_ROUTE_CONFIGURATIONS.to_string(), &l.name, routes);
+                for vh in &l.virtual_hosts {
+                    let host = &virtual_hosts[&vh.name];
+                    put(route::VirtualHost::type_url(), &vh.name, &host.resource);
+                }
             }
             listeners.insert(l.name.clone(), entry);
         }
@@ -545,6 +568,8 @@ fn virtual_host(vh: &ir::VirtualHost) -> route::VirtualHost {
 /// uses. Protobuf encodes a repeated field as its elements one after the other, so the bytes are
 /// exactly those of the whole message; at ten thousand hosts this avoids a struct of tens of
 /// megabytes per change and re-encoding the hosts that did not change.
+/// A route configuration with its virtual hosts inline, assembled from their encodings (each
+/// also served on its own over VHDS), reusing those of unchanged virtual hosts.
 fn encode_route_configuration(
     l: &ir::Listener,
     host_digests: &[[u8; 16]],
@@ -556,14 +581,21 @@ fn encode_route_configuration(
     // RouteConfiguration: name = 1, virtual_hosts = 2.
     prost::encoding::string::encode(1, &l.name, &mut out);
     for (vh, &source) in l.virtual_hosts.iter().zip(host_digests) {
-        let encoded = match cache.remove(&vh.name) {
-            Some(entry) if entry.source == source => entry.encoded,
-            _ => virtual_host(vh).encode_to_vec(),
+        let entry = match cache.remove(&vh.name) {
+            Some(entry) if entry.source == source => entry,
+            _ => {
+                let resource = PackedResource {
+                    version: source[..12].iter().map(|b| format!("{b:02x}")).collect(),
+                    resource: pack(&virtual_host(vh)),
+                };
+                VirtualHostEntry { source, resource: Arc::new(resource) }
+            }
         };
+        let encoded = &entry.resource.resource.value;
         encode_key(2, WireType::LengthDelimited, &mut out);
         encode_varint(encoded.len() as u64, &mut out);
-        out.extend_from_slice(&encoded);
-        next_cache.insert(vh.name.clone(), VirtualHostEntry { source, encoded });
+        out.extend_from_slice(encoded);
+        next_cache.insert(vh.name.clone(), entry);
     }
     out
 }
