@@ -6,7 +6,7 @@
 
 use crate::objects::*;
 use crate::store::{ObjectKey, Store};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -233,7 +233,9 @@ pub struct ConfigDir {
     /// it anew for every change costs more than the change.
     store: Store,
     /// Which files define each object, in path order; the first one's definition is in `store`.
-    owners: BTreeMap<(&'static str, ObjectKey), Vec<Arc<Path>>>,
+    /// Keyed by [`owner_key`] rather than kind and name: at ten thousand backends the copies of
+    /// fifty thousand names cost more memory than anything else the source keeps.
+    owners: HashMap<u128, Vec<Arc<Path>>>,
     /// Objects defined in more than one file.
     duplicated: BTreeSet<(&'static str, ObjectKey)>,
 }
@@ -322,24 +324,24 @@ impl ConfigDir {
         let mut affected = BTreeSet::new();
         for object in old {
             let id = (object.kind(), object.key());
-            if let Some(paths) = self.owners.get_mut(&id) {
+            if let Some(paths) = self.owners.get_mut(&owner_key(&id)) {
                 paths.retain(|p| **p != *path);
             }
             affected.insert(id);
         }
         for object in new {
             let id = (object.kind(), object.key());
-            let paths = self.owners.entry(id.clone()).or_default();
+            let paths = self.owners.entry(owner_key(&id)).or_default();
             if let Err(at) = paths.binary_search_by(|p| (**p).cmp(path)) {
                 paths.insert(at, shared_path.clone());
             }
             affected.insert(id);
         }
         for id in affected {
-            let first = self.owners.get(&id).and_then(|paths| paths.first()).cloned();
+            let first = self.owners.get(&owner_key(&id)).and_then(|paths| paths.first()).cloned();
             match first {
                 None => {
-                    self.owners.remove(&id);
+                    self.owners.remove(&owner_key(&id));
                     self.store.remove(id.0, &id.1);
                 }
                 Some(first) => {
@@ -352,7 +354,7 @@ impl ConfigDir {
                     self.store.put(object);
                 }
             }
-            if self.owners.get(&id).is_some_and(|paths| paths.len() > 1) {
+            if self.owners.get(&owner_key(&id)).is_some_and(|paths| paths.len() > 1) {
                 self.duplicated.insert(id);
             } else {
                 self.duplicated.remove(&id);
@@ -367,16 +369,23 @@ impl ConfigDir {
             .duplicated
             .iter()
             .flat_map(|(kind, key)| {
-                self.owners[&(*kind, key.clone())][1..].iter().map(move |path| SourceError {
-                    file: path.to_path_buf(),
-                    document: None,
-                    object: Some(format!("{kind} {key}")),
-                    reason: "defined more than once; the first definition is used".into(),
+                self.owners[&owner_key(&(*kind, key.clone()))][1..].iter().map(move |path| {
+                    SourceError {
+                        file: path.to_path_buf(),
+                        document: None,
+                        object: Some(format!("{kind} {key}")),
+                        reason: "defined more than once; the first definition is used".into(),
+                    }
                 })
             })
             .collect();
         (&self.store, errors)
     }
+}
+
+/// A 128-bit digest of an object's kind and key, standing for them in [`ConfigDir`]'s owners.
+fn owner_key((kind, key): &(&'static str, ObjectKey)) -> u128 {
+    u128::from_be_bytes(crate::ir::digest(&(kind, &key.namespace, &key.name)))
 }
 
 /// A file that is new or may have changed since the previous reload.

@@ -254,7 +254,7 @@ fn build_listener(
     problems: &mut Vec<Problem>,
 ) -> Listener {
     // hostname -> routes (with their precedence keys) for that virtual host.
-    let mut hosts: BTreeMap<String, Vec<(RouteOrder, Route)>> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();
     for (route_key, route) in &store.http_routes {
         let hostnames = attached_hostnames(store, gw.key, gw.gateway, &group, route_key, route);
         if hostnames.is_empty() {
@@ -274,7 +274,12 @@ fn build_listener(
                 // to remove a virtual host by name (hostnames hold no `/`).
                 name: format!("{}/{}", group.name, hostname),
                 domains: vec![hostname],
-                routes: routes.into_iter().map(|(_, r)| r).collect(),
+                // Not collected in place: that would keep room for the orders too.
+                routes: {
+                    let mut only_routes = Vec::with_capacity(routes.len());
+                    only_routes.extend(routes.into_iter().map(|(_, r)| r));
+                    only_routes
+                },
             }
         })
         .collect();
@@ -364,25 +369,25 @@ fn wildcard_matches(pattern: &str, name: &str) -> bool {
 /// Gateway API route precedence: Exact before PathPrefix, longer paths first, then the older
 /// route, then namespace/name, then rule and match order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct RouteOrder {
+struct RouteOrder<'a> {
     exact_first: u8,
     longer_first: std::cmp::Reverse<usize>,
     created_missing: bool,
-    created: Option<String>,
-    route: ObjectKey,
+    created: Option<&'a str>,
+    route: &'a ObjectKey,
     rule: usize,
     matched: usize,
 }
 
-fn build_routes(
+fn build_routes<'a>(
     store: &Store,
     gw: &GatewayContext<'_>,
-    route_key: &ObjectKey,
-    route: &HttpRoute,
+    route_key: &'a ObjectKey,
+    route: &'a HttpRoute,
     policies: &mut PolicyIndex,
     ir: &mut Ir,
     problems: &mut Vec<Problem>,
-) -> Vec<(RouteOrder, Route)> {
+) -> Vec<(RouteOrder<'a>, Route)> {
     let mut out = Vec::new();
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
         let action = route_action(store, gw, route_key, rule, policies, ir, problems);
@@ -400,8 +405,8 @@ fn build_routes(
                 exact_first: u8::from(kind != "Exact"),
                 longer_first: std::cmp::Reverse(value.len()),
                 created_missing: route.metadata.creation_timestamp.is_none(),
-                created: route.metadata.creation_timestamp.clone(),
-                route: route_key.clone(),
+                created: route.metadata.creation_timestamp.as_deref(),
+                route: route_key,
                 rule: rule_index,
                 matched: match_index,
             };
