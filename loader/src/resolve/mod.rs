@@ -261,8 +261,16 @@ fn build_listener(
             continue;
         }
         let routes = build_routes(store, gw, route_key, route, policies, ir, problems);
-        for hostname in hostnames {
-            hosts.entry(hostname).or_default().extend(routes.iter().cloned());
+        // Copies for all hostnames but the last, which takes the routes themselves.
+        let mut hostnames = hostnames.into_iter().peekable();
+        while let Some(hostname) = hostnames.next() {
+            let host_routes = hosts.entry(hostname).or_default();
+            if hostnames.peek().is_some() {
+                host_routes.extend(routes.iter().cloned());
+            } else {
+                host_routes.extend(routes);
+                break;
+            }
         }
     }
     let virtual_hosts = hosts
