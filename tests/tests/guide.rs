@@ -11,8 +11,8 @@ use backendtls_e2e::guide::{
     wait_for_gateway_status, wait_for_host_status, GUIDE_HOST, HOSTNAME, NGINX_CLUSTER,
 };
 use backendtls_e2e::{
-    free_port, http_get, render_bootstrap, validate_bootstrap, wait_until, Ads, Envoy, GuideStack,
-    HttpConnection, Manifests, Nginx, TestCa, NGINX_BODY,
+    ads_bootstrap, free_port, http_get, render_bootstrap, validate_bootstrap, wait_until, Ads,
+    Envoy, GuideStack, HttpConnection, Loader, Manifests, Nginx, TestCa, NGINX_BODY,
 };
 
 /// Requests sent after a change has been observed, to show it holds on every connection.
@@ -165,6 +165,33 @@ fn routes_come_and_go_over_vhds() {
     wait_for_host_status(stack.gateway_port, second_host, 404);
     assert!(vhds_reloads() > reloads_added, "the removal came over VHDS");
     assert_eq!(get_new(&stack), 200, "the guide's host keeps routing");
+}
+
+/// Envoy keeps a listener warming until its VHDS subscription receives a virtual host, and passes
+/// it no empty update; the loader always has one per route configuration (a placeholder without
+/// routes), so a Gateway whose routes do not exist yet serves (404) without waiting out Envoy's
+/// 15 s fetch timeout, and its first route then routes.
+#[test]
+fn a_listener_without_routes_serves_at_once() {
+    let ca = TestCa::new("backendtls e2e CA");
+    let nginx = Nginx::start(&ca.issue(&[HOSTNAME]));
+    let gateway_port = free_port();
+    let manifests = Manifests::write(gateway_port, nginx.https_port(), ca.cert_pem());
+    let route = std::fs::read_to_string(manifests.path("route.yaml")).expect("read route");
+    std::fs::remove_file(manifests.path("route.yaml")).expect("delete route");
+    let loader = Loader::start(manifests.dir());
+    let admin_port = free_port();
+    let envoy = Envoy::start(
+        &ads_bootstrap(loader.xds_port(), admin_port, "e2e-no-routes", Ads::Delta),
+        admin_port,
+    );
+    wait_for_gateway_status(gateway_port, 404);
+    let listener = format!("gateway_kgateway-system_http_{gateway_port}");
+    let timeouts = format!("http.{listener}.rds.vhds.{listener}.init_fetch_timeout");
+    let stats = envoy.stats();
+    assert_eq!(stats.get(&timeouts), Some(&0), "the listener waited out VHDS's fetch timeout");
+    manifests.write_file("route.yaml", &route);
+    wait_for_gateway_status(gateway_port, 200);
 }
 
 #[test]

@@ -105,6 +105,10 @@ impl AggregatedDiscoveryService for AdsService {
 struct TypeState {
     /// The Envoy has asked for this type at least once.
     subscribed: bool,
+    /// A delta response has been sent since it asked: the first is sent even when empty, so that
+    /// an Envoy waiting for a type to initialize (no clusters yet, a route configuration without
+    /// virtual hosts) learns there is nothing instead of waiting out its fetch timeout.
+    answered: bool,
     /// All resources of the type, not only `names`.
     wildcard: bool,
     names: BTreeSet<String>,
@@ -327,10 +331,11 @@ impl Session {
         } else {
             st.known.keys().filter(|name| !current.contains_key(*name)).cloned().collect()
         };
-        if changed.is_empty() && removed.is_empty() {
+        if changed.is_empty() && removed.is_empty() && st.answered {
             self.settle(type_url, snapshot.version);
             return None;
         }
+        st.answered = true;
         let mut bytes = 0;
         let resources: Vec<Resource> = changed
             .into_iter()
@@ -661,5 +666,18 @@ mod tests {
         let force = sotw_session.on_sotw_request(sotw(&rds, &["rc"], "")).unwrap();
         let response = sotw_session.sotw_response(&rds, &v2, force).unwrap();
         assert_eq!(response.resources[0].value, b"inline-2");
+    }
+
+    #[test]
+    fn delta_answers_a_new_subscription_even_with_nothing_to_send() {
+        let cds = Cluster::type_url();
+        let mut s = session();
+        let empty = snapshot(1, &[]);
+        s.on_delta_request(delta(&cds, &[], &[], ""));
+        let response = s.delta_response(&cds, &empty).expect("Envoy waits for a first answer");
+        assert!(response.resources.is_empty() && response.removed_resources.is_empty());
+        s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
+        assert!(s.delta_response(&cds, &empty).is_none(), "then only changes");
+        assert_eq!(acked(&s), Some(1));
     }
 }

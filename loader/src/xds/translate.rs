@@ -199,8 +199,9 @@ struct ListenerEntry {
     listener: Arc<PackedResource>,
     /// With every virtual host inline (state-of-the-world ADS, and the bytes `render` prints).
     routes: Option<Arc<PackedResource>>,
-    /// Over delta ADS: the route configuration without virtual hosts, which come by VHDS.
-    vhds_routes: Option<Arc<PackedResource>>,
+    /// Over delta ADS: the route configuration without virtual hosts, which come by VHDS, and
+    /// its [`vhds_placeholder`].
+    vhds_routes: Option<(Arc<PackedResource>, Arc<PackedResource>)>,
 }
 
 /// What one cluster translated to, and the digest of the IR it came from.
@@ -283,14 +284,15 @@ impl Translator {
                         ..Default::default()
                     };
                     let vhds_routes = pack(&vhds_routes);
+                    let vhds_routes = PackedResource {
+                        version: digest_hex(&vhds_routes.value),
+                        resource: vhds_routes,
+                    };
                     ListenerEntry {
                         source,
                         listener: pack_versioned(listener),
                         routes: Some(Arc::new(routes)),
-                        vhds_routes: Some(Arc::new(PackedResource {
-                            version: digest_hex(&vhds_routes.value),
-                            resource: vhds_routes,
-                        })),
+                        vhds_routes: Some((Arc::new(vhds_routes), vhds_placeholder(&l.name))),
                     }
                 }
                 _ => {
@@ -307,8 +309,9 @@ impl Translator {
             if let Some(routes) = &entry.routes {
                 put(route::RouteConfiguration::type_url(), &l.name, routes);
             }
-            if let Some(routes) = &entry.vhds_routes {
+            if let Some((routes, placeholder)) = &entry.vhds_routes {
                 put(VHDS_ROUTE_CONFIGURATIONS.to_string(), &l.name, routes);
+                put(route::VirtualHost::type_url(), &placeholder_name(&l.name), placeholder);
                 for vh in &l.virtual_hosts {
                     let host = &virtual_hosts[&vh.name];
                     put(route::VirtualHost::type_url(), &vh.name, &host.resource);
@@ -568,6 +571,29 @@ fn virtual_host(vh: &ir::VirtualHost) -> route::VirtualHost {
 /// uses. Protobuf encodes a repeated field as its elements one after the other, so the bytes are
 /// exactly those of the whole message; at ten thousand hosts this avoids a struct of tens of
 /// megabytes per change and re-encoding the hosts that did not change.
+/// The host part of [`vhds_placeholder`]'s name and its one domain: not a valid Gateway API
+/// hostname (those have no `_`), so no route's virtual host can take it.
+const PLACEHOLDER_HOST: &str = "backendtls_placeholder";
+
+/// `<route configuration>/<host>`, as `resolve` names virtual hosts for VHDS.
+fn placeholder_name(route_configuration: &str) -> String {
+    format!("{route_configuration}/{PLACEHOLDER_HOST}")
+}
+
+/// A virtual host without routes, served over VHDS for every route configuration: Envoy keeps a
+/// listener warming until its VHDS subscription receives something and does not pass it an
+/// empty update, so a Gateway listener without routes would wait out Envoy's fetch timeout
+/// (15 s). Without routes it answers like no virtual host at all (404).
+fn vhds_placeholder(route_configuration: &str) -> Arc<PackedResource> {
+    let host = route::VirtualHost {
+        name: placeholder_name(route_configuration),
+        domains: vec![PLACEHOLDER_HOST.to_string()],
+        ..Default::default()
+    };
+    let resource = pack(&host);
+    Arc::new(PackedResource { version: digest_hex(&resource.value), resource })
+}
+
 /// A route configuration with its virtual hosts inline, assembled from their encodings (each
 /// also served on its own over VHDS), reusing those of unchanged virtual hosts.
 fn encode_route_configuration(
