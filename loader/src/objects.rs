@@ -18,11 +18,6 @@ pub struct StringMap(Vec<(String, Arc<str>)>);
 
 impl StringMap {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.shared(key).map(|v| &**v)
-    }
-
-    /// The value as a shared string, for keeping it without copying.
-    pub fn shared(&self, key: &str) -> Option<&Arc<str>> {
         let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
         Some(&self.0[at].1)
     }
@@ -32,18 +27,6 @@ impl StringMap {
             Ok(at) => self.0[at].1 = value.into(),
             Err(at) => self.0.insert(at, (key, value.into())),
         }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), &**v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

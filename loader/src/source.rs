@@ -343,10 +343,11 @@ impl ConfigDir {
             affected.insert(id);
         }
         for id in affected {
-            let first = self.owners.get(&owner_key(&id)).and_then(|paths| paths.first()).cloned();
+            let owner = owner_key(&id);
+            let first = self.owners.get(&owner).and_then(|paths| paths.first()).cloned();
             match first {
                 None => {
-                    self.owners.remove(&owner_key(&id));
+                    self.owners.remove(&owner);
                     self.store.remove(id.0, &id.1);
                 }
                 Some(first) => {
@@ -359,7 +360,7 @@ impl ConfigDir {
                     self.store.put(object);
                 }
             }
-            if self.owners.get(&owner_key(&id)).is_some_and(|paths| paths.len() > 1) {
+            if self.owners.get(&owner).is_some_and(|paths| paths.len() > 1) {
                 self.duplicated.insert(id);
             } else {
                 self.duplicated.remove(&id);

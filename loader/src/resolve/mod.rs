@@ -93,8 +93,8 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     });
     for cluster in ir.clusters.values() {
         if let Some(BackendTls { trust: Trust::Ca { secret }, .. }) = &cluster.tls {
-            let pem = policies.bundles[secret].clone();
-            ir.ca_bundles.insert(secret.clone(), CaBundle { pem: pem.to_string() });
+            let pem = policies.bundles[secret].to_string();
+            ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
     Resolution { ir, policies: policies.reports(), gateways, problems }
@@ -261,16 +261,8 @@ fn build_listener(
             continue;
         }
         let routes = build_routes(store, gw, route_key, route, policies, ir, problems);
-        // Copies for all hostnames but the last, which takes the routes themselves.
-        let mut hostnames = hostnames.into_iter().peekable();
-        while let Some(hostname) = hostnames.next() {
-            let host_routes = hosts.entry(hostname).or_default();
-            if hostnames.peek().is_some() {
-                host_routes.extend(routes.iter().cloned());
-            } else {
-                host_routes.extend(routes);
-                break;
-            }
+        for hostname in hostnames {
+            hosts.entry(hostname).or_default().extend(routes.iter().cloned());
         }
     }
     let virtual_hosts = hosts

@@ -113,8 +113,11 @@ fn fingerprint(source: &impl serde::Serialize) -> String {
 
 fn digest_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(bytes);
-    d[..12].iter().map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(bytes)[..12])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Over ADS a listener names its route configuration and does not depend on the virtual hosts
@@ -278,21 +281,20 @@ impl Translator {
                             value: bytes,
                         },
                     };
-                    let vhds_routes = route::RouteConfiguration {
-                        name: l.name.clone(),
-                        vhds: Some(route::Vhds { config_source: Some(ads_config_source()) }),
-                        ..Default::default()
-                    };
-                    let vhds_routes = pack(&vhds_routes);
-                    let vhds_routes = PackedResource {
-                        version: digest_hex(&vhds_routes.value),
-                        resource: vhds_routes,
-                    };
                     ListenerEntry {
                         source,
                         listener: pack_versioned(listener),
                         routes: Some(Arc::new(routes)),
-                        vhds_routes: Some((Arc::new(vhds_routes), vhds_placeholder(&l.name))),
+                        vhds_routes: Some((
+                            pack_by_content(&route::RouteConfiguration {
+                                name: l.name.clone(),
+                                vhds: Some(route::Vhds {
+                                    config_source: Some(ads_config_source()),
+                                }),
+                                ..Default::default()
+                            }),
+                            vhds_placeholder(&l.name),
+                        )),
                     }
                 }
                 _ => {
@@ -566,11 +568,6 @@ fn virtual_host(vh: &ir::VirtualHost) -> route::VirtualHost {
     }
 }
 
-/// The encoded [`route_configuration`], built one virtual host at a time from `cache` (encoded
-/// virtual hosts by name, with the IR they came from), which is refilled with what this listener
-/// uses. Protobuf encodes a repeated field as its elements one after the other, so the bytes are
-/// exactly those of the whole message; at ten thousand hosts this avoids a struct of tens of
-/// megabytes per change and re-encoding the hosts that did not change.
 /// The host part of [`vhds_placeholder`]'s name and its one domain: not a valid Gateway API
 /// hostname (those have no `_`), so no route's virtual host can take it.
 const PLACEHOLDER_HOST: &str = "backendtls_placeholder";
@@ -590,12 +587,21 @@ fn vhds_placeholder(route_configuration: &str) -> Arc<PackedResource> {
         domains: vec![PLACEHOLDER_HOST.to_string()],
         ..Default::default()
     };
-    let resource = pack(&host);
+    pack_by_content(&host)
+}
+
+/// Encoded, with a digest of the encoding as its version.
+fn pack_by_content<T: Message + Name>(message: &T) -> Arc<PackedResource> {
+    let resource = pack(message);
     Arc::new(PackedResource { version: digest_hex(&resource.value), resource })
 }
 
-/// A route configuration with its virtual hosts inline, assembled from their encodings (each
-/// also served on its own over VHDS), reusing those of unchanged virtual hosts.
+/// The encoded [`route_configuration`], built one virtual host at a time from `cache` (virtual
+/// hosts by name, encoded as VHDS resources, with the digest of the IR they came from), which is
+/// refilled with what this listener uses. Protobuf encodes a repeated field as its elements one
+/// after the other, so the bytes are exactly those of the whole message; at ten thousand hosts
+/// this avoids a struct of tens of megabytes per change and re-encoding the hosts that did not
+/// change.
 fn encode_route_configuration(
     l: &ir::Listener,
     host_digests: &[[u8; 16]],
@@ -611,7 +617,7 @@ fn encode_route_configuration(
             Some(entry) if entry.source == source => entry,
             _ => {
                 let resource = PackedResource {
-                    version: source[..12].iter().map(|b| format!("{b:02x}")).collect(),
+                    version: hex(&source[..12]),
                     resource: pack(&virtual_host(vh)),
                 };
                 VirtualHostEntry { source, resource: Arc::new(resource) }
