@@ -128,6 +128,49 @@ impl Drop for Envoy {
     }
 }
 
+/// A static Envoy bootstrap (no loader) with one HTTP listener on 127.0.0.1:`listener` that logs
+/// each request to stdout as `log_format` (YAML double-quoted text, e.g. `ACCESS %RESPONSE_CODE%\n`),
+/// routes every host by `routes`, runs `http_filters` before the router, and has `clusters`.
+/// `routes`, `http_filters` and `clusters` are YAML list items, each starting on a new line indented
+/// for its place (14, 10 and 2 spaces).
+pub fn static_listener_bootstrap(
+    admin: u16,
+    listener: u16,
+    log_format: &str,
+    routes: &str,
+    http_filters: &str,
+    clusters: &str,
+) -> String {
+    format!(
+        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+static_resources:
+  listeners:
+  - name: http
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format: {{ text_format_source: {{ inline_string: "{log_format}" }} }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:{routes}
+          http_filters:{http_filters}
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:{clusters}
+"#
+    )
+}
+
 /// Runs `envoy --mode validate` on `bootstrap_yaml`; returns whether it passed and what it printed.
 pub fn validate_bootstrap(bootstrap_yaml: &str) -> (bool, String) {
     let dir =

@@ -18,7 +18,7 @@ pub mod validator_support;
 pub mod wait;
 
 pub use certs::{CertifiedKey, TestCa};
-pub use envoy::{validate_bootstrap, Envoy};
+pub use envoy::{static_listener_bootstrap, validate_bootstrap, Envoy};
 pub use guide::GuideStack;
 pub use http::{http_get, try_http_get, HttpConnection};
 pub use loader::{ads_bootstrap, render_bootstrap, Ads, Loader};

@@ -680,33 +680,13 @@ pub fn static_config(
         })
         .collect();
     let cluster_yaml: String = clusters.iter().map(ClusterSpec::yaml).collect();
-    format!(
-        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-              log_format: {{ text_format_source: {{ inline_string: "ACCESS %UPSTREAM_CLUSTER% %RESPONSE_CODE% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n" }} }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:{routes}
-          http_filters:{filter}
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{cluster_yaml}
-"#
+    crate::static_listener_bootstrap(
+        admin,
+        listener,
+        r"ACCESS %UPSTREAM_CLUSTER% %RESPONSE_CODE% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n",
+        &routes,
+        &filter,
+        &cluster_yaml,
     )
 }
 

@@ -371,35 +371,12 @@ fn static_config(
     };
     let valid = metadata("valid", "");
     let invalid = metadata("invalid", ", reason: \"CA ConfigMap default/ca has no ca.crt\"");
-    format!(
-        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-              log_format: {{ text_format_source: {{ inline_string: "ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% dm=%DYNAMIC_METADATA(backendtls)% wasm=%FILTER_STATE(wasm.backendtls:PLAIN)%\n" }} }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - {{ match: {{ prefix: "/tls" }}, route: {{ cluster: governed_tls }} }}
-              - {{ match: {{ prefix: "/plain" }}, route: {{ cluster: governed_plaintext }} }}
-              - {{ match: {{ prefix: "/invalid" }}, route: {{ cluster: governed_invalid }} }}
-          http_filters:{filter}
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
+    let routes = r#"
+              - { match: { prefix: "/tls" }, route: { cluster: governed_tls } }
+              - { match: { prefix: "/plain" }, route: { cluster: governed_plaintext } }
+              - { match: { prefix: "/invalid" }, route: { cluster: governed_invalid } }"#;
+    let clusters = format!(
+        r#"
   - name: governed_tls
     type: STATIC
     metadata: {valid}
@@ -427,8 +404,15 @@ static_resources:
     metadata: {invalid}
     load_assignment:
       cluster_name: governed_invalid
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {plain} }} }} }} }}] }}]
-"#
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {plain} }} }} }} }}] }}]"#
+    );
+    backendtls_e2e::static_listener_bootstrap(
+        admin,
+        listener,
+        r"ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% dm=%DYNAMIC_METADATA(backendtls)% wasm=%FILTER_STATE(wasm.backendtls:PLAIN)%\n",
+        routes,
+        &filter,
+        &clusters,
     )
 }
 
