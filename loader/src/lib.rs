@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod ir;
+pub mod kube_names;
 pub mod objects;
 pub mod pipeline;
 pub mod resolve;

@@ -268,8 +268,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let build = pipeline::build(&config, &translation.resolve_options(), &translate);
-            for error in &build.resolved.errors {
-                eprintln!("warning: {error}");
+            if !build.resolved.errors.is_empty() {
+                // A broken file could hold a policy: a bootstrap without it could send
+                // plaintext where TLS was meant. Nothing is rendered until the input is fixed.
+                for error in &build.resolved.errors {
+                    eprintln!("error: {error}");
+                }
+                eprintln!("backendtls-loader: not rendering: the input has errors (see above)");
+                exit_without_teardown(1)
             }
             for problem in build.resolved.problems() {
                 eprintln!("warning: {}: {}", problem.object, problem.reason);

@@ -279,11 +279,16 @@ pub struct BackendRef {
 pub struct BackendTlsPolicy {
     pub metadata: ObjectMeta,
     pub spec: BackendTlsPolicySpec,
+    /// Set when the document looked like a BackendTLSPolicy but could not be read as one (bad
+    /// field, unsupported apiVersion, bad name): the reason. Such a policy keeps only what could
+    /// be salvaged of its targets, and fails them closed (see `source::salvage_policy`).
+    #[serde(skip)]
+    pub malformed: Option<String>,
 }
 
 /// The policy structs refuse unknown fields: a misspelt field in a security policy must be an
 /// error, not silently ignored.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTlsPolicySpec {
     pub target_refs: Vec<PolicyTargetRef>,
@@ -303,7 +308,7 @@ pub struct PolicyTargetRef {
     pub section_name: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTlsValidation {
     #[serde(default)]

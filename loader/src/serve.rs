@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub struct ServeOptions {
     pub config_dir: PathBuf,
@@ -37,15 +37,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let status = Arc::new(RwLock::new(LoaderStatus::default()));
     let mut rebuild = Rebuilder {
         config,
-        options: &options,
+        resolve: options.resolve.clone(),
+        translate: options.translate.clone(),
         translator: Translator::default(),
         snapshot_tx,
         status: status.clone(),
     };
     rebuild.run();
 
-    // File events arrive on notify's thread; forward them into the async world.
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    // Rebuilds read files and resolve everything: they run on a thread of their own, so that
+    // neither a slow disk nor a large directory ever holds up the tasks serving xDS and admin.
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the files ourselves raises access events; only changes matter.
         if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
@@ -57,6 +59,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     watcher
         .watch(&options.config_dir, notify::RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", options.config_dir.display()))?;
+    std::thread::Builder::new()
+        .name("rebuild".into())
+        .spawn(move || {
+            while events_rx.recv().is_ok() {
+                // Debounce: wait until the directory has been quiet for a moment.
+                while events_rx.recv_timeout(DEBOUNCE).is_ok() {}
+                rebuild.run();
+            }
+        })
+        .map_err(|e| format!("cannot start the rebuild thread: {e}"))?;
 
     let xds_listener = tokio::net::TcpListener::bind(options.xds_address)
         .await
@@ -74,17 +86,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
             tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
             shutdown_signal(),
         );
-    let mut grpc = std::pin::pin!(grpc);
-    loop {
-        tokio::select! {
-            result = &mut grpc => return result.map_err(|e| format!("xDS server failed: {e}")),
-            Some(()) = events_rx.recv() => {
-                // Debounce: wait until the directory has been quiet for a moment.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events_rx.recv()).await {}
-                rebuild.run();
-            }
-        }
-    }
+    let result = grpc.await.map_err(|e| format!("xDS server failed: {e}"));
+    drop(watcher);
+    result
 }
 
 async fn shutdown_signal() {
@@ -97,15 +101,16 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-struct Rebuilder<'a> {
+struct Rebuilder {
     config: ConfigDir,
-    options: &'a ServeOptions,
+    resolve: resolve::Options,
+    translate: TranslateOptions,
     translator: Translator,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<RwLock<LoaderStatus>>,
 }
 
-impl Rebuilder<'_> {
+impl Rebuilder {
     fn run(&mut self) {
         let started = Instant::now();
         if let Err(e) = self.config.reload() {
@@ -114,12 +119,32 @@ impl Rebuilder<'_> {
             return;
         }
         let reloaded = started.elapsed();
-        let resolved = pipeline::resolve(&self.config, &self.options.resolve);
+        let resolved = pipeline::resolve(&self.config, &self.resolve);
         let resolved_at = started.elapsed();
-        let resources = self.translator.translate(&resolved.resolution.ir, &self.options.translate);
+        let current = self.snapshot_tx.borrow().clone();
+        if current.version == 0 {
+            let unusable = self.config.unusable();
+            if !unusable.is_empty() {
+                // What an unreadable file holds is unknown: it could be the BackendTLSPolicy of a
+                // Service that would otherwise be served in plaintext. Nothing is served until
+                // every file has been read once; later, a broken file keeps its last good content.
+                tracing::error!(
+                    files = ?unusable,
+                    "not serving a first configuration while files cannot be read (see /status); fix or remove them"
+                );
+                let report = resolved.into_status();
+                for error in &report.errors {
+                    tracing::warn!(%error, "input problem");
+                }
+                let mut status = self.status.write().unwrap();
+                status.status = Arc::new(report.render(0));
+                status.builds += 1;
+                return;
+            }
+        }
+        let resources = self.translator.translate(&resolved.resolution.ir, &self.translate);
         // The IR is translated: free it before the snapshot is built.
         let report = resolved.into_status();
-        let current = self.snapshot_tx.borrow().clone();
         let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
         if !changed {

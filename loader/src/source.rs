@@ -4,6 +4,7 @@
 //! the loader keeps that file's last good content: a typo while editing never withdraws config that
 //! is already serving.
 
+use crate::kube_names::{shorten, NameRule};
 use crate::objects::*;
 use crate::store::{ObjectKey, Store};
 use std::collections::{BTreeSet, HashMap};
@@ -93,35 +94,133 @@ impl Object {
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+/// Input limits: every file and document is read in bounded time and memory, whatever it holds.
+pub mod limits {
+    /// Files larger than this are refused unread (split large inputs into several files).
+    pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+    /// One YAML document (one object, or one `kind: List`). The API server stores at most about
+    /// 1.5 MB per object; parsing holds a document's events in memory, so this bounds it.
+    pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+    /// Directory nesting under the config directory.
+    pub const MAX_DIRECTORY_DEPTH: usize = 32;
+    /// Nesting inside one document (the YAML parser's own limit, stated here for the README).
+    pub const MAX_NESTING: usize = 128;
+}
+
+/// What one file held.
+#[derive(Debug, Default)]
+pub struct ParsedFile {
+    pub objects: Vec<Object>,
+    /// Every problem found, document by document.
+    pub errors: Vec<SourceError>,
+    /// False when some document could not be used at all (broken YAML, an object that does not
+    /// parse): the file's content as a whole is then not used. A BackendTLSPolicy that does not
+    /// parse but names its targets does not make the file unusable: it is kept, failing those
+    /// targets closed, and reported.
+    pub usable: bool,
+}
+
 /// Parses one file's text into objects. Kinds the loader does not use (Deployments, GatewayClasses,
 /// ...) are skipped; known kinds at an unsupported version are errors, since silently ignoring
-/// a policy would be worse than refusing it.
-pub fn parse_documents(file: &Path, text: &str) -> Result<Vec<Object>, SourceError> {
-    let error = |document: Option<usize>, object: Option<String>, reason: String| SourceError {
-        file: file.to_path_buf(),
-        document,
-        object,
-        reason,
-    };
-    let mut objects = Vec::new();
-    for (index, (first_line, document)) in split_documents(text).into_iter().enumerate() {
+/// a policy would be worse than refusing it. `.json` files are read as JSON, others as YAML.
+pub fn parse_file(file: &Path, text: &str) -> ParsedFile {
+    let mut parsed = ParsedFile { usable: true, ..Default::default() };
+    let is_json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let documents = if is_json { vec![(1, text)] } else { split_documents(text) };
+    for (index, (first_line, document)) in documents.into_iter().enumerate() {
         let number = index + 1;
-        let invalid = |e: serde_norway::Error| {
-            let at = if first_line > 1 {
-                format!(" (the document starts at line {first_line})")
-            } else {
-                String::new()
-            };
-            error(Some(number), None, format!("invalid YAML{at}: {e}"))
+        let error = |object: Option<String>, reason: String| SourceError {
+            file: file.to_path_buf(),
+            document: Some(number),
+            object,
+            reason,
         };
-        // A piece is one document, or none when it holds only comments.
-        for piece in serde_norway::Deserializer::from_str(document) {
-            let value = serde::Deserialize::deserialize(piece).map_err(invalid)?;
-            parse_document(value, &mut objects)
-                .map_err(|(object, reason)| error(Some(number), object, reason))?;
+        if document.len() > limits::MAX_DOCUMENT_BYTES {
+            let reason = format!(
+                "the document is {} bytes; at most {} are read per document (limit MAX_DOCUMENT_BYTES)",
+                document.len(),
+                limits::MAX_DOCUMENT_BYTES
+            );
+            parsed.errors.push(error(None, reason));
+            parsed.usable = false;
+            continue;
+        }
+        let values =
+            if is_json { vec![read_json(document)] } else { read_yaml(document, first_line) };
+        for value in values {
+            let (value, strict_error) = match value {
+                Ok(read) => read,
+                Err(reason) => {
+                    parsed.errors.push(error(None, reason));
+                    parsed.usable = false;
+                    continue;
+                }
+            };
+            let context = format!("{} document {number}", file.display());
+            let mut failures = Vec::new();
+            parse_document(value, strict_error, &context, &mut parsed.objects, &mut failures);
+            for failure in failures {
+                let reason = if failure.salvaged {
+                    format!(
+                        "{} (the policy's targets fail closed until it is fixed)",
+                        failure.reason
+                    )
+                } else {
+                    parsed.usable = false;
+                    failure.reason
+                };
+                parsed.errors.push(error(failure.object, reason));
+            }
         }
     }
-    Ok(objects)
+    parsed
+}
+
+/// A document read as a value: Ok with the strict reading's error, if any (a repeated key),
+/// when the text can be read at all; the error when it cannot.
+type ReadValue = Result<(serde_json::Value, Option<String>), String>;
+
+fn read_json(text: &str) -> ReadValue {
+    match serde_json::from_str::<StrictValue>(text) {
+        Ok(StrictValue(value)) => Ok((value, None)),
+        Err(strict) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value) => Ok((value, Some(format!("invalid JSON: {strict}")))),
+            Err(_) => Err(format!("invalid JSON: {strict}")),
+        },
+    }
+}
+
+/// The documents of one piece of YAML text (one, or none when it holds only comments).
+fn read_yaml(text: &str, first_line: usize) -> Vec<ReadValue> {
+    let at = if first_line > 1 {
+        format!(" (the document starts at line {first_line})")
+    } else {
+        String::new()
+    };
+    let mut values = Vec::new();
+    for (index, piece) in serde_norway::Deserializer::from_str(text).enumerate() {
+        match <StrictValue as serde::Deserialize>::deserialize(piece) {
+            Ok(StrictValue(value)) => values.push(Ok((value, None))),
+            Err(strict) => {
+                // Read again without the strict rules, only to know what the document is (a
+                // BackendTLSPolicy with a repeated key still names its targets).
+                let lenient = serde_norway::Deserializer::from_str(text)
+                    .nth(index)
+                    .and_then(|piece| serde::Deserialize::deserialize(piece).ok());
+                let reason = format!("invalid YAML{at}: {strict}");
+                match lenient {
+                    Some(value) => values.push(Ok((value, Some(reason)))),
+                    // After a syntax error the parser cannot go on (it would yield the error
+                    // forever).
+                    None => {
+                        values.push(Err(reason));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    values
 }
 
 /// Splits a multi-document YAML text at `---` lines, so that an error names its document. A
@@ -144,11 +243,95 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     documents
 }
 
-type DocumentError = (Option<String>, String);
+/// A YAML or JSON value read strictly: a key repeated in one mapping is an error, as the API
+/// server makes it, instead of the last one silently winning.
+struct StrictValue(serde_json::Value);
 
-fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<(), DocumentError> {
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                let key: String = key.chars().take(80).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {key:?} in one mapping"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+/// Why one object could not be used.
+struct DocumentFailure {
+    /// `Kind namespace/name` when known.
+    object: Option<String>,
+    reason: String,
+    /// True when a fail-closed BackendTLSPolicy stands in for the document.
+    salvaged: bool,
+}
+
+/// Parses one document (or each item of a `kind: List`) into `out`, recording failures.
+fn parse_document(
+    document: serde_json::Value,
+    strict_error: Option<String>,
+    context: &str,
+    out: &mut Vec<Object>,
+    failures: &mut Vec<DocumentFailure>,
+) {
     if document.is_null() {
-        return Ok(());
+        return;
     }
     let text = |field: &str| document.get(field).and_then(|v| v.as_str()).unwrap_or("");
     let api_version = text("apiVersion").to_string();
@@ -157,65 +340,167 @@ fn parse_document(document: serde_json::Value, out: &mut Vec<Object>) -> Result<
     let name = metadata.and_then(|m| m.get("name")).and_then(|v| v.as_str());
     let namespace =
         metadata.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
-    let object = name.map(|n| format!("{kind} {namespace}/{n}"));
-    if kind.is_empty() || api_version.is_empty() {
-        return Err((object, "missing apiVersion or kind".into()));
-    }
+    let object = name.map(|n| format!("{kind} {namespace}/{}", shorten(n)));
     if kind == "List" && api_version == "v1" {
-        let items = document.get("items").and_then(|v| v.as_array()).cloned();
-        for item in items.unwrap_or_default() {
-            parse_document(item, out)?;
+        let items = match document.get("items") {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items.clone(),
+            Some(_) => {
+                let reason = "a List's items must be a sequence".into();
+                failures.push(DocumentFailure { object, reason, salvaged: false });
+                return;
+            }
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let context = format!("{context} item {}", index + 1);
+            parse_document(item, strict_error.clone(), &context, out, failures);
         }
-        return Ok(());
+        return;
     }
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-    let supported: &[&str] = match (group, kind.as_str()) {
+    let parsed = match strict_error {
+        Some(reason) => Err(reason),
+        None => parse_object(&document, &api_version, &kind, name),
+    };
+    match parsed {
+        Ok(Some(parsed)) => out.push(parsed),
+        Ok(None) => {}
+        Err(reason) if kind == "BackendTLSPolicy" => {
+            match salvage_policy(&document, context, &reason) {
+                Some(policy) => {
+                    let object = Some(format!(
+                        "BackendTLSPolicy {}",
+                        Object::BackendTlsPolicy(policy.clone()).key()
+                    ));
+                    out.push(Object::BackendTlsPolicy(policy));
+                    failures.push(DocumentFailure { object, reason, salvaged: true });
+                }
+                None => {
+                    let reason = format!("{reason}; no targetRefs could be read from it, so nothing it governs can be known");
+                    failures.push(DocumentFailure { object, reason, salvaged: false });
+                }
+            }
+        }
+        Err(reason) => failures.push(DocumentFailure { object, reason, salvaged: false }),
+    }
+}
+
+/// One object of a kind the loader reads, or None for kinds it does not use.
+fn parse_object(
+    document: &serde_json::Value,
+    api_version: &str,
+    kind: &str,
+    name: Option<&str>,
+) -> Result<Option<Object>, String> {
+    if kind.is_empty() || api_version.is_empty() {
+        return Err("missing apiVersion or kind".into());
+    }
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let supported: &[&str] = match (group, kind) {
         (GATEWAY_GROUP, "Gateway" | "HTTPRoute") => &["v1", "v1beta1"],
         (GATEWAY_GROUP, "ReferenceGrant") => &["v1beta1", "v1alpha2"],
         (GATEWAY_GROUP, "BackendTLSPolicy") => &["v1", "v1alpha3"],
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
         ("discovery.k8s.io", "EndpointSlice") => &["v1"],
+        (_, "BackendTLSPolicy") => {
+            return Err(format!(
+                "BackendTLSPolicy at apiVersion {api_version} is not supported (supported: {GATEWAY_GROUP}/v1, {GATEWAY_GROUP}/v1alpha3)"
+            ))
+        }
         _ => {
             tracing::debug!(%api_version, %kind, "skipping a kind the loader does not use");
-            return Ok(());
+            return Ok(None);
         }
     };
     if !supported.contains(&version) {
-        return Err((
-            object,
-            format!(
-                "{kind} at apiVersion {api_version} is not supported (supported: {})",
-                supported
-                    .iter()
-                    .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        return Err(format!(
+            "{kind} at apiVersion {api_version} is not supported (supported: {})",
+            supported
+                .iter()
+                .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
-    if name.is_none_or(str::is_empty) {
-        return Err((object, format!("{kind} has no metadata.name")));
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err(format!("{kind} has no metadata.name"));
+    };
+    let name_rule = match kind {
+        "Namespace" => NameRule::Dns1123Label,
+        "Service" => NameRule::Dns1035Label,
+        _ => NameRule::Dns1123Subdomain,
+    };
+    name_rule.check(name).map_err(|e| format!("metadata.name: {e}"))?;
+    if let Some(namespace) = document.get("metadata").and_then(|m| m.get("namespace")) {
+        let namespace = namespace.as_str().ok_or("metadata.namespace must be a string")?;
+        NameRule::Dns1123Label.check(namespace).map_err(|e| format!("metadata.namespace: {e}"))?;
     }
     fn typed<T: serde::de::DeserializeOwned>(
-        document: serde_json::Value,
-        object: &Option<String>,
-    ) -> Result<Arc<T>, DocumentError> {
-        serde_json::from_value(document).map(Arc::new).map_err(|e| (object.clone(), e.to_string()))
+        document: &serde_json::Value,
+    ) -> Result<Arc<T>, String> {
+        T::deserialize(document).map(Arc::new).map_err(|e| e.to_string())
     }
-    let parsed = match kind.as_str() {
-        "Gateway" => Object::Gateway(typed(document, &object)?),
-        "HTTPRoute" => Object::HttpRoute(typed(document, &object)?),
-        "ReferenceGrant" => Object::ReferenceGrant(typed(document, &object)?),
-        "BackendTLSPolicy" => Object::BackendTlsPolicy(typed(document, &object)?),
-        "Service" => Object::Service(typed(document, &object)?),
-        "ConfigMap" => Object::ConfigMap(typed(document, &object)?),
-        "Secret" => Object::Secret(typed(document, &object)?),
-        "Namespace" => Object::Namespace(typed(document, &object)?),
-        "EndpointSlice" => Object::EndpointSlice(typed(document, &object)?),
+    Ok(Some(match kind {
+        "Gateway" => Object::Gateway(typed(document)?),
+        "HTTPRoute" => Object::HttpRoute(typed(document)?),
+        "ReferenceGrant" => Object::ReferenceGrant(typed(document)?),
+        "BackendTLSPolicy" => Object::BackendTlsPolicy(typed(document)?),
+        "Service" => Object::Service(typed(document)?),
+        "ConfigMap" => Object::ConfigMap(typed(document)?),
+        "Secret" => Object::Secret(typed(document)?),
+        "Namespace" => Object::Namespace(typed(document)?),
+        "EndpointSlice" => Object::EndpointSlice(typed(document)?),
         _ => unreachable!("every supported kind is listed above"),
+    }))
+}
+
+/// A stand-in for a document that looks like a BackendTLSPolicy but cannot be read as one: what
+/// can be read of its name and targets (`spec.targetRefs`, or v1alpha2's single `targetRef`),
+/// marked malformed so that resolving fails every target closed. None when no target names
+/// can be read.
+fn salvage_policy(
+    document: &serde_json::Value,
+    context: &str,
+    reason: &str,
+) -> Option<Arc<BackendTlsPolicy>> {
+    use crate::objects::{BackendTlsPolicySpec, ObjectMeta, PolicyTargetRef};
+    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    let spec = document.get("spec");
+    let refs: Vec<&serde_json::Value> =
+        match (spec.and_then(|s| s.get("targetRefs")), spec.and_then(|s| s.get("targetRef"))) {
+            (Some(serde_json::Value::Array(refs)), _) => refs.iter().collect(),
+            (_, Some(single @ serde_json::Value::Object(_))) => vec![single],
+            _ => Vec::new(),
+        };
+    let target_refs: Vec<PolicyTargetRef> = refs
+        .into_iter()
+        .filter_map(|r| {
+            Some(PolicyTargetRef {
+                group: text(r.get("group")).unwrap_or_default(),
+                kind: text(r.get("kind")).unwrap_or_else(|| "Service".into()),
+                name: text(r.get("name")).filter(|n| !n.is_empty())?,
+                section_name: text(r.get("sectionName")),
+            })
+        })
+        .collect();
+    if target_refs.is_empty() {
+        return None;
+    }
+    let metadata = document.get("metadata");
+    let field = |name: &str| text(metadata.and_then(|m| m.get(name)));
+    let name =
+        field("name").filter(|n| !n.is_empty()).unwrap_or_else(|| format!("(unnamed, {context})"));
+    let metadata = ObjectMeta {
+        name,
+        namespace: field("namespace"),
+        generation: metadata.and_then(|m| m.get("generation")).and_then(|g| g.as_i64()),
+        creation_timestamp: field("creationTimestamp"),
+        ..Default::default()
     };
-    out.push(parsed);
-    Ok(())
+    Some(Arc::new(BackendTlsPolicy {
+        metadata,
+        spec: BackendTlsPolicySpec { target_refs, ..Default::default() },
+        malformed: Some(reason.to_string()),
+    }))
 }
 
 /// How long before the previous scan a file's modification time must be for its stamp to be
@@ -229,6 +514,9 @@ pub struct ConfigDir {
     /// Hashed, not ordered: at ten thousand files, comparing paths component by component to
     /// keep them sorted cost more than hashing them.
     files: HashMap<PathBuf, FileState>,
+    /// Directories under the root that could not be listed in the last reload (their files keep
+    /// their last good content).
+    unlisted_dirs: Vec<SourceError>,
     /// When the previous reload started.
     last_scan: Option<SystemTime>,
     /// The objects of `files`, kept up to date file by file: at ten thousand backends, building
@@ -256,7 +544,30 @@ struct FileState {
     digest: u64,
     /// The last content that parsed, kept while the file is broken.
     good: Vec<Object>,
-    error: Option<SourceError>,
+    /// Problems with the current content.
+    errors: Vec<SourceError>,
+    /// Whether the current content is in use (`good` is it); false while it is broken.
+    usable: bool,
+}
+
+impl FileState {
+    fn unreadable(stamp: FileStamp, previous: Option<FileState>, error: SourceError) -> FileState {
+        let mut state = previous.unwrap_or(FileState {
+            stamp,
+            digest: 0,
+            good: Vec::new(),
+            errors: Vec::new(),
+            usable: false,
+        });
+        state.errors = vec![error];
+        state.usable = false;
+        // Parse whatever is read next, even if it is the last good content again.
+        state.digest = 0;
+        // No trusted stamp: the next reload reads it again (a permission fix does not change the
+        // modification time).
+        state.stamp = FileStamp { modified: None, ..stamp };
+        state
+    }
 }
 
 impl ConfigDir {
@@ -279,12 +590,24 @@ impl ConfigDir {
         // near or after the previous scan are therefore always read ("racy git" problem).
         let settled_before = self.last_scan.and_then(|t| t.checked_sub(RACY_WINDOW));
         self.last_scan = Some(scan_time);
-        let mut listed = Vec::new();
-        collect_yaml_files(&self.root, &mut listed)?;
+        let mut listing = Listing::default();
+        listing.collect(&self.root, 0)?;
         let mut next = HashMap::with_capacity(self.files.len());
         let mut to_read = Vec::new();
-        for (path, stamp) in listed {
+        for (path, entry) in listing.files {
             let previous = self.files.remove(&path);
+            let stamp = match entry {
+                Ok(stamp) => stamp,
+                Err(reason) => {
+                    // Listed but not readable as a file (a FIFO, a device, a symlink loop):
+                    // reported, never opened; its last good content stays in use.
+                    let error =
+                        SourceError { file: path.clone(), document: None, object: None, reason };
+                    let stamp = FileStamp { modified: None, len: 0, inode: 0 };
+                    next.insert(path, FileState::unreadable(stamp, previous, error));
+                    continue;
+                }
+            };
             let settled = matches!((stamp.modified, settled_before), (Some(m), Some(s)) if m < s);
             if settled && previous.as_ref().is_some_and(|state| state.stamp == stamp) {
                 next.insert(path, previous.expect("checked above"));
@@ -292,6 +615,16 @@ impl ConfigDir {
             }
             to_read.push(ReadJob { path, stamp, previous });
         }
+        // Files under a directory that could not be listed are kept as they were.
+        for dir in &listing.unlisted_dirs {
+            let kept: Vec<PathBuf> =
+                self.files.keys().filter(|p| p.starts_with(&dir.file)).cloned().collect();
+            for path in kept {
+                let state = self.files.remove(&path).expect("listed above");
+                next.insert(path, state);
+            }
+        }
+        self.unlisted_dirs = listing.unlisted_dirs;
         let read_files = to_read.len();
         // Files whose objects may change, with the objects they had.
         let mut touched: Vec<(PathBuf, Vec<Object>)> = Vec::new();
@@ -315,10 +648,29 @@ impl ConfigDir {
 
     /// Problems in the current files (each file's last good content is still in the store).
     pub fn errors(&self) -> Vec<SourceError> {
-        let mut errors: Vec<SourceError> =
-            self.files.values().filter_map(|f| f.error.clone()).collect();
-        errors.sort_by(|a, b| a.file.cmp(&b.file));
+        let mut errors: Vec<SourceError> = self
+            .files
+            .values()
+            .flat_map(|f| f.errors.iter().cloned())
+            .chain(self.unlisted_dirs.iter().cloned())
+            .collect();
+        errors.sort_by(|a, b| (&a.file, a.document).cmp(&(&b.file, b.document)));
         errors
+    }
+
+    /// Files (and directories) whose current content is not in use because it cannot be read or
+    /// parsed. While one of them has never been read successfully, what it would govern is
+    /// unknown: `serve` does not publish a first configuration, and `check`/`render` fail.
+    pub fn unusable(&self) -> Vec<&Path> {
+        let mut paths: Vec<&Path> = self
+            .files
+            .iter()
+            .filter(|(_, f)| !f.usable)
+            .map(|(p, _)| p.as_path())
+            .chain(self.unlisted_dirs.iter().map(|e| e.file.as_path()))
+            .collect();
+        paths.sort();
+        paths
     }
 
     /// Brings `store` up to date for one file whose objects were `old`.
@@ -427,22 +779,12 @@ fn read_all(jobs: Vec<ReadJob>) -> Vec<(PathBuf, FileState, Option<Vec<Object>>)
 
 fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
     let ReadJob { path, stamp, previous } = job;
-    let text = match std::fs::read_to_string(&path) {
+    let text = match read_text(&path, limits::MAX_FILE_BYTES) {
         Ok(text) => text,
-        Err(e) => {
-            // Vanished between listing and reading, or unreadable: keep what we had.
-            let mut state =
-                previous.unwrap_or(FileState { stamp, digest: 0, good: Vec::new(), error: None });
-            state.error = Some(SourceError {
-                file: path.clone(),
-                document: None,
-                object: None,
-                reason: format!("cannot read: {e}"),
-            });
-            // No trusted stamp: the next reload reads it again (a permission fix does not
-            // change the modification time).
-            state.stamp.modified = None;
-            return (path, state, None);
+        Err(reason) => {
+            // Vanished between listing and reading, unreadable or too large: keep what we had.
+            let error = SourceError { file: path.clone(), document: None, object: None, reason };
+            return (path, FileState::unreadable(stamp, previous, error), None);
         }
     };
     let digest = content_digest(&text);
@@ -452,17 +794,73 @@ fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
             state.stamp = stamp;
             (path, state, None)
         }
-        previous => match parse_documents(&path, &text) {
-            Ok(good) => {
+        previous => {
+            let parsed = parse_file(&path, &text);
+            if parsed.usable {
                 let old = previous.map(|p| p.good).unwrap_or_default();
-                (path, FileState { stamp, digest, good, error: None }, Some(old))
-            }
-            Err(error) => {
+                let state = FileState {
+                    stamp,
+                    digest,
+                    good: parsed.objects,
+                    errors: parsed.errors,
+                    usable: true,
+                };
+                (path, state, Some(old))
+            } else {
                 // Broken: the last good content stays in use, so the store does not change.
                 let good = previous.map(|p| p.good).unwrap_or_default();
-                (path, FileState { stamp, digest, good, error: Some(error) }, None)
+                let state = FileState { stamp, digest, good, errors: parsed.errors, usable: false };
+                (path, state, None)
             }
-        },
+        }
+    }
+}
+
+/// A file's text, read in bounded time and memory: regular files only (a FIFO would block the
+/// reader, `/dev/zero` never ends), at most `max_bytes` ([`limits::MAX_FILE_BYTES`] for input),
+/// UTF-8.
+pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that a file swapped for a FIFO after listing cannot block the open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let metadata = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !metadata.is_file() {
+        return Err(format!("is not a regular file ({})", file_type_name(&metadata)));
+    }
+    let too_large = |len: u64| {
+        format!("is {len} bytes; files larger than {max_bytes} bytes are not read (split the file)")
+    };
+    if metadata.len() > max_bytes {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())
+    })
+}
+
+fn file_type_name(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 
@@ -473,36 +871,115 @@ fn content_digest(text: &str) -> u64 {
     hasher.finish()
 }
 
-fn collect_yaml_files(dir: &Path, out: &mut Vec<(PathBuf, FileStamp)>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Editors' swap and backup files, and hidden files (e.g. Kubernetes ConfigMap mounts'
-        // ..data symlinks), are not input.
-        if name.starts_with('.') || name.ends_with('~') {
-            continue;
-        }
-        let metadata = std::fs::metadata(&path)?;
-        if metadata.is_dir() {
-            collect_yaml_files(&path, out)?;
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            use std::os::unix::fs::MetadataExt;
-            let stamp = FileStamp {
-                modified: metadata.modified().ok(),
-                len: metadata.len(),
-                inode: metadata.ino(),
-            };
-            out.push((path, stamp));
-        }
+/// Whether a file name is input: `.yaml`, `.yml` or `.json`, not hidden, not a backup.
+pub fn is_input_file(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    // Editors' swap and backup files, and hidden files (e.g. Kubernetes ConfigMap mounts'
+    // ..data symlinks), are not input.
+    if name.starts_with('.') || name.ends_with('~') {
+        return false;
     }
-    Ok(())
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".yaml") || lower.ends_with(".yml") || lower.ends_with(".json")
+}
+
+/// The input files under a directory tree, each with its stamp or why it cannot be read.
+#[derive(Default)]
+struct Listing {
+    files: Vec<(PathBuf, Result<FileStamp, String>)>,
+    /// Subdirectories that could not be listed.
+    unlisted_dirs: Vec<SourceError>,
+    /// Directories seen, by device and inode: a symlink back up the tree is listed once.
+    visited: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Listing {
+    /// Lists `dir`; an error only when `dir` is the root and cannot be read.
+    fn collect(&mut self, dir: &Path, depth: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let unlisted = |reason: String| SourceError {
+            file: dir.to_path_buf(),
+            document: None,
+            object: None,
+            reason,
+        };
+        let metadata = std::fs::metadata(dir)?;
+        if !self.visited.insert((metadata.dev(), metadata.ino())) {
+            return Ok(()); // a symlink to a directory already listed
+        }
+        if depth > limits::MAX_DIRECTORY_DEPTH {
+            let reason = format!(
+                "directories nested deeper than {} levels are not read (limit MAX_DIRECTORY_DEPTH)",
+                limits::MAX_DIRECTORY_DEPTH
+            );
+            self.unlisted_dirs.push(unlisted(reason));
+            return Ok(());
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if depth == 0 => return Err(e),
+            Err(e) => {
+                self.unlisted_dirs.push(unlisted(format!("cannot list directory: {e}")));
+                return Ok(());
+            }
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.unlisted_dirs.push(unlisted(format!("cannot list directory: {e}")));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            // Follows symlinks: a symlink is read as what it points to.
+            match std::fs::metadata(&path) {
+                Ok(metadata) if metadata.is_dir() => {
+                    if !name.to_string_lossy().ends_with('~') {
+                        self.collect(&path, depth + 1)?;
+                    }
+                }
+                _ if !is_input_file(&name) => {}
+                Ok(metadata) if metadata.is_file() => {
+                    let stamp = FileStamp {
+                        modified: metadata.modified().ok(),
+                        len: metadata.len(),
+                        inode: metadata.ino(),
+                    };
+                    self.files.push((path, Ok(stamp)));
+                }
+                Ok(metadata) => {
+                    let reason = format!("is not a regular file ({})", file_type_name(&metadata));
+                    self.files.push((path, Err(reason)));
+                }
+                Err(e) => self.files.push((path, Err(format!("cannot read: {e}")))),
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The objects of a file that must parse cleanly.
+    fn parse_ok(file: &str, text: &str) -> Vec<Object> {
+        let parsed = parse_file(Path::new(file), text);
+        assert!(parsed.usable && parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.objects
+    }
+
+    /// The first error of a file that must not be usable.
+    fn parse_err(file: &str, text: &str) -> SourceError {
+        let parsed = parse_file(Path::new(file), text);
+        assert!(!parsed.usable, "{file} should not be usable");
+        parsed.errors.into_iter().next().expect("an unusable file has an error")
+    }
 
     #[test]
     fn multi_document_files_and_lists_parse() {
@@ -524,35 +1001,112 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: { name: ignored }
 "#;
-        let objects = parse_documents(Path::new("a.yaml"), text).unwrap();
+        let objects = parse_ok("a.yaml", text);
         let kinds: Vec<_> = objects.iter().map(|o| format!("{} {}", o.kind(), o.key())).collect();
         assert_eq!(kinds, ["Service default/nginx", "ConfigMap default/ca"]);
+        let json = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca"}, "data": {"ca.crt": "x"}}"#;
+        assert_eq!(parse_ok("a.json", json).len(), 1);
     }
 
     #[test]
     fn errors_name_file_document_and_object() {
-        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: BackendTLSPolicy\nmetadata: {name: old, namespace: apps}\nspec: {}\n";
-        let err = parse_documents(Path::new("dir/p.yaml"), text).unwrap_err();
-        assert_eq!(err.document, Some(2));
-        assert_eq!(err.object.as_deref(), Some("BackendTLSPolicy apps/old"));
-        assert!(err
-            .to_string()
-            .starts_with("dir/p.yaml: document 2 (BackendTLSPolicy apps/old): "));
-        assert!(err.reason.contains("not supported"), "{}", err.reason);
-
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: notanumber}]}\n";
-        let err = parse_documents(Path::new("s.yaml"), text).unwrap_err();
+        let err = parse_err("s.yaml", text);
         assert_eq!(err.object.as_deref(), Some("Service default/s"));
+        assert!(err.to_string().starts_with("s.yaml: document 1 (Service default/s): "), "{err}");
     }
 
     #[test]
     fn yaml_syntax_errors_name_their_document() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: [unclosed\n";
-        let err = parse_documents(Path::new("s.yaml"), text).unwrap_err();
+        let err = parse_err("s.yaml", text);
         assert_eq!(err.document, Some(2), "{err}");
         assert!(err.reason.contains("starts at line 4"), "{err}");
         assert_eq!(split_documents("---\na: 1\n---\nb: 2\n").len(), 2);
         assert_eq!(split_documents("a: |\n  ---\n  x\n").len(), 1);
+    }
+
+    /// A document that looks like a BackendTLSPolicy but cannot be read as one keeps its targets
+    /// (to fail them closed) and is reported; the file stays usable.
+    #[test]
+    fn unreadable_policies_keep_their_targets() {
+        let cases = [
+            // A misspelt field.
+            ("apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: p, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: nginx, sectionName: https}]\n  validation: {hostnam: example.com, caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]}\n", "hostnam"),
+            // An unsupported version, with v1alpha2's single targetRef.
+            ("apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: BackendTLSPolicy\nmetadata: {name: p, namespace: apps}\nspec:\n  targetRef: {group: '', kind: Service, name: nginx, sectionName: https}\n  tls: {hostname: example.com}\n", "v1alpha2"),
+            // Another group.
+            ("apiVersion: example.com/v1\nkind: BackendTLSPolicy\nmetadata: {name: p, namespace: apps}\nspec: {targetRefs: [{name: nginx, sectionName: https}]}\n", "example.com/v1"),
+            // A name the API server would refuse.
+            ("apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: P_1, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: nginx, sectionName: https}]\n  validation: {hostname: example.com, caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]}\n", "metadata.name"),
+            // A key given twice.
+            ("apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: p, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: nginx, sectionName: https}]\n  validation: {hostname: example.com, hostname: evil.com, caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}]}\n", "duplicate key"),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse_file(Path::new("p.yaml"), text);
+            assert!(parsed.usable, "{text}");
+            assert_eq!(parsed.errors.len(), 1, "{text}");
+            assert!(parsed.errors[0].reason.contains(expected), "{}", parsed.errors[0]);
+            assert!(parsed.errors[0].reason.contains("fail closed"), "{}", parsed.errors[0]);
+            let [Object::BackendTlsPolicy(policy)] = &parsed.objects[..] else {
+                panic!("one stand-in policy: {:?}", parsed.objects)
+            };
+            assert!(policy.malformed.as_deref().is_some_and(|r| r.contains(expected)));
+            assert_eq!(policy.spec.target_refs[0].name, "nginx");
+            assert_eq!(policy.spec.target_refs[0].section_name.as_deref(), Some("https"));
+            assert_eq!(policy.metadata.namespace(), "apps");
+        }
+        // Without a readable target, nothing it governs can be known: the file is unusable.
+        let err = parse_err("p.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: p}\nspec: {targetRefs: {}}\n");
+        assert!(err.reason.contains("no targetRefs could be read"), "{err}");
+        // A broken sibling document makes the whole file unusable.
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: '', kind: Service, name: nginx}]\n  validation: {hostname: example.com, wellKnownCACertificates: System}\n---\nkind: [broken\n";
+        assert_eq!(parse_err("p.yaml", text).document, Some(2));
+    }
+
+    #[test]
+    fn names_are_checked_as_the_api_server_does() {
+        let service = |ns: &str, name: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n")
+        };
+        assert_eq!(parse_ok("s.yaml", &service("z-y", "q")).len(), 1);
+        // `z`/`y_q` and `z_y`/`q` would both be cluster kube_z_y_q_<port>.
+        assert!(parse_err("s.yaml", &service("z", "y_q")).reason.contains("metadata.name"));
+        assert!(parse_err("s.yaml", &service("z_y", "q")).reason.contains("metadata.namespace"));
+        assert!(parse_err("s.yaml", &service("a", "1abc")).reason.contains("DNS-1035"));
+    }
+
+    #[test]
+    fn hostile_documents_fail_in_bounded_time() {
+        // Alias amplification: ten levels of ten references each, a billion nodes.
+        let mut bomb = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  a0: &a0 [x,x,x,x,x,x,x,x,x,x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb += &format!(
+                "  a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"
+            );
+        }
+        let started = std::time::Instant::now();
+        let err = parse_err("bomb.yaml", &bomb);
+        assert!(err.reason.contains("repetition limit"), "{err}");
+        // Nesting 10,000 deep.
+        let deep = format!("a: {}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_err("deep.yaml", &deep).reason.contains("recursion limit"));
+        let deep_json = format!("{{\"a\": {}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_err("deep.json", &deep_json).reason.contains("recursion limit"));
+        // Duplicate keys are errors, in YAML and JSON.
+        let dup = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: one, k: two}\n";
+        assert!(parse_err("dup.yaml", dup).reason.contains("duplicate key \"k\""));
+        let dup =
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "name": "b"}}"#;
+        assert!(parse_err("dup.json", dup).reason.contains("duplicate key"));
+        // One oversized document.
+        let big = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: a}}\ndata: {{k: {}}}\n",
+            "x".repeat(limits::MAX_DOCUMENT_BYTES)
+        );
+        assert!(parse_err("big.yaml", &big).reason.contains("MAX_DOCUMENT_BYTES"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     }
 
     #[test]
@@ -604,6 +1158,71 @@ metadata: { name: ignored }
         std::fs::remove_file(&file).unwrap();
         config.reload().unwrap();
         assert!(config.store().0.config_map(&ObjectKey::new("default", "ca")).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files that cannot be read as text are reported in bounded time, never block the reload,
+    /// and leave the last good content (here: a ConfigMap under the same name) in use.
+    #[test]
+    fn hostile_files_are_reported_and_keep_the_last_good_content() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("btls-hostile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: one}\n";
+        let names = ["fifo.yaml", "zero.yaml", "loop.yaml", "big.yaml", "latin1.yaml"];
+        for name in names {
+            std::fs::write(
+                dir.join(name),
+                cm.replace("name: ca", &format!("name: {}", &name[..3])),
+            )
+            .unwrap();
+        }
+        let mut config = ConfigDir::new(&dir);
+        config.reload().unwrap();
+        assert!(config.errors().is_empty() && config.unusable().is_empty());
+        let held = |config: &ConfigDir| config.store().0.config_maps.len();
+        assert_eq!(held(&config), 5);
+
+        for name in names {
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+        let made = std::process::Command::new("mkfifo").arg(dir.join("fifo.yaml")).status();
+        assert!(made.unwrap().success());
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+        std::os::unix::fs::symlink(dir.join("loop.yaml"), dir.join("loop.yaml")).unwrap();
+        let big = std::fs::File::create(dir.join("big.yaml")).unwrap();
+        big.set_len(limits::MAX_FILE_BYTES + 1).unwrap(); // sparse: 64 MB without writing them
+        std::fs::write(dir.join("latin1.yaml"), b"data: {k: caf\xe9}\n").unwrap();
+        // A name that is not UTF-8, and a directory symlink back to the root.
+        std::fs::write(
+            dir.join(std::ffi::OsStr::from_bytes(b"bad\xffname.yaml")),
+            cm.replace("name: ca", "name: odd"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("sub/up")).unwrap();
+
+        let started = std::time::Instant::now();
+        config.reload().unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        let errors = config.errors();
+        let reason = |name: &str| {
+            errors
+                .iter()
+                .find(|e| e.file.file_name().is_some_and(|f| f == name))
+                .unwrap_or_else(|| panic!("no error for {name}: {errors:?}"))
+                .reason
+                .clone()
+        };
+        assert!(reason("fifo.yaml").contains("not a regular file (a FIFO)"), "{errors:?}");
+        assert!(reason("zero.yaml").contains("not a regular file (a device)"), "{errors:?}");
+        assert!(reason("loop.yaml").contains("cannot read"), "{errors:?}");
+        assert!(reason("big.yaml").contains("bytes are not read"), "{errors:?}");
+        assert!(reason("latin1.yaml").contains("not UTF-8"), "{errors:?}");
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert_eq!(config.unusable().len(), 5);
+        // The five kept their last good ConfigMaps; the oddly named file added one.
+        assert_eq!(held(&config), 6);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,6 +25,8 @@ pub struct Loader {
     process: Option<ManagedChild>,
     /// More `serve` arguments, e.g. `--filter ...`.
     extra_args: Vec<String>,
+    /// Whether starting waits for `/readyz` (else only for `/healthz`).
+    wait_for_ready: bool,
 }
 
 impl Loader {
@@ -53,9 +55,33 @@ impl Loader {
             log_dir,
             process: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            wait_for_ready: true,
         };
         loader.start_again();
         loader
+    }
+
+    /// Starts the loader on free ports and waits only until it answers `/healthz`: for inputs
+    /// on which it must not become ready.
+    pub fn start_unready(config_dir: &Path) -> Loader {
+        let log_dir =
+            tempfile::Builder::new().prefix("btls-loader-").tempdir().expect("loader temp dir");
+        let mut loader = Loader {
+            config_dir: config_dir.to_path_buf(),
+            xds_port: free_port(),
+            admin_port: free_port(),
+            log_dir,
+            process: None,
+            extra_args: Vec::new(),
+            wait_for_ready: false,
+        };
+        loader.start_again();
+        loader
+    }
+
+    /// `GET /readyz`'s status code.
+    pub fn readyz(&self) -> Option<u16> {
+        try_http_get(self.admin_port, "127.0.0.1", "/readyz").ok().map(|(status, _)| status)
     }
 
     pub fn xds_port(&self) -> u16 {
@@ -94,9 +120,10 @@ impl Loader {
             .env("RUST_LOG", "info");
         let mut process = ManagedChild::spawn("loader", command, &self.log_path());
         let port = self.admin_port;
-        wait_until("loader /readyz to answer 200", READY_TIMEOUT, || {
+        let path = if self.wait_for_ready { "/readyz" } else { "/healthz" };
+        wait_until(&format!("loader {path} to answer 200"), READY_TIMEOUT, || {
             process.assert_running();
-            match try_http_get(port, "127.0.0.1", "/readyz") {
+            match try_http_get(port, "127.0.0.1", path) {
                 Ok((200, _)) => Ok(()),
                 other => Err(other),
             }

@@ -213,6 +213,10 @@ fn resolve_policy(
         resolved.trust = Trust::Unusable { reason: message };
         (resolved, attached.clone())
     };
+    if let Some(reason) = &policy.malformed {
+        let message = format!("the policy cannot be read as written: {reason}");
+        return invalid(resolved, "Invalid", message);
+    }
     if let Err(message) = validate_spec(policy) {
         return invalid(resolved, "Invalid", message);
     }
@@ -252,8 +256,7 @@ fn resolve_policy(
     let mut invalid_kind = false;
     if validation.well_known_ca_certificates.is_some() {
         let path = &options.system_ca_bundle;
-        match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
+        match crate::source::read_text(path, trust::MAX_CA_BUNDLE_BYTES as u64)
             .and_then(|pem| trust::ca_bundle(&pem))
         {
             Ok(bundle) => pems.push(bundle),
@@ -408,7 +411,7 @@ fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
     }
     if !is_hostname(&v.hostname, false) {
         return Err(format!(
-            "hostname {:?} is not a valid lowercase DNS name (no wildcards)",
+            "hostname {:?} is not a valid lowercase DNS name (no wildcards, no IP addresses)",
             v.hostname
         ));
     }
@@ -432,13 +435,19 @@ fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
 }
 
 /// RFC 1123 names in lowercase; `wildcard` allows a leading `*.` (Gateway API `Hostname`).
+/// IP literals are not host names (RFC 1123 2.1: the top-level label is never numeric), and
+/// TLS sends no SNI for them (RFC 6066 3): a policy hostname `10.0.0.5` could be met by no
+/// backend and would make Envoy or the validator reject the cluster.
 fn is_hostname(name: &str, wildcard: bool) -> bool {
     let name = match name.strip_prefix("*.") {
         Some(rest) if wildcard => rest,
         _ => name,
     };
+    let top_label_numeric =
+        name.rsplit('.').next().is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()));
     !name.is_empty()
         && name.len() <= 253
+        && !top_label_numeric
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -515,6 +524,10 @@ mod tests {
         assert!(is_hostname("*.example.com", true));
         assert!(!is_hostname("Example.com", false));
         assert!(!is_hostname("", false));
+        assert!(!is_hostname("10.0.0.5", false), "an IP literal is not a hostname");
+        assert!(!is_hostname("*.0.0.5", true));
+        assert!(is_hostname("10.example.com", false));
+        assert!(!is_hostname("::1", false));
         assert!(is_absolute_uri("spiffe://example.com/backend"));
         assert!(!is_absolute_uri("example.com/backend"));
         assert!(!is_absolute_uri("://x"));

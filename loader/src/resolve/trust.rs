@@ -123,23 +123,46 @@ struct ParsedCertificate {
 type Parsed = Arc<Result<ParsedBundle, String>>;
 
 fn parse_bundle_cached(pem: &str) -> Parsed {
-    static CACHE: LazyLock<Mutex<HashMap<String, Parsed>>> = LazyLock::new(Default::default);
+    /// The cached bundles and the bytes of their keys.
+    static CACHE: LazyLock<Mutex<(HashMap<String, Parsed>, usize)>> =
+        LazyLock::new(Default::default);
     const MAX_ENTRIES: usize = 50_000;
-    if let Some(hit) = CACHE.lock().unwrap().get(pem) {
+    const MAX_BYTES: usize = 64 * 1024 * 1024;
+    if let Some(hit) = CACHE.lock().unwrap().0.get(pem) {
         return hit.clone();
     }
     let parsed = Arc::new(parse_bundle(pem));
     let mut cache = CACHE.lock().unwrap();
-    if cache.len() >= MAX_ENTRIES {
-        cache.clear();
+    let (entries, bytes) = &mut *cache;
+    if entries.len() >= MAX_ENTRIES || *bytes + pem.len() > MAX_BYTES {
+        entries.clear();
+        *bytes = 0;
     }
-    cache.insert(pem.to_string(), parsed.clone());
+    if entries.insert(pem.to_string(), parsed.clone()).is_none() {
+        *bytes += pem.len();
+    }
     parsed
 }
 
+/// Limits on one CA bundle, far above real bundles (a system bundle holds about 150 certificates
+/// in about 200 KB), so that a hostile bundle costs bounded time and memory.
+pub const MAX_CA_BUNDLE_BYTES: usize = 2 * 1024 * 1024;
+pub const MAX_CA_BUNDLE_CERTIFICATES: usize = 1000;
+
 fn parse_bundle(pem: &str) -> Result<ParsedBundle, String> {
+    if pem.len() > MAX_CA_BUNDLE_BYTES {
+        return Err(format!(
+            "is {} bytes; CA bundles of at most {MAX_CA_BUNDLE_BYTES} bytes are read",
+            pem.len()
+        ));
+    }
     let mut certificates = Vec::new();
     for (index, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        if index == MAX_CA_BUNDLE_CERTIFICATES {
+            return Err(format!(
+                "holds more than {MAX_CA_BUNDLE_CERTIFICATES} certificates; at most {MAX_CA_BUNDLE_CERTIFICATES} are read"
+            ));
+        }
         let der = der.map_err(|e| format!("certificate {}: is not valid PEM: {e}", index + 1))?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
             format!("certificate {}: is not a valid X.509 certificate: {e}", index + 1)
@@ -241,6 +264,20 @@ mod tests {
         assert_eq!(ca_bundle("hello").unwrap_err(), "contains no PEM CERTIFICATE block");
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(ca_bundle(garbage).unwrap_err().contains("not a valid X.509 certificate"));
+    }
+
+    /// 10,000 certificates or 50 MB: refused in bounded time, before parsing them all.
+    #[test]
+    fn huge_bundles_are_refused() {
+        let many = GOLDEN_CA.repeat(MAX_CA_BUNDLE_CERTIFICATES + 1);
+        assert!(many.len() < MAX_CA_BUNDLE_BYTES, "the count limit is what this case checks");
+        let started = std::time::Instant::now();
+        let err = ca_bundle(&many).unwrap_err();
+        assert!(err.contains("more than 1000 certificates"), "{err}");
+        let huge = GOLDEN_CA.repeat(50 * 1024 * 1024 / GOLDEN_CA.len());
+        let err = ca_bundle(&huge).unwrap_err();
+        assert!(err.contains("at most 2097152 bytes"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
     fn ca_valid_between(from: (i32, u8, u8), to: (i32, u8, u8)) -> String {
