@@ -20,6 +20,8 @@ pub struct LoaderStatus {
     pub builds: u64,
     pub last_build_seconds: f64,
     pub snapshot_bytes: usize,
+    /// Clusters failed closed because Envoy rejected them.
+    pub failed_closed_clusters: usize,
 }
 
 pub struct Admin {
@@ -120,6 +122,12 @@ impl Admin {
             "gauge",
             "Duration of the last translation.",
             format!("{:.6}", status.last_build_seconds),
+        );
+        metric(
+            "backendtls_loader_failed_closed_clusters",
+            "gauge",
+            "Clusters failed closed because Envoy rejected their configuration (see /status rejected).",
+            status.failed_closed_clusters.to_string(),
         );
         metric(
             "backendtls_loader_connected_envoys",

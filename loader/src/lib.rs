@@ -8,6 +8,7 @@ pub mod ir;
 pub mod kube_names;
 pub mod objects;
 pub mod pipeline;
+pub mod quarantine;
 pub mod resolve;
 pub mod serve;
 pub mod source;

@@ -1,6 +1,7 @@
 //! From a config directory to policy status (`check`) and on to Envoy resources (`serve`,
 //! `render`): the same steps for every command.
 
+use crate::quarantine::RejectionReport;
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
 use crate::status::{GatewayReport, PolicyReport};
@@ -31,6 +32,7 @@ impl Resolved {
             gateways: r.gateways,
             errors: self.errors,
             problems: r.problems,
+            rejected: Vec::new(),
         }
     }
 
@@ -46,6 +48,8 @@ pub struct StatusReport {
     pub gateways: Vec<GatewayReport>,
     pub errors: Vec<SourceError>,
     pub problems: Vec<Problem>,
+    /// Resources Envoy refused (`serve` only).
+    pub rejected: Vec<RejectionReport>,
 }
 
 impl StatusReport {
@@ -63,6 +67,7 @@ impl StatusReport {
             gateways: &'a [GatewayReport],
             errors: &'a [SourceError],
             problems: &'a [Problem],
+            rejected: &'a [RejectionReport],
             snapshot_version: u64,
         }
         let document = Document {
@@ -70,6 +75,7 @@ impl StatusReport {
             gateways: &self.gateways,
             errors: &self.errors,
             problems: &self.problems,
+            rejected: &self.rejected,
             snapshot_version,
         };
         let mut text = serde_json::to_string(&document).expect("reports serialize");

@@ -2,9 +2,10 @@
 
 use crate::admin::{Admin, LoaderStatus};
 use crate::pipeline;
+use crate::quarantine::Quarantine;
 use crate::resolve;
 use crate::source::ConfigDir;
-use crate::xds::server::XdsState;
+use crate::xds::server::{Rejection, XdsState};
 use crate::xds::snapshot::Snapshot;
 use crate::xds::translate::{TranslateOptions, Translator};
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let status = Arc::new(RwLock::new(LoaderStatus::default()));
     let mut rebuild = Rebuilder {
         config,
+        quarantine: Quarantine::default(),
         resolve: options.resolve.clone(),
         translate: options.translate.clone(),
         translator: Translator::default(),
@@ -48,10 +50,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     // Rebuilds read files and resolve everything: they run on a thread of their own, so that
     // neither a slow disk nor a large directory ever holds up the tasks serving xDS and admin.
     let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let rejections_tx = std::sync::Mutex::new(events_tx.clone());
+    xds.report_rejections_to(move |rejection| {
+        let _ = rejections_tx.lock().unwrap().send(Event::Rejected(rejection));
+    });
+    let files_tx = events_tx;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the files ourselves raises access events; only changes matter.
         if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            let _ = events_tx.send(());
+            let _ = files_tx.send(Event::FilesChanged);
         }
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
@@ -62,9 +69,17 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     std::thread::Builder::new()
         .name("rebuild".into())
         .spawn(move || {
-            while events_rx.recv().is_ok() {
+            let on_event = |rebuild: &mut Rebuilder, event: Event| {
+                if let Event::Rejected(rejection) = event {
+                    rebuild.quarantine.add(rejection);
+                }
+            };
+            while let Ok(event) = events_rx.recv() {
+                on_event(&mut rebuild, event);
                 // Debounce: wait until the directory has been quiet for a moment.
-                while events_rx.recv_timeout(DEBOUNCE).is_ok() {}
+                while let Ok(event) = events_rx.recv_timeout(DEBOUNCE) {
+                    on_event(&mut rebuild, event);
+                }
                 rebuild.run();
             }
         })
@@ -101,8 +116,16 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// What wakes the rebuild thread.
+enum Event {
+    FilesChanged,
+    /// Envoy refused resources: fail the clusters affected closed.
+    Rejected(Rejection),
+}
+
 struct Rebuilder {
     config: ConfigDir,
+    quarantine: Quarantine,
     resolve: resolve::Options,
     translate: TranslateOptions,
     translator: Translator,
@@ -119,9 +142,10 @@ impl Rebuilder {
             return;
         }
         let reloaded = started.elapsed();
-        let resolved = pipeline::resolve(&self.config, &self.resolve);
+        let mut resolved = pipeline::resolve(&self.config, &self.resolve);
         let resolved_at = started.elapsed();
         let current = self.snapshot_tx.borrow().clone();
+        self.quarantine.apply(&mut resolved.resolution.ir, &current);
         if current.version == 0 {
             let unusable = self.config.unusable();
             if !unusable.is_empty() {
@@ -144,7 +168,8 @@ impl Rebuilder {
         }
         let resources = self.translator.translate(&resolved.resolution.ir, &self.translate);
         // The IR is translated: free it before the snapshot is built.
-        let report = resolved.into_status();
+        let mut report = resolved.into_status();
+        report.rejected = self.quarantine.reports();
         let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
         if !changed {
@@ -175,5 +200,6 @@ impl Rebuilder {
         status.builds += 1;
         status.last_build_seconds = elapsed.as_secs_f64();
         status.snapshot_bytes = bytes;
+        status.failed_closed_clusters = self.quarantine.len();
     }
 }

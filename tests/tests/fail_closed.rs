@@ -179,3 +179,121 @@ fn yaml_to_json_text(yaml: &str) -> String {
     let value: serde_json::Value = serde_norway::from_str(yaml).expect("valid YAML");
     serde_json::to_string_pretty(&value).unwrap()
 }
+
+/// A plain-HTTP server on loopback that answers 200 to anything and counts the requests it got:
+/// the "Service served in plaintext" a policy is then added to.
+struct PlainHttpServer {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PlainHttpServer {
+    fn start() -> PlainHttpServer {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        // One request head per iteration (keep-alive), no bodies.
+                        let mut line = String::new();
+                        let mut head_lines = 0;
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                            head_lines += 1;
+                            if line == "\r\n" {
+                                break;
+                            }
+                            line.clear();
+                        }
+                        if head_lines == 0 {
+                            return;
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = "plaintext backend\n";
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        PlainHttpServer { port, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// When Envoy rejects a cluster (a NACK) it keeps the previous version, here the plaintext
+/// cluster of a Service a policy was just added to. The loader fails such clusters closed with a
+/// configuration Envoy accepts, reports the rejection in `/status` and `/metrics`, and tries the
+/// policy again once its input changes. Envoy is made to reject by a cause only Envoy knows: the
+/// loader hands verification to the dynamic module, which this Envoy cannot find.
+#[test]
+fn a_cluster_envoy_rejects_fails_closed() {
+    // Envoy inherits the environment, and must not find the module.
+    std::env::remove_var("ENVOY_DYNAMIC_MODULES_SEARCH_PATH");
+    for ads in [Ads::Delta, Ads::Sotw] {
+        let plain = PlainHttpServer::start();
+        let fixture = Fixture::conformance();
+        fixture.config.write("service.yaml", &btls_service_yaml(SERVICE, plain.port));
+        fixture
+            .config
+            .write("route.yaml", &Route::new("fail-closed").rule(PATH, SERVICE, BTLS_PORT).yaml());
+        let loader = Loader::start_with_args(
+            fixture.config.path(),
+            free_port(),
+            free_port(),
+            &["--validator", "dynamic-module"],
+        );
+        let envoy_admin_port = free_port();
+        let node = format!("e2e-fail-closed-nack-{ads:?}");
+        let envoy = Envoy::start(
+            &ads_bootstrap(loader.xds_port(), envoy_admin_port, &node, ads),
+            envoy_admin_port,
+        );
+        let stack = PolicyStack {
+            envoy,
+            loader,
+            config: fixture.config,
+            backend: fixture.backend,
+            pki: fixture.pki,
+            gateway_port: fixture.gateway_port,
+        };
+        // No policy yet: plaintext, as the user wrote it.
+        assert_eq!(stack.wait_for_status(PATH, 200), "plaintext backend\n");
+
+        stack.config.write("policy.yaml", &valid_policy("nacked"));
+        let bodies = stack.assert_consistent_status(PATH, 503);
+        assert!(bodies.iter().all(|b| b.contains("Envoy rejected")), "{bodies:?}");
+        let served_in_plaintext = plain.requests();
+        for _ in 0..5 {
+            assert_eq!(stack.get(PATH).unwrap().0, 503);
+        }
+        assert_eq!(plain.requests(), served_in_plaintext, "plaintext after the NACK was handled");
+        let status = stack.loader.status();
+        let rejected = &status["rejected"];
+        assert!(rejected.to_string().contains(&format!("{NS}/nacked")), "{status}");
+        assert!(rejected.to_string().contains(&node), "{status}");
+        assert_eq!(stack.loader.metric("backendtls_loader_failed_closed_clusters"), Some(1.0));
+
+        // The input changes (the policy goes): the cluster is tried again, here plaintext.
+        stack.config.remove("policy.yaml");
+        assert_eq!(stack.wait_for_status(PATH, 200), "plaintext backend\n");
+        wait_until("no cluster failed closed", CONVERGE_TIMEOUT, || {
+            let value = stack.loader.metric("backendtls_loader_failed_closed_clusters");
+            (value == Some(0.0)).then_some(()).ok_or(value)
+        });
+    }
+}

@@ -41,11 +41,25 @@ pub struct SessionInfo {
     pub last_nack: Option<String>,
 }
 
+/// Resources an Envoy refused (a NACK), passed to whoever builds snapshots so that it can replace
+/// them with ones that fail closed: Envoy keeps the previous version of a rejected resource, which
+/// may be a plaintext cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub node: String,
+    pub type_url: String,
+    /// The rejected resources with the versions sent: those Envoy's message names, or every
+    /// resource of the rejected response when it names none.
+    pub resources: Vec<(String, String)>,
+    pub message: String,
+}
+
 pub struct XdsState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     sessions: Mutex<BTreeMap<u64, SessionInfo>>,
     next_session: AtomicU64,
     pub metrics: XdsMetrics,
+    rejections: std::sync::OnceLock<Box<dyn Fn(Rejection) + Send + Sync>>,
 }
 
 impl XdsState {
@@ -55,7 +69,13 @@ impl XdsState {
             sessions: Mutex::new(BTreeMap::new()),
             next_session: AtomicU64::new(1),
             metrics: XdsMetrics::default(),
+            rejections: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Every NACK from now on is also passed to `sink` (once per state; later calls are ignored).
+    pub fn report_rejections_to(&self, sink: impl Fn(Rejection) + Send + Sync + 'static) {
+        let _ = self.rejections.set(Box::new(sink));
     }
 
     pub fn sessions(&self) -> Vec<SessionInfo> {
@@ -116,6 +136,8 @@ struct TypeState {
     known: BTreeMap<String, String>,
     /// The response awaiting ACK: its nonce and the snapshot version it came from.
     pending: Option<(String, u64)>,
+    /// The names in that response, for delta (a state-of-the-world response holds `known`).
+    pending_names: Vec<String>,
     acked_version: Option<u64>,
 }
 
@@ -183,8 +205,16 @@ impl Session {
                             %node, r#type = short_name(type_url), snapshot = version, reason = %message,
                             "Envoy rejected the configuration (NACK); it keeps its previous resources"
                         );
-                        let message = message.to_string();
-                        self.update_info(|info| info.last_nack = Some(message));
+                        let rejection = Rejection {
+                            node,
+                            type_url: type_url.to_string(),
+                            resources: rejected_resources(st, message),
+                            message: message.to_string(),
+                        };
+                        if let Some(sink) = self.state.rejections.get() {
+                            sink(rejection.clone());
+                        }
+                        self.update_info(|info| info.last_nack = Some(rejection.message));
                     }
                 }
                 self.publish_acked();
@@ -357,6 +387,7 @@ impl Session {
         let nonce = self.nonce();
         let st = self.types.get_mut(type_url).expect("present");
         st.pending = Some((nonce.clone(), snapshot.version));
+        st.pending_names = resources.iter().map(|r| r.name.clone()).collect();
         self.count_sent(count, bytes);
         tracing::debug!(node = %self.node, r#type = short_name(type_url), count, removed = removed.len(), snapshot = snapshot.version, "delta push");
         Some(DeltaDiscoveryResponse {
@@ -454,6 +485,27 @@ impl Session {
     fn close(&self) {
         tracing::info!(session = self.id, node = %self.node, "Envoy disconnected");
         self.state.sessions.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// What a NACK rejected: the resources of the pending response that Envoy's message names (it
+/// names the cluster or secret it could not use), or all of them when it names none.
+fn rejected_resources(st: &TypeState, message: &str) -> Vec<(String, String)> {
+    let sent: Vec<&String> = if st.pending_names.is_empty() {
+        st.known.keys().collect()
+    } else {
+        st.pending_names.iter().collect()
+    };
+    let with_version = |name: &String| st.known.get(name).map(|v| (name.clone(), v.clone()));
+    let named: Vec<_> = sent
+        .iter()
+        .filter(|name| message.contains(name.as_str()))
+        .filter_map(|n| with_version(n))
+        .collect();
+    if named.is_empty() {
+        sent.into_iter().filter_map(with_version).collect()
+    } else {
+        named
     }
 }
 
