@@ -51,7 +51,8 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Translation {
-    /// Directory of Kubernetes YAML (any file names, multi-document files, subdirectories).
+    /// Directory of Kubernetes manifests: `.yaml`, `.yml` and `.json` files, multi-document YAML,
+    /// subdirectories.
     #[arg(long)]
     config_dir: PathBuf,
     /// Serve only Gateways of this gatewayClassName (default: every Gateway in the directory).
