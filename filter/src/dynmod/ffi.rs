@@ -10,6 +10,8 @@
 //! - Buffers Envoy hands out stay valid only during the hook; the safe wrappers tie their
 //!   lifetime to the `&FilterHandle` borrow, and nothing keeps them after the hook returns.
 
+// The one module where `unsafe` (and `#[no_mangle]`) is allowed; the crate denies it elsewhere.
+#![allow(unsafe_code)]
 #![allow(clippy::missing_safety_doc)]
 
 use std::ffi::{c_char, c_void};
@@ -90,7 +92,6 @@ const METADATA_SOURCE_CLUSTER: u32 = 2;
 #[repr(u32)]
 pub enum Attribute {
     ResponseCodeDetails = 16,
-    UpstreamAddress = 41,
     UpstreamTlsVersion = 43,
     UpstreamDnsSanPeerCertificate = 47,
     UpstreamUriSanPeerCertificate = 49,
@@ -103,6 +104,7 @@ pub enum Attribute {
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum LogLevel {
+    Debug = 1,
     Info = 2,
     Warn = 3,
     Error = 4,
@@ -422,11 +424,12 @@ fn guard<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
     })
 }
 
-/// The hook bodies after a panic in the request or response path: answer 500 rather than let
-/// an unchecked request through.
+/// A headers hook that could not run its body (a panic, or no filter): answer 500 rather than
+/// let an unchecked request through. If even that panics, stop the filter chain: a stream
+/// neither answered nor continued is reset by Envoy rather than forwarded.
 fn fail_closed(filter: *mut c_void, hook: &str) -> u32 {
     let handle = FilterHandle(filter);
-    guard(hook, HeaderStatus::Continue as u32, || {
+    guard(hook, HeaderStatus::StopIteration as u32, || {
         handle.send_response(
             500,
             &[("content-type", "text/plain")],
@@ -486,6 +489,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     _filter_envoy: *mut c_void,
 ) -> *const c_void {
     guard("filter_new", std::ptr::null(), || {
+        if config.is_null() {
+            return std::ptr::null();
+        }
         // SAFETY: Envoy keeps the config alive for as long as filters made from it exist.
         let config: &'static Config = unsafe { &*config.cast::<Config>() };
         Box::into_raw(Box::new(Filter::new(config))).cast_const().cast()
@@ -493,10 +499,35 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
 }
 
 /// # Safety
-/// `filter` is the pointer `filter_new` returned, not yet destroyed; Envoy calls a stream's hooks
-/// from one thread, one at a time.
-unsafe fn filter_mut<'a>(filter: *const c_void) -> &'a mut Filter {
-    &mut *filter.cast::<Filter>().cast_mut()
+/// `filter` is non-null and the pointer `filter_new` returned, not yet destroyed; Envoy calls a
+/// stream's hooks from one thread. Only a shared reference is made: a hook may re-enter another
+/// hook of the same stream (`send_response` runs the response path before it returns), and
+/// [`Filter`] keeps its state in a `Cell` for that reason.
+unsafe fn filter_ref<'a>(filter: *const c_void) -> &'a Filter {
+    &*filter.cast::<Filter>()
+}
+
+/// A headers hook: the body on the filter, or a 500 when there is no filter (`filter_new` failed,
+/// e.g. after a caught panic, and returned null) or the body panicked.
+fn headers_hook(
+    hook: &str,
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    body: impl FnOnce(&Filter, &FilterHandle) -> HeaderStatus,
+) -> u32 {
+    if filter.is_null() {
+        log(LogLevel::Error, &format!("backendtls: {hook} without a filter (filter_new failed)"));
+        return fail_closed(filter_envoy, hook);
+    }
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: non-null, and see `filter_ref`.
+        let filter = unsafe { filter_ref(filter) };
+        body(filter, &FilterHandle(filter_envoy)) as u32
+    }))
+    .unwrap_or_else(|payload| {
+        report_panic(hook, payload);
+        fail_closed(filter_envoy, hook)
+    })
 }
 
 #[no_mangle]
@@ -505,15 +536,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: see `filter_mut`.
-        let filter = unsafe { filter_mut(filter) };
-        filter.on_request_headers(&FilterHandle(filter_envoy)) as u32
-    }))
-    .unwrap_or_else(|payload| {
-        report_panic("request_headers", payload);
-        fail_closed(filter_envoy, "request_headers (after panic)")
-    })
+    headers_hook("request_headers", filter_envoy, filter, Filter::on_request_headers)
 }
 
 #[no_mangle]
@@ -522,15 +545,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     filter: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: see `filter_mut`.
-        let filter = unsafe { filter_mut(filter) };
-        filter.on_response_headers(&FilterHandle(filter_envoy)) as u32
-    }))
-    .unwrap_or_else(|payload| {
-        report_panic("response_headers", payload);
-        fail_closed(filter_envoy, "response_headers (after panic)")
-    })
+    headers_hook("response_headers", filter_envoy, filter, Filter::on_response_headers)
 }
 
 #[no_mangle]
