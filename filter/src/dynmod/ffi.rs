@@ -116,6 +116,8 @@ const METRICS_SUCCESS: u32 = 0;
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+    // Only the debug-build test hook reads request headers.
+    #[cfg(debug_assertions)]
     fn envoy_dynamic_module_callback_http_get_header(
         filter: *mut c_void,
         kind: u32,
@@ -232,6 +234,7 @@ impl ConfigHandle {
 pub struct FilterHandle(*mut c_void);
 
 impl FilterHandle {
+    #[cfg(debug_assertions)]
     pub fn request_header(&self, name: &str) -> Option<&[u8]> {
         let mut out = NULL_BUFFER;
         let mut total = 0usize;
