@@ -130,6 +130,42 @@ mod tests {
         }
     }
 
+    fn policy(hostname: &str, sans: &[&str]) -> ir::BackendTls {
+        ir::BackendTls {
+            policy: crate::store::ObjectKey::new("default", "p"),
+            hostname: hostname.into(),
+            subject_alt_names: sans
+                .iter()
+                .map(|s| SubjectAltName::Hostname(s.to_string()))
+                .collect(),
+            params: ir::TlsParams::default(),
+            trust: ir::Trust::Ca { secret: "ca".into() },
+            client_certificate: None,
+        }
+    }
+
+    #[test]
+    fn names_too_long_for_envoys_regex_limit_need_the_module_validator() {
+        let long = format!("{}.{}.example.com", "a".repeat(63), "b".repeat(20));
+        let error = checked_identities(&policy("example.com", &[&long]), Validator::Envoy)
+            .expect_err("too long for Envoy's default RE2 limit");
+        assert!(error.contains("RE2 program size") && error.contains(&long), "{error}");
+        let identities =
+            checked_identities(&policy("example.com", &[&long]), Validator::DynamicModule)
+                .expect("no regex with the module validator");
+        assert_eq!(identities, [Identity::dns(&long).unwrap()]);
+    }
+
+    #[test]
+    fn the_sni_must_be_an_exact_dns_name_whatever_the_sans() {
+        for hostname in ["10.0.0.5", "*.example.com", "bücher.example"] {
+            let error = checked_identities(&policy(hostname, &["a.example.com"]), Validator::Envoy)
+                .expect_err(hostname);
+            assert!(error.contains(hostname), "{error}");
+        }
+        assert!(checked_identities(&policy("example.com", &["*.com"]), Validator::Envoy).is_err());
+    }
+
     #[test]
     fn regexes_are_readable() {
         assert_eq!(regexes("Example.com"), [r"(?i)example\.com\.?"]);
