@@ -39,15 +39,7 @@ use crate::engine::{
     Upstream, Worker,
 };
 use crate::policy::{Fields, Policy};
-use ffi::{Attribute, ConfigHandle, FilterHandle, LogLevel};
-
-/// `envoy_dynamic_module_type_on_http_filter_{request,response}_headers_status`.
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub(crate) enum HeaderStatus {
-    Continue = 0,
-    StopIteration = 1,
-}
+use ffi::{Attribute, ConfigHandle, FilterHandle, HeaderStatus, LogLevel};
 
 /// Counter ids, one labelled counter per base name.
 struct CounterIds {
