@@ -12,7 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
-#[cfg(feature = "test-cases")]
+#[cfg(any(test, feature = "test-cases"))]
 pub mod identity_cases;
 pub mod reasons;
 pub mod stats;
