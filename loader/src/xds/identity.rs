@@ -22,8 +22,8 @@ use crate::ir::{self, SubjectAltName};
 /// Envoy refuses a regex whose RE2 program is larger than the runtime value
 /// `re2.max_program_size.error_level`, 100 by default. The program of the regexes below is never
 /// larger than their length in bytes (each literal character is at most one instruction, and
-/// escapes and syntax take more bytes than instructions; the end-to-end test
-/// `identity_regex_limit_is_what_envoy_accepts` checks it with Envoy), so a regex of at most
+/// escapes and syntax take more bytes than instructions; `tests/tests/san_matchers.rs`
+/// checks it with Envoy at the bound), so a regex of at most
 /// this many bytes is accepted by every Envoy with the default setting.
 pub const ENVOY_REGEX_MAX_LEN: usize = 100;
 
