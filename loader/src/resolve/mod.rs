@@ -518,7 +518,7 @@ fn backend_cluster(
         .iter()
         .find(|p| p.port == port_number)
         .ok_or_else(|| format!("Service {service_key} has no port {port_number}"))?;
-    let name = backendtls_filter::contract::cluster_name(namespace, &backend.name, port_number);
+    let name = backendtls_contract::cluster_name(namespace, &backend.name, port_number);
     let client_certificate = gw.client_certificate.clone();
     match ir.clusters.get(&name) {
         // Checked object names make this impossible (see `kube_names`); should it happen anyway,

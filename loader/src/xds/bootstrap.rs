@@ -31,13 +31,13 @@ fn admin(address: SocketAddr) -> bootstrap::Admin {
 }
 
 /// Tag rules that give the filter's Wasm stats their Prometheus labels (see
-/// `backendtls_filter::contract::stats`); harmless without the filter.
+/// `backendtls_contract::stats`); harmless without the filter.
 fn stats_config() -> envoy_types::pb::envoy::config::metrics::v3::StatsConfig {
     use envoy_types::pb::envoy::config::metrics::v3::{
         tag_specifier::TagValue, StatsConfig, TagSpecifier,
     };
     StatsConfig {
-        stats_tags: backendtls_filter::contract::stats::TAG_RULES
+        stats_tags: backendtls_contract::stats::TAG_RULES
             .iter()
             .map(|(name, regex)| TagSpecifier {
                 tag_name: name.to_string(),
