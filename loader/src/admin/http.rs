@@ -54,6 +54,10 @@ impl Default for Limits {
     }
 }
 
+/// Connections the kernel completes and queues before the server accepts them. The listener comes
+/// with std's 128, which a burst of connections overflows while the server is busy starting the
+/// previous ones; a dropped SYN costs the client a one-second retransmission.
+const ACCEPT_BACKLOG: i32 = 1024;
 /// The smallest read buffer hyper accepts.
 const MIN_HEAD_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
@@ -92,6 +96,10 @@ impl<F: Fn(&Method, &str) -> Reply + Send + Sync + 'static> Handler for F {}
 pub async fn serve(listener: TcpListener, limits: Limits, handler: impl Handler) {
     assert!(limits.max_request_head_bytes >= MIN_HEAD_BYTES, "hyper needs at least 8 KiB");
     assert!(limits.max_connections > 0);
+    // On Linux, `listen` on a listening socket only changes its backlog.
+    if let Err(e) = socket2::SockRef::from(&listener).listen(ACCEPT_BACKLOG) {
+        tracing::warn!(error = %e, "admin: cannot widen the accept queue");
+    }
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
