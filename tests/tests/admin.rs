@@ -39,8 +39,9 @@ fn set_descriptor_limit(pid: u32, limit: u64) {
 fn descriptor_limits(pid: u32) -> libc::rlimit {
     let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain syscall reading into a local.
-    let result =
-        unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    let result = unsafe {
+        libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old)
+    };
     assert_eq!(result, 0, "prlimit: {}", std::io::Error::last_os_error());
     old
 }
@@ -91,8 +92,8 @@ fn open_idle_connections(address: SocketAddr, count: usize) -> Vec<TcpStream> {
         });
         for _ in 0..BATCH.min(count - connections.len()) {
             let i = connections.len();
-            let connection = TcpStream::connect(address)
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            let connection =
+                TcpStream::connect(address).unwrap_or_else(|e| panic!("connection {i}: {e}"));
             connections.push(connection);
         }
     }
@@ -107,7 +108,8 @@ fn open_descriptors(pid: u32) -> usize {
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
     // Fields after the command name (which may contain spaces) start at field 3, "state".
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat has a comm") + 2..].split(' ').collect();
+    let fields: Vec<&str> =
+        stat[stat.rfind(')').expect("stat has a comm") + 2..].split(' ').collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;

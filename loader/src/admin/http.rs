@@ -205,7 +205,8 @@ impl Connections {
     async fn close_oldest_waiting(&self) -> bool {
         let task = {
             let mut open = self.open.lock().unwrap();
-            let oldest = open.iter().find(|(_, c)| c.waiting.load(Ordering::Relaxed)).map(|(id, _)| *id);
+            let oldest =
+                open.iter().find(|(_, c)| c.waiting.load(Ordering::Relaxed)).map(|(id, _)| *id);
             oldest.and_then(|id| open.remove(&id)).map(|c| c.task)
         };
         let Some(task) = task else {
