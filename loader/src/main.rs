@@ -134,7 +134,7 @@ impl Translation {
             delivery,
             filter,
             validator,
-            private_keys: xds::bootstrap::PrivateKeys::default(),
+            private_keys: PrivateKeys::default(),
         })
     }
 }
@@ -181,7 +181,11 @@ enum Command {
         include_private_keys: bool,
         /// Where Envoy reads the private keys left out of the bootstrap:
         /// DIR/<namespace>/<secret name>/tls.key.
-        #[arg(long, default_value = xds::bootstrap::DEFAULT_PRIVATE_KEY_DIR, conflicts_with = "include_private_keys")]
+        #[arg(
+            long,
+            default_value = xds::bootstrap::DEFAULT_PRIVATE_KEY_DIR,
+            conflicts_with = "include_private_keys"
+        )]
         private_key_dir: PathBuf,
     },
     /// Validate and resolve the directory without serving: policy status and input errors.
