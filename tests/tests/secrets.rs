@@ -248,10 +248,13 @@ fn rendered_bootstrap_reads_the_client_key_from_a_file() {
     assert!(valid, "envoy --mode validate:\n{output}\n{}", rendered.stdout);
     let _envoy = Envoy::start(&rendered.stdout, admin_port);
     wait_for_gateway_status(fixture.gateway_port, "/mtls", 200);
-    let requests = fixture.backend.requests_to("/mtls");
+    let requests = wait_until("NGINX to log the request", Duration::from_secs(30), || {
+        let requests = fixture.backend.requests_to("/mtls");
+        (!requests.is_empty()).then_some(requests)
+    });
     let subject = format!("CN={CLIENT_COMMON_NAME}");
     assert!(
-        !requests.is_empty() && requests.iter().all(|r| r.client_subject == subject),
+        requests.iter().all(|r| r.client_subject == subject),
         "NGINX should have seen the client certificate on every request: {requests:#?}"
     );
     drop(_envoy);
