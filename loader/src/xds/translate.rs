@@ -3,6 +3,7 @@
 //! Two shapes come out of the same code: resources for ADS (clusters with EDS endpoints and CA
 //! bundles as SDS secrets) and a static bootstrap for `render` (endpoints and CAs inline).
 
+use super::bootstrap::{static_client_certificate, PrivateKeys};
 use super::identity::{checked_identities, san_matchers};
 use super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
 use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, TlsVersion, Trust};
@@ -38,6 +39,9 @@ pub struct TranslateOptions {
     pub delivery: Delivery,
     pub filter: Filter,
     pub validator: Validator,
+    /// Where a static bootstrap takes client certificates' private keys from (`Inline` delivery
+    /// only; over ADS they travel as SDS secrets).
+    pub private_keys: PrivateKeys,
 }
 
 /// Who verifies backend certificates during the handshake.
@@ -59,6 +63,7 @@ impl Default for TranslateOptions {
             delivery: Delivery::Ads,
             filter: Filter::default(),
             validator: Validator::default(),
+            private_keys: PrivateKeys::default(),
         }
     }
 }
@@ -865,8 +870,10 @@ fn upstream_tls(
                 }]
             }
             Delivery::Inline => {
-                common.tls_certificates =
-                    vec![client_tls_certificate(&ir.client_certificates[name])]
+                common.tls_certificates = vec![static_client_certificate(
+                    &ir.client_certificates[name],
+                    &options.private_keys,
+                )]
             }
         }
     }
