@@ -173,21 +173,32 @@ fn check_render_and_serve_never_show_private_keys() {
         }
     }
 
+    // `render` refuses input with errors, and says why without showing any key.
     let keys = tempfile::tempdir().unwrap();
-    let render = run_loader_command(&[
-        "render",
-        "--config-dir",
-        dir,
-        "--private-key-dir",
-        keys.path().to_str().unwrap(),
-    ]);
+    let key_dir = keys.path().to_str().unwrap();
+    for extra in [&["--private-key-dir", key_dir][..], &["--include-private-keys"][..]] {
+        let mut args = vec!["render", "--config-dir", dir];
+        args.extend(extra);
+        let render = run_loader_command(&args);
+        assert_eq!(render.code, Some(1), "{render:?}");
+        assert!(render.stderr.contains("stringData must be a map"), "{render:?}");
+        needles.assert_absent("render", &format!("{render:?}"));
+    }
+    // On good input: keys stay out unless asked for (the search would find the key: with the
+    // flag, it is there).
+    let clean = ConfigDir::new();
+    write_client_certificate_setup(&clean, &pki, free_port(), free_port());
+    let clean_dir = clean.path().to_str().unwrap();
+    let render =
+        run_loader_command(&["render", "--config-dir", clean_dir, "--private-key-dir", key_dir]);
     assert_eq!(render.code, Some(0), "{render:?}");
     needles.assert_absent("render", &format!("{render:?}"));
-    // The search would find the key: with the flag, it is there.
-    let with_keys = run_loader_command(&["render", "--config-dir", dir, "--include-private-keys"]);
+    let with_keys =
+        run_loader_command(&["render", "--config-dir", clean_dir, "--include-private-keys"]);
     assert!(with_keys.stdout.contains(&needles.0[2]), "{with_keys:?}");
 
-    let loader = TracedLoader::start(config.path());
+    // `serve` publishes its first configuration from good input, then reads the broken Secrets.
+    let loader = TracedLoader::start(clean.path());
     let envoy_admin_port = free_port();
     let _envoy = Envoy::start(
         &ads_bootstrap(loader.xds_port, envoy_admin_port, "e2e-secrets", Ads::Delta),
@@ -198,6 +209,13 @@ fn check_render_and_serve_never_show_private_keys() {
         let acked =
             xds["envoys"].as_array().and_then(|e| e.first()).map(|e| e["acked_version"].clone());
         (acked == Some(xds["snapshot_version"].clone())).then_some(()).ok_or(xds)
+    });
+    write_broken_secrets(&clean, &pki);
+    wait_until("the broken Secrets in /status", Duration::from_secs(30), || {
+        let status = loader.get("/status");
+        (status.contains("stringData must be a map") && status.contains("tls.key is not a PEM"))
+            .then_some(())
+            .ok_or(status)
     });
     for path in ["/status", "/xds", "/metrics"] {
         needles.assert_absent(&format!("serve {path}"), &loader.get(path));
