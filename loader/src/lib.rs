@@ -4,6 +4,7 @@
 //! -> [`ir`] -> [`xds::translate`] (Envoy resources) -> [`xds::snapshot`] -> [`xds::server`] (ADS).
 
 pub mod admin;
+pub mod certs;
 pub mod ir;
 pub mod objects;
 pub mod pipeline;

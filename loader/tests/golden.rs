@@ -91,6 +91,7 @@ fn shipped_bootstrap_is_current() {
         admin_address: "127.0.0.1:19000".parse().unwrap(),
         node_id: "backendtls-envoy".into(),
         delta: true,
+        tls: None,
     });
     let actual = xds::json::to_yaml(&xds::json::to_json(&bootstrap));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
