@@ -1028,4 +1028,156 @@ mod tests {
         assert!(s.delta_response(&cds, &empty).is_none(), "then only changes");
         assert_eq!(acked(&s), Some(1));
     }
+
+    /// Puts a real, encoded cluster into the snapshot: its TLS context references `client_cert`
+    /// (tls_certificate_sds_secret_configs) and `ca` (combined validation context) over SDS.
+    fn put_cluster(snapshot: &mut Snapshot, name: &str, version: &str, client_cert: &str, ca: &str) {
+        use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+        let sds = |name: &str| tls::SdsSecretConfig { name: name.into(), ..Default::default() };
+        let context = tls::UpstreamTlsContext {
+            common_tls_context: Some(tls::CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds(client_cert)],
+                validation_context_type: Some(
+                    tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                        tls::common_tls_context::CombinedCertificateValidationContext {
+                            validation_context_sds_secret_config: Some(sds(ca)),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cluster = Cluster {
+            name: name.into(),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(
+                    super::super::translate::pack(&context),
+                )),
+            }),
+            ..Default::default()
+        };
+        snapshot.resources.get_mut(&Cluster::type_url()).unwrap().insert(
+            name.into(),
+            Arc::new(VersionedResource {
+                version: version.into(),
+                resource: super::super::translate::pack(&cluster),
+            }),
+        );
+    }
+
+    fn sent_names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+        response.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn secrets_go_only_to_streams_sent_a_cluster_that_references_them() {
+        let (cds, sds) = (Cluster::type_url(), Secret::type_url());
+        let mut v1 = snapshot(1, &[(&sds, "client-cert", "k"), (&sds, "ca-1", "c")]);
+        put_cluster(&mut v1, "backend", "1", "client-cert", "ca-1");
+
+        // A client that never asked for clusters asks for the client certificate by name.
+        let mut thief = session();
+        thief.on_delta_request(delta(&sds, &["client-cert"], &[], ""), &v1).unwrap();
+        let response = thief.delta_response(&sds, &v1).expect("answered, with nothing");
+        assert!(response.resources.is_empty(), "withheld: {:?}", sent_names(&response));
+        assert_eq!(thief.state.metrics.secrets_withheld.load(Ordering::Relaxed), 1);
+
+        // An Envoy: clusters first, then the secrets they name.
+        let mut envoy = session();
+        envoy.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&envoy.delta_response(&cds, &v1).unwrap()), ["backend"]);
+        envoy.on_delta_request(delta(&sds, &["client-cert", "ca-1"], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&envoy.delta_response(&sds, &v1).unwrap()), ["ca-1", "client-cert"]);
+        assert_eq!(envoy.state.metrics.secrets_withheld.load(Ordering::Relaxed), 0);
+
+        // State of the world follows the same rule.
+        let mut sotw_thief = session();
+        let force = sotw_thief.on_sotw_request(sotw(&sds, &["client-cert"], "")).unwrap().unwrap();
+        assert!(sotw_thief.sotw_response(&sds, &v1, force).unwrap().resources.is_empty());
+        let force = sotw_thief.on_sotw_request(sotw(&cds, &[], "")).unwrap().unwrap();
+        assert_eq!(sotw_thief.sotw_response(&cds, &v1, force).unwrap().resources.len(), 1);
+        assert_eq!(sotw_thief.sotw_response(&sds, &v1, false).unwrap().resources.len(), 1);
+    }
+
+    #[test]
+    fn a_secret_granted_after_it_was_asked_for_follows_and_reconnects_prove_possession() {
+        let (cds, sds) = (Cluster::type_url(), Secret::type_url());
+        let mut v1 = snapshot(1, &[(&sds, "ca-2", "c")]);
+        put_cluster(&mut v1, "backend", "1", "none", "ca-2");
+        let mut s = session();
+        s.on_delta_request(delta(&sds, &["ca-2"], &[], ""), &v1).unwrap();
+        assert!(s.delta_response(&sds, &v1).unwrap().resources.is_empty());
+        s.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
+        s.delta_response(&cds, &v1).unwrap();
+        assert!(std::mem::take(&mut s.sds_follow_up), "SDS is answered again");
+        assert_eq!(sent_names(&s.delta_response(&sds, &v1).unwrap()), ["ca-2"]);
+
+        // After a loader restart Envoy names the cluster version it holds: only the current
+        // version counts as proof.
+        for (claimed, granted) in [("1", true), ("forged", false)] {
+            let mut s = session();
+            let mut request = delta(&cds, &[], &[], "");
+            request.initial_resource_versions.insert("backend".into(), claimed.into());
+            s.on_delta_request(request, &v1).unwrap();
+            assert_eq!(s.granted_secrets.contains("ca-2"), granted, "claimed version {claimed}");
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_oversized_subscriptions_end_the_stream() {
+        let mut s = session();
+        let error = s
+            .on_delta_request(delta("type.googleapis.com/x.Unknown", &[], &[], ""), &Snapshot::default())
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().contains("x.Unknown"), "{}", error.message());
+
+        let eds = ClusterLoadAssignment::type_url();
+        let max = s.state.limits.max_names_per_stream;
+        let names: Vec<String> = (0..=max).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut s = session();
+        s.on_delta_request(delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
+        let error = s
+            .on_delta_request(delta(&eds, &names[max..], &[], ""), &Snapshot::default())
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted, "{error:?}");
+        // Unsubscribing frees the budget.
+        let mut s = session();
+        s.on_delta_request(delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
+        s.on_delta_request(delta(&eds, &names[max..], &names[..1], ""), &Snapshot::default())
+            .unwrap();
+        let error = s.on_sotw_request(sotw(&eds, &names, "")).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let error = session()
+            .on_delta_request(delta(&eds, &[&long], &[], ""), &Snapshot::default())
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_node_its_certificate_does_not_name_is_refused() {
+        let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let identity = PeerIdentity { dns_names: vec!["edge-1".into()], uris: vec![] };
+        let peer = Peer { identity: Some(Arc::new(identity)), ..Peer::default() };
+        let mut s = Session::new(XdsState::new(rx), "test", peer);
+        let mut request = delta(&Cluster::type_url(), &[], &[], "");
+        request.node = Some(envoy_types::pb::envoy::config::core::v3::Node {
+            id: "edge-2".into(),
+            cluster: "backendtls".into(),
+            ..Default::default()
+        });
+        let error = s.on_delta_request(request.clone(), &Snapshot::default()).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::PermissionDenied);
+        assert!(error.message().contains("edge-2"), "{}", error.message());
+        request.node.as_mut().unwrap().id = "edge-1".into();
+        s.on_delta_request(request, &Snapshot::default()).unwrap();
+        assert_eq!(s.node, "edge-1");
+    }
 }
