@@ -220,3 +220,28 @@ impl Rebuilder<'_> {
         status.snapshot_bytes = bytes;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_xds_only_on_loopback_unless_insecure() {
+        let plaintext = XdsServeOptions::default();
+        let insecure = XdsServeOptions { insecure: true, ..XdsServeOptions::default() };
+        let tls = XdsServeOptions {
+            tls: Some(TlsFiles::in_dir(std::path::Path::new("/certs"))),
+            ..XdsServeOptions::default()
+        };
+        for loopback in ["127.0.0.1:18000", "127.3.4.5:1", "[::1]:18000"] {
+            assert_eq!(check_transport(loopback.parse().unwrap(), &plaintext), Ok(()));
+        }
+        for open in ["0.0.0.0:18000", "[::]:18000", "10.1.2.3:18000"] {
+            let address = open.parse().unwrap();
+            let error = check_transport(address, &plaintext).unwrap_err();
+            assert!(error.contains("--insecure-xds") && error.contains(open), "{error}");
+            assert_eq!(check_transport(address, &insecure), Ok(()));
+            assert_eq!(check_transport(address, &tls), Ok(()));
+        }
+    }
+}

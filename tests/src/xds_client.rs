@@ -9,7 +9,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
 use prost::{Message, Name};
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -111,7 +113,10 @@ pub enum ClientAuth {
     Plaintext,
     /// TLS trusting `server_ca_pem` for the loader's certificate (named [`SERVER_NAME`]),
     /// presenting `client` if given.
-    Tls { server_ca_pem: String, client: Option<CertifiedKey> },
+    Tls {
+        server_ca_pem: String,
+        client: Option<CertifiedKey>,
+    },
 }
 
 /// One HTTP/2 connection to the loader's ADS server, with its own runtime.
@@ -168,9 +173,12 @@ impl AdsClient {
         tx.try_send(first).expect("room for the first request");
         let mut ads = self.ads();
         let responses = self.block_on(async move {
-            tokio::time::timeout(ANSWER_TIMEOUT, ads.delta_aggregated_resources(ReceiverStream::new(rx)))
-                .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("no response headers")))
+            tokio::time::timeout(
+                ANSWER_TIMEOUT,
+                ads.delta_aggregated_resources(ReceiverStream::new(rx)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("no response headers")))
         })?;
         Ok(DeltaStream { client: self, requests: tx, responses: responses.into_inner() })
     }
@@ -250,7 +258,7 @@ impl DeltaStream<'_> {
 
     /// The next response; Err with the status that ended the stream (OK when it just ended), or
     /// DEADLINE_EXCEEDED after [`ANSWER_TIMEOUT`].
-    pub fn next(&mut self) -> Result<DeltaDiscoveryResponse, Status> {
+    pub fn receive(&mut self) -> Result<DeltaDiscoveryResponse, Status> {
         let responses = &mut self.responses;
         self.client.block_on(async move {
             match tokio::time::timeout(ANSWER_TIMEOUT, responses.message()).await {
@@ -265,7 +273,7 @@ impl DeltaStream<'_> {
     /// The next response of `type_url`, acknowledging (ACK) every response on the way.
     pub fn next_of(&mut self, type_url: &str) -> Result<DeltaDiscoveryResponse, Status> {
         loop {
-            let response = self.next()?;
+            let response = self.receive()?;
             self.send(DeltaDiscoveryRequest {
                 type_url: response.type_url.clone(),
                 response_nonce: response.nonce.clone(),
@@ -295,7 +303,7 @@ pub fn fetch_clusters(port: u16, auth: &ClientAuth, node_id: &str) -> Result<Vec
     let mut stream = client
         .delta(delta_request(&Cluster::type_url(), &[], node_id))
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-    let response = stream.next().map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    let response = stream.receive().map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
     Ok(response
         .resources
         .iter()

@@ -19,9 +19,7 @@ use backendtls_e2e::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    Secret, UpstreamTlsContext,
-};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, UpstreamTlsContext};
 use prost::{Message, Name};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -49,7 +47,13 @@ fn start_envoy(loader: &Loader, node_id: &str, ads: Ads, certs: &Path) -> Envoy 
 fn session(loader: &Loader, node_id: &str) -> serde_json::Value {
     wait_until(&format!("{node_id} in /xds"), Duration::from_secs(10), || {
         let xds = loader.xds();
-        xds["envoys"].as_array().into_iter().flatten().find(|e| e["node"] == node_id).cloned().ok_or(xds)
+        xds["envoys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["node"] == node_id)
+            .cloned()
+            .ok_or(xds)
     })
 }
 
@@ -66,7 +70,10 @@ fn envoy_converges_over_mtls_with_delta_and_state_of_the_world() {
     let certs = XdsCerts::create(&["e2e-mtls-delta", "e2e-mtls-sotw"]);
     let mut stack = guide_over_mtls("e2e-mtls-delta", Ads::Delta, &certs, &[]);
     assert_eq!(stack.wait_for_status(200), NGINX_BODY);
-    assert!(stack.envoy.stat(&format!("cluster.{XDS_CLUSTER}.ssl.handshake")) >= 1, "xDS went over TLS");
+    assert!(
+        stack.envoy.stat(&format!("cluster.{XDS_CLUSTER}.ssl.handshake")) >= 1,
+        "xDS went over TLS"
+    );
     let entry = session(&stack.loader, "e2e-mtls-delta");
     assert_eq!(entry["protocol"], "delta");
     assert_eq!(
@@ -96,7 +103,11 @@ fn clients_without_a_valid_certificate_or_identity_are_refused() {
     assert!(!clusters.is_empty());
 
     let now = time::OffsetDateTime::now_utc();
-    let expired = certs.issue_client("e2e-client", now - time::Duration::days(30), now - time::Duration::days(1));
+    let expired = certs.issue_client(
+        "e2e-client",
+        now - time::Duration::days(30),
+        now - time::Duration::days(1),
+    );
     let other_ca = TestCa::new("another CA").issue_client("e2e-client");
     let trusting = |client| ClientAuth::Tls { server_ca_pem: certs.ca_pem(), client };
     for (what, auth) in [
@@ -109,7 +120,8 @@ fn clients_without_a_valid_certificate_or_identity_are_refused() {
         assert!(result.is_err(), "{what}: got {} clusters", result.unwrap().len());
     }
     let log = loader.log();
-    for reason in ["InvalidContentType", "no certificates", "UnknownIssuer", "certificate expired"] {
+    for reason in ["InvalidContentType", "no certificates", "UnknownIssuer", "certificate expired"]
+    {
         assert!(
             log.lines().any(|l| l.contains("xDS TLS handshake failed") && l.contains(reason)),
             "no refused handshake logged with {reason}:\n{log}"
@@ -122,9 +134,10 @@ fn clients_without_a_valid_certificate_or_identity_are_refused() {
 
     // Only the types the loader serves.
     let client = AdsClient::connect(port, &certs.client("e2e-client")).unwrap();
-    let mut stream =
-        client.delta(delta_request("type.googleapis.com/google.protobuf.Empty", &[], "e2e-client")).unwrap();
-    let status = stream.next().unwrap_err();
+    let mut stream = client
+        .delta(delta_request("type.googleapis.com/google.protobuf.Empty", &[], "e2e-client"))
+        .unwrap();
+    let status = stream.receive().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("unknown type URL"), "{status:?}");
 }
@@ -159,8 +172,11 @@ fn a_secret_is_sent_only_after_a_cluster_referencing_it() {
         .iter()
         .find_map(|c| {
             let socket = c.transport_socket.as_ref()?;
-            let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
-                &socket.config_type
+            let Some(
+                envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                    any,
+                ),
+            ) = &socket.config_type
             else {
                 return None;
             };
@@ -171,7 +187,8 @@ fn a_secret_is_sent_only_after_a_cluster_referencing_it() {
 
     // Another authenticated client asks for it by name, without having been sent the cluster.
     let client = AdsClient::connect(port, &certs.client("e2e-other")).unwrap();
-    let mut stream = client.delta(delta_request(&Secret::type_url(), &[&secret], "e2e-other")).unwrap();
+    let mut stream =
+        client.delta(delta_request(&Secret::type_url(), &[&secret], "e2e-other")).unwrap();
     let first = stream.next_of(&Secret::type_url()).unwrap();
     assert!(first.resources.is_empty(), "the secret was sent: {:?}", first.resources.len());
     let log = loader.log();
@@ -179,7 +196,10 @@ fn a_secret_is_sent_only_after_a_cluster_referencing_it() {
         log.lines().any(|l| l.contains("secret withheld") && l.contains(&secret)),
         "the loader logs the withheld secret:\n{log}"
     );
-    assert!(!log.contains("BEGIN PRIVATE KEY") && !log.contains(client_cert.key_pem.lines().nth(1).unwrap()));
+    assert!(
+        !log.contains("BEGIN PRIVATE KEY")
+            && !log.contains(client_cert.key_pem.lines().nth(1).unwrap())
+    );
 
     // Once the stream has been sent the cluster, the same subscription gets the secret.
     stream.send(delta_request(&Cluster::type_url(), &[], "e2e-other"));
@@ -213,7 +233,15 @@ fn rotated_certificates_apply_to_new_connections_while_envoy_keeps_its_stream() 
     let manifests = Manifests::write(gateway_port, nginx.https_port(), ca.cert_pem());
     let loader = Loader::start_secure(manifests.dir(), served.path(), &[]);
     let envoy = start_envoy(&loader, "e2e-rotate", Ads::Delta, old.dir());
-    let stack = GuideStack { envoy, loader, manifests, nginx, ca, gateway_port, node_id: "e2e-rotate".into() };
+    let stack = GuideStack {
+        envoy,
+        loader,
+        manifests,
+        nginx,
+        ca,
+        gateway_port,
+        node_id: "e2e-rotate".into(),
+    };
     stack.wait_for_status(200);
     let connections = stack.envoy.stat(&format!("cluster.{XDS_CLUSTER}.upstream_cx_total"));
 
@@ -229,7 +257,10 @@ fn rotated_certificates_apply_to_new_connections_while_envoy_keeps_its_stream() 
     });
     let old_client_new_trust =
         ClientAuth::Tls { server_ca_pem: new.ca_pem(), client: Some(old.envoy("e2e-rotate")) };
-    assert!(fetch_clusters(port, &old_client_new_trust, "e2e-rotate").is_err(), "old client CA still accepted");
+    assert!(
+        fetch_clusters(port, &old_client_new_trust, "e2e-rotate").is_err(),
+        "old client CA still accepted"
+    );
     assert!(stack.loader.log().contains("xDS TLS certificates reloaded"));
 
     // The Envoy connected with the old certificates keeps its stream and still gets updates.
@@ -261,25 +292,26 @@ fn oversized_messages_and_a_million_names_end_the_stream_with_bounded_memory() {
     request.resource_names_subscribe = names.clone();
     assert!(request.encoded_len() > 4 << 20);
     let mut stream = client.delta(request).unwrap();
-    let status = stream.next().unwrap_err();
+    let status = stream.receive().unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
     // A million names in messages under the limit: the stream ends at the names limit (the
     // first 100,000 are allowed, the next batch is refused).
     let mut stream = client.delta(delta_request(&eds, &[], "e2e-limits")).unwrap();
-    stream.next().unwrap();
+    stream.receive().unwrap();
     for chunk in names.chunks(100_000) {
         let mut request = delta_request(&eds, &[], "e2e-limits");
         request.resource_names_subscribe = chunk.to_vec();
         stream.send(request);
     }
-    let status = Some(stream.next().unwrap_err());
-    let status = status.expect("the stream ended");
+    let status = stream.receive().unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("100000"), "{status:?}");
 
     let (rss_after, peak) = memory_mb(pid);
-    eprintln!("loader memory: {rss_before:.1} MB before, {rss_after:.1} MB after, peak {peak:.1} MB");
+    eprintln!(
+        "loader memory: {rss_before:.1} MB before, {rss_after:.1} MB after, peak {peak:.1} MB"
+    );
     assert!(peak < rss_before + 96.0, "peak {peak:.1} MB from {rss_before:.1} MB");
     assert!(rss_after < rss_before + 32.0, "{rss_after:.1} MB held after the streams ended");
     // Still serving.
@@ -302,7 +334,9 @@ fn ten_thousand_streams_on_one_connection_are_refused_beyond_the_limit() {
             tx.try_send(delta_request(&Cluster::type_url(), &[], "e2e-streams")).unwrap();
             senders.push(tx);
             let mut ads = ads.clone();
-            calls.spawn(async move { ads.delta_aggregated_resources(ReceiverStream::new(rx)).await });
+            calls.spawn(
+                async move { ads.delta_aggregated_resources(ReceiverStream::new(rx)).await },
+            );
         }
         // Refused by the loader (RESOURCE_EXHAUSTED), or by HTTP/2 itself when the client
         // opens a stream before it learns a slot was freed (REFUSED_STREAM, UNAVAILABLE).
@@ -373,7 +407,8 @@ fn the_loader_stops_within_two_seconds_while_envoy_holds_a_stream() {
     let mut stack = guide_over_mtls("e2e-stop", Ads::Delta, &certs, &[]);
     stack.wait_for_status(200);
     session(&stack.loader, "e2e-stop");
-    let (status, took) = stack.loader.terminate(Duration::from_secs(2)).expect("stopped within 2 s");
+    let (status, took) =
+        stack.loader.terminate(Duration::from_secs(2)).expect("stopped within 2 s");
     assert!(status.success(), "{status}");
     eprintln!("the loader stopped {took:?} after SIGTERM");
     // Envoy keeps serving its last configuration meanwhile.
@@ -393,10 +428,16 @@ fn plaintext_xds_off_loopback_is_refused() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("refusing to serve xDS in plaintext") && stderr.contains("--insecure-xds"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to serve xDS in plaintext") && stderr.contains("--insecure-xds"),
+        "{stderr}"
+    );
     // The bootstrap for it names the files `certs` wrote.
-    let bootstrap = run_loader(&["bootstrap", "--xds-certs", "/etc/envoy/xds", "--node-id", "edge"]);
-    for path in ["/etc/envoy/xds/ca.crt", "/etc/envoy/xds/envoy-edge.crt", "/etc/envoy/xds/envoy-edge.key"] {
+    let bootstrap =
+        run_loader(&["bootstrap", "--xds-certs", "/etc/envoy/xds", "--node-id", "edge"]);
+    for path in
+        ["/etc/envoy/xds/ca.crt", "/etc/envoy/xds/envoy-edge.crt", "/etc/envoy/xds/envoy-edge.key"]
+    {
         assert!(bootstrap.contains(path), "{path} not in\n{bootstrap}");
     }
 }

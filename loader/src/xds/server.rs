@@ -1031,7 +1031,13 @@ mod tests {
 
     /// Puts a real, encoded cluster into the snapshot: its TLS context references `client_cert`
     /// (tls_certificate_sds_secret_configs) and `ca` (combined validation context) over SDS.
-    fn put_cluster(snapshot: &mut Snapshot, name: &str, version: &str, client_cert: &str, ca: &str) {
+    fn put_cluster(
+        snapshot: &mut Snapshot,
+        name: &str,
+        version: &str,
+        client_cert: &str,
+        ca: &str,
+    ) {
         use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
         use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
         let sds = |name: &str| tls::SdsSecretConfig { name: name.into(), ..Default::default() };
@@ -1131,7 +1137,10 @@ mod tests {
     fn unknown_types_and_oversized_subscriptions_end_the_stream() {
         let mut s = session();
         let error = s
-            .on_delta_request(delta("type.googleapis.com/x.Unknown", &[], &[], ""), &Snapshot::default())
+            .on_delta_request(
+                delta("type.googleapis.com/x.Unknown", &[], &[], ""),
+                &Snapshot::default(),
+            )
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(error.message().contains("x.Unknown"), "{}", error.message());

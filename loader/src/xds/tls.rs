@@ -151,31 +151,30 @@ impl ServerTls {
     }
 }
 
-/// Size, modification and change times and inode of each file (or None when it cannot be read).
+/// What identifies one version of a file: size, modification and change times, inode and device.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamps(Vec<Option<(u64, i64, i64, i64, i64, u64, u64)>>);
+struct FileStamp {
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+    inode: (u64, u64),
+}
+
+/// Each file's stamp (None when it cannot be read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamps(Vec<Option<FileStamp>>);
 
 impl FileStamps {
     fn of(files: &TlsFiles) -> FileStamps {
-        FileStamps(
-            files
-                .paths()
-                .iter()
-                .map(|path| {
-                    std::fs::metadata(path).ok().map(|m| {
-                        (
-                            m.size(),
-                            m.mtime(),
-                            m.mtime_nsec(),
-                            m.ctime(),
-                            m.ctime_nsec(),
-                            m.ino(),
-                            m.dev(),
-                        )
-                    })
-                })
-                .collect(),
-        )
+        let stamp = |path: &&Path| {
+            std::fs::metadata(path).ok().map(|m| FileStamp {
+                size: m.size(),
+                modified: (m.mtime(), m.mtime_nsec()),
+                changed: (m.ctime(), m.ctime_nsec()),
+                inode: (m.ino(), m.dev()),
+            })
+        };
+        FileStamps(files.paths().iter().map(stamp).collect())
     }
 }
 
