@@ -16,6 +16,10 @@ use crate::wait::wait_until;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `backendtls-loader serve` on a config directory, with its xDS and admin ports on 127.0.0.1.
+///
+/// ADS is plaintext (allowed on loopback) unless started with [`Loader::start_secure`], which
+/// serves it over mutual TLS; the tests of that (tests/secure_xds.rs) use the real
+/// `backendtls-loader certs` and `bootstrap --xds-certs` ([`ads_bootstrap_secure`]).
 pub struct Loader {
     config_dir: PathBuf,
     xds_port: u16,
