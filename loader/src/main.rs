@@ -220,6 +220,7 @@ impl XdsServeArgs {
         if self.xds_max_connections == 0
             || self.xds_max_streams_per_connection == 0
             || self.xds_max_names == 0
+            || self.xds_max_message_bytes == 0
             || self.xds_idle_timeout == 0
         {
             return Err("xDS limits must be at least 1".into());

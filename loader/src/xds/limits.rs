@@ -66,7 +66,7 @@ pub const OVER_LIMIT_LINGER: Duration = Duration::from_secs(2);
 /// HTTP/2 streams the server lets a connection open beyond
 /// [`Limits::max_streams_per_connection`], so that the extra ones are answered with
 /// RESOURCE_EXHAUSTED instead of waiting in the client for a slot. HTTP/2 enforces the sum.
-pub const EXTRA_HTTP2_STREAMS: u32 = 16;
+pub const EXTRA_HTTP2_STREAMS: u32 = 64;
 
 impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
