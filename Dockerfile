@@ -1,6 +1,10 @@
 # The loader image: backendtls-loader plus both builds of the filter (the proxy-wasm module and the
 # Envoy dynamic module), which docker-compose.yaml hands to Envoy through a shared volume.
 #
+# By default it serves ADS on 0.0.0.0:18000 over mutual TLS with the certificates mounted at /xds
+# (server.crt, server.key, ca.crt, as `backendtls-loader certs --out-dir DIR` writes them);
+# docker-compose.yaml makes them with its xds-certs service.
+#
 #   docker build -t backendtls-loader:dev .          (docker compose up does this for you)
 #
 # Needs BuildKit (the default builder since Docker Engine 23 and in Docker Desktop) for the cache
@@ -33,11 +37,11 @@ RUN set -eux; \
     groupadd --system --gid 10001 backendtls; \
     useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin backendtls; \
-    mkdir -p /config /filters; \
+    mkdir -p /config /filters /xds; \
     chown backendtls:backendtls /filters
 COPY --from=build /out/backendtls-loader /usr/local/bin/backendtls-loader
 COPY --from=build /out/backendtls_filter.wasm /out/libbackendtls_filter.so /usr/local/lib/backendtls/
 USER backendtls
 EXPOSE 18000 18001
 ENTRYPOINT ["backendtls-loader"]
-CMD ["serve", "--config-dir", "/config", "--xds-address", "0.0.0.0:18000", "--admin-address", "0.0.0.0:18001", "--listener-address", "0.0.0.0"]
+CMD ["serve", "--config-dir", "/config", "--xds-address", "0.0.0.0:18000", "--xds-certs", "/xds", "--admin-address", "0.0.0.0:18001", "--listener-address", "0.0.0.0"]

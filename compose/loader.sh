@@ -9,7 +9,9 @@
 #
 #   BACKENDTLS_FILTER           wasm (default) | dynamic-module | none
 #   BACKENDTLS_LISTEN_ADDRESS   address Envoy binds the Gateway listeners to (default 0.0.0.0)
-#   BACKENDTLS_XDS_ADDRESS      where the loader serves ADS (default 0.0.0.0:18000)
+#   BACKENDTLS_XDS_ADDRESS      where the loader serves ADS (default 0.0.0.0:18000), mutual TLS only
+#   BACKENDTLS_XDS_CERTS        its certificates, as `backendtls-loader certs` names them (default
+#                               /xds: server.crt, server.key, ca.crt; the xds-certs service writes them)
 #   BACKENDTLS_ADMIN_ADDRESS    the loader's /healthz, /readyz, /status, /metrics (default 0.0.0.0:18001)
 # Any arguments are appended to `backendtls-loader serve` (e.g. --filter-header x-backendtls-policy).
 set -eu
@@ -46,5 +48,6 @@ exec backendtls-loader serve \
     --config-dir /config \
     --listener-address "${BACKENDTLS_LISTEN_ADDRESS:-0.0.0.0}" \
     --xds-address "${BACKENDTLS_XDS_ADDRESS:-0.0.0.0:18000}" \
+    --xds-certs "${BACKENDTLS_XDS_CERTS:-/xds}" \
     --admin-address "${BACKENDTLS_ADMIN_ADDRESS:-0.0.0.0:18001}" \
     "$@"

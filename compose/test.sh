@@ -11,8 +11,11 @@
 #     file names (compose/standins/build.sh);
 #  5. `docker compose up -d --wait` with docker-compose.yaml plus compose/sandbox.yaml (every service
 #     on that namespace's loopback), then the README's verify steps: a 200 through Envoy, the
-#     handshake stat and the filter's per-policy counter in Envoy's /stats; then the same with the
-#     other build of the filter, switched as README says (BACKENDTLS_FILTER=dynamic-module);
+#     handshake stat and the filter's per-policy counter in Envoy's /stats; that xDS runs over
+#     mutual TLS (Envoy's xDS cluster did a TLS handshake; a plaintext connection and a TLS one
+#     without a client certificate are refused by the loader's container, one with Envoy's
+#     certificate is served); then the same with the other build of the filter, switched as README
+#     says (BACKENDTLS_FILTER=dynamic-module);
 #  6. always: `docker compose down -v`, stops its dockerd by PID, removes its state.
 # Any failure, including an engine that cannot start, fails the run with the reason.
 #
@@ -98,13 +101,14 @@ envoy_bin="$(ls "$repo"/.venv/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev
 [ -x "$envoy_bin" ] || die "no Envoy binary under .venv: run make setup"
 
 say "the compose file's copies agree with their sources"
-expected="$("$loader_bin" bootstrap --xds-address 127.0.0.1:18000 --admin-address 0.0.0.0:19000 |
+expected="$("$loader_bin" bootstrap --xds-address 127.0.0.1:18000 --admin-address 0.0.0.0:19000 \
+        --xds-certs /etc/envoy/xds |
     sed -e 's/^    type: STATIC$/    type: STRICT_DNS/' \
         -e 's/^                address: "\{0,1\}127\.0\.0\.1"\{0,1\}$/                address: loader/')"
 if ! diff -u <(echo "$expected") <(grep -v '^#' compose/envoy-bootstrap.yaml); then
     die "compose/envoy-bootstrap.yaml no longer matches 'backendtls-loader bootstrap' (diff above): regenerate it as its header says"
 fi
-ok "compose/envoy-bootstrap.yaml = backendtls-loader bootstrap, but for the xds cluster's STRICT_DNS address 'loader'"
+ok "compose/envoy-bootstrap.yaml = backendtls-loader bootstrap --xds-certs /etc/envoy/xds, but for the xds cluster's STRICT_DNS address 'loader'"
 for f in gateway.yaml policy.yaml route.yaml; do
     diff -u "examples/backend-tls/$f" "compose/manifests/$f" ||
         die "compose/manifests/$f differs from examples/backend-tls/$f (diff above): copy it over"
@@ -227,6 +231,37 @@ timeout 300 "${compose[@]}" up -d --wait --no-build ||
 "${compose[@]}" ps
 ok "docker compose up -d --wait: nginx, loader and envoy healthy"
 verify wasm wasmcustom.
+
+say "xDS is mutual TLS only"
+stats="$(in_ns curl -sf --max-time 5 http://127.0.0.1:19000/stats)" || die "Envoy's /stats did not answer"
+xds_handshakes="$(stat_value cluster.backendtls_xds.ssl.handshake "$stats")"
+[ "${xds_handshakes:-0}" -ge 1 ] || die "Envoy's xDS cluster did no TLS handshake (cluster.backendtls_xds.ssl.handshake: '${xds_handshakes:-absent}')"
+ok "Envoy reached the loader over TLS (cluster.backendtls_xds.ssl.handshake: $xds_handshakes)"
+# The files the xds-certs service made; it has exited, `docker cp` reads its volume all the same.
+certs_container="$("${compose[@]}" ps -a -q xds-certs)"
+[ -n "$certs_container" ] || die "no xds-certs container"
+for f in ca.crt envoy-backendtls-envoy.crt envoy-backendtls-envoy.key; do
+    docker cp "$certs_container:/pki/$f" "$run/xds-$f" >/dev/null || die "docker cp xds-certs:/pki/$f failed"
+done
+ads_path=/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources
+# Prints the HTTP status (000 when refused) of one empty gRPC call to the loader's container.
+ads_call() {
+    in_ns curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST \
+        -H 'content-type: application/grpc' -H 'te: trailers' "$@" || true
+}
+code="$(ads_call --http2-prior-knowledge "http://127.0.0.1:18000$ads_path")"
+[ "$code" = 000 ] || die "a plaintext xDS call to the loader answered HTTP $code; it must be refused"
+ok "a plaintext xDS connection to the loader's container is refused"
+tls=(--http2 --cacert "$run/xds-ca.crt" --resolve backendtls-loader:18000:127.0.0.1 "https://backendtls-loader:18000$ads_path")
+code="$(ads_call "${tls[@]}")"
+[ "$code" = 000 ] || die "an xDS call over TLS without a client certificate answered HTTP $code; it must be refused"
+ok "an xDS connection over TLS without a client certificate is refused"
+code="$(ads_call --cert "$run/xds-envoy-backendtls-envoy.crt" --key "$run/xds-envoy-backendtls-envoy.key" "${tls[@]}")"
+[ "$code" = 200 ] || die "an xDS call with Envoy's client certificate answered HTTP $code, expected 200"
+ok "with Envoy's client certificate the same call is served (HTTP 200)"
+refusals="$("${compose[@]}" logs --no-color loader | grep -c 'xDS TLS handshake failed' || true)"
+[ "$refusals" -ge 2 ] || die "the loader logged $refusals refused xDS handshakes, expected 2"
+ok "the loader logged both refusals"
 
 say "live edit: a new HTTPRoute file in the mounted compose/manifests/ (host live.example)"
 http_code() {

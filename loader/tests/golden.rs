@@ -81,7 +81,8 @@ fn routes() {
     check("routes");
 }
 
-/// envoy/bootstrap.yaml is what `backendtls-loader bootstrap` prints with its defaults.
+/// envoy/bootstrap.yaml is what `backendtls-loader bootstrap --xds-certs .demo/xds` prints (the
+/// certificates `make demo` creates; relative paths, so Envoy runs from the repository root).
 #[test]
 fn shipped_bootstrap_is_current() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -91,6 +92,11 @@ fn shipped_bootstrap_is_current() {
         admin_address: "127.0.0.1:19000".parse().unwrap(),
         node_id: "backendtls-envoy".into(),
         delta: true,
+        tls: Some(xds::bootstrap::XdsClientTls::in_dir(
+            ".demo/xds",
+            "backendtls-envoy",
+            "backendtls-loader",
+        )),
     });
     let actual = xds::json::to_yaml(&xds::json::to_json(&bootstrap));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -100,7 +106,7 @@ fn shipped_bootstrap_is_current() {
     pretty_assertions::assert_eq!(
         expected,
         actual,
-        "regenerate with: backendtls-loader bootstrap > envoy/bootstrap.yaml"
+        "regenerate with: backendtls-loader bootstrap --xds-certs .demo/xds > envoy/bootstrap.yaml"
     );
 }
 

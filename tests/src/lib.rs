@@ -17,12 +17,13 @@ pub mod process;
 pub mod scale;
 pub mod validator_support;
 pub mod wait;
+pub mod xds_client;
 
 pub use certs::{CertifiedKey, TestCa};
 pub use envoy::{static_listener_bootstrap, validate_bootstrap, Envoy};
 pub use guide::GuideStack;
 pub use http::{http_get, try_http_get, HttpConnection};
-pub use loader::{ads_bootstrap, render_bootstrap, Ads, Loader};
+pub use loader::{ads_bootstrap, ads_bootstrap_secure, render_bootstrap, Ads, Loader};
 pub use manifests::Manifests;
 pub use nginx::{AccessLine, Nginx, NGINX_BODY};
 pub use ports::{free_port, port_accepts};

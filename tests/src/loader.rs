@@ -16,6 +16,10 @@ use crate::wait::wait_until;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `backendtls-loader serve` on a config directory, with its xDS and admin ports on 127.0.0.1.
+///
+/// ADS is plaintext (allowed on loopback) unless started with [`Loader::start_secure`], which
+/// serves it over mutual TLS; the tests of that (tests/secure_xds.rs) use the real
+/// `backendtls-loader certs` and `bootstrap --xds-certs` ([`ads_bootstrap_secure`]).
 pub struct Loader {
     config_dir: PathBuf,
     xds_port: u16,
@@ -37,6 +41,15 @@ impl Loader {
 
     pub fn start_on_ports(config_dir: &Path, xds_port: u16, admin_port: u16) -> Loader {
         Loader::start_with_args(config_dir, xds_port, admin_port, &[])
+    }
+
+    /// Starts the loader on free ports serving ADS over mutual TLS with the certificates in
+    /// `certs` (`serve --xds-certs DIR`), plus `extra_args`.
+    pub fn start_secure(config_dir: &Path, certs: &Path, extra_args: &[&str]) -> Loader {
+        let certs = certs.to_str().expect("UTF-8 certs dir");
+        let mut args = vec!["--xds-certs", certs];
+        args.extend_from_slice(extra_args);
+        Loader::start_with_args(config_dir, free_port(), free_port(), &args)
     }
 
     /// Like [`Loader::start_on_ports`], with more `serve` arguments (e.g. the filter flags).
@@ -104,6 +117,26 @@ impl Loader {
         if let Some(mut process) = self.process.take() {
             process.stop();
         }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the loader to exit; returns its exit status
+    /// and how long it took, or None if it still runs (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut process = self.process.take()?;
+        let pid = libc::pid_t::try_from(process.pid()?).expect("pid fits pid_t");
+        let started = std::time::Instant::now();
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        while started.elapsed() < timeout {
+            if let Some(status) = process.exit_status() {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        process.kill();
+        None
     }
 
     /// Starts the loader (again) on the same ports and waits until `/readyz` answers 200.
@@ -226,6 +259,38 @@ pub fn ads_bootstrap(xds_port: u16, admin_port: u16, node_id: &str, ads: Ads) ->
     run_loader(&args)
 }
 
+/// Like [`ads_bootstrap`], connecting over mutual TLS with the files `backendtls-loader certs`
+/// wrote into `certs` for `node_id` (`bootstrap --xds-certs DIR`).
+pub fn ads_bootstrap_secure(
+    xds_port: u16,
+    admin_port: u16,
+    node_id: &str,
+    ads: Ads,
+    certs: &Path,
+) -> String {
+    let xds_address = format!("127.0.0.1:{xds_port}");
+    let admin_address = format!("127.0.0.1:{admin_port}");
+    let certs = certs.to_str().expect("UTF-8 certs dir");
+    let mut args =
+        vec!["bootstrap", "--xds-address", &xds_address, "--admin-address", &admin_address];
+    args.extend(["--node-id", node_id, "--xds-certs", certs]);
+    if ads == Ads::Sotw {
+        args.push("--sotw");
+    }
+    run_loader(&args)
+}
+
+/// `backendtls-loader certs --out-dir DIR --envoy-id ID...`: a CA, the loader's certificate and
+/// one client certificate per Envoy node id.
+pub fn create_xds_certs(out_dir: &Path, envoy_ids: &[&str]) {
+    let out_dir = out_dir.to_str().expect("UTF-8 certs dir");
+    let mut args = vec!["certs", "--out-dir", out_dir];
+    for id in envoy_ids {
+        args.extend(["--envoy-id", id]);
+    }
+    run_loader(&args);
+}
+
 /// A static Envoy bootstrap (no xDS) rendered from a config directory, as YAML.
 pub fn render_bootstrap(config_dir: &Path, admin_port: u16) -> String {
     let config_dir = config_dir.to_str().expect("UTF-8 config dir");
@@ -241,7 +306,7 @@ pub fn render_bootstrap(config_dir: &Path, admin_port: u16) -> String {
 }
 
 /// Runs a one-shot loader subcommand and returns its stdout; panics with stderr when it fails.
-fn run_loader(args: &[&str]) -> String {
+pub fn run_loader(args: &[&str]) -> String {
     let output = Command::new(loader_bin())
         .args(args)
         .output()

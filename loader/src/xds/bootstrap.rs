@@ -24,6 +24,94 @@ pub struct AdsBootstrapOptions {
     pub node_id: String,
     /// Delta xDS (the default) or state of the world.
     pub delta: bool,
+    /// Mutual TLS to the loader; None for plaintext (loopback only).
+    pub tls: Option<XdsClientTls>,
+}
+
+/// How Envoy authenticates the loader and itself on the xDS connection. The paths are written as
+/// given: Envoy reads the files when it starts and resolves relative paths against its working
+/// directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsClientTls {
+    /// CA bundle that signed the loader's certificate.
+    pub ca: String,
+    /// Envoy's client certificate chain and key.
+    pub cert: String,
+    pub key: String,
+    /// SNI, and the DNS name Envoy requires in the loader's certificate.
+    pub server_name: String,
+}
+
+impl XdsClientTls {
+    /// The files `backendtls-loader certs --out-dir DIR` writes for Envoy `node_id`.
+    pub fn in_dir(dir: &str, node_id: &str, server_name: &str) -> XdsClientTls {
+        use super::tls::file_names;
+        let join = |name: &str| {
+            if dir.is_empty() || dir.ends_with('/') {
+                format!("{dir}{name}")
+            } else {
+                format!("{dir}/{name}")
+            }
+        };
+        XdsClientTls {
+            ca: join(file_names::CA_CERT),
+            cert: join(&file_names::envoy_cert(node_id)),
+            key: join(&file_names::envoy_key(node_id)),
+            server_name: server_name.to_string(),
+        }
+    }
+
+    fn transport_socket(&self) -> core::TransportSocket {
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+        use envoy_types::pb::envoy::r#type::matcher::v3::{
+            string_matcher::MatchPattern, StringMatcher,
+        };
+        let file = |path: &str| core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(path.to_string())),
+            ..Default::default()
+        };
+        let context = tls::UpstreamTlsContext {
+            sni: self.server_name.clone(),
+            common_tls_context: Some(tls::CommonTlsContext {
+                tls_params: Some(tls::TlsParameters {
+                    // Envoy's upstream default maximum is TLS 1.2; both ends support 1.3.
+                    tls_minimum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+                    tls_maximum_protocol_version: tls::tls_parameters::TlsProtocol::TlSv13 as i32,
+                    ..Default::default()
+                }),
+                alpn_protocols: vec!["h2".into()],
+                tls_certificates: vec![tls::TlsCertificate {
+                    certificate_chain: Some(file(&self.cert)),
+                    private_key: Some(file(&self.key)),
+                    ..Default::default()
+                }],
+                validation_context_type: Some(
+                    tls::common_tls_context::ValidationContextType::ValidationContext(
+                        tls::CertificateValidationContext {
+                            trusted_ca: Some(file(&self.ca)),
+                            match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                                san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
+                                matcher: Some(StringMatcher {
+                                    match_pattern: Some(MatchPattern::Exact(
+                                        self.server_name.clone(),
+                                    )),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        core::TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(&context))),
+        }
+    }
 }
 
 fn admin(address: SocketAddr) -> bootstrap::Admin {
@@ -99,6 +187,7 @@ pub fn ads_bootstrap(options: &AdsBootstrapOptions) -> bootstrap::Bootstrap {
             cluster::cluster::DiscoveryType::Static as i32,
         )),
         typed_extension_protocol_options: protocol_options,
+        transport_socket: options.tls.as_ref().map(XdsClientTls::transport_socket),
         load_assignment: Some(endpoint::ClusterLoadAssignment {
             cluster_name: XDS_CLUSTER.into(),
             endpoints: vec![endpoint::LocalityLbEndpoints {

@@ -1,8 +1,13 @@
-//! Everything that speaks Envoy: translation, JSON rendering, snapshots and the ADS server.
+//! Everything that speaks Envoy: translation, JSON rendering, snapshots and the ADS server with
+//! its listener (mTLS, limits, authorization).
 
+pub mod authz;
 pub mod bootstrap;
 pub mod identity;
 pub mod json;
+pub mod limits;
+pub mod listener;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod translate;

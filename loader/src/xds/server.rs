@@ -4,15 +4,28 @@
 //! holds, and the nonce of the response it has not acknowledged yet. A NACK is logged with Envoy's
 //! reason; the loader does not resend the rejected resources (Envoy keeps its previous good ones)
 //! and sends again only when the resource changes.
+//!
+//! Every request is checked before it changes anything: its type URL must be one the loader
+//! serves, its node must be the one the client certificate names ([`super::authz`]), and the
+//! stream's subscriptions must stay within [`Limits`]. A request that fails ends its stream with a
+//! gRPC status saying why. SDS secrets are sent only to streams that were sent a cluster
+//! referencing them.
 
+use super::authz::{self, PeerIdentity, SecretIndex};
+use super::limits::{Limits, MAX_NAME_BYTES, MAX_NAME_BYTES_PER_STREAM};
+use super::listener::{ConnectionInfo, ConnectionMetrics, StreamSlot};
 use super::snapshot::{is_named_type, short_name, type_urls, Snapshot, VersionedResource};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use prost::Name;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -27,6 +40,14 @@ pub struct XdsMetrics {
     pub bytes_sent: AtomicU64,
     pub acks: AtomicU64,
     pub nacks: AtomicU64,
+    /// Streams refused or ended by a limit (connections, streams, names, message size).
+    pub limited_streams: AtomicU64,
+    /// Streams ended because the node is not the one the client certificate names.
+    pub unauthorized_streams: AtomicU64,
+    /// Requests with a type URL the loader does not serve.
+    pub unknown_types: AtomicU64,
+    /// Secret names asked for by a stream that was sent no cluster referencing them.
+    pub secrets_withheld: AtomicU64,
 }
 
 /// What `/xds` shows of one connected Envoy.
@@ -39,6 +60,12 @@ pub struct SessionInfo {
     pub acked_version: Option<u64>,
     /// The last NACK's message, if any.
     pub last_nack: Option<String>,
+    /// The client's address, when it came through the loader's listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The names in its client certificate (mTLS only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PeerIdentity>,
 }
 
 /// Resources an Envoy refused (a NACK), passed to whoever builds snapshots so that it can replace
@@ -58,18 +85,33 @@ pub struct XdsState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     sessions: Mutex<BTreeMap<u64, SessionInfo>>,
     next_session: AtomicU64,
+    limits: Limits,
+    /// Set once, when the loader is asked to stop: every stream ends with UNAVAILABLE.
+    shutdown: watch::Sender<bool>,
+    /// Which secrets the snapshot's clusters reference, for the SDS rule.
+    secret_index: Mutex<SecretIndex>,
     pub metrics: XdsMetrics,
     rejections: std::sync::OnceLock<Box<dyn Fn(Rejection) + Send + Sync>>,
+    /// Counters of the listener in front of the service.
+    pub connections: Arc<ConnectionMetrics>,
 }
 
 impl XdsState {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Arc<Self> {
+        XdsState::with_limits(snapshots, Limits::default())
+    }
+
+    pub fn with_limits(snapshots: watch::Receiver<Arc<Snapshot>>, limits: Limits) -> Arc<Self> {
         Arc::new(XdsState {
             snapshots,
             sessions: Mutex::new(BTreeMap::new()),
             next_session: AtomicU64::new(1),
+            limits,
+            shutdown: watch::Sender::new(false),
+            secret_index: Mutex::new(SecretIndex::default()),
             metrics: XdsMetrics::default(),
             rejections: std::sync::OnceLock::new(),
+            connections: Arc::default(),
         })
     }
 
@@ -78,13 +120,60 @@ impl XdsState {
         let _ = self.rejections.set(Box::new(sink));
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn sessions(&self) -> Vec<SessionInfo> {
         self.sessions.lock().unwrap().values().cloned().collect()
     }
 
     pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<AdsService> {
         AggregatedDiscoveryServiceServer::new(AdsService { state: self.clone() })
-            .max_decoding_message_size(64 << 20)
+            .max_decoding_message_size(self.limits.max_message_bytes)
+    }
+
+    /// Ends every stream with UNAVAILABLE (Envoys reconnect to the next loader) and refuses new
+    /// ones.
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Completes once [`XdsState::shut_down`] has been called.
+    pub fn shutting_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.subscribe();
+        async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// Whether a new stream may start, and the client it comes from.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Peer, Status> {
+        if *self.shutdown.borrow() {
+            return Err(Status::unavailable("the loader is shutting down"));
+        }
+        // Absent only when the service runs without the loader's listener (unit tests).
+        let Some(info) = request.extensions().get::<ConnectionInfo>() else {
+            return Ok(Peer::default());
+        };
+        let limited = |message: String| {
+            self.metrics.limited_streams.fetch_add(1, Ordering::Relaxed);
+            Status::resource_exhausted(message)
+        };
+        if info.over_limit {
+            return Err(limited(format!(
+                "the loader serves at most {} xDS connections at once (--xds-max-connections) \
+                 and this one is over the limit; reconnect later",
+                self.limits.max_connections
+            )));
+        }
+        let Some(slot) = info.streams.open() else {
+            return Err(limited(format!(
+                "at most {} ADS streams at once on one connection (--xds-max-streams-per-connection)",
+                info.streams.max()
+            )));
+        };
+        Ok(Peer { address: Some(info.peer), identity: info.identity.clone(), _slot: Some(slot) })
     }
 }
 
@@ -103,8 +192,9 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = self.state.admit(&request)?;
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(self.state.clone(), "sotw");
+        let session = Session::new(self.state.clone(), "sotw", peer);
         tokio::spawn(session.run_sotw(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -113,11 +203,22 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = self.state.admit(&request)?;
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(self.state.clone(), "delta");
+        let session = Session::new(self.state.clone(), "delta", peer);
         tokio::spawn(session.run_delta(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The client at the other end of a stream.
+#[derive(Debug, Default)]
+struct Peer {
+    address: Option<SocketAddr>,
+    /// The names in its client certificate (mTLS only).
+    identity: Option<Arc<PeerIdentity>>,
+    /// The stream's place on its connection, freed when the session ends.
+    _slot: Option<StreamSlot>,
 }
 
 /// Per-stream, per-type bookkeeping.
@@ -147,22 +248,65 @@ impl TypeState {
     }
 }
 
+/// How many resource names a stream holds, against [`Limits::max_names_per_stream`] and
+/// [`MAX_NAME_BYTES_PER_STREAM`].
+#[derive(Debug, Default)]
+struct NameBudget {
+    names: usize,
+    bytes: usize,
+}
+
+impl NameBudget {
+    fn add(&mut self, name: &str) {
+        self.names += 1;
+        self.bytes += name.len();
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.names -= 1;
+        self.bytes -= name.len();
+    }
+}
+
 struct Session {
     id: u64,
     state: Arc<XdsState>,
+    peer: Peer,
     types: BTreeMap<String, TypeState>,
     next_nonce: u64,
     node: String,
+    budget: NameBudget,
+    /// Secrets that a cluster sent on this stream references: the only ones it may be sent.
+    granted_secrets: BTreeSet<String>,
+    /// A secret the Envoy subscribed to was granted after its SDS answer: answer SDS again.
+    sds_follow_up: bool,
 }
 
 impl Session {
-    fn new(state: Arc<XdsState>, protocol: &'static str) -> Self {
+    fn new(state: Arc<XdsState>, protocol: &'static str, peer: Peer) -> Self {
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
         state.sessions.lock().unwrap().insert(
             id,
-            SessionInfo { node: String::new(), protocol, acked_version: None, last_nack: None },
+            SessionInfo {
+                node: String::new(),
+                protocol,
+                acked_version: None,
+                last_nack: None,
+                address: peer.address.map(|a| a.to_string()),
+                identity: peer.identity.as_deref().cloned(),
+            },
         );
-        Session { id, state, types: BTreeMap::new(), next_nonce: 0, node: String::new() }
+        Session {
+            id,
+            state,
+            peer,
+            types: BTreeMap::new(),
+            next_nonce: 0,
+            node: String::new(),
+            budget: NameBudget::default(),
+            granted_secrets: BTreeSet::new(),
+            sds_follow_up: false,
+        }
     }
 
     fn nonce(&mut self) -> String {
@@ -170,14 +314,59 @@ impl Session {
         self.next_nonce.to_string()
     }
 
-    fn set_node(&mut self, node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) {
+    /// Checks a request's type URL and node before the request changes anything.
+    fn check_request(
+        &mut self,
+        type_url: &str,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> Result<(), Status> {
+        if !type_urls().iter().any(|served| served == type_url) {
+            self.state.metrics.unknown_types.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::invalid_argument(format!(
+                "unknown type URL {:?}: this server serves {}",
+                authz::truncated(type_url),
+                type_urls().join(", ")
+            )));
+        }
+        let known = (!self.node.is_empty()).then_some(self.node.as_str());
+        if let Err(refused) = authz::authorize_node(self.peer.identity.as_deref(), known, node) {
+            self.state.metrics.unauthorized_streams.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(session = self.id, peer = ?self.peer.address, reason = %refused, "xDS stream refused");
+            return Err(Status::permission_denied(refused.to_string()));
+        }
         if let Some(node) = node {
             if self.node.is_empty() && !node.id.is_empty() {
                 self.node = node.id.clone();
-                tracing::info!(session = self.id, node = %self.node, "Envoy connected");
+                tracing::info!(session = self.id, node = %self.node, peer = ?self.peer.address, "Envoy connected");
                 self.update_info(|info| info.node = node.id.clone());
             }
         }
+        Ok(())
+    }
+
+    /// Checks one client-supplied resource name.
+    fn check_name(name: &str) -> Result<(), Status> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "resource name of {} bytes; at most {MAX_NAME_BYTES}",
+                name.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the stream's names against the limits after a request changed them.
+    fn check_budget(&self) -> Result<(), Status> {
+        let max = self.state.limits.max_names_per_stream;
+        let exceeded = if self.budget.names > max {
+            format!("more than {max} resource names subscribed on one stream (--xds-max-names)")
+        } else if self.budget.bytes > MAX_NAME_BYTES_PER_STREAM {
+            format!("more than {MAX_NAME_BYTES_PER_STREAM} bytes of resource names on one stream")
+        } else {
+            return Ok(());
+        };
+        self.state.metrics.limited_streams.fetch_add(1, Ordering::Relaxed);
+        Err(Status::resource_exhausted(exceeded))
     }
 
     fn update_info(&self, f: impl FnOnce(&mut SessionInfo)) {
@@ -247,6 +436,55 @@ impl Session {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Secrets
+
+    /// Grants the secrets that `clusters` (name, version) of `snapshot` reference, then forgets
+    /// granted secrets that are neither in the snapshot nor subscribed (so the set stays as small
+    /// as the snapshot's secrets plus the subscriptions).
+    fn grant_secrets_of<'a>(
+        &mut self,
+        clusters: impl IntoIterator<Item = (&'a str, &'a str)>,
+        snapshot: &Snapshot,
+    ) {
+        let sds = Secret::type_url();
+        let empty = BTreeMap::new();
+        let cds = snapshot.of_type(&Cluster::type_url()).unwrap_or(&empty);
+        let mut index = self.state.secret_index.lock().expect("secret index lock");
+        index.update(snapshot.version, cds);
+        let subscribed = self.types.get(&sds).map(|st| &st.names);
+        for (name, version) in clusters {
+            for secret in index.secrets_of(name, version).unwrap_or_default() {
+                if self.granted_secrets.insert(secret.clone())
+                    && subscribed.is_some_and(|names| names.contains(secret))
+                {
+                    self.sds_follow_up = true;
+                }
+            }
+        }
+        drop(index);
+        let secrets = snapshot.of_type(&sds).unwrap_or(&empty);
+        self.granted_secrets
+            .retain(|s| secrets.contains_key(s) || subscribed.is_some_and(|n| n.contains(s)));
+    }
+
+    /// Whether `name` of `type_url` may be sent on this stream.
+    fn may_send(granted: &BTreeSet<String>, type_url: &str, name: &str) -> bool {
+        type_url != Secret::type_url() || granted.contains(name)
+    }
+
+    /// Logs a subscription to a secret this stream has not been granted.
+    fn note_withheld(&self, type_url: &str, name: &str) {
+        if type_url == Secret::type_url() && !self.granted_secrets.contains(name) {
+            self.state.metrics.secrets_withheld.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                session = self.id, node = %self.node, peer = ?self.peer.address,
+                secret = %authz::truncated(name),
+                "secret withheld: no cluster sent on this stream references it"
+            );
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Delta
 
     async fn run_delta(
@@ -257,8 +495,8 @@ impl Session {
         let on_request =
             |session: &mut Session, request: DeltaDiscoveryRequest, snapshot: &Snapshot| {
                 let type_url = request.type_url.clone();
-                session.on_delta_request(request);
-                session.delta_response(&type_url, snapshot)
+                session.on_delta_request(request, snapshot)?;
+                Ok(session.delta_response(&type_url, snapshot))
             };
         let on_change = |session: &mut Session, type_url: &str, snapshot: &Snapshot| {
             session.delta_response(type_url, snapshot)
@@ -267,78 +505,146 @@ impl Session {
     }
 
     /// The stream's event loop, the same for both protocols: answer each request, and push what a
-    /// new snapshot changes, type by type in [`type_urls`] order.
+    /// new snapshot changes, type by type in [`type_urls`] order. A request that is refused, or
+    /// the loader shutting down, ends the stream with a status.
     async fn pump<Req, Resp>(
         mut self,
         mut requests: Streaming<Req>,
         tx: mpsc::Sender<Result<Resp, Status>>,
-        on_request: fn(&mut Session, Req, &Snapshot) -> Option<Resp>,
+        on_request: fn(&mut Session, Req, &Snapshot) -> Result<Option<Resp>, Status>,
         on_change: fn(&mut Session, &str, &Snapshot) -> Option<Resp>,
     ) {
         let mut snapshots = self.state.snapshots.clone();
-        loop {
+        let shutting_down = self.state.shutting_down();
+        let mut shutting_down = std::pin::pin!(shutting_down);
+        let ended: Option<Status> = loop {
             tokio::select! {
                 request = requests.message() => match request {
                     Ok(Some(request)) => {
                         let snapshot = snapshots.borrow_and_update().clone();
-                        if let Some(response) = on_request(&mut self, request, &snapshot) {
-                            if tx.send(Ok(response)).await.is_err() { break; }
+                        match on_request(&mut self, request, &snapshot) {
+                            Ok(response) => {
+                                if let Some(response) = response {
+                                    if tx.send(Ok(response)).await.is_err() { break None; }
+                                }
+                                if std::mem::take(&mut self.sds_follow_up) {
+                                    if let Some(response) = on_change(&mut self, &Secret::type_url(), &snapshot) {
+                                        if tx.send(Ok(response)).await.is_err() { break None; }
+                                    }
+                                }
+                            }
+                            Err(status) => break Some(status),
                         }
                     }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(node = %self.node, %status, "xDS stream ended");
-                        break;
-                    }
+                    Ok(None) => break None,
+                    // A message over the size limit, or the client went away; in the first case
+                    // the client learns why, in the second nobody listens.
+                    Err(status) => break Some(status),
                 },
                 changed = snapshots.changed() => {
-                    if changed.is_err() { break; }
+                    if changed.is_err() { break None; }
                     let snapshot = snapshots.borrow_and_update().clone();
                     for type_url in type_urls() {
                         if let Some(response) = on_change(&mut self, &type_url, &snapshot) {
-                            if tx.send(Ok(response)).await.is_err() { return self.close(); }
+                            if tx.send(Ok(response)).await.is_err() { return self.close(None); }
                         }
                     }
+                    self.sds_follow_up = false;
+                }
+                () = &mut shutting_down => {
+                    break Some(Status::unavailable("the loader is shutting down"));
                 }
             }
+        };
+        if let Some(status) = &ended {
+            let _ = tx.send(Err(status.clone())).await;
         }
-        self.close();
+        self.close(ended.as_ref());
     }
 
-    fn on_delta_request(&mut self, request: DeltaDiscoveryRequest) {
-        self.set_node(request.node.as_ref());
+    fn on_delta_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<(), Status> {
+        self.check_request(&request.type_url, request.node.as_ref())?;
         tracing::debug!(
             node = %self.node, r#type = short_name(&request.type_url), nonce = %request.response_nonce,
-            subscribe = ?request.resource_names_subscribe, unsubscribe = ?request.resource_names_unsubscribe,
+            subscribe = request.resource_names_subscribe.len(), unsubscribe = request.resource_names_unsubscribe.len(),
             nack = request.error_detail.is_some(), "delta request"
         );
+        let names = request
+            .resource_names_subscribe
+            .iter()
+            .chain(&request.resource_names_unsubscribe)
+            .chain(request.initial_resource_versions.keys());
+        for name in names {
+            Self::check_name(name)?;
+        }
+        if request.initial_resource_versions.len() > self.state.limits.max_names_per_stream {
+            self.state.metrics.limited_streams.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "more than {} initial resource versions (--xds-max-names)",
+                self.state.limits.max_names_per_stream
+            )));
+        }
         if !request.response_nonce.is_empty() {
             let error = request.error_detail.as_ref().map(|e| e.message.as_str());
             self.acknowledge(&request.type_url, &request.response_nonce, error);
         }
-        let st = self.types.entry(request.type_url.clone()).or_default();
-        if !st.subscribed {
+        let type_url = request.type_url;
+        let named = is_named_type(&type_url);
+        let st = self.types.entry(type_url.clone()).or_default();
+        let first = !st.subscribed;
+        if first {
             st.subscribed = true;
             // Legacy wildcard: the first request for CDS/LDS names nothing.
-            st.wildcard =
-                !is_named_type(&request.type_url) && request.resource_names_subscribe.is_empty();
-            st.known.extend(request.initial_resource_versions);
+            st.wildcard = !named && request.resource_names_subscribe.is_empty();
         }
+        let mut newly_subscribed = Vec::new();
         for name in request.resource_names_subscribe {
             if name == "*" {
                 st.wildcard = true;
-            } else {
-                st.names.insert(name);
+            } else if !st.names.contains(&name) {
+                self.budget.add(&name);
+                if self.budget.names > self.state.limits.max_names_per_stream {
+                    break; // reported by check_budget below
+                }
+                st.names.insert(name.clone());
+                newly_subscribed.push(name);
             }
         }
-        for name in request.resource_names_unsubscribe {
+        for name in &request.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
             } else {
-                st.names.remove(&name);
-                st.known.remove(&name);
+                if st.names.remove(name) {
+                    self.budget.remove(name);
+                }
+                st.known.remove(name);
             }
         }
+        if first {
+            // What the Envoy already holds (it reconnected): named types only for what it
+            // subscribes to, so that `known` never outgrows the subscriptions.
+            let initial: Vec<(String, String)> = request
+                .initial_resource_versions
+                .into_iter()
+                .filter(|(name, _)| !named || st.names.contains(name))
+                .collect();
+            if type_url == Cluster::type_url() {
+                // Holding a cluster's current version proves it was sent to this Envoy before.
+                let held: Vec<(&str, &str)> =
+                    initial.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                self.grant_secrets_of(held, snapshot);
+            }
+            self.types.get_mut(&type_url).expect("present").known.extend(initial);
+        }
+        self.check_budget()?;
+        for name in &newly_subscribed {
+            self.note_withheld(&type_url, name);
+        }
+        Ok(())
     }
 
     fn delta_response(
@@ -348,10 +654,15 @@ impl Session {
     ) -> Option<DeltaDiscoveryResponse> {
         let empty = BTreeMap::new();
         let current = snapshot.of_type_for_delta(type_url).unwrap_or(&empty);
+        let granted = &self.granted_secrets;
         let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
         let changed: Vec<(&String, &Arc<VersionedResource>)> = current
             .iter()
-            .filter(|(name, r)| st.in_scope(name) && st.known.get(*name) != Some(&r.version))
+            .filter(|(name, r)| {
+                st.in_scope(name)
+                    && Self::may_send(granted, type_url, name)
+                    && st.known.get(*name) != Some(&r.version)
+            })
             .collect();
         // Removals only for wildcard types: a named resource that disappears is one the Envoy
         // will stop asking for (its cluster or listener went), and keeping it meanwhile lets the
@@ -383,6 +694,11 @@ impl Session {
         for name in &removed {
             st.known.remove(name);
         }
+        if type_url == Cluster::type_url() {
+            let sent: Vec<(&str, &str)> =
+                resources.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect();
+            self.grant_secrets_of(sent, snapshot);
+        }
         let count = resources.len();
         let nonce = self.nonce();
         let st = self.types.get_mut(type_url).expect("present");
@@ -410,8 +726,10 @@ impl Session {
     ) {
         let on_request = |session: &mut Session, request: DiscoveryRequest, snapshot: &Snapshot| {
             let type_url = request.type_url.clone();
-            let force = session.on_sotw_request(request)?;
-            session.sotw_response(&type_url, snapshot, force)
+            let Some(force) = session.on_sotw_request(request)? else {
+                return Ok(None);
+            };
+            Ok(session.sotw_response(&type_url, snapshot, force))
         };
         let on_change = |session: &mut Session, type_url: &str, snapshot: &Snapshot| {
             session.sotw_response(type_url, snapshot, false)
@@ -421,29 +739,45 @@ impl Session {
 
     /// Returns whether a response must be sent even if nothing changed (a new subscription), or
     /// None for a request with a stale nonce, which the protocol says to ignore.
-    fn on_sotw_request(&mut self, request: DiscoveryRequest) -> Option<bool> {
-        self.set_node(request.node.as_ref());
+    fn on_sotw_request(&mut self, request: DiscoveryRequest) -> Result<Option<bool>, Status> {
+        self.check_request(&request.type_url, request.node.as_ref())?;
+        for name in &request.resource_names {
+            Self::check_name(name)?;
+        }
         let type_url = request.type_url.clone();
         if !request.response_nonce.is_empty() {
             let error = request.error_detail.as_ref().map(|e| e.message.as_str());
             let stale = !self.acknowledge(&type_url, &request.response_nonce, error)
                 && self.types.get(&type_url).is_some_and(|st| st.pending.is_some());
             if stale {
-                return None;
+                return Ok(None);
             }
         }
-        let st = self.types.entry(type_url.clone()).or_default();
+        // State of the world: each request lists every name, so the budget is the new list's.
+        let previous = self.types.get(&type_url).map(|st| &st.names);
+        for name in previous.into_iter().flatten() {
+            self.budget.remove(name);
+        }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        for name in &names {
+            self.budget.add(name);
+        }
+        let st = self.types.entry(type_url.clone()).or_default();
         let wildcard = !is_named_type(&type_url) && (names.is_empty() || names.contains("*"));
         let first = !st.subscribed;
         let changed = first || names != st.names || wildcard != st.wildcard;
+        let added: Vec<String> = names.difference(&st.names).cloned().collect();
         st.subscribed = true;
         st.wildcard = wildcard;
         st.names = names;
         if changed {
             st.known.clear();
         }
-        Some(changed)
+        self.check_budget()?;
+        for name in &added {
+            self.note_withheld(&type_url, name);
+        }
+        Ok(Some(changed))
     }
 
     fn sotw_response(
@@ -454,10 +788,11 @@ impl Session {
     ) -> Option<DiscoveryResponse> {
         let empty = BTreeMap::new();
         let current = snapshot.of_type(type_url).unwrap_or(&empty);
+        let granted = &self.granted_secrets;
         let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
         let scope: BTreeMap<String, String> = current
             .iter()
-            .filter(|(name, _)| st.in_scope(name))
+            .filter(|(name, _)| st.in_scope(name) && Self::may_send(granted, type_url, name))
             .map(|(name, r)| (name.clone(), r.version.clone()))
             .collect();
         if !force && scope == st.known {
@@ -466,6 +801,12 @@ impl Session {
         }
         let resources: Vec<_> = scope.keys().map(|name| current[name].resource.clone()).collect();
         let bytes = resources.iter().map(|r| r.value.len()).sum();
+        if type_url == Cluster::type_url() {
+            let sent: Vec<(&str, &str)> =
+                scope.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            self.grant_secrets_of(sent, snapshot);
+        }
+        let st = self.types.get_mut(type_url).expect("present");
         st.known = scope;
         let count = resources.len();
         let nonce = self.nonce();
@@ -482,8 +823,14 @@ impl Session {
         })
     }
 
-    fn close(&self) {
-        tracing::info!(session = self.id, node = %self.node, "Envoy disconnected");
+    fn close(&self, status: Option<&Status>) {
+        match status {
+            None => tracing::info!(session = self.id, node = %self.node, "Envoy disconnected"),
+            Some(status) => tracing::info!(
+                session = self.id, node = %self.node, peer = ?self.peer.address,
+                code = ?status.code(), message = %status.message(), "xDS stream ended"
+            ),
+        }
         self.state.sessions.lock().unwrap().remove(&self.id);
     }
 }
@@ -513,7 +860,7 @@ fn rejected_resources(st: &TypeState, message: &str) -> Vec<(String, String)> {
 mod tests {
     use super::super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
     use super::*;
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
     use envoy_types::pb::google::protobuf::Any;
@@ -540,7 +887,7 @@ mod tests {
 
     fn session() -> Session {
         let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        Session::new(XdsState::new(rx), "test")
+        Session::new(XdsState::new(rx), "test", Peer::default())
     }
 
     fn delta(
@@ -571,12 +918,12 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
-        s.on_delta_request(delta(&cds, &[], &[], ""));
+        s.on_delta_request(delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
         let response = s.delta_response(&cds, &v1).unwrap();
         assert_eq!(names(&response), [("a", "1"), ("b", "1")]);
         assert_eq!(acked(&s), None);
 
-        s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
+        s.on_delta_request(delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
         assert_eq!(acked(&s), Some(1));
         assert!(s.delta_response(&cds, &v1).is_none(), "an ACK needs no answer");
 
@@ -585,26 +932,27 @@ mod tests {
         assert_eq!(names(&response), [("a", "2")]);
         assert_eq!(response.removed_resources, ["b"]);
         assert_eq!(response.system_version_info, "2");
-        s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
+        s.on_delta_request(delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
         assert_eq!(acked(&s), Some(2));
     }
 
     #[test]
     fn delta_named_types_follow_subscriptions_and_never_remove() {
-        let sds = Secret::type_url();
+        let sds = ClusterLoadAssignment::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&sds, "ca-old", "1"), (&sds, "ca-new", "1")]);
-        s.on_delta_request(delta(&sds, &["ca-old"], &[], ""));
+        s.on_delta_request(delta(&sds, &["ca-old"], &[], ""), &Snapshot::default()).unwrap();
         let response = s.delta_response(&sds, &v1).unwrap();
         assert_eq!(names(&response), [("ca-old", "1")]);
-        s.on_delta_request(delta(&sds, &[], &[], &response.nonce));
+        s.on_delta_request(delta(&sds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
 
         // The secret disappears from the snapshot while Envoy still uses it: no removal.
         let v2 = snapshot(2, &[(&sds, "ca-new", "1")]);
         assert!(s.delta_response(&sds, &v2).is_none());
         assert_eq!(acked(&s), Some(2));
 
-        s.on_delta_request(delta(&sds, &["ca-new"], &["ca-old"], ""));
+        s.on_delta_request(delta(&sds, &["ca-new"], &["ca-old"], ""), &Snapshot::default())
+            .unwrap();
         let response = s.delta_response(&sds, &v2).unwrap();
         assert_eq!(names(&response), [("ca-new", "1")]);
         assert!(response.removed_resources.is_empty());
@@ -615,12 +963,12 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&cds, "a", "1")]);
-        s.on_delta_request(delta(&cds, &[], &[], ""));
+        s.on_delta_request(delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
         let response = s.delta_response(&cds, &v1).unwrap();
         let mut nack = delta(&cds, &[], &[], &response.nonce);
         nack.error_detail =
             Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] });
-        s.on_delta_request(nack);
+        s.on_delta_request(nack, &Snapshot::default()).unwrap();
         assert_eq!(s.state.sessions()[0].last_nack.as_deref(), Some("bad cluster"));
         assert_eq!(s.state.metrics.nacks.load(Ordering::Relaxed), 1);
         assert!(s.delta_response(&cds, &v1).is_none());
@@ -635,7 +983,7 @@ mod tests {
         let mut request = delta(&cds, &[], &[], "");
         request.initial_resource_versions.insert("a".into(), "1".into());
         request.initial_resource_versions.insert("b".into(), "old".into());
-        s.on_delta_request(request);
+        s.on_delta_request(request, &Snapshot::default()).unwrap();
         let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
         assert_eq!(names(&s.delta_response(&cds, &v1).unwrap()), [("b", "1")]);
     }
@@ -651,23 +999,23 @@ mod tests {
 
     #[test]
     fn sotw_sends_whole_scope_ignores_acks_and_stale_nonces() {
-        let sds = Secret::type_url();
+        let sds = ClusterLoadAssignment::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&sds, "x", "1"), (&sds, "y", "1")]);
-        let force = s.on_sotw_request(sotw(&sds, &["x"], "")).unwrap();
+        let force = s.on_sotw_request(sotw(&sds, &["x"], "")).unwrap().unwrap();
         let first = s.sotw_response(&sds, &v1, force).unwrap();
         assert_eq!(first.resources.len(), 1);
         assert_eq!(first.version_info, "1");
 
-        let force = s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap();
+        let force = s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap().unwrap();
         assert!(s.sotw_response(&sds, &v1, force).is_none(), "an ACK needs no answer");
         assert_eq!(acked(&s), Some(1));
 
-        let force = s.on_sotw_request(sotw(&sds, &["x", "y"], &first.nonce)).unwrap();
+        let force = s.on_sotw_request(sotw(&sds, &["x", "y"], &first.nonce)).unwrap().unwrap();
         let second = s.sotw_response(&sds, &v1, force).unwrap();
         assert_eq!(second.resources.len(), 2, "a new name means the whole scope again");
         assert!(
-            s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).is_none(),
+            s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap().is_none(),
             "a request answering an older response is stale"
         );
     }
@@ -685,7 +1033,7 @@ mod tests {
             ],
         );
         let mut s = session();
-        s.on_delta_request(delta(&rds, &["rc"], &[], ""));
+        s.on_delta_request(delta(&rds, &["rc"], &[], ""), &Snapshot::default()).unwrap();
         let response = s.delta_response(&rds, &v1).unwrap();
         assert_eq!(
             names(&response),
@@ -693,10 +1041,10 @@ mod tests {
             "delta gets the route configuration for VHDS"
         );
         // Envoy's VHDS subscription names nothing: it takes every virtual host.
-        s.on_delta_request(delta(&vhds, &[], &[], ""));
+        s.on_delta_request(delta(&vhds, &[], &[], ""), &Snapshot::default()).unwrap();
         let response = s.delta_response(&vhds, &v1).unwrap();
         assert_eq!(names(&response), [("rc/a.example", "1"), ("rc/b.example", "1")]);
-        s.on_delta_request(delta(&vhds, &[], &[], &response.nonce));
+        s.on_delta_request(delta(&vhds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
 
         // A host goes and another changes: the route configuration stays, VHDS sends the
         // difference and the removal (the host must stop routing).
@@ -715,7 +1063,7 @@ mod tests {
 
         // State of the world has no VHDS: it gets the route configuration with hosts inline.
         let mut sotw_session = session();
-        let force = sotw_session.on_sotw_request(sotw(&rds, &["rc"], "")).unwrap();
+        let force = sotw_session.on_sotw_request(sotw(&rds, &["rc"], "")).unwrap().unwrap();
         let response = sotw_session.sotw_response(&rds, &v2, force).unwrap();
         assert_eq!(response.resources[0].value, b"inline-2");
     }
@@ -725,11 +1073,172 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let empty = snapshot(1, &[]);
-        s.on_delta_request(delta(&cds, &[], &[], ""));
+        s.on_delta_request(delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
         let response = s.delta_response(&cds, &empty).expect("Envoy waits for a first answer");
         assert!(response.resources.is_empty() && response.removed_resources.is_empty());
-        s.on_delta_request(delta(&cds, &[], &[], &response.nonce));
+        s.on_delta_request(delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
         assert!(s.delta_response(&cds, &empty).is_none(), "then only changes");
         assert_eq!(acked(&s), Some(1));
+    }
+
+    /// Puts a real, encoded cluster into the snapshot: its TLS context references `client_cert`
+    /// (tls_certificate_sds_secret_configs) and `ca` (combined validation context) over SDS.
+    fn put_cluster(
+        snapshot: &mut Snapshot,
+        name: &str,
+        version: &str,
+        client_cert: &str,
+        ca: &str,
+    ) {
+        use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+        let sds = |name: &str| tls::SdsSecretConfig { name: name.into(), ..Default::default() };
+        let context = tls::UpstreamTlsContext {
+            common_tls_context: Some(tls::CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds(client_cert)],
+                validation_context_type: Some(
+                    tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                        tls::common_tls_context::CombinedCertificateValidationContext {
+                            validation_context_sds_secret_config: Some(sds(ca)),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cluster = Cluster {
+            name: name.into(),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(
+                    super::super::translate::pack(&context),
+                )),
+            }),
+            ..Default::default()
+        };
+        snapshot.resources.get_mut(&Cluster::type_url()).unwrap().insert(
+            name.into(),
+            Arc::new(VersionedResource {
+                version: version.into(),
+                resource: super::super::translate::pack(&cluster),
+            }),
+        );
+    }
+
+    fn sent_names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+        response.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn secrets_go_only_to_streams_sent_a_cluster_that_references_them() {
+        let (cds, sds) = (Cluster::type_url(), Secret::type_url());
+        let mut v1 = snapshot(1, &[(&sds, "client-cert", "k"), (&sds, "ca-1", "c")]);
+        put_cluster(&mut v1, "backend", "1", "client-cert", "ca-1");
+
+        // A client that never asked for clusters asks for the client certificate by name.
+        let mut thief = session();
+        thief.on_delta_request(delta(&sds, &["client-cert"], &[], ""), &v1).unwrap();
+        let response = thief.delta_response(&sds, &v1).expect("answered, with nothing");
+        assert!(response.resources.is_empty(), "withheld: {:?}", sent_names(&response));
+        assert_eq!(thief.state.metrics.secrets_withheld.load(Ordering::Relaxed), 1);
+
+        // An Envoy: clusters first, then the secrets they name.
+        let mut envoy = session();
+        envoy.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&envoy.delta_response(&cds, &v1).unwrap()), ["backend"]);
+        envoy.on_delta_request(delta(&sds, &["client-cert", "ca-1"], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&envoy.delta_response(&sds, &v1).unwrap()), ["ca-1", "client-cert"]);
+        assert_eq!(envoy.state.metrics.secrets_withheld.load(Ordering::Relaxed), 0);
+
+        // State of the world follows the same rule.
+        let mut sotw_thief = session();
+        let force = sotw_thief.on_sotw_request(sotw(&sds, &["client-cert"], "")).unwrap().unwrap();
+        assert!(sotw_thief.sotw_response(&sds, &v1, force).unwrap().resources.is_empty());
+        let force = sotw_thief.on_sotw_request(sotw(&cds, &[], "")).unwrap().unwrap();
+        assert_eq!(sotw_thief.sotw_response(&cds, &v1, force).unwrap().resources.len(), 1);
+        assert_eq!(sotw_thief.sotw_response(&sds, &v1, false).unwrap().resources.len(), 1);
+    }
+
+    #[test]
+    fn a_secret_granted_after_it_was_asked_for_follows_and_reconnects_prove_possession() {
+        let (cds, sds) = (Cluster::type_url(), Secret::type_url());
+        let mut v1 = snapshot(1, &[(&sds, "ca-2", "c")]);
+        put_cluster(&mut v1, "backend", "1", "none", "ca-2");
+        let mut s = session();
+        s.on_delta_request(delta(&sds, &["ca-2"], &[], ""), &v1).unwrap();
+        assert!(s.delta_response(&sds, &v1).unwrap().resources.is_empty());
+        s.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
+        s.delta_response(&cds, &v1).unwrap();
+        assert!(std::mem::take(&mut s.sds_follow_up), "SDS is answered again");
+        assert_eq!(sent_names(&s.delta_response(&sds, &v1).unwrap()), ["ca-2"]);
+
+        // After a loader restart Envoy names the cluster version it holds: only the current
+        // version counts as proof.
+        for (claimed, granted) in [("1", true), ("forged", false)] {
+            let mut s = session();
+            let mut request = delta(&cds, &[], &[], "");
+            request.initial_resource_versions.insert("backend".into(), claimed.into());
+            s.on_delta_request(request, &v1).unwrap();
+            assert_eq!(s.granted_secrets.contains("ca-2"), granted, "claimed version {claimed}");
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_oversized_subscriptions_end_the_stream() {
+        let mut s = session();
+        let error = s
+            .on_delta_request(
+                delta("type.googleapis.com/x.Unknown", &[], &[], ""),
+                &Snapshot::default(),
+            )
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().contains("x.Unknown"), "{}", error.message());
+
+        let eds = ClusterLoadAssignment::type_url();
+        let max = s.state.limits.max_names_per_stream;
+        let names: Vec<String> = (0..=max).map(|i| format!("c{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut s = session();
+        s.on_delta_request(delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
+        let error = s
+            .on_delta_request(delta(&eds, &names[max..], &[], ""), &Snapshot::default())
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted, "{error:?}");
+        // Unsubscribing frees the budget.
+        let mut s = session();
+        s.on_delta_request(delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
+        s.on_delta_request(delta(&eds, &names[max..], &names[..1], ""), &Snapshot::default())
+            .unwrap();
+        let error = s.on_sotw_request(sotw(&eds, &names, "")).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let error = session()
+            .on_delta_request(delta(&eds, &[&long], &[], ""), &Snapshot::default())
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_node_its_certificate_does_not_name_is_refused() {
+        let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        let identity = PeerIdentity { dns_names: vec!["edge-1".into()], uris: vec![] };
+        let peer = Peer { identity: Some(Arc::new(identity)), ..Peer::default() };
+        let mut s = Session::new(XdsState::new(rx), "test", peer);
+        let mut request = delta(&Cluster::type_url(), &[], &[], "");
+        request.node = Some(envoy_types::pb::envoy::config::core::v3::Node {
+            id: "edge-2".into(),
+            cluster: "backendtls".into(),
+            ..Default::default()
+        });
+        let error = s.on_delta_request(request.clone(), &Snapshot::default()).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::PermissionDenied);
+        assert!(error.message().contains("edge-2"), "{}", error.message());
+        request.node.as_mut().unwrap().id = "edge-1".into();
+        s.on_delta_request(request, &Snapshot::default()).unwrap();
+        assert_eq!(s.node, "edge-1");
     }
 }

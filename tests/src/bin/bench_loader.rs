@@ -4,18 +4,24 @@
 //! For each N: `check` and `render` wall time and peak RSS; `serve` time from loader start until
 //! Envoy has all N clusters warm, and the loader's peak RSS; the median time from rewriting one CA
 //! ConfigMap until a new handshake with a certificate from the new CA succeeds through Envoy (20
-//! changes), with the xDS bytes each change sent; the same for adding a backend. Results go to
-//! `target/bench-loader/results.csv` and between the markers in BENCHMARKS.md.
+//! changes), with the xDS bytes each change sent; the same for adding a backend. Then the same
+//! convergence with ADS in plaintext and over mutual TLS, alternating, three times each. Results go
+//! to `target/bench-loader/results.csv` and between the markers in BENCHMARKS.md (rows for sizes
+//! not measured in a run are kept from the previous run).
 
+use backendtls_e2e::loader::create_xds_certs;
 use backendtls_e2e::scale::{self, ScaleSpec};
 use backendtls_e2e::{
-    ads_bootstrap, free_port, try_http_get, wait_until, Ads, Envoy, Loader, Nginx, TestCa,
+    ads_bootstrap, ads_bootstrap_secure, free_port, try_http_get, wait_until, Ads, Envoy, Loader,
+    Nginx, TestCa,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHANGES: usize = 20;
+/// Convergence runs per ADS transport, alternating plaintext and mTLS.
+const TRANSPORT_ROUNDS: usize = 3;
 const HOSTNAME: &str = "example.com";
 
 struct Row {
@@ -30,6 +36,9 @@ struct Row {
     ca_change_bytes: f64,
     add_backend_ms: f64,
     add_backend_bytes: f64,
+    /// Medians of [`TRANSPORT_ROUNDS`] fresh loader + Envoy convergences, plaintext and mTLS ADS.
+    converge_plaintext_s: f64,
+    converge_mtls_s: f64,
 }
 
 fn main() {
@@ -48,32 +57,46 @@ fn main() {
     let ca_new = TestCa::new("bench CA two");
     let nginx_old = Nginx::start(&ca_old.issue(&[HOSTNAME]));
     let nginx_new = Nginx::start(&ca_new.issue(&[HOSTNAME]));
+    let xds_certs = out_dir.join("xds-certs");
+    create_xds_certs(&xds_certs, &["bench"]);
     let mut rows = Vec::new();
     for &n in &sizes {
         eprintln!("== {n} backends");
-        rows.push(bench(n, &loader_bin, &out_dir, [&ca_old, &ca_new], [&nginx_old, &nginx_new]));
+        rows.push(bench(
+            n,
+            &loader_bin,
+            &out_dir,
+            &xds_certs,
+            [&ca_old, &ca_new],
+            [&nginx_old, &nginx_new],
+        ));
     }
     let csv: String = std::iter::once(
-        "backends,check_s,check_rss_mb,render_s,render_rss_mb,converge_s,serve_rss_mb,ca_change_ms,ca_change_bytes,add_backend_ms,add_backend_bytes\n".to_string(),
+        "backends,check_s,check_rss_mb,render_s,render_rss_mb,converge_s,serve_rss_mb,ca_change_ms,ca_change_bytes,add_backend_ms,add_backend_bytes,converge_plaintext_s,converge_mtls_s\n".to_string(),
     )
     .chain(rows.iter().map(|r| {
         format!(
-            "{},{:.3},{:.1},{:.3},{:.1},{:.2},{:.1},{:.0},{:.0},{:.0},{:.0}\n",
+            "{},{:.3},{:.1},{:.3},{:.1},{:.2},{:.1},{:.0},{:.0},{:.0},{:.0},{:.2},{:.2}\n",
             r.backends, r.check_s, r.check_rss_mb, r.render_s, r.render_rss_mb, r.converge_s,
-            r.serve_rss_mb, r.ca_change_ms, r.ca_change_bytes, r.add_backend_ms, r.add_backend_bytes
+            r.serve_rss_mb, r.ca_change_ms, r.ca_change_bytes, r.add_backend_ms, r.add_backend_bytes,
+            r.converge_plaintext_s, r.converge_mtls_s
         )
     }))
     .collect();
     std::fs::write(out_dir.join("results.csv"), &csv).expect("write results.csv");
     let table = markdown(&rows);
     println!("{table}");
-    update_benchmarks_md(&table);
+    update_benchmarks_md(LOADER_MARKERS, &table, &rows);
+    let transport = transport_markdown(&rows);
+    println!("{transport}");
+    update_benchmarks_md(TRANSPORT_MARKERS, &transport, &rows);
 }
 
 fn bench(
     n: usize,
     loader_bin: &str,
     out_dir: &Path,
+    xds_certs: &Path,
     [ca_old, ca_new]: [&TestCa; 2],
     [nginx_old, nginx_new]: [&Nginx; 2],
 ) -> Row {
@@ -104,16 +127,7 @@ fn bench(
         &ads_bootstrap(loader.xds_port(), envoy_admin, "bench", Ads::Delta),
         envoy_admin,
     );
-    wait_until("Envoy to have every cluster warm", Duration::from_secs(120), || {
-        let stats = envoy.stats();
-        let active = stats.get("cluster_manager.active_clusters").copied().unwrap_or(0);
-        let warming = stats.get("cluster_manager.warming_clusters").copied().unwrap_or(1);
-        if active as usize > n && warming == 0 {
-            Ok(())
-        } else {
-            Err((active, warming))
-        }
-    });
+    wait_for_all_clusters(&envoy, n);
     let converge_s = started.elapsed().as_secs_f64();
     eprintln!("   converged in {converge_s:.2}s");
 
@@ -152,6 +166,15 @@ fn bench(
     let serve_rss_mb = peak_rss_mb(loader.pid().expect("loader runs"));
     drop(envoy);
     drop(loader);
+
+    // The same convergence over plaintext and mTLS ADS, alternating so that the machine's load
+    // affects both alike.
+    let (mut plaintext, mut mtls) = (Vec::new(), Vec::new());
+    for round in 0..TRANSPORT_ROUNDS {
+        plaintext.push(converge(n, &dir, None));
+        mtls.push(converge(n, &dir, Some(xds_certs)));
+        eprintln!("   round {round}: plaintext {:.2}s, mTLS {:.2}s", plaintext[round], mtls[round]);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Row {
         backends: n,
@@ -165,7 +188,43 @@ fn bench(
         ca_change_bytes: median(&mut ca_bytes),
         add_backend_ms: median(&mut add_times),
         add_backend_bytes: median(&mut add_bytes),
+        converge_plaintext_s: median(&mut plaintext),
+        converge_mtls_s: median(&mut mtls),
     }
+}
+
+/// Seconds from starting a loader on `dir` (ADS over mTLS with `xds_certs`, else plaintext) until
+/// a new Envoy has every cluster warm. The bootstrap is made before the clock starts.
+fn converge(n: usize, dir: &Path, xds_certs: Option<&Path>) -> f64 {
+    let (xds_port, admin_port, envoy_admin) = (free_port(), free_port(), free_port());
+    let (args, bootstrap) = match xds_certs {
+        None => (Vec::new(), ads_bootstrap(xds_port, envoy_admin, "bench", Ads::Delta)),
+        Some(certs) => (
+            vec!["--xds-certs", certs.to_str().expect("UTF-8 path")],
+            ads_bootstrap_secure(xds_port, envoy_admin, "bench", Ads::Delta, certs),
+        ),
+    };
+    let started = Instant::now();
+    let loader = Loader::start_with_args(dir, xds_port, admin_port, &args);
+    let envoy = Envoy::start(&bootstrap, envoy_admin);
+    wait_for_all_clusters(&envoy, n);
+    let seconds = started.elapsed().as_secs_f64();
+    drop(envoy);
+    drop(loader);
+    seconds
+}
+
+fn wait_for_all_clusters(envoy: &Envoy, n: usize) {
+    wait_until("Envoy to have every cluster warm", Duration::from_secs(120), || {
+        let stats = envoy.stats();
+        let active = stats.get("cluster_manager.active_clusters").copied().unwrap_or(0);
+        let warming = stats.get("cluster_manager.warming_clusters").copied().unwrap_or(1);
+        if active as usize > n && warming == 0 {
+            Ok(())
+        } else {
+            Err((active, warming))
+        }
+    });
 }
 
 /// Writes one backend's file atomically (a hidden temporary name, then a rename), as a deployment
@@ -269,22 +328,67 @@ fn markdown(rows: &[Row]) -> String {
     out
 }
 
-/// Replaces the text between the bench-loader markers in BENCHMARKS.md.
-fn update_benchmarks_md(table: &str) {
-    const START: &str = "<!-- bench-loader:start -->";
-    const END: &str = "<!-- bench-loader:end -->";
+/// The time to converge with ADS in plaintext and over mutual TLS, side by side.
+fn transport_markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| backends | plaintext ADS: Envoy converged s (median of 3) | mTLS ADS: Envoy converged s (median of 3) | mTLS / plaintext |\n|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.3} |\n",
+            r.backends,
+            r.converge_plaintext_s,
+            r.converge_mtls_s,
+            r.converge_mtls_s / r.converge_plaintext_s
+        ));
+    }
+    out
+}
+
+const LOADER_MARKERS: (&str, &str) = ("<!-- bench-loader:start -->", "<!-- bench-loader:end -->");
+const TRANSPORT_MARKERS: (&str, &str) =
+    ("<!-- bench-loader-xds-tls:start -->", "<!-- bench-loader-xds-tls:end -->");
+
+/// Replaces the text between `markers` in BENCHMARKS.md with `table`, keeping the previous run's
+/// rows for sizes this run did not measure (marked as such).
+fn update_benchmarks_md((start_marker, end_marker): (&str, &str), table: &str, rows: &[Row]) {
     let path: PathBuf = backendtls_e2e::paths::workspace_root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let (Some(start), Some(end)) = (text.find(START), text.find(END)) else {
-        eprintln!("BENCHMARKS.md has no bench-loader markers; table printed above");
+    let (Some(start), Some(end)) = (text.find(start_marker), text.find(end_marker)) else {
+        eprintln!("BENCHMARKS.md has no {start_marker} markers; table printed above");
         return;
     };
+    let measured = |line: &str| {
+        let first = line.trim_start_matches('|').split('|').next().unwrap_or("").trim();
+        first.parse::<usize>().is_ok_and(|n| rows.iter().any(|r| r.backends == n))
+    };
+    let kept: Vec<&str> = text[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.chars().nth(2).is_some_and(|c| c.is_ascii_digit()))
+        .filter(|l| !measured(l))
+        .collect();
+    let mut table = table.to_string();
+    let mut note = String::new();
+    if !kept.is_empty() {
+        let mut lines: Vec<String> = table.lines().map(str::to_string).collect();
+        let header = lines.drain(..2).collect::<Vec<_>>();
+        lines.extend(kept.iter().map(|l| l.to_string()));
+        let size = |l: &String| -> usize {
+            l.trim_start_matches('|').split('|').next().unwrap_or("").trim().parse().unwrap_or(0)
+        };
+        lines.sort_by_key(size);
+        table = header.into_iter().chain(lines).map(|l| l + "\n").collect();
+        note = "Rows for sizes this run did not measure are from the previous run.\n\n".into();
+    }
     let machine = Command::new("sh")
         .args(["-c", "nproc; grep -m1 'model name' /proc/cpuinfo; free -g | sed -n 2p; uptime"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', "; "))
         .unwrap_or_default();
-    let updated =
-        format!("{}{START}\nMachine: {machine}\n\n{table}{}", &text[..start], &text[end..]);
+    let updated = format!(
+        "{}{start_marker}\nMachine: {machine}\n\n{note}{table}{}",
+        &text[..start],
+        &text[end..]
+    );
     std::fs::write(&path, updated).expect("write BENCHMARKS.md");
 }

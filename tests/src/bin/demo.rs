@@ -2,7 +2,9 @@
 //!
 //! NGINX serves HTTPS on 127.0.0.1:8443 with a certificate for example.com from a local CA
 //! (created once, kept in `.demo/`), the loader watches `examples/backend-tls/` (plus the
-//! `ca.yaml` this writes there), and Envoy runs `envoy/bootstrap.yaml`. Ctrl-C stops all three.
+//! `ca.yaml` this writes there) and serves ADS over mutual TLS with the certificates
+//! `backendtls-loader certs` creates once in `.demo/xds/`, and Envoy runs `envoy/bootstrap.yaml`
+//! (which reads its client certificate from there). Ctrl-C stops all three.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,6 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use backendtls_e2e::guide::{GUIDE_HOST, HOSTNAME, NGINX_CLUSTER};
+use backendtls_e2e::loader::create_xds_certs;
 use backendtls_e2e::manifests::{ca_config_map, CA_FILE};
 use backendtls_e2e::paths::{examples_dir, workspace_root};
 use backendtls_e2e::{
@@ -22,6 +25,10 @@ const LOADER_XDS_PORT: u16 = 18000;
 const LOADER_ADMIN_PORT: u16 = 18001;
 const ENVOY_ADMIN_PORT: u16 = 19000;
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Under `.demo/`: what `backendtls-loader certs` writes, and `envoy/bootstrap.yaml` reads.
+const XDS_CERTS_DIR: &str = "xds";
+/// The node id in `envoy/bootstrap.yaml`, named by Envoy's client certificate.
+const ENVOY_NODE_ID: &str = "backendtls-envoy";
 
 fn main() -> ExitCode {
     if let Err(message) = check_ports_free() {
@@ -34,8 +41,13 @@ fn main() -> ExitCode {
     })
     .expect("install the Ctrl-C handler");
 
+    // envoy/bootstrap.yaml names its certificate files relative to the repository root.
+    std::env::set_current_dir(workspace_root()).expect("cd to the repository root");
     let demo_dir = workspace_root().join(".demo");
     let (ca_pem, server_cert) = demo_certificates(&demo_dir);
+    // The xDS CA, the loader's certificate and Envoy's (kept if they exist).
+    let xds_certs = demo_dir.join(XDS_CERTS_DIR);
+    create_xds_certs(&xds_certs, &[ENVOY_NODE_ID]);
     let ca_yaml = examples_dir().join(CA_FILE);
     std::fs::write(&ca_yaml, ca_config_map(&ca_pem))
         .unwrap_or_else(|e| panic!("write {}: {e}", ca_yaml.display()));
@@ -45,7 +57,9 @@ fn main() -> ExitCode {
     // Envoy's /stats.
     let filter = workspace_root().join("target/release/libbackendtls_filter.so");
     let filter = filter.to_str().expect("UTF-8 path");
-    let filter_args = ["--filter", "dynamic-module", "--filter-path", filter];
+    let xds_certs = xds_certs.to_str().expect("UTF-8 path");
+    let filter_args =
+        ["--filter", "dynamic-module", "--filter-path", filter, "--xds-certs", xds_certs];
     let mut loader =
         Loader::start_with_args(&examples_dir(), LOADER_XDS_PORT, LOADER_ADMIN_PORT, &filter_args);
     let bootstrap_path = workspace_root().join("envoy/bootstrap.yaml");
@@ -144,8 +158,8 @@ fn print_banner(demo_dir: &Path, nginx: &Nginx, loader: &Loader, envoy: &Envoy) 
     println!(
         "\nbackendtls demo: the kgateway \"Backend TLS\" guide on 127.0.0.1\n\
          \x20 NGINX   https://127.0.0.1:{NGINX_HTTPS_PORT} (certificate for {HOSTNAME}, CA {ca})\n\
-         \x20 loader  xDS 127.0.0.1:{LOADER_XDS_PORT}, status http://127.0.0.1:{LOADER_ADMIN_PORT}/status, \
-         watching {examples}\n\
+         \x20 loader  xDS 127.0.0.1:{LOADER_XDS_PORT} over mutual TLS (certificates in {xds}), \
+         status http://127.0.0.1:{LOADER_ADMIN_PORT}/status, watching {examples}\n\
          \x20 Envoy   gateway http://127.0.0.1:{GATEWAY_PORT}, admin http://127.0.0.1:{ENVOY_ADMIN_PORT}\n\
          \x20 logs    {nginx_logs}/, {loader_log}, {envoy_log}\n\
          \nTry:\n\
@@ -153,6 +167,7 @@ fn print_banner(demo_dir: &Path, nginx: &Nginx, loader: &Loader, envoy: &Envoy) 
          \x20 curl -s http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats | grep {NGINX_CLUSTER}.ssl.handshake\n\
          \x20 curl -s http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats | grep '^backendtls\\.'   # the filter's per-policy counters",
         ca = demo_dir.join("ca.crt").display(),
+        xds = demo_dir.join(XDS_CERTS_DIR).display(),
         examples = examples_dir().display(),
         nginx_logs = nginx.dir().display(),
         loader_log = loader.log_path().display(),
