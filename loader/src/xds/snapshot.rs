@@ -5,16 +5,29 @@
 //! endpoints and one secret, however many backends there are, and an Envoy that reconnects after a
 //! loader restart is not sent what it already holds.
 
-use super::translate::Packed;
-pub use super::translate::PackedResource as VersionedResource;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::google::protobuf::Any;
 use prost::Name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// A resource encoded for xDS, with its version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedResource {
+    /// Changes exactly when the resource does (see [`super::translate::Versioned`]).
+    pub version: String,
+    pub resource: Any,
+}
+
+/// Encoded resources by type URL and name: what a snapshot holds.
+pub type Packed = BTreeMap<String, BTreeMap<String, Arc<PackedResource>>>;
+
+/// The name the server uses for a [`PackedResource`].
+pub type VersionedResource = PackedResource;
 
 /// The xDS resource types the loader serves, in the order changes are pushed: clusters before
 /// their endpoints, listeners before their routes and routes before their virtual hosts (the

@@ -1,0 +1,132 @@
+//! Gateway listeners: the HTTP connection manager, its access log and the backendtls filter.
+
+use super::*;
+
+/// What the access log prints per request: enough to see which backend answered and why a
+/// handshake failed.
+pub(super) const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% host=%REQ(:AUTHORITY)% cluster=%UPSTREAM_CLUSTER% upstream=%UPSTREAM_HOST% tls=%UPSTREAM_TLS_VERSION% failure=\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" backendtls=%DYNAMIC_METADATA(backendtls)% backendtls_wasm=%FILTER_STATE(wasm.backendtls:PLAIN)%\n";
+
+pub(super) fn gateway_listener(
+    l: &ir::Listener,
+    options: &TranslateOptions,
+    routes: &route::RouteConfiguration,
+) -> listener::Listener {
+    let route_specifier = match options.delivery {
+        Delivery::Ads => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: l.name.clone(),
+        }),
+        Delivery::Inline => {
+            hcm::http_connection_manager::RouteSpecifier::RouteConfig(routes.clone())
+        }
+    };
+    let access_log = envoy_types::pb::envoy::config::accesslog::v3::AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType::TypedConfig(pack(
+                &StdoutAccessLog {
+                    access_log_format: Some(
+                        envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat::LogFormat(
+                            core::SubstitutionFormatString {
+                                format: Some(core::substitution_format_string::Format::TextFormatSource(
+                                    inline_string(ACCESS_LOG_FORMAT),
+                                )),
+                                ..Default::default()
+                            },
+                        ),
+                    ),
+                },
+            )),
+        ),
+        ..Default::default()
+    };
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: l.name.clone(),
+        codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(route_specifier),
+        http_filters: backendtls_filter(&options.filter)
+            .into_iter()
+            .chain([hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pack(
+                    &Router::default(),
+                ))),
+                ..Default::default()
+            }])
+            .collect(),
+        access_log: vec![access_log],
+        // The guide's curl sends `host: example.com:8080`; routes match on the hostname alone.
+        strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        ..Default::default()
+    };
+    listener::Listener {
+        name: l.name.clone(),
+        address: Some(socket_address(&options.listener_address, l.port)),
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(pack(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The filter's own configuration, passed to both builds as a JSON string.
+pub fn filter_config_json(filter: &Filter) -> String {
+    serde_json::json!({ "request_header": filter.request_header }).to_string()
+}
+
+pub(super) fn backendtls_filter(filter: &Filter) -> Option<hcm::HttpFilter> {
+    use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
+    use envoy_types::pb::envoy::extensions::filters::http::wasm::v3::Wasm;
+    use envoy_types::pb::envoy::extensions::wasm::v3::{plugin_config, PluginConfig, VmConfig};
+    let configuration = Some(pack(&pb::StringValue { value: filter_config_json(filter) }));
+    let local_file = |path: &std::path::Path| core::AsyncDataSource {
+        specifier: Some(core::async_data_source::Specifier::Local(core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(path.display().to_string())),
+            ..Default::default()
+        })),
+    };
+    let (name, config) = match &filter.build {
+        FilterBuild::None => return None,
+        FilterBuild::Wasm { path } => (
+            "envoy.filters.http.wasm",
+            pack(&Wasm {
+                config: Some(PluginConfig {
+                    name: contract::stats::FAMILY.into(),
+                    root_id: contract::stats::FAMILY.into(),
+                    configuration,
+                    vm: Some(plugin_config::Vm::VmConfig(VmConfig {
+                        vm_id: contract::stats::FAMILY.into(),
+                        runtime: "envoy.wasm.runtime.v8".into(),
+                        code: Some(local_file(path)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+            }),
+        ),
+        FilterBuild::DynamicModule { path } => (
+            "envoy.extensions.filters.http.dynamic_modules",
+            pack(&DynamicModuleFilter {
+                dynamic_module_config: Some(DynamicModuleConfig {
+                    name: DYNAMIC_MODULE_NAME.into(),
+                    module: path.as_deref().map(local_file),
+                    metrics_namespace: contract::stats::FAMILY.into(),
+                    ..Default::default()
+                }),
+                filter_name: contract::stats::FAMILY.into(),
+                filter_config: configuration,
+                ..Default::default()
+            }),
+        ),
+    };
+    Some(hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    })
+}
