@@ -7,9 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
+use crate::certs::CertifiedKey;
 use crate::echo::tls::certificates;
 use crate::echo::EchoReport;
 
@@ -35,16 +37,39 @@ impl Gateway {
     /// only the listener Secret's `tls.crt`). The SNI is the request's host without its port,
     /// unless the request sets one ([`Request::sni`]).
     pub fn https(address: SocketAddr, root_pem: &str) -> Gateway {
+        Gateway::tls(address, root_pem, None)
+    }
+
+    /// An HTTPS listener that asks for client certificates: as [`Gateway::https`], presenting
+    /// `client` (chain PEM and key) when asked.
+    pub fn https_with_client_certificate(
+        address: SocketAddr,
+        root_pem: &str,
+        client: &CertifiedKey,
+    ) -> Gateway {
+        Gateway::tls(address, root_pem, Some(client))
+    }
+
+    fn tls(address: SocketAddr, root_pem: &str, client: Option<&CertifiedKey>) -> Gateway {
         let mut roots = RootCertStore::empty();
         for cert in certificates(root_pem) {
             roots.add(cert).expect("trust root is usable");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports the default versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(client) => {
+                let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())
+                    .expect("client key is PEM");
+                builder
+                    .with_client_auth_cert(certificates(&client.cert_pem), key)
+                    .expect("client certificate matches its key")
+            }
+        };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Gateway { address, tls: Some(Arc::new(config)) }
     }

@@ -55,7 +55,7 @@ pub(crate) type EchoBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seen {
     /// A request, answered with 200 and this report (gRPC ones too).
-    Request(EchoReport),
+    Request(Box<EchoReport>),
     /// A connection to a TLS port that did not start with a TLS handshake.
     PlaintextOnTls(PlaintextAttempt),
     /// A TLS handshake that failed.
@@ -194,7 +194,7 @@ impl EchoServer {
         self.seen()
             .into_iter()
             .filter_map(|seen| match seen {
-                Seen::Request(report) => Some(report),
+                Seen::Request(report) => Some(*report),
                 _ => None,
             })
             .collect()
@@ -251,8 +251,13 @@ impl Drop for EchoServer {
             }
         }
         if let Some(runtime) = self.runtime.take() {
-            // Cancels every task, so the listeners and connections close.
-            runtime.shutdown_timeout(Duration::from_secs(5));
+            // Cancels every task, so the listeners and connections are closed on return. Inside
+            // another runtime blocking is not allowed; they then close a moment later.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -367,7 +372,7 @@ async fn handle(
     shared: Arc<Shared>,
 ) -> Result<Response<EchoBody>, Infallible> {
     let report = report(&request, port, (*tls).clone(), &shared);
-    shared.record(Seen::Request(report.clone()));
+    shared.record(Seen::Request(Box::new(report.clone())));
     if grpc::is_grpc(&request) {
         return Ok(grpc::serve(request, report).await);
     }

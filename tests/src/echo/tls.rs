@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{Acceptor, ClientHello, WebPkiClientVerifier};
 use rustls::{
     ProtocolVersion, RootCertStore, ServerConfig, ServerConnection, SupportedProtocolVersion,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
