@@ -394,7 +394,8 @@ mod tests {
 
     #[test]
     fn reads_chunked_and_repeated_headers() {
-        let raw = "HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        let raw = "HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\nTransfer-Encoding: chunked\r\n\r\n\
+                   3\r\nabc\r\n0\r\n\r\n";
         let response = read_response(&mut raw.as_bytes(), "GET").unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(response.header("X-A").as_deref(), Some("1,2"));

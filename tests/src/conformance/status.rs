@@ -39,7 +39,8 @@
 //!   }],
 //!   "policies": [{
 //!     "namespace": "…", "name": "…",
-//!     "status": {"ancestors": [{"ancestorRef": {…}, "controllerName": "…", "conditions": […]}]}
+//!     "status": {"ancestors": [{"ancestorRef": {…}, "controllerName": "…",
+//!                               "conditions": […]}]}
 //!   }]
 //! }
 //! ```
@@ -55,7 +56,8 @@ use crate::loader::Loader;
 use crate::wait::wait_until;
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-/// The upstream status helpers' budget (`HTTPRouteMustHaveCondition`, `GatewayStatusMustHaveListeners`).
+/// The upstream status helpers' budget (`HTTPRouteMustHaveCondition`,
+/// `GatewayStatusMustHaveListeners`).
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A `metav1.Condition`.
@@ -256,8 +258,8 @@ impl RouteStatus {
     }
 
     /// `HTTPRouteMustHaveNoAcceptedParents` (one poll): no parents, or exactly one whose
-    /// conditions include `Accepted=False`. (Upstream also accepts "no parents" only when seen twice
-    /// in a row a second apart; [`wait_for`] callers get that by polling.)
+    /// conditions include `Accepted=False`. (Upstream accepts "no parents" only when seen twice in
+    /// a row a second apart; [`wait_for`] callers get that by polling.)
     pub fn has_no_accepted_parents(&self) -> Result<(), String> {
         match self.parents.as_slice() {
             [] => Ok(()),
@@ -602,10 +604,28 @@ mod tests {
     use serde_json::json;
 
     fn condition(kind: &str, status: &str, reason: &str) -> Value {
-        json!({"type": kind, "status": status, "reason": reason, "message": "", "observedGeneration": 2})
+        json!({"type": kind, "status": status, "reason": reason, "message": "",
+               "observedGeneration": 2})
+    }
+
+    fn gateway_ref() -> Value {
+        json!({"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw"})
+    }
+
+    fn route(
+        namespace: &str,
+        name: &str,
+        generation: i64,
+        parent: Value,
+        conditions: Value,
+    ) -> Value {
+        json!({"kind": "HTTPRoute", "namespace": namespace, "name": name, "generation": generation,
+               "parents": [{"parentRef": parent, "controllerName": "c", "conditions": conditions}]})
     }
 
     fn document() -> StatusDocument {
+        let accepted = json!([condition("Accepted", "True", "Accepted")]);
+        let refused = json!([condition("Accepted", "False", "NoMatchingListenerHostname")]);
         let listener_conditions = json!([
             condition("Accepted", "True", "Accepted"),
             condition("ResolvedRefs", "True", "ResolvedRefs"),
@@ -620,22 +640,11 @@ mod tests {
                                "attachedRoutes": 1, "conditions": listener_conditions}]
             }],
             "routes": [
-                {"kind": "HTTPRoute", "namespace": "infra", "name": "ok", "generation": 2,
-                 "parents": [{"parentRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw"},
-                              "controllerName": "c", "conditions": [condition("Accepted", "True", "Accepted")]}]},
-                {"kind": "HTTPRoute", "namespace": "infra", "name": "implicit-kind", "generation": 2,
-                 "parents": [{"parentRef": {"name": "gw"},
-                              "controllerName": "c", "conditions": [condition("Accepted", "True", "Accepted")]}]},
-                {"kind": "HTTPRoute", "namespace": "web", "name": "cross", "generation": 2,
-                 "parents": [{"parentRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw"},
-                              "controllerName": "c", "conditions": [condition("Accepted", "True", "Accepted")]}]},
-                {"kind": "HTTPRoute", "namespace": "infra", "name": "stale", "generation": 3,
-                 "parents": [{"parentRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw"},
-                              "controllerName": "c", "conditions": [condition("Accepted", "True", "Accepted")]}]},
-                {"kind": "HTTPRoute", "namespace": "infra", "name": "refused", "generation": 2,
-                 "parents": [{"parentRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "name": "gw"},
-                              "controllerName": "c",
-                              "conditions": [condition("Accepted", "False", "NoMatchingListenerHostname")]}]}
+                route("infra", "ok", 2, gateway_ref(), accepted.clone()),
+                route("infra", "implicit-kind", 2, json!({"name": "gw"}), accepted.clone()),
+                route("web", "cross", 2, gateway_ref(), accepted.clone()),
+                route("infra", "stale", 3, gateway_ref(), accepted),
+                route("infra", "refused", 2, gateway_ref(), refused),
             ]
         }))
         .unwrap()
@@ -696,8 +705,10 @@ mod tests {
         // What the loader emits before issue 14: gateways without generation or listeners.
         let doc = StatusDocument::parse(&json!({
             "policies": [{"namespace": "n", "name": "p", "status": {"ancestors": [{
-                "ancestorRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": "n", "name": "gw"},
-                "controllerName": "c", "conditions": [condition("Accepted", "True", "Accepted")]}]}}],
+                "ancestorRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": "n",
+                                "name": "gw"},
+                "controllerName": "c",
+                "conditions": [condition("Accepted", "True", "Accepted")]}]}}],
             "gateways": [{"namespace": "n", "name": "gw", "conditions": []}],
             "errors": [], "problems": [], "snapshot_version": 3
         }))
