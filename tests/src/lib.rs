@@ -3,7 +3,9 @@
 //! failing, prints its log tail so the failure explains itself.
 
 pub mod certs;
+pub mod conformance;
 pub mod drip;
+pub mod echo;
 pub mod envoy;
 pub mod guide;
 pub mod http;
