@@ -5,7 +5,9 @@
 //! policy that targets its Service port, if any.
 
 mod policy;
-mod trust;
+/// Public for the fuzz targets (`fuzz/`): CA bundle and key-pair parsing.
+#[doc(hidden)]
+pub mod trust;
 
 pub use policy::option_keys;
 
