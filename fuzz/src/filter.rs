@@ -4,7 +4,7 @@
 
 use backendtls_filter::config::FilterConfig;
 use backendtls_filter::policy::Policy;
-use backendtls_filter::validator::ValidatorConfig;
+use backendtls_filter::validator::{Rejection, ValidatorConfig};
 use backendtls_filter::{pb, x509};
 use rustls_pki_types::UnixTime;
 use std::sync::LazyLock;
@@ -106,12 +106,10 @@ const TIMES: [u64; 3] = [1_900_000_000, 600_000_000, 4_200_000_000];
 /// certificate as a 2-byte big-endian length and its DER (leaf first). A verdict of success
 /// must be one the reference parser agrees names an identity of the policy.
 pub fn validator_verify(data: &[u8]) {
-    let [config, time, rest @ ..] = data else { return };
-    let config = &CONFIGS[usize::from(*config) % CONFIGS.len()];
-    let now = UnixTime::since_unix_epoch(Duration::from_secs(TIMES[usize::from(*time) % TIMES.len()]));
-    let chain = length_prefixed(rest);
-    match config.verify(&chain, now) {
+    let Some(verdict) = verdict(data) else { return };
+    match verdict {
         Ok(()) => {
+            let chain = length_prefixed(&data[2..]);
             let (_, leaf) = x509_parser::parse_x509_certificate(chain[0]).expect("a verified leaf parses");
             let names = leaf.subject_alternative_name().ok().flatten();
             assert!(names.is_some(), "verified a leaf without subjectAltName");
@@ -122,6 +120,14 @@ pub fn validator_verify(data: &[u8]) {
             assert!(!detail.contains('\n'), "one line: {detail}");
         }
     }
+}
+
+/// The validator's verdict on a `validator_verify` input; None when it is too short to say.
+pub fn verdict(data: &[u8]) -> Option<Result<(), Rejection>> {
+    let [config, time, rest @ ..] = data else { return None };
+    let config = &CONFIGS[usize::from(*config) % CONFIGS.len()];
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(TIMES[usize::from(*time) % TIMES.len()]));
+    Some(config.verify(&length_prefixed(rest), now))
 }
 
 /// Certificates as `u16` big-endian length + bytes; a short last one takes what is left.

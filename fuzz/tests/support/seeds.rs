@@ -2,7 +2,7 @@
 //! real inputs (example and golden manifests, test certificates) and from certificates made here.
 //! Run once when a target or its input format changes, then fuzz and minimize (`make fuzz`):
 //!
-//!     cargo test -p backendtls-fuzz --test seeds -- --ignored
+//!     cargo test -p backendtls-fuzz --test corpus write_seeds -- --ignored
 //!
 //! The CA certificates the validator target trusts (`fuzz/data/*.pem`) are written too; their
 //! keys are thrown away, so the seed chains are the only ones that verify.
