@@ -18,7 +18,7 @@ base_target_dir=${CARGO_TARGET_DIR:-$root/target}
 # Instrumented builds get their own target directory: their flags differ from every other build.
 afl_target_dir=$base_target_dir/afl
 out_root=$base_target_dir/fuzz
-bin=$afl_target_dir/release/backendtls-fuzz-afl
+bin=$afl_target_dir/fuzz/backendtls-fuzz-afl
 cargo=${CARGO:-cargo}
 
 if ! command -v cargo-afl >/dev/null; then
@@ -27,7 +27,7 @@ fi
 # Builds AFL++ for this rustc once; it refuses (harmlessly) when that is already done.
 "$cargo" afl config --build >/dev/null 2>&1 || true
 
-(cd "$root" && CARGO_TARGET_DIR=$afl_target_dir "$cargo" afl build --release \
+(cd "$root" && CARGO_TARGET_DIR=$afl_target_dir "$cargo" afl build --profile fuzz \
   -p backendtls-fuzz --features afl --bin backendtls-fuzz-afl)
 
 if [[ -n ${FUZZ_TARGETS:-} ]]; then

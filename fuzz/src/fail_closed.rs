@@ -57,8 +57,11 @@ pub fn violations(
     let targeted = targeted_ports(store, targets);
     let clusters: BTreeMap<&str, &Cluster> =
         resources.clusters.iter().map(|c| (c.resource.name.as_str(), &c.resource)).collect();
-    let assignments: BTreeMap<&str, &ClusterLoadAssignment> =
-        resources.endpoints.iter().map(|e| (e.resource.cluster_name.as_str(), &e.resource)).collect();
+    let assignments: BTreeMap<&str, &ClusterLoadAssignment> = resources
+        .endpoints
+        .iter()
+        .map(|e| (e.resource.cluster_name.as_str(), &e.resource))
+        .collect();
     let mut found = Vec::new();
     let mut check = |name: &str, why: &str| {
         if let Some(cluster) = clusters.get(name) {
@@ -70,12 +73,16 @@ pub fn violations(
 
     // Clusters by the contract's naming, and by what the IR says they reach.
     for (service, port) in &targeted {
-        let name = backendtls_filter::contract::cluster_name(&service.namespace, &service.name, *port);
+        let name =
+            backendtls_filter::contract::cluster_name(&service.namespace, &service.name, *port);
         check(&name, &format!("named for targeted port {service}:{port}"));
     }
     for cluster in ir.clusters.values() {
         if targeted.contains(&(cluster.service.clone(), cluster.port)) {
-            check(&cluster.name, &format!("IR cluster of targeted port {}:{}", cluster.service, cluster.port));
+            check(
+                &cluster.name,
+                &format!("IR cluster of targeted port {}:{}", cluster.service, cluster.port),
+            );
         }
     }
 
@@ -86,25 +93,20 @@ pub fn violations(
             for r in &virtual_host.routes {
                 for name in route_clusters(r) {
                     let why = match ir.clusters.get(&name) {
-                        Some(c) if targeted.contains(&(c.service.clone(), c.port)) => format!(
-                            "route {} to targeted port {}:{}",
-                            r.name, c.service, c.port
-                        ),
+                        Some(c) if targeted.contains(&(c.service.clone(), c.port)) => {
+                            format!("route {} to targeted port {}:{}", r.name, c.service, c.port)
+                        }
                         Some(_) => continue,
                         None => format!("route {} to a cluster the IR does not have", r.name),
                     };
-                    match clusters.get(name.as_str()) {
-                        Some(cluster) if ir.clusters.contains_key(&name) => {
-                            if let Err(problem) = closed_or_verified_tls(cluster, &assignments) {
-                                found.push(format!("cluster {name} ({why}): {problem}"));
-                            }
+                    // No such cluster: Envoy answers 503, nothing is sent.
+                    let Some(cluster) = clusters.get(name.as_str()) else { continue };
+                    if !ir.clusters.contains_key(&name) {
+                        if hosts(cluster, &assignments) > 0 {
+                            found.push(format!("cluster {name} ({why}) has hosts"));
                         }
-                        Some(cluster) => {
-                            if hosts(cluster, &assignments) > 0 {
-                                found.push(format!("cluster {name} ({why}) has hosts"));
-                            }
-                        }
-                        None => {} // Envoy answers 503: no cluster, no traffic.
+                    } else if let Err(problem) = closed_or_verified_tls(cluster, &assignments) {
+                        found.push(format!("cluster {name} ({why}): {problem}"));
                     }
                 }
             }
@@ -161,9 +163,10 @@ fn verified_tls(socket: &TransportSocket) -> Result<(), String> {
         Some(V::ValidationContext(v)) => verifies(v),
         Some(V::CombinedValidationContext(c)) => {
             c.validation_context_sds_secret_config.is_some()
-                && c.default_validation_context
-                    .as_ref()
-                    .is_some_and(|d| !d.match_typed_subject_alt_names.is_empty() || d.custom_validator_config.is_some())
+                && c.default_validation_context.as_ref().is_some_and(|d| {
+                    !d.match_typed_subject_alt_names.is_empty()
+                        || d.custom_validator_config.is_some()
+                })
         }
         Some(V::ValidationContextSdsSecretConfig(_)) => true,
         Some(_) => false,
@@ -178,7 +181,8 @@ fn verified_tls(socket: &TransportSocket) -> Result<(), String> {
 /// Hosts a cluster can reach: its inline load assignment plus, for EDS, the assignment sent
 /// under its name.
 fn hosts(cluster: &Cluster, assignments: &BTreeMap<&str, &ClusterLoadAssignment>) -> usize {
-    let count = |a: &ClusterLoadAssignment| a.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>();
+    let count =
+        |a: &ClusterLoadAssignment| a.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>();
     let inline = cluster.load_assignment.as_ref().map_or(0, count);
     let eds_name = match &cluster.eds_cluster_config {
         Some(eds) if !eds.service_name.is_empty() => eds.service_name.as_str(),
@@ -189,7 +193,8 @@ fn hosts(cluster: &Cluster, assignments: &BTreeMap<&str, &ClusterLoadAssignment>
 
 /// Route configurations sent over RDS, plus those inline in listeners (static bootstrap).
 fn route_configurations(resources: &Resources) -> Vec<RouteConfiguration> {
-    let mut out: Vec<RouteConfiguration> = resources.routes.iter().map(|r| r.resource.clone()).collect();
+    let mut out: Vec<RouteConfiguration> =
+        resources.routes.iter().map(|r| r.resource.clone()).collect();
     for listener in &resources.listeners {
         out.extend(inline_routes(&listener.resource));
     }

@@ -110,7 +110,8 @@ pub fn validator_verify(data: &[u8]) {
     match verdict {
         Ok(()) => {
             let chain = length_prefixed(&data[2..]);
-            let (_, leaf) = x509_parser::parse_x509_certificate(chain[0]).expect("a verified leaf parses");
+            let (_, leaf) =
+                x509_parser::parse_x509_certificate(chain[0]).expect("a verified leaf parses");
             let names = leaf.subject_alternative_name().ok().flatten();
             assert!(names.is_some(), "verified a leaf without subjectAltName");
         }
@@ -126,7 +127,8 @@ pub fn validator_verify(data: &[u8]) {
 pub fn verdict(data: &[u8]) -> Option<Result<(), Rejection>> {
     let [config, time, rest @ ..] = data else { return None };
     let config = &CONFIGS[usize::from(*config) % CONFIGS.len()];
-    let now = UnixTime::since_unix_epoch(Duration::from_secs(TIMES[usize::from(*time) % TIMES.len()]));
+    let now =
+        UnixTime::since_unix_epoch(Duration::from_secs(TIMES[usize::from(*time) % TIMES.len()]));
     Some(config.verify(&length_prefixed(rest), now))
 }
 

@@ -93,7 +93,8 @@ pub fn lenient_policy_targets(path: &Path, text: &str) -> Vec<PolicyTarget> {
 fn collect_targets(document: &serde_json::Value, out: &mut Vec<PolicyTarget>) {
     let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
     let kind = text(document.get("kind"));
-    if kind.as_deref() == Some("List") && text(document.get("apiVersion")).as_deref() == Some("v1") {
+    if kind.as_deref() == Some("List") && text(document.get("apiVersion")).as_deref() == Some("v1")
+    {
         if let Some(serde_json::Value::Array(items)) = document.get("items") {
             items.iter().for_each(|item| collect_targets(item, out));
         }
@@ -129,7 +130,8 @@ pub fn split_files(text: &str) -> Vec<(PathBuf, String)> {
     for line in text.split_inclusive('\n') {
         if let Some(name) = line.strip_prefix("#== ") {
             let name = name.trim();
-            let name = if name.is_empty() { format!("f{}.yaml", files.len()) } else { name.to_string() };
+            let name =
+                if name.is_empty() { format!("f{}.yaml", files.len()) } else { name.to_string() };
             files.push((PathBuf::from(format!("{:03}-{name}", files.len())), String::new()));
         } else {
             files.last_mut().expect("one file at least").1.push_str(line);

@@ -42,14 +42,19 @@ pub fn tls_key_pair(data: &[u8]) {
             kind: Some("kubernetes.io/tls".into()),
         };
         let map = if string_data { &mut secret.string_data } else { &mut secret.data };
-        let encode = |v: &str| if string_data { v.to_string() } else { crate::base64(v.as_bytes()) };
+        let encode =
+            |v: &str| if string_data { v.to_string() } else { crate::base64(v.as_bytes()) };
         map.insert("tls.crt".into(), &encode(&cert));
         map.insert("tls.key".into(), &encode(&key));
         secret
     };
     let plain = trust::tls_key_pair(&secret(true));
     let encoded = trust::tls_key_pair(&secret(false));
-    assert_eq!(plain.is_ok(), encoded.is_ok(), "stringData and data disagree: {plain:?} {encoded:?}");
+    assert_eq!(
+        plain.is_ok(),
+        encoded.is_ok(),
+        "stringData and data disagree: {plain:?} {encoded:?}"
+    );
     if let Err(error) = plain {
         // Errors reach logs and /status: never the key material.
         let key = key.trim();

@@ -34,7 +34,12 @@ fn every_target_has_a_corpus_and_survives_it() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {total} inputs fail:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {total} inputs fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The split and framing helpers the targets use, so a corpus file means what its name says.
@@ -75,7 +80,10 @@ fn the_fail_closed_checker_catches_a_dropped_policy() {
     use backendtls_loader::store::Store;
     use backendtls_loader::xds::translate::translate;
 
-    let input = std::fs::read_to_string(corpus_dir("pipeline").join("seed-loader_tests_golden_guide_input")).unwrap();
+    let input = std::fs::read_to_string(
+        corpus_dir("pipeline").join("seed-loader_tests_golden_guide_input"),
+    )
+    .unwrap();
     let (mut store, mut targets) = (Store::default(), Vec::new());
     for (path, text) in split_files(&input) {
         targets.extend(lenient_policy_targets(&path, &text));

@@ -105,19 +105,37 @@ fn policy(rng: &mut Rng, g: &mut Generated, service: &Service, index: usize) -> 
         None
     };
     let target = |section: &Option<String>| match section {
-        Some(s) => format!("{{group: \"\", kind: Service, name: {}, sectionName: {s}}}", service.name),
+        Some(s) => {
+            format!("{{group: \"\", kind: Service, name: {}, sectionName: {s}}}", service.name)
+        }
         None => format!("{{group: \"\", kind: Service, name: {}}}", service.name),
     };
     let ca_ref = |name: &str| format!("[{{group: \"\", kind: ConfigMap, name: {name}}}]");
     let mut api_version = "gateway.networking.k8s.io/v1".to_string();
     let mut meta_name = name.clone();
-    let mut validation = format!("{{hostname: backend.example.com, caCertificateRefs: {}}}", ca_ref("ca-valid"));
+    let mut validation =
+        format!("{{hostname: backend.example.com, caCertificateRefs: {}}}", ca_ref("ca-valid"));
     let mut extra = String::new();
     let mut targets_field = format!("targetRefs: [{}]", target(&section));
     let shape = *rng.pick(&[
-        "valid", "valid", "valid", "ip-hostname", "missing-ca", "expired-ca", "garbage-ca",
-        "bad-option", "both-ca-sources", "no-ca-source", "system-ca", "misspelt", "v1alpha2",
-        "repeated-key", "bad-name", "other-group", "no-kind", "v1alpha3",
+        "valid",
+        "valid",
+        "valid",
+        "ip-hostname",
+        "missing-ca",
+        "expired-ca",
+        "garbage-ca",
+        "bad-option",
+        "both-ca-sources",
+        "no-ca-source",
+        "system-ca",
+        "misspelt",
+        "v1alpha2",
+        "repeated-key",
+        "bad-name",
+        "other-group",
+        "no-kind",
+        "v1alpha3",
     ]);
     g.kinds.insert(shape);
     match shape {
@@ -278,7 +296,8 @@ fn generate(seed: u64, cas: &[String; 2]) -> Generated {
                 4 | 5 => {
                     // The same policy name in several files, each with its own target.
                     g.kinds.insert("same name in two files");
-                    let renamed = text.replace(&format!("name: {}-p{index},", s.name), "name: shared,");
+                    let renamed =
+                        text.replace(&format!("name: {}-p{index},", s.name), "name: shared,");
                     let file = format!("zz-{}-{}-p{index}.yaml", s.namespace, s.name);
                     g.file(file.clone(), renamed);
                     g.targets.last_mut().unwrap().0 = file;
@@ -310,7 +329,12 @@ struct Coverage {
     unusable_files: usize,
 }
 
-fn check(seed: u64, cas: &[String; 2], coverage: &mut Coverage, kinds: &mut BTreeSet<&'static str>) {
+fn check(
+    seed: u64,
+    cas: &[String; 2],
+    coverage: &mut Coverage,
+    kinds: &mut BTreeSet<&'static str>,
+) {
     let g = generate(seed, cas);
     kinds.extend(g.kinds.iter().copied());
     let dir: PathBuf =
@@ -332,7 +356,12 @@ fn check(seed: u64, cas: &[String; 2], coverage: &mut Coverage, kinds: &mut BTre
         let options = TranslateOptions { delivery, validator, ..Default::default() };
         let build = pipeline::build(&config, &Default::default(), &options);
         let (store, _) = config.store();
-        let found = fail_closed::violations(store, &targets, &build.resolved.resolution.ir, &build.resources);
+        let found = fail_closed::violations(
+            store,
+            &targets,
+            &build.resolved.resolution.ir,
+            &build.resources,
+        );
         if !found.is_empty() {
             let files: String = g.files.iter().map(|(n, t)| format!("## {n}\n{t}")).collect();
             panic!(

@@ -12,11 +12,11 @@ use backendtls_loader::pipeline;
 use backendtls_loader::source::ConfigDir;
 use backendtls_loader::xds::translate::{TranslateOptions, Validator};
 use prost::Message;
-use rustls_pki_types::pem::PemObject;
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls_pki_types::pem::PemObject;
 use std::path::{Path, PathBuf};
 
 type Ca = CertifiedIssuer<'static, KeyPair>;
@@ -110,7 +110,8 @@ fn write_seeds() {
     write("validator_verify", "no-san", chain_input(1, 1, &[&no_san_leaf, ca.der()]));
 
     let golden_ca = std::fs::read_to_string(repo().join("loader/tests/golden/ca.pem")).unwrap();
-    let golden_der = rustls_pki_types::CertificateDer::from_pem_slice(golden_ca.as_bytes()).unwrap();
+    let golden_der =
+        rustls_pki_types::CertificateDer::from_pem_slice(golden_ca.as_bytes()).unwrap();
     let ders: [(&str, &[u8]); 5] = [
         ("leaf", &host_leaf),
         ("many-sans", &many_leaf),
@@ -139,8 +140,16 @@ fn write_seeds() {
     let key_pem = host_key.serialize_pem();
     let pair = |cert: &str, key: &str| [cert.as_bytes(), b"\xff\x00", key.as_bytes()].concat();
     write("tls_key_pair", "valid", pair(&pem("CERTIFICATE", &host_leaf), &key_pem));
-    write("tls_key_pair", "chain", pair(&format!("{}{}", pem("CERTIFICATE", &mid_leaf), mid.pem()), &key_pem));
-    write("tls_key_pair", "no-key", pair(&ca.pem(), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"));
+    write(
+        "tls_key_pair",
+        "chain",
+        pair(&format!("{}{}", pem("CERTIFICATE", &mid_leaf), mid.pem()), &key_pem),
+    );
+    write(
+        "tls_key_pair",
+        "no-key",
+        pair(&ca.pem(), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+    );
 
     // Configurations.
     let validator = |identities: &[&str], anchors: &str| {
@@ -149,10 +158,21 @@ fn write_seeds() {
         .to_string()
     };
     write("validator_config", "hostname", validator(&[], &ca.pem()));
-    write("validator_config", "identities", validator(&["dns:*.example.com", "uri:spiffe://x/y"], &format!("{}{}", ca.pem(), other.pem())));
+    write(
+        "validator_config",
+        "identities",
+        validator(
+            &["dns:*.example.com", "uri:spiffe://x/y"],
+            &format!("{}{}", ca.pem(), other.pem()),
+        ),
+    );
     write("validator_config", "bad-identity", validator(&["dns:10.0.0.5"], &golden_ca));
     write("filter_config", "null", r#"{"request_header": null}"#);
-    write("filter_config", "header", r#"{"request_header": "x-backendtls-policy", "debug_panic_header": "x-panic"}"#);
+    write(
+        "filter_config",
+        "header",
+        r#"{"request_header": "x-backendtls-policy", "debug_panic_header": "x-panic"}"#,
+    );
     write("filter_config", "empty", "");
 
     // Manifests: every example and golden input file, the salvage cases, and JSON.
@@ -194,7 +214,8 @@ fn write_seeds() {
     // misspelt policy.
     for dir in golden_dirs.iter().chain([&repo().join("examples/backend-tls")]) {
         let mut input = String::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         for file in files {
             input.push_str(&format!("#== {}\n", file.file_name().unwrap().to_string_lossy()));
@@ -203,7 +224,11 @@ fn write_seeds() {
         let name = dir.strip_prefix(repo()).unwrap().to_string_lossy().replace('/', "_");
         write("pipeline", &name, &input);
         if name.contains("guide") {
-            write("pipeline", "guide-misspelt", input.replace("hostname: example.com", "hostnam: example.com"));
+            write(
+                "pipeline",
+                "guide-misspelt",
+                input.replace("hostname: example.com", "hostnam: example.com"),
+            );
         }
     }
 

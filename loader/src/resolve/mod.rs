@@ -674,6 +674,9 @@ spec:
         let tcp = &resolution.ir.clusters["kube_default_dns_443"];
         assert!(tcp.tls.is_none(), "the policy does not target the TCP port: {tcp:?}");
         let accepted = &resolution.policies[0].conditions[0];
-        assert_eq!((accepted.kind, accepted.status, accepted.reason), ("Accepted", false, "Invalid"));
+        assert_eq!(
+            (accepted.kind, accepted.status, accepted.reason),
+            ("Accepted", false, "Invalid")
+        );
     }
 }
