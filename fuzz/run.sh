@@ -34,7 +34,7 @@ if [[ -n ${FUZZ_TARGETS:-} ]]; then
   read -r -a targets <<<"$FUZZ_TARGETS"
 else
   # The binary lists its targets in its usage line.
-  targets=($("$bin" 2>&1 | sed -n 's/.*targets: //p' | tr -d ','))
+  targets=($({ "$bin" 2>&1 || true; } | sed -n 's/.*targets: //p' | tr -d ','))
 fi
 
 # No UI, no CPU frequency or core-dump checks (containers), one core each, bounded by -V.

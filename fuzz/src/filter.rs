@@ -24,13 +24,33 @@ pub fn cluster_metadata(data: &[u8]) {
 }
 
 /// The filter's SAN and validity walker against x509-parser: never a panic, and for a
-/// certificate both read, the same DNS and URI names in the same order and the same window.
+/// well-formed certificate both read, the same DNS and URI names in the same order and the same
+/// window.
+///
+/// "Well-formed" is what the filter actually sees (Envoy verified the leaf first): webpki accepts
+/// it, and its names use the DER tags. x509-parser alone is laxer than DER in two ways the fuzzer
+/// found, where the filter's stricter reading is the safe one (fewer names can only match less):
+/// it takes an extensions block under any class of tag 3, and a constructed `[2]`/`[6]` as a
+/// DNS name/URI.
 pub fn x509_differential(data: &[u8]) {
     let ours_names = x509::subject_alt_names(data);
     let ours_validity = x509::validity(data);
     let Ok((_, reference)) = x509_parser::parse_x509_certificate(data) else { return };
+    let der = rustls_pki_types::CertificateDer::from(data);
+    if webpki::EndEntityCert::try_from(&der).is_err() {
+        return;
+    }
     if let Ok(ours) = &ours_names {
-        if let Ok(extension) = reference.subject_alternative_name() {
+        let extension = reference.subject_alternative_name();
+        let canonical = match &extension {
+            Ok(Some(_)) => reference
+                .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME)
+                .ok()
+                .flatten()
+                .is_some_and(|e| names_use_der_tags(e.value)),
+            _ => true,
+        };
+        if let (Ok(extension), true) = (extension, canonical) {
             let (mut dns, mut uri) = (Vec::new(), Vec::new());
             for name in extension.iter().flat_map(|e| e.value.general_names.iter()) {
                 match name {
@@ -49,6 +69,25 @@ pub fn x509_differential(data: &[u8]) {
         assert_eq!(ours.not_before, seconds(&validity.not_before), "notBefore differs");
         assert_eq!(ours.not_after, seconds(&validity.not_after), "notAfter differs");
     }
+}
+
+/// Whether every dNSName (`[2]`) and URI (`[6]`) of a GeneralNames value is context-specific and
+/// primitive, as DER requires.
+fn names_use_der_tags(general_names: &[u8]) -> bool {
+    use x509_parser::asn1_rs::{Any, Class, FromDer};
+    let Ok((_, sequence)) = Any::from_der(general_names) else { return false };
+    let mut rest = sequence.data;
+    while !rest.is_empty() {
+        let Ok((next, name)) = Any::from_der(rest) else { return false };
+        let number = name.header.tag().0;
+        if (number == 2 || number == 6)
+            && (name.header.class() != Class::ContextSpecific || name.header.is_constructed())
+        {
+            return false;
+        }
+        rest = next;
+    }
+    true
 }
 
 /// Envoy's `upstream.peer_certificate` (PEM, maybe URL-encoded) to DER, then its names.
