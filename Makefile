@@ -58,7 +58,7 @@ demo: setup build filter
 lint: .setup/rust
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p backendtls-filter --target wasm32-wasip1 --all-targets -- -D warnings
+	$(CARGO) clippy -p backendtls-filter -p backendtls-contract --target wasm32-wasip1 --all-targets -- -D warnings
 
 ## unit: also replays every fuzz target's saved corpus (fuzz/corpus/, crate backendtls-fuzz).
 unit:

@@ -1,5 +1,6 @@
 //! The filter's own configuration: a JSON object, passed by both builds as a string
 //! (`google.protobuf.StringValue`), e.g. `{"request_header": "x-backendtls-policy"}`.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -10,9 +11,11 @@ pub struct FilterConfig {
     /// (`<namespace>/<name>`). Off by default.
     #[serde(default)]
     pub request_header: Option<String>,
-    /// Test hook, off by default: in the dynamic-module build a request carrying this header
-    /// panics deliberately inside the filter logic, to show that a panic is caught at the FFI
-    /// boundary (the request gets a 500, Envoy keeps running). Never set it in production.
+    /// Test hook of **debug builds only** (release builds refuse the key as unknown): in the
+    /// dynamic-module build a request carrying this header panics deliberately inside the filter
+    /// logic, to show that a panic is caught at the FFI boundary (the request gets a 500, Envoy
+    /// keeps running).
+    #[cfg(debug_assertions)]
     #[serde(default)]
     pub debug_panic_header: Option<String>,
 }
@@ -42,7 +45,11 @@ impl FilterConfig {
         }
         let config: FilterConfig =
             serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
-        for name in [&config.request_header, &config.debug_panic_header].into_iter().flatten() {
+        #[cfg(debug_assertions)]
+        let names = [&config.request_header, &config.debug_panic_header];
+        #[cfg(not(debug_assertions))]
+        let names = [&config.request_header];
+        for name in names.into_iter().flatten() {
             let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
             if name.is_empty() || !name.chars().all(token) {
                 return Err(ConfigError(format!(
@@ -75,5 +82,11 @@ mod tests {
         assert!(FilterConfig::parse(br#"{"request_header":"a b"}"#).is_err());
         assert!(FilterConfig::parse(br#"{"request_headr":"x"}"#).is_err());
         assert!(FilterConfig::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn the_panic_hook_exists_in_debug_builds_only() {
+        let parsed = FilterConfig::parse(br#"{"debug_panic_header":"x-panic"}"#);
+        assert_eq!(parsed.is_ok(), cfg!(debug_assertions), "{parsed:?}");
     }
 }

@@ -4,11 +4,14 @@
 //! calls [`on_request`] in the request-headers phase and [`on_response`] in the
 //! response-headers phase, and carries out the returned decision: count, tag, answer locally.
 //! Everything Envoy-specific sits behind [`Upstream`], so the logic is tested on the host.
+#![forbid(unsafe_code)]
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 
-use crate::contract::{self, stats, Verification};
+use backendtls_contract::{self as contract, stats, Verification};
+pub use backendtls_contract::{RejectReason, VerifyFailure as FailureClass};
+
 use crate::policy::Policy;
 use crate::x509::SubjectAltNames;
 
@@ -56,130 +59,57 @@ impl TlsVersion {
     }
 }
 
-/// Why an upstream TLS handshake failed, from Envoy's transport failure reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureClass {
-    UnknownCa,
-    SanMismatch,
-    Expired,
-    HandshakeError,
-}
-
-impl FailureClass {
-    const ALL: [FailureClass; 4] = [
-        FailureClass::UnknownCa,
-        FailureClass::SanMismatch,
-        FailureClass::Expired,
-        FailureClass::HandshakeError,
-    ];
-
-    pub fn label(self) -> &'static str {
-        stats::VERIFY_FAILURE_REASONS[self as usize]
+/// Classifies `upstream.transport_failure_reason` into the `reason` of `verify_failures`. Envoy
+/// (BoringSSL) reports e.g. `TLS_error:|268435581:SSL routines:OPENSSL_internal:
+/// CERTIFICATE_VERIFY_FAILED:verify cert failed: SAN matcher...`. `None` when the failure was not
+/// a TLS one (connection refused, reset before TLS, ...), which the filter does not count as a
+/// verification failure.
+pub fn classify_failure(reason: &[u8]) -> Option<FailureClass> {
+    if let Some(class) = from_validator_detail(reason) {
+        return Some(class);
     }
-
-    fn verification(self) -> Verification {
-        match self {
-            FailureClass::UnknownCa => Verification::UnknownCa,
-            FailureClass::SanMismatch => Verification::SanMismatch,
-            FailureClass::Expired => Verification::Expired,
-            FailureClass::HandshakeError => Verification::HandshakeError,
-        }
-    }
-
-    /// Classifies `upstream.transport_failure_reason`. Envoy (BoringSSL) reports e.g.
-    /// `TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert
-    /// failed: SAN matcher...`. `None` when the failure was not a TLS one (connection refused,
-    /// reset before TLS, ...), which the filter does not count as a verification failure.
-    pub fn classify(reason: &[u8]) -> Option<FailureClass> {
-        if let Some(class) = FailureClass::from_validator_detail(reason) {
-            return Some(class);
-        }
-        let has = |needle: &str| contains_ignore_case(reason, needle.as_bytes());
-        if has("SAN matcher") || has("subject alt name") || has("hostname mismatch") {
-            Some(FailureClass::SanMismatch)
-        } else if has("certificate has expired") || has("not yet valid") || has("CERT_HAS_EXPIRED")
-        {
-            Some(FailureClass::Expired)
-        } else if has("unable to get local issuer")
-            || has("unable to get issuer")
-            || has("self signed certificate")
-            || has("self-signed certificate")
-            || has("untrusted")
-            || has("unknown ca")
-            || has("X509_verify_cert")
-        {
-            Some(FailureClass::UnknownCa)
-        } else if has("TLS_error") || has("SSL") || has("CERTIFICATE_VERIFY_FAILED") {
-            Some(FailureClass::HandshakeError)
-        } else {
-            None
-        }
+    let has = |needle: &str| contains_ignore_case(reason, needle.as_bytes());
+    if has("SAN matcher") || has("subject alt name") || has("hostname mismatch") {
+        Some(FailureClass::SanMismatch)
+    } else if has("certificate has expired") || has("not yet valid") || has("CERT_HAS_EXPIRED") {
+        Some(FailureClass::Expired)
+    } else if has("unable to get local issuer")
+        || has("unable to get issuer")
+        || has("self signed certificate")
+        || has("self-signed certificate")
+        || has("untrusted")
+        || has("unknown ca")
+        || has("X509_verify_cert")
+    {
+        Some(FailureClass::UnknownCa)
+    } else if has("TLS_error") || has("SSL") || has("CERTIFICATE_VERIFY_FAILED") {
+        Some(FailureClass::HandshakeError)
+    } else {
+        None
     }
 }
 
-impl FailureClass {
-    /// The backendtls certificate validator's own detail (`...CERTIFICATE_VERIFY_FAILED:backendtls:
-    /// <reason>: ...`): its reason label says exactly what failed, no guessing from BoringSSL text.
-    fn from_validator_detail(reason: &[u8]) -> Option<FailureClass> {
-        // Envoy may store the reason with its spaces turned into underscores (as its access log
-        // prints it): accept either after the colon.
-        let prefix = contract::validator::DETAIL_PREFIX.trim_end().as_bytes();
-        let start = reason.windows(prefix.len()).position(|w| w == prefix)? + prefix.len();
-        let rest = reason[start..].strip_prefix(b" ").or(reason[start..].strip_prefix(b"_"))?;
-        let label = &rest[..rest.iter().position(|&b| b == b':')?];
-        Some(match label {
-            b"unknown_issuer" => FailureClass::UnknownCa,
-            b"name_mismatch" => FailureClass::SanMismatch,
-            b"expired" | b"not_yet_valid" => FailureClass::Expired,
-            _ => FailureClass::HandshakeError,
-        })
-    }
+/// The backendtls certificate validator's own detail (`...CERTIFICATE_VERIFY_FAILED:backendtls:
+/// <reason>: ...`): its reason label says exactly what failed, no guessing from BoringSSL text.
+fn from_validator_detail(reason: &[u8]) -> Option<FailureClass> {
+    use backendtls_contract::HandshakeFailure;
+    // Envoy may store the reason with its spaces turned into underscores (as its access log
+    // prints it): accept either after the colon.
+    let prefix = contract::validator::DETAIL_PREFIX.trim_end().as_bytes();
+    let start = reason.windows(prefix.len()).position(|w| w == prefix)? + prefix.len();
+    let rest = reason[start..].strip_prefix(b" ").or(reason[start..].strip_prefix(b"_"))?;
+    let label = &rest[..rest.iter().position(|&b| b == b':')?];
+    let label = std::str::from_utf8(label).ok()?;
+    Some(match HandshakeFailure::from_label(label) {
+        Some(HandshakeFailure::UnknownIssuer) => FailureClass::UnknownCa,
+        Some(HandshakeFailure::NameMismatch) => FailureClass::SanMismatch,
+        Some(HandshakeFailure::Expired | HandshakeFailure::NotYetValid) => FailureClass::Expired,
+        _ => FailureClass::HandshakeError,
+    })
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
-}
-
-/// Why the filter refused or replaced a response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    Plaintext,
-    IdentityMismatch,
-    InvalidPolicy,
-}
-
-impl RejectReason {
-    const ALL: [RejectReason; 3] =
-        [RejectReason::Plaintext, RejectReason::IdentityMismatch, RejectReason::InvalidPolicy];
-
-    pub fn label(self) -> &'static str {
-        stats::REJECTION_REASONS[self as usize]
-    }
-
-    pub fn verification(self) -> Verification {
-        match self {
-            RejectReason::Plaintext => Verification::Plaintext,
-            RejectReason::IdentityMismatch => Verification::IdentityMismatch,
-            RejectReason::InvalidPolicy => Verification::InvalidPolicy,
-        }
-    }
-
-    /// HTTP status of the filter's answer.
-    pub fn status(self) -> u32 {
-        match self {
-            RejectReason::InvalidPolicy => 503,
-            RejectReason::Plaintext | RejectReason::IdentityMismatch => 502,
-        }
-    }
-
-    /// `RESPONSE_CODE_DETAILS` of the filter's answer.
-    pub fn details(self) -> &'static str {
-        match self {
-            RejectReason::Plaintext => "backendtls_plaintext_upstream",
-            RejectReason::IdentityMismatch => "backendtls_identity_mismatch",
-            RejectReason::InvalidPolicy => "backendtls_invalid_policy",
-        }
-    }
 }
 
 /// One of the per-policy counters.
@@ -213,8 +143,8 @@ impl Counter {
     pub fn eager() -> impl Iterator<Item = Counter> {
         [Counter::Requests, Counter::Handshakes]
             .into_iter()
-            .chain(FailureClass::ALL.into_iter().map(Counter::VerifyFailures))
-            .chain(RejectReason::ALL.into_iter().map(Counter::Rejections))
+            .chain(FailureClass::ALL.iter().copied().map(Counter::VerifyFailures))
+            .chain(RejectReason::ALL.iter().copied().map(Counter::Rejections))
     }
 
     /// The metric's base name (see `contract::stats`).
@@ -309,8 +239,7 @@ pub struct PolicyEntry {
     tag_json: [OnceCell<String>; TAG_SLOTS],
 }
 
-const VERIFICATIONS: usize = 8;
-const _: () = assert!(Verification::InvalidPolicy as usize + 1 == VERIFICATIONS);
+const VERIFICATIONS: usize = Verification::ALL.len();
 const TAG_SLOTS: usize = (TlsVersion::ALL.len() + 1) * VERIFICATIONS;
 /// Distinct certificates remembered per policy before the verdict cache starts over.
 const VERDICT_CAPACITY: usize = 64;
@@ -331,12 +260,12 @@ impl PolicyEntry {
         self.tag_json[slot].get_or_init(|| {
             let mut object = serde_json::Map::new();
             let mut put = |k: &str, v: &str| object.insert(k.into(), v.into());
-            put(crate::contract::tag_keys::POLICY, &self.policy.name);
-            put(crate::contract::tag_keys::HOSTNAME, &self.policy.hostname);
+            put(contract::tag_keys::POLICY, &self.policy.name);
+            put(contract::tag_keys::HOSTNAME, &self.policy.hostname);
             if let Some(v) = tls {
-                put(crate::contract::tag_keys::TLS_VERSION, v.envoy_name());
+                put(contract::tag_keys::TLS_VERSION, v.envoy_name());
             }
-            put(crate::contract::tag_keys::VERIFICATION, verification.as_str());
+            put(contract::tag_keys::VERIFICATION, verification.as_str());
             serde_json::Value::Object(object).to_string()
         })
     }
@@ -438,7 +367,7 @@ pub fn on_response(
         let verification = match upstream.failure_class() {
             Some(class) => {
                 metrics.increment(entry, Counter::VerifyFailures(class));
-                class.verification()
+                class.into()
             }
             None => Verification::HandshakeError,
         };
@@ -558,7 +487,7 @@ mod tests {
             self.via_upstream
         }
         fn failure_class(&mut self) -> Option<FailureClass> {
-            self.failure.and_then(|r| FailureClass::classify(r.as_bytes()))
+            self.failure.and_then(|r| classify_failure(r.as_bytes()))
         }
         fn with_connection_key<R>(&mut self, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
             f(self.local.as_bytes(), self.digest.as_bytes())
@@ -649,7 +578,7 @@ mod tests {
             ("", None),
         ];
         for (reason, want) in cases {
-            assert_eq!(FailureClass::classify(reason.as_bytes()), want, "{reason}");
+            assert_eq!(classify_failure(reason.as_bytes()), want, "{reason}");
         }
     }
 

@@ -1,21 +1,28 @@
 //! backendtls filter: tags, enforces and counts requests to backends that a BackendTLSPolicy
-//! governs, reading the policy from the cluster's `backendtls` metadata (see [`contract`]).
+//! governs, reading the policy from the cluster's `backendtls` metadata (see
+//! [`backendtls_contract`]).
 //!
 //! One core ([`engine`], [`policy`], [`x509`]) and two thin adapters: proxy-wasm when built for
-//! `wasm32` and an Envoy dynamic module otherwise. With the default feature `filter` off, the
-//! crate is only the contract shared with the loader. The dynamic module can also be Envoy's
+//! `wasm32` and an Envoy dynamic module otherwise. The dynamic module can also be Envoy's
 //! upstream certificate validator ([`validator`], on rustls-webpki).
-pub mod contract;
+//!
+//! `unsafe` is denied everywhere but in `dynmod::ffi` (the dynamic module's ABI); every other
+//! module forbids it.
+#![deny(unsafe_code)]
 
-#[cfg(feature = "filter")]
+// A panic that unwinds to an `extern "C"` hook is caught there and turned into a safe answer
+// (dynmod::ffi). With `panic = "abort"` it would take Envoy down instead. (The Wasm build has no
+// unwinding at all: a panic traps the VM, which Envoy reports and survives.)
+#[cfg(all(panic = "abort", not(target_arch = "wasm32")))]
+compile_error!(
+    "the dynamic module must be built with panic = \"unwind\": its FFI hooks catch panics so that \
+     one cannot abort Envoy"
+);
+
 pub mod config;
-#[cfg(feature = "filter")]
 pub mod engine;
-#[cfg(feature = "filter")]
 pub mod pb;
-#[cfg(feature = "filter")]
 pub mod policy;
-#[cfg(feature = "filter")]
 pub mod x509;
 
 /// The handshake-time certificate validator's core (dynamic module only: Wasm filters cannot
@@ -23,8 +30,11 @@ pub mod x509;
 #[cfg(all(feature = "validator", not(target_arch = "wasm32")))]
 pub mod validator;
 
-#[cfg(all(feature = "filter", target_arch = "wasm32"))]
+#[cfg(target_arch = "wasm32")]
 mod wasm;
 
-#[cfg(all(feature = "filter", not(target_arch = "wasm32")))]
+#[cfg(not(target_arch = "wasm32"))]
 pub mod dynmod;
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod identity_cases;

@@ -3,6 +3,7 @@
 //! The Wasm build reads a cluster's metadata in one property read (`xds.cluster_metadata`), which
 //! Envoy serializes as protobuf. Pulling in a protobuf runtime for four message types
 //! (`Metadata`, `Struct`, `Value`, `ListValue`) would cost more Wasm size than this reader.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -120,14 +121,26 @@ fn map_entry(bytes: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
     Ok((key, value))
 }
 
+/// How deeply structs and lists may nest. The loader's metadata nests three levels (struct, list
+/// of SANs, SAN struct); the limit keeps a hostile or broken blob from exhausting the stack of
+/// an Envoy worker (a few bytes per level are enough to nest a thousand levels).
+pub const MAX_DEPTH: usize = 32;
+
 /// `google.protobuf.Struct`: `map<string, Value> fields = 1`.
 pub fn decode_struct(bytes: &[u8]) -> Result<Vec<(&str, Value<'_>)>, DecodeError> {
+    decode_struct_at(bytes, 0)
+}
+
+fn decode_struct_at(bytes: &[u8], depth: usize) -> Result<Vec<(&str, Value<'_>)>, DecodeError> {
+    if depth >= MAX_DEPTH {
+        return Err(DecodeError("structs and lists nest too deeply"));
+    }
     let mut r = Reader { buf: bytes };
     let mut fields = Vec::new();
     while let Some((number, field)) = r.next()? {
         if let (1, Field::Bytes(entry)) = (number, field) {
             let (key, value) = map_entry(entry)?;
-            fields.push((key, decode_value(value)?));
+            fields.push((key, decode_value_at(value, depth + 1)?));
         }
     }
     Ok(fields)
@@ -136,6 +149,13 @@ pub fn decode_struct(bytes: &[u8]) -> Result<Vec<(&str, Value<'_>)>, DecodeError
 /// `google.protobuf.Value`: a oneof of null (1), number (2), string (3), bool (4), struct (5) and
 /// list (6). An empty message is a null.
 pub fn decode_value(bytes: &[u8]) -> Result<Value<'_>, DecodeError> {
+    decode_value_at(bytes, 0)
+}
+
+fn decode_value_at(bytes: &[u8], depth: usize) -> Result<Value<'_>, DecodeError> {
+    if depth >= MAX_DEPTH {
+        return Err(DecodeError("structs and lists nest too deeply"));
+    }
     let mut r = Reader { buf: bytes };
     let mut value = Value::Null;
     while let Some((number, field)) = r.next()? {
@@ -144,13 +164,13 @@ pub fn decode_value(bytes: &[u8]) -> Result<Value<'_>, DecodeError> {
             (2, Field::Fixed64(bits)) => Value::Number(f64::from_bits(bits)),
             (3, Field::Bytes(b)) => Value::String(utf8(b)?),
             (4, Field::Varint(v)) => Value::Bool(v != 0),
-            (5, Field::Bytes(b)) => Value::Struct(decode_struct(b)?),
+            (5, Field::Bytes(b)) => Value::Struct(decode_struct_at(b, depth + 1)?),
             (6, Field::Bytes(b)) => {
                 let mut list = Reader { buf: b };
                 let mut values = Vec::new();
                 while let Some((number, field)) = list.next()? {
                     if let (1, Field::Bytes(item)) = (number, field) {
-                        values.push(decode_value(item)?);
+                        values.push(decode_value_at(item, depth + 1)?);
                     }
                 }
                 Value::List(values)
@@ -289,6 +309,25 @@ mod tests {
         assert!(filter_metadata(&md[..md.len() - 3], "backendtls").is_err());
         assert!(decode_value(&[0x1a, 0x05, b'a']).is_err());
         assert!(decode_value(&[0xff; 11]).is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        // A list in a list in ...: a few bytes per level.
+        let nested = |levels: usize| {
+            let mut value = encode::value(&V::S("x"));
+            for _ in 0..levels {
+                let mut list = Vec::new();
+                encode::bytes_field(&mut list, 1, &value);
+                value = Vec::new();
+                encode::bytes_field(&mut value, 6, &list);
+            }
+            value
+        };
+        assert!(decode_value(&nested(MAX_DEPTH - 1)).is_ok());
+        let too_deep = Err(DecodeError("structs and lists nest too deeply"));
+        assert_eq!(decode_value(&nested(MAX_DEPTH)), too_deep);
+        assert_eq!(decode_value(&nested(5_000)), too_deep);
     }
 
     #[test]

@@ -1,17 +1,11 @@
 //! The policy a cluster's `backendtls` metadata describes, and the identity check against a leaf.
+#![forbid(unsafe_code)]
 
-use crate::contract::{self, keys, san_types, PolicyState};
+use backendtls_contract::identity::any_matches;
+use backendtls_contract::{keys, san_types, Identity, IdentityCheck, PolicyState, Presented};
+
 use crate::pb;
-use crate::x509::SubjectAltNames;
-
-/// A name the upstream leaf certificate may carry for the policy to accept it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Identity {
-    /// A DNS name, compared case-insensitively; a leaf's `*.example.com` matches one label.
-    Dns(String),
-    /// A URI, compared exactly.
-    Uri(String),
-}
+use crate::x509::{CertError, SubjectAltNames};
 
 /// A cluster's `backendtls` metadata, parsed. Malformed metadata gives an invalid policy rather
 /// than an error: the filter fails closed.
@@ -26,6 +20,17 @@ pub struct Policy {
     pub state: PolicyState,
     /// Why the policy is invalid (from the metadata, or from parsing it).
     pub reason: Option<String>,
+    /// Who checks the identities during the handshake, when the metadata says so (the loader
+    /// does; see [`IdentityCheck`]).
+    pub identity_checked_by: Option<IdentityCheck>,
+}
+
+/// The outcome of [`Policy::check_leaf_pem`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeafCheck {
+    Accepted,
+    /// None of these names (all of the leaf's) satisfies the policy.
+    Refused(SubjectAltNames),
 }
 
 /// The raw values of the metadata keys, as either build reads them.
@@ -39,6 +44,7 @@ pub struct Fields<'a> {
     pub subject_alt_names: Option<Vec<(&'a str, &'a str)>>,
     /// `identities` entries; None when the key is absent.
     pub identities: Option<Vec<&'a str>>,
+    pub identity_checked_by: Option<&'a str>,
     /// A structural problem found while reading (e.g. a SAN entry without its value).
     pub error: Option<String>,
 }
@@ -48,37 +54,52 @@ impl Policy {
         let name = fields.policy.unwrap_or("unknown").to_owned();
         let hostname = fields.hostname.unwrap_or_default().to_owned();
         let mut problem = fields.error;
-        let mut identities = Vec::new();
-        if let Some(sans) = &fields.subject_alt_names {
-            for (kind, value) in sans {
-                match *kind {
-                    san_types::HOSTNAME => identities.push(Identity::Dns(value.to_string())),
-                    san_types::URI => identities.push(Identity::Uri(value.to_string())),
-                    other => {
-                        problem
-                            .get_or_insert(format!("unsupported subject_alt_names type {other:?}"));
-                    }
-                }
+        // The names, by the contract's rules: a name that is not an identity makes the whole
+        // policy invalid (the loader would not have served it either).
+        let listed: Result<Vec<Identity>, _> = match (&fields.subject_alt_names, &fields.identities)
+        {
+            (Some(sans), _) => {
+                sans.iter().map(|(kind, value)| Identity::from_san(kind, value)).collect()
             }
-        } else if let Some(flat) = &fields.identities {
-            for entry in flat {
-                if let Some(dns) = entry.strip_prefix(contract::IDENTITY_DNS_PREFIX) {
-                    identities.push(Identity::Dns(dns.to_owned()));
-                } else if let Some(uri) = entry.strip_prefix(contract::IDENTITY_URI_PREFIX) {
-                    identities.push(Identity::Uri(uri.to_owned()));
-                } else {
-                    problem.get_or_insert(format!("malformed identities entry {entry:?}"));
-                }
+            (None, Some(flat)) => flat.iter().map(|entry| entry.parse()).collect(),
+            (None, None) => Ok(Vec::new()),
+        };
+        let identities = match listed {
+            Ok(listed) if !listed.is_empty() => listed,
+            Ok(_) if hostname.is_empty() => {
+                problem.get_or_insert_with(|| {
+                    "metadata names no hostname or subject_alt_names".into()
+                });
+                Vec::new()
             }
-        }
-        if identities.is_empty() && !hostname.is_empty() {
-            identities.push(Identity::Dns(hostname.clone()));
-        }
+            Ok(_) => match Identity::hostname(&hostname) {
+                Ok(identity) => vec![identity],
+                Err(e) => {
+                    problem.get_or_insert(e.to_string());
+                    Vec::new()
+                }
+            },
+            Err(e) => {
+                problem.get_or_insert(e.to_string());
+                Vec::new()
+            }
+        };
+        let identity_checked_by = match fields.identity_checked_by.map(IdentityCheck::parse) {
+            None => None,
+            Some(Some(check)) => Some(check),
+            Some(None) => {
+                problem.get_or_insert_with(|| {
+                    format!(
+                        "unknown {} {:?}",
+                        keys::IDENTITY_CHECKED_BY,
+                        fields.identity_checked_by.unwrap_or_default()
+                    )
+                });
+                None
+            }
+        };
         if fields.policy.is_none() {
             problem.get_or_insert_with(|| format!("metadata has no {:?}", keys::POLICY));
-        }
-        if identities.is_empty() {
-            problem.get_or_insert_with(|| "metadata names no hostname or subject_alt_names".into());
         }
         let declared = match fields.state.map(PolicyState::parse) {
             Some(Some(state)) => state,
@@ -99,13 +120,14 @@ impl Policy {
             ),
             (PolicyState::Valid, None) => (PolicyState::Valid, None),
         };
-        Policy { name, hostname, identities, state, reason }
+        Policy { name, hostname, identities, state, reason, identity_checked_by }
     }
 
     /// Parses the `backendtls` struct out of a serialized `envoy.config.core.v3.Metadata`
     /// (the Wasm build's `xds.cluster_metadata`). `None` when the cluster has no such struct.
     pub fn from_metadata_proto(metadata: &[u8]) -> Option<Policy> {
-        let namespace = match pb::filter_metadata(metadata, contract::METADATA_NAMESPACE) {
+        let namespace = match pb::filter_metadata(metadata, backendtls_contract::METADATA_NAMESPACE)
+        {
             Ok(Some(ns)) => ns,
             Ok(None) => return None,
             Err(e) => return Some(Policy::unreadable(e.to_string())),
@@ -120,6 +142,7 @@ impl Policy {
             hostname: string(keys::HOSTNAME),
             state: string(keys::STATE),
             reason: string(keys::REASON),
+            identity_checked_by: string(keys::IDENTITY_CHECKED_BY),
             ..Fields::default()
         };
         match pb::field(&values, keys::SUBJECT_ALT_NAMES) {
@@ -159,43 +182,21 @@ impl Policy {
         self.state == PolicyState::Valid
     }
 
-    /// Whether one of `names` (a leaf's DNS or URI SANs) satisfies this policy.
-    pub fn accepts_dns(&self, name: &str) -> bool {
-        self.identities
-            .iter()
-            .any(|id| matches!(id, Identity::Dns(want) if dns_matches(name, want)))
-    }
-
-    pub fn accepts_uri(&self, uri: &str) -> bool {
-        self.identities.iter().any(|id| matches!(id, Identity::Uri(want) if want == uri))
+    /// Whether one presented name satisfies the policy ([`Identity::matches`]).
+    pub fn accepts_name(&self, presented: Presented<'_>) -> bool {
+        self.identities.iter().any(|identity| identity.matches(presented))
     }
 
     /// Whether any of the leaf's SANs satisfies the policy (all of them are considered).
     pub fn accepts(&self, sans: &SubjectAltNames) -> bool {
-        sans.dns.iter().any(|n| self.accepts_dns(n)) || sans.uri.iter().any(|u| self.accepts_uri(u))
+        any_matches(&self.identities, sans.presented())
     }
-}
 
-/// RFC 6125 matching of a certificate's DNS name against an expected hostname: ASCII
-/// case-insensitive, with a leftmost `*` label in the certificate matching exactly one label.
-pub fn dns_matches(presented: &str, expected: &str) -> bool {
-    let presented = presented.trim_end_matches('.');
-    let expected = expected.trim_end_matches('.');
-    if presented.eq_ignore_ascii_case(expected) {
-        return true;
-    }
-    let Some(suffix) = presented.strip_prefix("*.") else {
-        return false;
-    };
-    // A wildcard must leave at least two labels: `*.com` matches nothing.
-    if !suffix.contains('.') || suffix.contains('*') {
-        return false;
-    }
-    match expected.split_once('.') {
-        Some((label, rest)) => {
-            !label.is_empty() && !label.contains('*') && rest.eq_ignore_ascii_case(suffix)
-        }
-        None => false,
+    /// Whether the leaf certificate, in PEM as the Wasm build reads `upstream.peer_certificate`,
+    /// carries a name the policy accepts.
+    pub fn check_leaf_pem(&self, pem: &[u8]) -> Result<LeafCheck, CertError> {
+        let sans = crate::x509::subject_alt_names(&crate::x509::pem_to_der(pem)?)?;
+        Ok(if self.accepts(&sans) { LeafCheck::Accepted } else { LeafCheck::Refused(sans) })
     }
 }
 
@@ -213,13 +214,22 @@ mod tests {
         }
     }
 
+    fn dns(name: &str) -> Identity {
+        Identity::dns(name).unwrap()
+    }
+
+    fn uri(uri: &str) -> Identity {
+        Identity::uri(uri).unwrap()
+    }
+
     #[test]
     fn hostname_is_the_identity_without_sans() {
         let p = Policy::from_fields(valid_fields());
         assert!(p.is_valid());
-        assert_eq!(p.identities, [Identity::Dns("example.com".into())]);
-        assert!(p.accepts_dns("EXAMPLE.com"));
-        assert!(!p.accepts_dns("other.com"));
+        assert_eq!(p.identities, [dns("example.com")]);
+        assert!(p.accepts_name(Presented::Dns("EXAMPLE.com")));
+        assert!(!p.accepts_name(Presented::Dns("other.com")));
+        assert_eq!(p.identity_checked_by, None);
     }
 
     #[test]
@@ -229,27 +239,42 @@ mod tests {
             ..valid_fields()
         });
         assert!(p.is_valid(), "{p:?}");
-        assert!(!p.accepts_dns("example.com"));
-        assert!(p.accepts_dns("a.example"));
-        assert!(p.accepts_uri("spiffe://td/x"));
+        assert!(!p.accepts_name(Presented::Dns("example.com")));
+        assert!(p.accepts_name(Presented::Dns("a.example")));
+        assert!(p.accepts_name(Presented::Uri("spiffe://td/x")));
         let leaf =
             SubjectAltNames { dns: vec!["first.example".into(), "a.example".into()], uri: vec![] };
         assert!(p.accepts(&leaf), "a matching SAN that is not the first must be accepted");
     }
 
     #[test]
+    fn a_policy_wildcard_accepts_one_label() {
+        // Issue 11: with the filter on, a policy `*.example.com` and a certificate for
+        // `a.example.com` was refused with identity_mismatch.
+        let p = Policy::from_fields(Fields {
+            subject_alt_names: Some(vec![("Hostname", "*.example.com")]),
+            ..valid_fields()
+        });
+        let leaf = |name: &str| SubjectAltNames { dns: vec![name.into()], uri: vec![] };
+        assert!(p.accepts(&leaf("a.example.com")));
+        assert!(!p.accepts(&leaf("example.com")));
+        assert!(!p.accepts(&leaf("a.b.example.com")));
+    }
+
+    #[test]
     fn flat_identities_are_read_when_sans_are_absent() {
         let p = Policy::from_fields(Fields {
             identities: Some(vec!["dns:a.example", "uri:spiffe://td/x"]),
+            identity_checked_by: Some("envoy_san_matchers"),
             ..valid_fields()
         });
-        assert_eq!(
-            p.identities,
-            [Identity::Dns("a.example".into()), Identity::Uri("spiffe://td/x".into())]
-        );
-        let bad =
-            Policy::from_fields(Fields { identities: Some(vec!["ip:1.2.3.4"]), ..valid_fields() });
-        assert!(!bad.is_valid());
+        assert_eq!(p.identities, [dns("a.example"), uri("spiffe://td/x")]);
+        assert_eq!(p.identity_checked_by, Some(IdentityCheck::EnvoySanMatchers));
+        for bad in ["ip:1.2.3.4", "dns:*.com", "dns:10.0.0.5"] {
+            let p = Policy::from_fields(Fields { identities: Some(vec![bad]), ..valid_fields() });
+            assert!(!p.is_valid(), "{bad}");
+            assert!(p.reason.as_deref().unwrap().contains(bad.split_once(':').unwrap().1), "{p:?}");
+        }
     }
 
     #[test]
@@ -270,6 +295,8 @@ mod tests {
             Fields { state: Some("Valid"), ..valid_fields() },
             Fields { policy: None, ..valid_fields() },
             Fields { hostname: None, ..valid_fields() },
+            Fields { hostname: Some("10.0.0.5"), ..valid_fields() },
+            Fields { identity_checked_by: Some("somebody"), ..valid_fields() },
             Fields { subject_alt_names: Some(vec![("IPAddress", "10.0.0.1")]), ..valid_fields() },
         ] {
             let p = Policy::from_fields(fields);
@@ -295,28 +322,17 @@ mod tests {
                         V::Struct(vec![("type", V::S("URI")), ("uri", V::S("spiffe://td/x"))]),
                     ]),
                 ),
+                ("identity_checked_by", V::S("backendtls_validator")),
                 ("state", V::S("valid")),
             ],
         )]);
         let p = Policy::from_metadata_proto(&md).unwrap();
         assert_eq!(p.name, "default/nginx-tls-policy");
         assert!(p.is_valid());
-        assert_eq!(
-            p.identities,
-            [Identity::Dns("a.example".into()), Identity::Uri("spiffe://td/x".into())]
-        );
+        assert_eq!(p.identities, [dns("a.example"), uri("spiffe://td/x")]);
+        assert_eq!(p.identity_checked_by, Some(IdentityCheck::BackendtlsValidator));
         assert_eq!(Policy::from_metadata_proto(&metadata(&[("other", vec![])])), None);
         let broken = Policy::from_metadata_proto(&md[..md.len() - 2]).unwrap();
         assert!(!broken.is_valid());
-    }
-
-    #[test]
-    fn wildcards_match_exactly_one_label() {
-        assert!(dns_matches("*.example.com", "a.example.com"));
-        assert!(dns_matches("*.Example.com.", "A.example.COM"));
-        assert!(!dns_matches("*.example.com", "example.com"));
-        assert!(!dns_matches("*.example.com", "a.b.example.com"));
-        assert!(!dns_matches("a.example.com", "*.example.com"));
-        assert!(!dns_matches("*.com", "example.org"));
     }
 }

@@ -13,26 +13,31 @@
 //!    [`SIGNATURE_ALGORITHMS`], and the serverAuth extended key usage when a certificate
 //!    restricts its usage;
 //! 2. the identity: one of the leaf's subjectAltNames matches one of the policy's identities
-//!    (its subjectAltNames, or its hostname when it has none): DNS names with RFC 6125 rules (a
-//!    leaf's `*.example.com` covers one label; a policy's `*.example.com` accepts any one label),
-//!    URIs exactly. The subject CN is never a name.
+//!    (its subjectAltNames, or its hostname when it has none), by the contract's one rule,
+//!    [`backendtls_contract::Identity::matches`] (the loader's Envoy SAN matchers and the HTTP
+//!    filter use the same). The subject CN is never a name.
 //!
 //! A failure is a [`Rejection`]: a [`FailureReason`] (the `reason` label of the counters), the
 //! TLS alert Envoy sends the backend, and a one-line detail that Envoy puts into the upstream
 //! transport failure reason (and so into `%UPSTREAM_TRANSPORT_FAILURE_REASON%` and 503 details).
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::time::Duration;
 
+use backendtls_contract::identity::{any_matches, DNS_PREFIX, URI_PREFIX};
+use backendtls_contract::validator::{Config, DETAIL_PREFIX};
+use backendtls_contract::{Identity, IdentityError};
 use pki_types::pem::PemObject;
-use pki_types::{
-    CertificateDer, DnsName, ServerName, SignatureVerificationAlgorithm, TrustAnchor, UnixTime,
-};
+use pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use sha2::{Digest, Sha256};
 use webpki::{EndEntityCert, KeyUsage};
 
-use crate::contract::{self, stats, validator::keys, validator::DETAIL_PREFIX};
 use crate::x509::{self, Validity};
+
+/// Why a handshake was refused; the `reason` label of `handshake_failures`.
+pub use backendtls_contract::HandshakeFailure as FailureReason;
 
 /// The signature algorithms accepted in certificates: the set rustls verifies with ring. Named
 /// here rather than taken from `webpki::ALL_VERIFICATION_ALGS`, whose contents follow the crate
@@ -51,50 +56,6 @@ pub static SIGNATURE_ALGORITHMS: &[&dyn SignatureVerificationAlgorithm] = &[
     webpki::ring::RSA_PKCS1_2048_8192_SHA512,
     webpki::ring::RSA_PKCS1_3072_8192_SHA384,
 ];
-
-/// Why a handshake was refused; the `reason` label of `handshake_failures`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureReason {
-    /// No path from the leaf to the policy's trust anchors.
-    UnknownIssuer,
-    /// A certificate of the path (or its anchor) is past its notAfter.
-    Expired,
-    /// A certificate of the path (or its anchor) is before its notBefore.
-    NotYetValid,
-    /// The chain is trusted, but the leaf names none of the policy's identities.
-    NameMismatch,
-    /// A certificate's extended key usage excludes TLS server authentication.
-    BadKeyUsage,
-    /// A signature does not verify, or uses an algorithm (or key) that is not accepted.
-    BadSignature,
-    /// The chain breaks a structural rule: an issuer that is not a CA, a CA certificate as the
-    /// leaf, path length or name constraints, or a path too deep or too costly to build.
-    InvalidChain,
-    /// A certificate does not parse (as webpki requires: X.509 v3, DER, known critical
-    /// extensions), or the backend sent none.
-    Malformed,
-    /// The validator could not decide (a bug, or it was used for a downstream certificate).
-    Internal,
-}
-
-impl FailureReason {
-    pub const ALL: [FailureReason; 9] = [
-        FailureReason::UnknownIssuer,
-        FailureReason::Expired,
-        FailureReason::NotYetValid,
-        FailureReason::NameMismatch,
-        FailureReason::BadKeyUsage,
-        FailureReason::BadSignature,
-        FailureReason::InvalidChain,
-        FailureReason::Malformed,
-        FailureReason::Internal,
-    ];
-
-    /// The label value (`unknown_issuer`), from [`contract::stats::HANDSHAKE_FAILURE_REASONS`].
-    pub fn label(self) -> &'static str {
-        stats::HANDSHAKE_FAILURE_REASONS[self as usize]
-    }
-}
 
 /// The TLS alerts the validator sends (RFC 8446 section 6), chosen as BoringSSL and rustls
 /// choose them for the same failures.
@@ -135,41 +96,28 @@ impl fmt::Display for Rejection {
 /// Why a validator configuration was refused (Envoy then rejects the cluster).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigError {
+    /// Not the contract's JSON object (syntax, a missing or unknown key, a wrong type, or an
+    /// identity that is not one: serde's message says which).
     Json(String),
-    NotAnObject,
-    UnknownKey(String),
-    Missing(&'static str),
-    WrongType { key: &'static str, expected: &'static str },
-    BadIdentity { identity: String, why: &'static str },
-    NoIdentity,
+    /// The hostname, which stands for the identity when `identities` is empty, is not one.
+    BadHostname(IdentityError),
     Pem(String),
     NoTrustAnchors,
-    BadTrustAnchor { index: usize, error: String },
+    BadTrustAnchor {
+        index: usize,
+        error: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("invalid backendtls certificate validator configuration: ")?;
         match self {
-            ConfigError::Json(e) => write!(f, "not JSON: {e}"),
-            ConfigError::NotAnObject => f.write_str("not a JSON object"),
-            ConfigError::UnknownKey(key) => write!(f, "unknown key {key:?}"),
-            ConfigError::Missing(key) => write!(f, "{key:?} is missing"),
-            ConfigError::WrongType { key, expected } => write!(f, "{key:?} must be {expected}"),
-            ConfigError::BadIdentity { identity, why } => {
-                write!(f, "identity {identity:?}: {why}")
-            }
-            ConfigError::NoIdentity => {
-                write!(
-                    f,
-                    "neither {:?} nor {:?} names an identity",
-                    keys::IDENTITIES,
-                    keys::HOSTNAME
-                )
-            }
-            ConfigError::Pem(e) => write!(f, "{}: {e}", keys::TRUST_ANCHORS_PEM),
+            ConfigError::Json(e) => f.write_str(e),
+            ConfigError::BadHostname(e) => write!(f, "hostname: {e}"),
+            ConfigError::Pem(e) => write!(f, "trust_anchors_pem: {e}"),
             ConfigError::NoTrustAnchors => {
-                write!(f, "{} holds no CERTIFICATE block", keys::TRUST_ANCHORS_PEM)
+                f.write_str("trust_anchors_pem holds no CERTIFICATE block")
             }
             ConfigError::BadTrustAnchor { index, error } => {
                 write!(f, "trust anchor #{} cannot be used: {error}", index + 1)
@@ -180,86 +128,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// A name the leaf must carry, prepared for matching.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Expected {
-    /// A DNS name without wildcard, checked by webpki itself.
-    Dns(ServerName<'static>),
-    /// `*.<suffix>`: any single label before `suffix` (ASCII lower case, no trailing dot).
-    DnsWildcard(String),
-    Uri(String),
-}
-
-impl fmt::Display for Expected {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Expected::Dns(ServerName::DnsName(name)) => {
-                write!(f, "{}{}", contract::IDENTITY_DNS_PREFIX, name.as_ref())
-            }
-            Expected::Dns(other) => write!(f, "{other:?}"),
-            Expected::DnsWildcard(suffix) => {
-                write!(f, "{}*.{suffix}", contract::IDENTITY_DNS_PREFIX)
-            }
-            Expected::Uri(uri) => write!(f, "{}{uri}", contract::IDENTITY_URI_PREFIX),
-        }
-    }
-}
-
-impl Expected {
-    fn parse(identity: &str) -> Result<Expected, ConfigError> {
-        let bad = |why| ConfigError::BadIdentity { identity: identity.to_owned(), why };
-        if let Some(name) = identity.strip_prefix(contract::IDENTITY_DNS_PREFIX) {
-            Expected::dns(name).map_err(bad)
-        } else if let Some(uri) = identity.strip_prefix(contract::IDENTITY_URI_PREFIX) {
-            if uri.is_empty() {
-                return Err(bad("empty URI"));
-            }
-            Ok(Expected::Uri(uri.to_owned()))
-        } else {
-            Err(bad("neither dns: nor uri:"))
-        }
-    }
-
-    fn dns(name: &str) -> Result<Expected, &'static str> {
-        let name = name.trim_end_matches('.');
-        match name.strip_prefix("*.") {
-            Some(suffix) => {
-                // A wildcard must leave at least two labels (`*.com` is refused), like the
-                // loader's regex for Envoy's default validator.
-                if !suffix.contains('.') || DnsName::try_from(suffix).is_err() {
-                    return Err("a wildcard must precede a DNS name of two or more labels");
-                }
-                Ok(Expected::DnsWildcard(suffix.to_ascii_lowercase()))
-            }
-            None => match ServerName::try_from(name) {
-                Ok(ServerName::DnsName(dns)) => {
-                    Ok(Expected::Dns(ServerName::DnsName(dns.to_owned())))
-                }
-                _ => Err("not a DNS name"),
-            },
-        }
-    }
-
-    fn matches(&self, leaf: &EndEntityCert<'_>) -> bool {
-        match self {
-            Expected::Dns(name) => leaf.verify_is_valid_for_subject_name(name).is_ok(),
-            Expected::DnsWildcard(suffix) => leaf.valid_dns_names().any(|presented| {
-                let presented = presented.trim_end_matches('.');
-                presented.split_once('.').is_some_and(|(label, rest)| {
-                    !label.is_empty() && rest.eq_ignore_ascii_case(suffix)
-                })
-            }),
-            Expected::Uri(uri) => leaf.valid_uri_names().any(|presented| presented == uri),
-        }
-    }
-}
-
 /// One policy's validator, built once per cluster TLS context and shared by Envoy's workers.
 #[derive(Debug)]
 pub struct ValidatorConfig {
     policy: String,
     hostname: String,
-    identities: Vec<Expected>,
+    identities: Vec<Identity>,
     anchors: Vec<TrustAnchor<'static>>,
     /// Each anchor's own validity window (same order as `anchors`).
     anchor_validity: Vec<Validity>,
@@ -268,53 +142,12 @@ pub struct ValidatorConfig {
 }
 
 impl ValidatorConfig {
-    /// Parses the JSON configuration (see [`contract::validator`]). Unknown keys are errors, so a
-    /// typo cannot silently drop a check.
+    /// Parses the JSON configuration ([`Config`], written by the loader).
     pub fn parse(bytes: &[u8]) -> Result<ValidatorConfig, ConfigError> {
-        let value: serde_json::Value =
+        let config: Config =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
-        let serde_json::Value::Object(object) = value else {
-            return Err(ConfigError::NotAnObject);
-        };
-        const KNOWN: [&str; 4] =
-            [keys::POLICY, keys::HOSTNAME, keys::IDENTITIES, keys::TRUST_ANCHORS_PEM];
-        if let Some(key) = object.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(ConfigError::UnknownKey(key.clone()));
-        }
-        let string = |key: &'static str| match object.get(key) {
-            None => Err(ConfigError::Missing(key)),
-            Some(serde_json::Value::String(s)) => Ok(s.as_str()),
-            Some(_) => Err(ConfigError::WrongType { key, expected: "a string" }),
-        };
-        let policy = string(keys::POLICY)?.to_owned();
-        let hostname = string(keys::HOSTNAME)?.to_owned();
-        let pem = string(keys::TRUST_ANCHORS_PEM)?;
-
-        let listed = match object.get(keys::IDENTITIES) {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    serde_json::Value::String(s) => Expected::parse(s),
-                    _ => Err(ConfigError::WrongType {
-                        key: keys::IDENTITIES,
-                        expected: "a list of strings",
-                    }),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => {
-                return Err(ConfigError::WrongType {
-                    key: keys::IDENTITIES,
-                    expected: "a list of strings",
-                })
-            }
-        };
-        let identities = match (listed.is_empty(), hostname.is_empty()) {
-            (false, _) => listed,
-            (true, true) => return Err(ConfigError::NoIdentity),
-            (true, false) => vec![Expected::dns(&hostname)
-                .map_err(|why| ConfigError::BadIdentity { identity: hostname.clone(), why })?],
-        };
+        let identities = config.effective_identities().map_err(ConfigError::BadHostname)?;
+        let Config { policy, hostname, trust_anchors_pem: pem, .. } = config;
 
         let mut anchors = Vec::new();
         let mut anchor_validity = Vec::new();
@@ -351,7 +184,7 @@ impl ValidatorConfig {
         &self.digest
     }
 
-    /// The identities as `dns:`/`uri:` strings, for logs.
+    /// The identities in their flat form (`dns:`/`uri:`), for logs.
     pub fn identities(&self) -> Vec<String> {
         self.identities.iter().map(ToString::to_string).collect()
     }
@@ -406,13 +239,22 @@ impl ValidatorConfig {
         )
         .map_err(|e| self.chain_rejection(e, chain))?;
 
-        if self.identities.iter().any(|expected| expected.matches(&leaf)) {
+        // The names, by the contract's rule, over every DNS and URI SAN of the leaf.
+        let sans = x509::subject_alt_names(leaf_der.as_ref()).map_err(|e| {
+            self.reject(
+                FailureReason::Malformed,
+                Alert::BadCertificate,
+                format!("the leaf's subjectAltName extension does not parse ({e})"),
+            )
+        })?;
+        if any_matches(&self.identities, sans.presented()) {
             return Ok(());
         }
-        let presented: Vec<String> = leaf
-            .valid_dns_names()
-            .map(|n| format!("{}{n}", contract::IDENTITY_DNS_PREFIX))
-            .chain(leaf.valid_uri_names().map(|u| format!("{}{u}", contract::IDENTITY_URI_PREFIX)))
+        let presented: Vec<String> = sans
+            .dns
+            .iter()
+            .map(|n| format!("{DNS_PREFIX}{n}"))
+            .chain(sans.uri.iter().map(|u| format!("{URI_PREFIX}{u}")))
             .collect();
         let message = if presented.is_empty() {
             format!(

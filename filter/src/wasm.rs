@@ -8,6 +8,7 @@
 //! Envoy 1.40 offers Wasm filters no call that sets dynamic metadata: the request's tags go into
 //! the filter state `wasm.backendtls` as a JSON object instead (access log:
 //! `%FILTER_STATE(wasm.backendtls:PLAIN)%`).
+#![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,12 +19,12 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::config::FilterConfig;
-use crate::contract::{self, Verification};
 use crate::engine::{
     self, Counter, FailureClass, Metrics, PolicyEntry, RequestDecision, TlsVersion, Upstream,
     Worker,
 };
-use crate::policy::Policy;
+use crate::policy::{LeafCheck, Policy};
+use backendtls_contract::{self as contract, RejectReason, Verification};
 
 /// Distinct cluster metadata blobs remembered before the cache starts over.
 const CLUSTER_CACHE_CAPACITY: usize = 1024;
@@ -144,7 +145,8 @@ impl Upstream for WasmUpstream {
     }
 
     fn failure_class(&mut self) -> Option<FailureClass> {
-        property(&["upstream", "transport_failure_reason"]).and_then(|r| FailureClass::classify(&r))
+        property(&["upstream", "transport_failure_reason"])
+            .and_then(|r| engine::classify_failure(&r))
     }
 
     fn with_connection_key<R>(&mut self, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
@@ -158,19 +160,17 @@ impl Upstream for WasmUpstream {
             log::warn!("backendtls: policy {}: no upstream peer certificate", policy.name);
             return false;
         };
-        match crate::x509::pem_to_der(&pem).and_then(|der| crate::x509::subject_alt_names(&der)) {
-            Ok(sans) => {
-                let ok = policy.accepts(&sans);
-                if !ok {
-                    log::warn!(
-                        "backendtls: policy {}: leaf names {:?} {:?} match none of {:?}",
-                        policy.name,
-                        sans.dns,
-                        sans.uri,
-                        policy.identities
-                    );
-                }
-                ok
+        match policy.check_leaf_pem(&pem) {
+            Ok(LeafCheck::Accepted) => true,
+            Ok(LeafCheck::Refused(sans)) => {
+                log::warn!(
+                    "backendtls: policy {}: leaf names {:?} {:?} match none of {:?}",
+                    policy.name,
+                    sans.dns,
+                    sans.uri,
+                    policy.identities.iter().map(ToString::to_string).collect::<Vec<_>>()
+                );
+                false
             }
             Err(e) => {
                 log::warn!("backendtls: policy {}: {e}", policy.name);
@@ -190,11 +190,11 @@ impl Filter {
         }
     }
 
-    fn reject(&self, entry: &PolicyEntry, reason: engine::RejectReason) -> Action {
+    fn reject(&self, entry: &PolicyEntry, reason: RejectReason) -> Action {
         let body = engine::reject_body(reason, &entry.policy);
         self.send_http_response(
             reason.status(),
-            vec![("content-type", "text/plain"), ("x-backendtls-reject", reason.label())],
+            vec![("content-type", "text/plain"), (RejectReason::HEADER, reason.label())],
             Some(body.as_bytes()),
         );
         Action::Pause
@@ -212,7 +212,7 @@ impl HttpContext for Filter {
         self.entry = Some(entry.clone());
         match engine::on_request(&entry, &mut WasmMetrics) {
             RequestDecision::Reject(reason) => {
-                self.tag(&entry, None, reason.verification());
+                self.tag(&entry, None, Verification::from(reason));
                 self.reject(&entry, reason)
             }
             RequestDecision::Continue => {

@@ -5,6 +5,7 @@
 //! full X.509 parser would be dead weight in the Wasm module. This walks
 //! `Certificate -> tbsCertificate -> extensions -> subjectAltName -> GeneralNames` and nothing else
 //! (plus the validity window, which the certificate validator quotes in its error details).
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -20,10 +21,20 @@ impl fmt::Display for CertError {
 impl std::error::Error for CertError {}
 
 /// The DNS and URI names of a certificate's subjectAltName extension, in certificate order.
+/// (Other name types, IP addresses among them, never satisfy a policy and are not kept.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubjectAltNames {
     pub dns: Vec<String>,
     pub uri: Vec<String>,
+}
+
+impl SubjectAltNames {
+    /// The names as [`backendtls_contract::Identity::matches`] takes them.
+    pub fn presented(&self) -> impl Iterator<Item = backendtls_contract::Presented<'_>> {
+        use backendtls_contract::Presented;
+        let dns = self.dns.iter().map(|name| Presented::Dns(name));
+        dns.chain(self.uri.iter().map(|uri| Presented::Uri(uri)))
+    }
 }
 
 const TAG_SEQUENCE: u8 = 0x30;

@@ -73,8 +73,7 @@ pub fn violations(
 
     // Clusters by the contract's naming, and by what the IR says they reach.
     for (service, port) in &targeted {
-        let name =
-            backendtls_filter::contract::cluster_name(&service.namespace, &service.name, *port);
+        let name = backendtls_contract::cluster_name(&service.namespace, &service.name, *port);
         check(&name, &format!("named for targeted port {service}:{port}"));
     }
     for cluster in ir.clusters.values() {

@@ -16,7 +16,7 @@ use x509_parser::extensions::GeneralName;
 pub fn cluster_metadata(data: &[u8]) {
     if let Some(policy) = Policy::from_metadata_proto(data) {
         // Unreadable metadata must not give a usable policy.
-        if pb::filter_metadata(data, backendtls_filter::contract::METADATA_NAMESPACE).is_err() {
+        if pb::filter_metadata(data, backendtls_contract::METADATA_NAMESPACE).is_err() {
             assert!(!policy.is_valid(), "{policy:?}");
         }
     }

@@ -1,13 +1,16 @@
 //! The loader's own HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/xds`, `/metrics`.
 //!
-//! A few GET endpoints on loopback do not need a web framework; this is a minimal HTTP/1.1
-//! responder (one request per connection).
+//! What each endpoint answers is here; the HTTP server and its bounds against hostile clients
+//! are in [`http`].
+
+pub mod http;
 
 use crate::xds::server::XdsState;
+use http::{Limits, Reply};
+use hyper::Method;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// What the serve loop publishes for the admin endpoints.
@@ -30,47 +33,21 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Serves the endpoints on `listener` with the default [`Limits`].
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let admin = self.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut len = 0;
-                // Read until the end of the request head (or the buffer is full).
-                while len < buf.len() {
-                    match stream.read(&mut buf[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
-                    }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let mut parts = head.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (code, content_type, body) = if method != "GET" {
-                    (405, "text/plain", "only GET\n".to_string())
-                } else {
-                    admin.respond(path.split('?').next().unwrap_or(""))
-                };
-                let reason = match code {
-                    200 => "OK",
-                    404 => "Not Found",
-                    405 => "Method Not Allowed",
-                    _ => "Service Unavailable",
-                };
-                let response = format!(
-                    "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
+        http::serve(listener, Limits::default(), move |method: &Method, path: &str| {
+            self.answer(method, path)
+        })
+        .await
+    }
+
+    fn answer(&self, method: &Method, path: &str) -> Reply {
+        let (status, content_type, body) = if method != Method::GET {
+            (405, "text/plain", "only GET\n".to_string())
+        } else {
+            self.respond(path)
+        };
+        Reply { status, content_type, body }
     }
 
     fn respond(&self, path: &str) -> (u16, &'static str, String) {

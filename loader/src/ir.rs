@@ -159,8 +159,8 @@ pub struct CaBundle {
     pub pem: String,
 }
 
-/// A certificate chain and key Envoy presents to backends.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A certificate chain and key Envoy presents to backends. `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Serialize)]
 pub struct ClientCertificate {
     /// The Secret it came from.
     pub source: ObjectKey,
@@ -168,6 +168,16 @@ pub struct ClientCertificate {
     /// Never serialized (golden files, status); the secret name covers its content.
     #[serde(skip)]
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("source", &self.source)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Secret names carry a digest of their content, so that a CA change is a change of the

@@ -3,6 +3,8 @@
 //! Data flow: [`source`] (files) -> [`store`] -> [`resolve`] (Gateway API semantics, [`status`])
 //! -> [`ir`] -> [`xds::translate`] (Envoy resources) -> [`xds::snapshot`] -> [`xds::server`] (ADS).
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod ir;
 pub mod kube_names;

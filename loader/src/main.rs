@@ -36,6 +36,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use xds::bootstrap::PrivateKeys;
 use xds::translate::{Delivery, Filter, FilterBuild, TranslateOptions, Validator};
 
 #[derive(Parser)]
@@ -51,7 +52,8 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Translation {
-    /// Directory of Kubernetes YAML (any file names, multi-document files, subdirectories).
+    /// Directory of Kubernetes manifests: `.yaml`, `.yml` and `.json` files, multi-document YAML,
+    /// subdirectories.
     #[arg(long)]
     config_dir: PathBuf,
     /// Serve only Gateways of this gatewayClassName (default: every Gateway in the directory).
@@ -133,6 +135,7 @@ impl Translation {
             delivery,
             filter,
             validator,
+            private_keys: PrivateKeys::default(),
         })
     }
 }
@@ -173,6 +176,18 @@ enum Command {
         /// Envoy's admin address in the rendered bootstrap.
         #[arg(long, default_value = "127.0.0.1:19000")]
         admin_address: SocketAddr,
+        /// Put the private keys of client certificates (Gateway clientCertificateRef Secrets)
+        /// into the bootstrap. Without it the bootstrap names a file for each key instead.
+        #[arg(long)]
+        include_private_keys: bool,
+        /// Where Envoy reads the private keys left out of the bootstrap:
+        /// DIR/<namespace>/<secret name>/tls.key.
+        #[arg(
+            long,
+            default_value = xds::bootstrap::DEFAULT_PRIVATE_KEY_DIR,
+            conflicts_with = "include_private_keys"
+        )]
+        private_key_dir: PathBuf,
     },
     /// Validate and resolve the directory without serving: policy status and input errors.
     /// Exit 0 when everything parsed and every policy is Accepted and ResolvedRefs, 1 when not,
@@ -254,10 +269,25 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Render { translation, output, admin_address } => {
-            let translate = match translation.translate_options(Delivery::Inline) {
+        Command::Render {
+            translation,
+            output,
+            admin_address,
+            include_private_keys,
+            private_key_dir,
+        } => {
+            let mut translate = match translation.translate_options(Delivery::Inline) {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
+            };
+            translate.private_keys = if include_private_keys {
+                PrivateKeys::Inline
+            } else {
+                // Envoy resolves relative paths against its own working directory, not ours.
+                match std::path::absolute(&private_key_dir) {
+                    Ok(dir) => PrivateKeys::Files { dir },
+                    Err(e) => return usage_error(&format!("{}: {e}", private_key_dir.display())),
+                }
             };
             let mut config = ConfigDir::new(&translation.config_dir);
             if let Err(e) = config.reload() {
@@ -279,6 +309,17 @@ fn main() -> ExitCode {
             }
             for problem in build.resolved.problems() {
                 eprintln!("warning: {}: {}", problem.object, problem.reason);
+            }
+            if let PrivateKeys::Files { dir } = &translate.private_keys {
+                for certificate in build.resolved.resolution.ir.client_certificates.values() {
+                    let path = xds::bootstrap::private_key_path(dir, &certificate.source);
+                    eprintln!(
+                        "note: Envoy reads the private key of Secret {} from {} \
+                         (--include-private-keys puts it in the bootstrap instead)",
+                        certificate.source,
+                        path.display()
+                    );
+                }
             }
             let bootstrap = xds::bootstrap::static_bootstrap(&build.resources, admin_address);
             print(&xds::json::to_json(&bootstrap), output);

@@ -463,18 +463,146 @@ pub struct ConfigMap {
     pub data: StringMap,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+/// A Secret's values may be private keys: they never appear in its parse errors or its `Debug`
+/// output (see [`secret`]).
+#[derive(Clone, PartialEq)]
 pub struct Secret {
     pub metadata: ObjectMeta,
-    /// Base64-encoded values, as in the API.
-    #[serde(default)]
+    /// Base64-encoded values, as in the API; checked to decode when parsed.
     pub data: StringMap,
     /// Plain values; the API server merges them into `data` on write, so the loader does too.
-    #[serde(default)]
     pub string_data: StringMap,
-    #[serde(default, rename = "type")]
+    /// `type`.
     pub kind: Option<String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("metadata", &self.metadata)
+            .field("data", &secret::Redacted(&self.data))
+            .field("string_data", &secret::Redacted(&self.string_data))
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        secret::from_value(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parsing Secrets without echoing their values: serde's messages quote the offending value
+/// (`invalid type: string "-----BEGIN PRIVATE KEY-----...", expected a map`), so the Secret's
+/// fields are checked by hand and errors name the field and the expected shape only.
+mod secret {
+    use super::{intern, ObjectMeta, Secret, StringMap};
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    /// A [`StringMap`] shown by its keys only.
+    pub struct Redacted<'a>(pub &'a StringMap);
+
+    impl std::fmt::Debug for Redacted<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_map().entries(self.0 .0.iter().map(|(key, _)| (key, "<redacted>"))).finish()
+        }
+    }
+
+    pub fn from_value(value: Value) -> Result<Secret, String> {
+        let Value::Object(mut fields) = value else {
+            return Err(format!("a Secret must be a map, not {}", shape(&value)));
+        };
+        let metadata = fields.remove("metadata").ok_or("missing field `metadata`")?;
+        let metadata = ObjectMeta::deserialize(metadata)
+            .map_err(|e| format!("metadata: {}", without_values(&e.to_string())))?;
+        let data = string_map(fields.remove("data"), "data", |key, value| {
+            use base64::Engine;
+            // As the loader decodes it (`resolve::trust::secret_value`).
+            match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!(
+                    "data.{key} is not valid base64 (plain text such as PEM goes in stringData)"
+                )),
+            }
+        })?;
+        let string_data = string_map(fields.remove("stringData"), "stringData", |_, _| Ok(()))?;
+        let kind = match fields.remove("type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(kind)) => Some(kind),
+            Some(other) => return Err(format!("type must be a string, not {}", shape(&other))),
+        };
+        Ok(Secret { metadata, data, string_data, kind })
+    }
+
+    /// `data` or `stringData`: absent or null is empty; otherwise a map of strings, each value
+    /// passing `check`.
+    fn string_map(
+        value: Option<Value>,
+        field: &str,
+        check: impl Fn(&str, &str) -> Result<(), String>,
+    ) -> Result<StringMap, String> {
+        let entries = match value {
+            None | Some(Value::Null) => return Ok(StringMap::default()),
+            Some(Value::Object(entries)) => entries,
+            Some(other) => {
+                return Err(format!("{field} must be a map of strings, not {}", shape(&other)))
+            }
+        };
+        let mut map = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let Value::String(value) = value else {
+                return Err(format!("{field}.{key} must be a string, not {}", shape(&value)));
+            };
+            check(&key, &value)?;
+            map.push((key, intern(value)));
+        }
+        map.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(StringMap(map))
+    }
+
+    fn shape(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "a map",
+        }
+    }
+
+    /// A serde message with what it quotes (`"..."` and `` `...` ``) left out: `invalid type:
+    /// string "x", expected a map` becomes `invalid type: string, expected a map`.
+    pub fn without_values(message: &str) -> String {
+        let mut out = String::with_capacity(message.len());
+        let mut chars = message.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => {
+                    let mut escaped = false;
+                    for c in chars.by_ref() {
+                        match c {
+                            '\\' if !escaped => escaped = true,
+                            '"' if !escaped => break,
+                            _ => escaped = false,
+                        }
+                    }
+                }
+                '`' => {
+                    for c in chars.by_ref() {
+                        if c == '`' {
+                            break;
+                        }
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.replace(" ,", ",").replace("  ", " ").trim_end().to_string()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

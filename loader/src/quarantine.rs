@@ -169,3 +169,129 @@ fn affected_clusters(type_url: &str, name: &str, ir: &Ir) -> Vec<String> {
     }
     Vec::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{
+        Cluster, Endpoints, Listener, PathMatch, Route, TlsParams, VirtualHost, WeightedCluster,
+    };
+    use crate::store::ObjectKey;
+    use crate::xds::snapshot::VersionedResource;
+    use envoy_types::pb::google::protobuf::Any;
+    use std::sync::Arc;
+
+    fn ir(hostname: &str) -> Ir {
+        let mut ir = Ir::default();
+        let tls = BackendTls {
+            policy: ObjectKey::new("apps", "p"),
+            hostname: hostname.into(),
+            subject_alt_names: Vec::new(),
+            params: TlsParams::default(),
+            trust: Trust::Ca { secret: "backendtls_ca_1".into() },
+            client_certificate: None,
+        };
+        for (name, tls) in [("kube_apps_a_443", Some(tls)), ("kube_apps_b_80", None)] {
+            let cluster = Cluster {
+                name: name.into(),
+                service: ObjectKey::new("apps", name),
+                port: 443,
+                endpoints: Endpoints::Static(vec!["127.0.0.1:1".parse().unwrap()]),
+                tls,
+            };
+            ir.clusters.insert(name.into(), cluster);
+        }
+        let route = |cluster: &str| Route {
+            name: cluster.into(),
+            path: PathMatch::Prefix("/".into()),
+            action: RouteAction::Forward(vec![WeightedCluster {
+                cluster: cluster.into(),
+                weight: 1,
+            }]),
+        };
+        ir.listeners.push(Listener {
+            name: "l".into(),
+            port: 80,
+            virtual_hosts: vec![VirtualHost {
+                name: "v".into(),
+                domains: vec!["*".into()],
+                routes: vec![route("kube_apps_a_443"), route("kube_apps_b_80")],
+            }],
+        });
+        ir
+    }
+
+    fn published(type_url: &str, names: &[(&str, &str)]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        let resources = names
+            .iter()
+            .map(|(name, version)| {
+                let resource =
+                    VersionedResource { version: version.to_string(), resource: Any::default() };
+                (name.to_string(), Arc::new(resource))
+            })
+            .collect();
+        snapshot.resources.insert(type_url.into(), resources);
+        snapshot
+    }
+
+    fn rejection(type_url: &str, name: &str, version: &str) -> Rejection {
+        Rejection {
+            node: "envoy-1".into(),
+            type_url: type_url.into(),
+            resources: vec![(name.into(), version.into())],
+            message: format!("Error adding/updating cluster(s) {name}: no such module"),
+        }
+    }
+
+    #[test]
+    fn a_rejected_cluster_fails_closed_until_its_input_changes() {
+        let cds = format!("type.googleapis.com/{}", super::Cluster::full_name());
+        let snapshot = published(&cds, &[("kube_apps_a_443", "v1"), ("kube_apps_b_80", "v1")]);
+        let mut quarantine = Quarantine::default();
+        // Rejected, but a newer version is already published: nothing to do.
+        quarantine.add(rejection(&cds, "kube_apps_a_443", "v0"));
+        let mut built = ir("a.example.com");
+        quarantine.apply(&mut built, &snapshot);
+        assert!(quarantine.is_empty());
+        assert_eq!(built, ir("a.example.com"));
+
+        quarantine.add(rejection(&cds, "kube_apps_a_443", "v1"));
+        // A cluster without a policy is reported, not changed: Envoy keeps what it had.
+        quarantine.add(rejection(&cds, "kube_apps_b_80", "v1"));
+        let mut built = ir("a.example.com");
+        quarantine.apply(&mut built, &snapshot);
+        assert_eq!(quarantine.len(), 1);
+        let tls = built.clusters["kube_apps_a_443"].tls.as_ref().unwrap();
+        assert!(
+            matches!(&tls.trust, Trust::Unusable { reason } if reason.contains("no such module"))
+        );
+        let routes = &built.listeners[0].virtual_hosts[0].routes;
+        assert!(
+            matches!(&routes[0].action, RouteAction::Respond { status: 503, body } if body.contains("Envoy rejected"))
+        );
+        assert!(matches!(&routes[1].action, RouteAction::Forward(_)));
+        assert_eq!(quarantine.reports().len(), 3);
+        assert_eq!(quarantine.reports()[1].policies, ["apps/p"]);
+
+        // The same input again: still closed. A changed policy: released, tried again.
+        let mut again = ir("a.example.com");
+        quarantine.apply(&mut again, &snapshot);
+        assert_eq!(again, built);
+        let mut changed = ir("b.example.com");
+        quarantine.apply(&mut changed, &snapshot);
+        assert!(quarantine.is_empty());
+        assert_eq!(changed, ir("b.example.com"));
+    }
+
+    #[test]
+    fn a_rejected_secret_fails_closed_the_clusters_using_it() {
+        let sds = format!("type.googleapis.com/{}", Secret::full_name());
+        let snapshot = published(&sds, &[("backendtls_ca_1", "v1")]);
+        let mut quarantine = Quarantine::default();
+        quarantine.add(rejection(&sds, "backendtls_ca_1", "v1"));
+        let mut built = ir("a.example.com");
+        quarantine.apply(&mut built, &snapshot);
+        assert_eq!(quarantine.reports()[0].failed_closed, ["kube_apps_a_443"]);
+    }
+}

@@ -23,8 +23,13 @@ pub struct Envoy {
 
 impl Envoy {
     /// Starts Envoy with `bootstrap_yaml` (whose admin listener must be 127.0.0.1:`admin_port`) and
-    /// waits until `GET /ready` answers 200.
+    /// waits until `GET /ready` answers 200. Two worker threads.
     pub fn start(bootstrap_yaml: &str, admin_port: u16) -> Envoy {
+        Envoy::start_with_workers(bootstrap_yaml, admin_port, 2)
+    }
+
+    /// As [`Envoy::start`], with `workers` worker threads (`--concurrency`).
+    pub fn start_with_workers(bootstrap_yaml: &str, admin_port: u16, workers: u32) -> Envoy {
         let dir = tempfile::Builder::new().prefix("btls-envoy-").tempdir().expect("envoy temp dir");
         let bootstrap_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&bootstrap_path, bootstrap_yaml).expect("write envoy bootstrap");
@@ -33,7 +38,7 @@ impl Envoy {
             .arg("-c")
             .arg(&bootstrap_path)
             .args(["--base-id", &unique_envoy_base_id().to_string()])
-            .args(["--concurrency", "2"])
+            .args(["--concurrency", &workers.to_string()])
             .args(["--log-level", "info"])
             .args(["--file-flush-interval-msec", "200"]);
         let process = ManagedChild::spawn("envoy", command, &dir.path().join("envoy.log"));

@@ -3,6 +3,7 @@
 //! failing, prints its log tail so the failure explains itself.
 
 pub mod certs;
+pub mod drip;
 pub mod envoy;
 pub mod guide;
 pub mod http;

@@ -550,15 +550,26 @@ impl ClusterSpec {
         }
     }
 
-    /// The backendtls validator's JSON configuration (keys from `contract::validator`).
+    /// The policy's identities by the contract's rules (the hostname when there are none).
+    fn identities(&self) -> Vec<backendtls_contract::Identity> {
+        let sans = self.identities.iter().map(|flat| match flat.split_once(':') {
+            Some(("dns", name)) => (backendtls_contract::san_types::HOSTNAME, name),
+            Some(("uri", uri)) => (backendtls_contract::san_types::URI, uri),
+            _ => panic!("identity {flat:?}"),
+        });
+        backendtls_contract::Identity::of_policy(&self.hostname, sans)
+            .unwrap_or_else(|e| panic!("cluster {}: {e}", self.name))
+    }
+
+    /// The backendtls validator's JSON configuration: the contract type, as the loader writes it.
     pub fn module_config_json(&self) -> String {
-        serde_json::json!({
-            "policy": self.policy,
-            "hostname": self.hostname,
-            "identities": self.identities,
-            "trust_anchors_pem": self.anchors_pem,
-        })
-        .to_string()
+        let config = backendtls_contract::validator::Config {
+            policy: self.policy.clone(),
+            hostname: self.hostname.clone(),
+            identities: if self.identities.is_empty() { Vec::new() } else { self.identities() },
+            trust_anchors_pem: self.anchors_pem.clone(),
+        };
+        serde_json::to_string(&config).expect("the validator config serializes")
     }
 
     fn validation_context_yaml(&self) -> String {
@@ -566,36 +577,16 @@ impl ClusterSpec {
         let quote = |s: &str| serde_json::Value::from(s).to_string();
         match self.validator {
             Validator::Default => {
-                let names = if self.identities.is_empty() {
-                    vec![format!("dns:{}", self.hostname)]
-                } else {
-                    self.identities.clone()
-                };
-                let matchers: Vec<String> = names
-                    .iter()
-                    .map(|identity| match identity.split_once(':') {
-                        Some(("dns", name)) => match name.strip_prefix("*.") {
-                            // As the loader writes a policy wildcard: exactly one label.
-                            Some(suffix) => format!(
-                                "{{ san_type: DNS, matcher: {{ safe_regex: {{ regex: {} }} }} }}",
-                                quote(&format!("(?i)^[^.]+\\.{}$", suffix.replace('.', "\\.")))
-                            ),
-                            None => format!(
-                                "{{ san_type: DNS, matcher: {{ exact: {} }} }}",
-                                quote(name)
-                            ),
-                        },
-                        Some(("uri", value)) => format!(
-                            "{{ san_type: URI, matcher: {{ exact: {} }} }}",
-                            quote(value)
-                        ),
-                        _ => panic!("identity {identity:?}"),
-                    })
-                    .collect();
+                // The SAN matchers the loader generates for these identities.
+                let matchers: Vec<serde_json::Value> =
+                    backendtls_loader::xds::identity::san_matchers(&self.identities())
+                        .iter()
+                        .map(backendtls_loader::xds::json::to_json)
+                        .collect();
                 format!(
-                    "{{ trusted_ca: {{ inline_string: {} }}, match_typed_subject_alt_names: [{}] }}",
+                    "{{ trusted_ca: {{ inline_string: {} }}, match_typed_subject_alt_names: {} }}",
                     quote(&self.anchors_pem),
-                    matchers.join(", ")
+                    serde_json::Value::Array(matchers)
                 )
             }
             Validator::Module => format!(

@@ -242,8 +242,12 @@ impl PlainHttpServer {
 /// loader hands verification to the dynamic module, which this Envoy cannot find.
 #[test]
 fn a_cluster_envoy_rejects_fails_closed() {
-    // Envoy inherits the environment, and must not find the module.
-    std::env::remove_var("ENVOY_DYNAMIC_MODULES_SEARCH_PATH");
+    // Envoy inherits the environment, and must not find the module: not on its search path
+    // (an empty directory), and not through LD_LIBRARY_PATH, where `cargo test` puts the target
+    // directory holding a debug build of it.
+    let empty = tempfile::tempdir().expect("temp dir");
+    std::env::set_var("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", empty.path());
+    std::env::remove_var("LD_LIBRARY_PATH");
     for ads in [Ads::Delta, Ads::Sotw] {
         let plain = PlainHttpServer::start();
         let fixture = Fixture::conformance();

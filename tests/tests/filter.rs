@@ -34,6 +34,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 enum Build {
     Wasm,
     DynamicModule,
+    /// The dynamic module built with debug assertions: the only build with the test hook
+    /// `debug_panic_header`.
+    DebugDynamicModule,
 }
 
 impl Build {
@@ -45,13 +48,14 @@ impl Build {
             Build::DynamicModule => {
                 artifact("BACKENDTLS_FILTER_SO", None, "libbackendtls_filter.so")
             }
+            Build::DebugDynamicModule => debug_dynamic_module(),
         }
     }
 
     fn loader_flag(self) -> &'static str {
         match self {
             Build::Wasm => "wasm",
-            Build::DynamicModule => "dynamic-module",
+            Build::DynamicModule | Build::DebugDynamicModule => "dynamic-module",
         }
     }
 
@@ -59,7 +63,7 @@ impl Build {
     fn stat(self, base_and_label: &str) -> String {
         let prefix = match self {
             Build::Wasm => "wasmcustom.",
-            Build::DynamicModule => "",
+            Build::DynamicModule | Build::DebugDynamicModule => "",
         };
         format!("{prefix}backendtls.{base_and_label}.policy.{POLICY}")
     }
@@ -83,7 +87,7 @@ impl Build {
                   runtime: envoy.wasm.runtime.v8
                   code: {{ local: {{ filename: {path} }} }}"#
             ),
-            Build::DynamicModule => format!(
+            Build::DynamicModule | Build::DebugDynamicModule => format!(
                 r#"
           - name: backendtls
             typed_config:
@@ -129,12 +133,40 @@ fn artifact(env: &str, target: Option<&str>, file: &str) -> PathBuf {
     .clone()
 }
 
+/// `libbackendtls_filter.so` built with debug assertions (`cargo build`, dev profile), once per
+/// test process; `BACKENDTLS_FILTER_DEBUG_SO` points at a prebuilt one instead.
+fn debug_dynamic_module() -> PathBuf {
+    if let Some(path) = std::env::var_os("BACKENDTLS_FILTER_DEBUG_SO") {
+        return PathBuf::from(path);
+    }
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let root = workspace_root();
+        let output = Command::new(env!("CARGO"))
+            .args(["build", "-p", "backendtls-filter"])
+            .current_dir(&root)
+            .output()
+            .expect("run cargo build -p backendtls-filter");
+        assert!(
+            output.status.success(),
+            "cargo build -p backendtls-filter (debug) failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let target_dir =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let path = target_dir.join("debug").join("libbackendtls_filter.so");
+        assert!(path.is_file(), "built the filter but {} is missing", path.display());
+        path
+    })
+    .clone()
+}
+
 /// The guide's stack with the filter: NGINX, the manifests, `backendtls-loader serve --filter`,
 /// and Envoy on the loader's ADS bootstrap. Fields drop in order: Envoy first.
 struct FilterStack {
     envoy: Envoy,
     _loader: ManagedChild,
-    _manifests: Manifests,
+    manifests: Manifests,
     nginx: Nginx,
     ca: TestCa,
     gateway_port: u16,
@@ -172,15 +204,7 @@ impl FilterStack {
         let envoy_admin = free_port();
         let envoy =
             Envoy::start(&ads_bootstrap(xds_port, envoy_admin, node_id, Ads::Delta), envoy_admin);
-        FilterStack {
-            envoy,
-            _loader: loader,
-            _manifests: manifests,
-            nginx,
-            ca,
-            gateway_port,
-            build,
-        }
+        FilterStack { envoy, _loader: loader, manifests, nginx, ca, gateway_port, build }
     }
 
     fn counter(&self, base_and_label: &str) -> u64 {
@@ -467,7 +491,7 @@ impl StaticStack {
     /// The request's tags from an access log line (dynamic metadata or Wasm filter state).
     fn tags(&self, line: &str) -> serde_json::Value {
         let field = match self.build {
-            Build::DynamicModule => "dm=",
+            Build::DynamicModule | Build::DebugDynamicModule => "dm=",
             Build::Wasm => "wasm=",
         };
         let start = line.find(field).expect("tag field") + field.len();
@@ -519,12 +543,12 @@ fn dynamic_module_static_config_without_loader() {
     static_config_without_loader(Build::DynamicModule);
 }
 
-/// `debug_panic_header` makes the dynamic module panic inside its request logic: the panic is
-/// caught at the FFI boundary, the request gets a 500, and Envoy goes on serving.
+/// `debug_panic_header` makes the dynamic module (debug build) panic inside its request logic:
+/// the panic is caught at the FFI boundary, the request gets a 500, and Envoy goes on serving.
 #[test]
 fn dynamic_module_survives_a_panic() {
     let stack = StaticStack::start(
-        Build::DynamicModule,
+        Build::DebugDynamicModule,
         r#"{"request_header": null, "debug_panic_header": "x-backendtls-test-panic"}"#,
     );
     assert_eq!(stack.get("/tls").0, 200);
@@ -569,4 +593,157 @@ fn static_example_config_is_valid() {
         .replace("<CA_PEM_FILE>", &ca_path.display().to_string());
     let (ok, output) = backendtls_e2e::validate_bootstrap(&config);
     assert!(ok, "envoy --mode validate rejected {}:\n{output}", example.display());
+}
+
+/// A release build has no test hook: a filter config that asks for the panic header is refused
+/// (as an unknown key), so Envoy rejects the configuration.
+#[test]
+fn release_dynamic_module_has_no_panic_hook() {
+    let dir = tempfile::Builder::new().prefix("btls-filter-hook-").tempdir().expect("temp dir");
+    let ca_path = dir.path().join("ca.crt");
+    std::fs::write(&ca_path, TestCa::new("hook CA").cert_pem()).expect("write ca.crt");
+    let config = static_config(
+        Build::DynamicModule,
+        r#"{"debug_panic_header": "x-backendtls-test-panic"}"#,
+        free_port(),
+        free_port(),
+        &ca_path,
+        free_port(),
+        free_port(),
+    );
+    let (ok, output) = backendtls_e2e::validate_bootstrap(&config);
+    assert!(!ok, "Envoy accepted a release filter config with debug_panic_header:\n{output}");
+    assert!(output.contains("unknown field `debug_panic_header`"), "{output}");
+}
+
+/// Issue 11: a policy whose subjectAltNames hold a wildcard, with the filter on. A backend
+/// certificate one label below the wildcard answers 200 (Envoy's SAN matchers, the loader's
+/// metadata and the filter agree); one that is not answers 5xx and never reaches the client.
+fn wildcard_policy_through_loader(build: Build, node_id: &str) {
+    let mut stack = FilterStack::start(build, node_id);
+    assert_eq!(stack.wait_for(200), NGINX_BODY);
+    let path = stack.manifests.path(backendtls_e2e::manifests::POLICY_FILE);
+    let policy = std::fs::read_to_string(&path).expect("read policy.yaml");
+    let hostname_line = format!("    hostname: {HOSTNAME}\n");
+    assert_eq!(policy.matches(&hostname_line).count(), 1, "policy.yaml changed:\n{policy}");
+    let wildcard = policy.replace(
+        &hostname_line,
+        &format!("{hostname_line}    subjectAltNames:\n    - type: Hostname\n      hostname: \"*.{HOSTNAME}\"\n"),
+    );
+    stack.manifests.write_file(backendtls_e2e::manifests::POLICY_FILE, &wildcard);
+    // The guide's certificate names example.com itself, which `*.example.com` does not cover:
+    // refused during the handshake once the new policy applies.
+    stack.wait_for(503);
+
+    let one_below = stack.ca.issue(&[&format!("a.{HOSTNAME}")]);
+    stack.serve_certificate(&one_below);
+    assert_eq!(stack.wait_for(200), NGINX_BODY);
+    for _ in 0..5 {
+        assert_eq!(stack.get(), (200, NGINX_BODY.to_string()));
+    }
+    assert_eq!(stack.counter("rejections.reason.identity_mismatch"), 0);
+
+    // Two labels below: the wildcard does not cover it.
+    let two_below = stack.ca.issue(&[&format!("a.b.{HOSTNAME}")]);
+    stack.serve_certificate(&two_below);
+    stack.wait_for(503);
+    for _ in 0..3 {
+        let (status, body) = stack.get();
+        assert!((500..600).contains(&status), "{status}: {body}");
+    }
+    assert_eq!(stack.nginx.plaintext_requests(), vec![], "plaintext reached nginx");
+}
+
+#[test]
+fn wasm_wildcard_policy_through_loader() {
+    wildcard_policy_through_loader(Build::Wasm, "e2e-filter-wildcard-wasm");
+}
+
+#[test]
+fn dynamic_module_wildcard_policy_through_loader() {
+    wildcard_policy_through_loader(Build::DynamicModule, "e2e-filter-wildcard-dm");
+}
+
+/// A governed TLS cluster of a hand-written config, verified by Envoy with `trusted_ca` and a
+/// SAN matcher for `HOSTNAME`; `identity_checked_by` states that in the metadata when given.
+fn governed_cluster(name: &str, port: u16, ca_path: &Path, checked_by: Option<&str>) -> String {
+    let ca_path = ca_path.display();
+    let checked_by = checked_by.map(|c| format!(", identity_checked_by: {c}")).unwrap_or_default();
+    format!(
+        r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 2s
+    metadata: {{ filter_metadata: {{ backendtls: {{ policy: {POLICY}, hostname: {HOSTNAME}, subject_alt_names: [], identities: [], state: valid{checked_by} }} }} }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {HOSTNAME}
+        common_tls_context:
+          tls_params: {{ tls_maximum_protocol_version: TLSv1_2 }}
+          validation_context:
+            trusted_ca: {{ filename: {ca_path} }}
+            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {HOSTNAME} }} }}]"#
+    )
+}
+
+/// Issue 11: no Envoy worker waits on the network. The backend's matching SAN is not its first
+/// (which is all Envoy's ABI shows the dynamic module), and a second connection to it would only
+/// ever get empty TLS records, one every 100 ms. With one worker thread, a request to that
+/// backend and then one to another backend both answer at once: the filter opens no connection
+/// of its own (the old leaf fetch did, and held the worker). Without `identity_checked_by` the
+/// filter cannot see a matching name and fails closed.
+#[test]
+fn dynamic_module_never_waits_on_a_backend() {
+    let ca = TestCa::new("backendtls drip e2e CA");
+    // TLS 1.2 is what the old leaf fetch needed to read a certificate; offer it.
+    let nginx = Nginx::start(&ca.issue(&["first.example", HOSTNAME]));
+    let drip = backendtls_e2e::drip::DripFront::start(nginx.https_port());
+    let dir = tempfile::Builder::new().prefix("btls-filter-drip-").tempdir().expect("temp dir");
+    let ca_path = dir.path().join("ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).expect("write ca.crt");
+    let (listener, admin) = (free_port(), free_port());
+    let checked = Some(backendtls_contract::IdentityCheck::EnvoySanMatchers.as_str());
+    let clusters = [
+        governed_cluster("drip", drip.port(), &ca_path, checked),
+        governed_cluster("direct", nginx.https_port(), &ca_path, checked),
+        governed_cluster("unstated", nginx.https_port(), &ca_path, None),
+    ]
+    .concat();
+    let routes = r#"
+              - { match: { prefix: "/drip" }, route: { cluster: drip } }
+              - { match: { prefix: "/direct" }, route: { cluster: direct } }
+              - { match: { prefix: "/unstated" }, route: { cluster: unstated } }"#;
+    let config = backendtls_e2e::static_listener_bootstrap(
+        admin,
+        listener,
+        r"ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n",
+        routes,
+        &Build::DynamicModule.http_filter_yaml("{}"),
+        &clusters,
+    );
+    let envoy = Envoy::start_with_workers(&config, admin, 1);
+
+    let to_drip = std::thread::spawn(move || try_http_get(listener, HOSTNAME, "/drip"));
+    wait_until("Envoy to connect to the dripping backend", TIMEOUT, || {
+        (drip.connections() >= 1).then_some(()).ok_or(drip.connections())
+    });
+    // The one worker answers another backend meanwhile (the client gives up after 5 s).
+    let direct = try_http_get(listener, HOSTNAME, "/direct").expect("the worker answers /direct");
+    assert_eq!(direct, (200, NGINX_BODY.to_string()));
+    let dripped = to_drip.join().expect("the /drip client").expect("the worker answers /drip");
+    assert_eq!(dripped, (200, NGINX_BODY.to_string()));
+    assert_eq!(drip.connections(), 1, "the filter connected to the backend on its own");
+
+    let (status, body) = try_http_get(listener, HOSTNAME, "/unstated").expect("GET /unstated");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("does not match"), "{body}");
+    assert!(
+        envoy.log().contains("does not say that the handshake checked them"),
+        "the refusal is explained in Envoy's log"
+    );
 }

@@ -392,7 +392,8 @@ fn san_validation() {
 
 /// Beyond conformance (issue 3's acceptance list): a SAN that matches while the hostname does not
 /// (the hostname is then only the SNI), one match among several entries, a `*.` wildcard for one
-/// label, and a wildcard that would need two labels.
+/// label, and a wildcard over a top-level domain, which is no identity (as in webpki and NSS):
+/// its cluster fails closed without any connection to the backend.
 #[test]
 fn san_validation_beyond_conformance() {
     let cases = [
@@ -403,7 +404,7 @@ fn san_validation_beyond_conformance() {
             200,
         ),
         SanCase::new("wildcard-san", &[San::Hostname("*.example.com")], 200),
-        SanCase::new("wildcard-is-one-label", &[San::Hostname("*.com")], 503),
+        SanCase::failed_closed("wildcard-over-a-tld", &[San::Hostname("*.com")]),
     ];
     run_san_cases("e2e-policy-san-extra", "mismatch.example.com", &cases);
 }
@@ -420,11 +421,18 @@ struct SanCase {
     name: &'static str,
     sans: &'static [San],
     status: u16,
+    /// The names are no identities: the policy is not Accepted and its cluster has no hosts, so
+    /// not even a handshake happens.
+    failed_closed: bool,
 }
 
 impl SanCase {
     fn new(name: &'static str, sans: &'static [San], status: u16) -> SanCase {
-        SanCase { name, sans, status }
+        SanCase { name, sans, status, failed_closed: false }
+    }
+
+    fn failed_closed(name: &'static str, sans: &'static [San]) -> SanCase {
+        SanCase { name, sans, status: 503, failed_closed: true }
     }
 }
 
@@ -455,13 +463,25 @@ fn run_san_cases(node_id: &str, hostname: &str, cases: &[SanCase]) {
     let stack = fixture.start(node_id);
 
     for case in cases {
-        assert_accepted_and_resolved(&stack, case.name);
+        if case.failed_closed {
+            // The certificate name rules refuse the names: the policy says so.
+            stack.wait_for_condition(case.name, "Accepted", "False", Some("Invalid"));
+        } else {
+            assert_accepted_and_resolved(&stack, case.name);
+        }
     }
-    for SanCase { name, sans, status } in cases {
+    for SanCase { name, sans, status, failed_closed } in cases {
         let path = format!("/{name}");
         stack.assert_consistent_status(&path, *status);
         if *status == 200 {
             assert_backend_sni(&stack, &path, hostname);
+        } else if *failed_closed {
+            assert_eq!(
+                stack.cluster_stat(name, BTLS_PORT, "upstream_cx_total"),
+                0,
+                "{name}: SANs {sans:?} are no identities; nothing may connect to the backend"
+            );
+            assert_eq!(stack.backend.requests_to(&path), vec![], "{name} reached the backend");
         } else {
             assert!(
                 stack.cluster_stat(name, BTLS_PORT, "ssl.fail_verify_san") >= 1,

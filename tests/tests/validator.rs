@@ -179,17 +179,7 @@ fn matrix_default_validator_vs_ours() {
 
 /// The `reason` label values the validator counts (from the contract, as the user sees them).
 fn backendtls_filter_reasons() -> Vec<&'static str> {
-    vec![
-        "unknown_issuer",
-        "expired",
-        "not_yet_valid",
-        "name_mismatch",
-        "bad_key_usage",
-        "bad_signature",
-        "invalid_chain",
-        "malformed",
-        "internal",
-    ]
+    backendtls_contract::HandshakeFailure::ALL.iter().map(|reason| reason.label()).collect()
 }
 
 fn print_table(rows: &[Row]) {

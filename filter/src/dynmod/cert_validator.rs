@@ -5,13 +5,14 @@
 //! parses the configuration once per cluster TLS context, runs the check for each handshake,
 //! hands Envoy the error detail and alert, and counts the outcome per policy
 //! ([`super::handshake_counters`]).
+#![forbid(unsafe_code)]
 
 use pki_types::UnixTime;
 
 use super::ffi::{self, LogLevel, ValidationCall};
 use super::handshake_counters;
-use crate::contract::validator::VALIDATOR_NAME;
 use crate::validator::{Alert, FailureReason, Rejection, ValidatorConfig};
+use backendtls_contract::validator::VALIDATOR_NAME;
 
 /// One cluster TLS context's validator. Envoy shares it between its workers, which may verify
 /// concurrently: it holds only immutable data.

@@ -15,6 +15,7 @@
 //! - every filter config defines the same names in its `metrics_namespace`, so any one of them
 //!   reaches the same Envoy counter as long as they share the namespace (the loader always uses
 //!   `backendtls`).
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};

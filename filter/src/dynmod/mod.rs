@@ -5,17 +5,15 @@
 //! in the response phase, the upstream TLS version, local address and leaf digest attributes.
 //!
 //! **Leaf certificate names.** The 1.40 HTTP-filter ABI exposes only the *first* DNS and URI SAN
-//! of the upstream leaf (plus its subject and SHA-256 digest), not the certificate. The filter
-//! therefore checks, once per certificate digest:
-//! 1. the first DNS SAN and first URI SAN: if either satisfies the policy, the leaf does;
-//! 2. otherwise it fetches the leaf itself ([`leaf_fetch`]: a TLS 1.2 ClientHello to the same
-//!    upstream address with the policy's hostname as SNI, reading the server's Certificate
-//!    message), checks that its SHA-256 equals the digest Envoy reported for the real connection,
-//!    and checks all of its SANs. If that fails (e.g. a TLS-1.3-only backend, or a different
-//!    certificate), the leaf is treated as not satisfying the policy: the filter fails closed.
-//!
-//! The verdict is cached per policy and digest, so the fetch happens once per new certificate
-//! per worker; it blocks that worker for at most [`leaf_fetch::TIMEOUT`] twice.
+//! of the upstream leaf (plus its subject and SHA-256 digest), not the certificate, and the
+//! worker thread must never wait on the network to learn more. So, once per certificate digest:
+//! 1. if the first DNS SAN or the first URI SAN satisfies the policy, the leaf does;
+//! 2. otherwise, if the cluster's metadata says who checked the policy's identities during the
+//!    handshake (`identity_checked_by`, which the loader writes beside the SAN matchers or the
+//!    validator configuration it generates from the same identities by the same rule), the leaf
+//!    passed that check against all of its SANs, and the filter relies on it;
+//! 3. otherwise the filter fails closed (`identity_mismatch`) and logs why: a hand-written
+//!    config that wants a matching SAN other than the first must state who checks it.
 //!
 //! **Certificate validator.** The same module is also Envoy's upstream certificate validator
 //! when a cluster's TLS context names it (`cert_validator`, feature `validator`): it verifies the
@@ -28,30 +26,20 @@ mod cert_validator;
 mod ffi;
 #[cfg(feature = "validator")]
 mod handshake_counters;
-mod leaf_fetch;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use sha2::{Digest, Sha256};
+use backendtls_contract::{keys, stats, tag_keys, Presented, Verification, METADATA_NAMESPACE};
 
 use crate::config::{ConfigError, FilterConfig};
-use crate::contract::{keys, stats, tag_keys, METADATA_NAMESPACE};
 use crate::engine::{
     self, Counter, FailureClass, Metrics, PolicyEntry, RejectReason, RequestDecision, TlsVersion,
     Upstream, Worker,
 };
 use crate::policy::{Fields, Policy};
-use ffi::{Attribute, ConfigHandle, FilterHandle, LogLevel};
-
-/// `envoy_dynamic_module_type_on_http_filter_{request,response}_headers_status`.
-#[derive(Clone, Copy)]
-#[repr(u32)]
-pub(crate) enum HeaderStatus {
-    Continue = 0,
-    StopIteration = 1,
-}
+use ffi::{Attribute, ConfigHandle, FilterHandle, HeaderStatus, LogLevel};
 
 /// Counter ids, one labelled counter per base name.
 struct CounterIds {
@@ -143,17 +131,23 @@ thread_local! {
 }
 
 /// One HTTP stream.
+///
+/// The hooks take `&self`: `send_response` makes Envoy run the response path of this same stream
+/// (this filter's `on_response_headers` among it) before it returns, so a `&mut Filter` alive
+/// across it would alias. The one piece of state is a `Cell`, never borrowed across a call.
 pub(crate) struct Filter {
     config: &'static Config,
-    entry: Option<Rc<PolicyEntry>>,
+    entry: Cell<Option<Rc<PolicyEntry>>>,
 }
 
 impl Filter {
     pub(crate) fn new(config: &'static Config) -> Filter {
-        Filter { config, entry: None }
+        Filter { config, entry: Cell::new(None) }
     }
 
-    pub(crate) fn on_request_headers(&mut self, envoy: &FilterHandle) -> HeaderStatus {
+    pub(crate) fn on_request_headers(&self, envoy: &FilterHandle) -> HeaderStatus {
+        // A test hook of debug builds only (see FilterConfig::debug_panic_header).
+        #[cfg(debug_assertions)]
         if let Some(header) = &self.config.settings.debug_panic_header {
             if envoy.request_header(header).is_some() {
                 panic!("deliberate panic: request carries the configured debug_panic_header");
@@ -164,8 +158,9 @@ impl Filter {
         };
         let mut metrics = DynMetrics { envoy, counters: &self.config.counters };
         let decision = engine::on_request(&entry, &mut metrics);
-        let status = match decision {
+        match decision {
             RequestDecision::Reject(reason) => {
+                // Our own answer passes through on_response_headers, which finds no entry.
                 reject(envoy, &entry, reason);
                 HeaderStatus::StopIteration
             }
@@ -173,14 +168,13 @@ impl Filter {
                 if let Some(header) = &self.config.settings.request_header {
                     envoy.set_request_header(header, &entry.policy.name);
                 }
+                self.entry.set(Some(entry));
                 HeaderStatus::Continue
             }
-        };
-        self.entry = Some(entry);
-        status
+        }
     }
 
-    pub(crate) fn on_response_headers(&mut self, envoy: &FilterHandle) -> HeaderStatus {
+    pub(crate) fn on_response_headers(&self, envoy: &FilterHandle) -> HeaderStatus {
         let Some(entry) = self.entry.take() else {
             return HeaderStatus::Continue;
         };
@@ -232,12 +226,12 @@ fn reject(envoy: &FilterHandle, entry: &PolicyEntry, reason: RejectReason) {
         &[
             (tag_keys::POLICY, &entry.policy.name),
             (tag_keys::HOSTNAME, &entry.policy.hostname),
-            (tag_keys::VERIFICATION, reason.verification().as_str()),
+            (tag_keys::VERIFICATION, Verification::from(reason).as_str()),
         ],
     );
     envoy.send_response(
         reason.status(),
-        &[("content-type", "text/plain"), ("x-backendtls-reject", reason.label())],
+        &[("content-type", "text/plain"), (RejectReason::HEADER, reason.label())],
         &engine::reject_body(reason, &entry.policy),
         reason.details(),
     );
@@ -249,6 +243,7 @@ fn policy_entry(state: &mut WorkerState, envoy: &FilterHandle) -> Option<Rc<Poli
     let policy = string(keys::POLICY);
     let hostname = string(keys::HOSTNAME);
     let state_value = string(keys::STATE);
+    let identity_checked_by = string(keys::IDENTITY_CHECKED_BY);
     if policy.is_none()
         && hostname.is_none()
         && state_value.is_none()
@@ -275,7 +270,7 @@ fn policy_entry(state: &mut WorkerState, envoy: &FilterHandle) -> Option<Rc<Poli
     // The raw bytes identify the policy: any change in the metadata is a different key.
     let scratch = &mut state.scratch;
     scratch.clear();
-    for value in [policy, hostname, state_value, reason] {
+    for value in [policy, hostname, state_value, reason, identity_checked_by] {
         push_part(scratch, value);
     }
     push_part(scratch, identities_len.map(|_| &b""[..]));
@@ -307,6 +302,7 @@ fn policy_entry(state: &mut WorkerState, envoy: &FilterHandle) -> Option<Rc<Poli
         reason: reason.map(utf8_or_marker),
         subject_alt_names: None,
         identities,
+        identity_checked_by: identity_checked_by.map(utf8_or_marker),
         error,
     });
     if !policy.is_valid() && ffi::log_enabled(LogLevel::Warn) {
@@ -379,7 +375,7 @@ impl Upstream for DynUpstream<'_> {
     fn failure_class(&mut self) -> Option<FailureClass> {
         self.envoy
             .attribute(Attribute::UpstreamTransportFailureReason)
-            .and_then(FailureClass::classify)
+            .and_then(engine::classify_failure)
     }
 
     fn with_connection_key<R>(&mut self, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
@@ -393,46 +389,38 @@ impl Upstream for DynUpstream<'_> {
 
     fn leaf_satisfies(&mut self, policy: &Policy) -> bool {
         let first = |a| self.envoy.attribute(a).and_then(|v| std::str::from_utf8(v).ok());
-        if first(Attribute::UpstreamDnsSanPeerCertificate).is_some_and(|n| policy.accepts_dns(n))
-            || first(Attribute::UpstreamUriSanPeerCertificate)
-                .is_some_and(|u| policy.accepts_uri(u))
-        {
-            return true;
-        }
-        // The first names do not match: look at all of them.
-        let (Some(address), Some(digest)) = (
-            first(Attribute::UpstreamAddress),
-            first(Attribute::UpstreamSha256PeerCertificateDigest),
-        ) else {
-            return false;
-        };
-        let verdict = leaf_fetch::fetch_leaf(address, &policy.hostname).and_then(|der| {
-            if !hex_eq(&Sha256::digest(&der), digest) {
-                return Err(leaf_fetch::FetchError::new(
-                    "the backend presented a different certificate to the check",
-                ));
-            }
-            crate::x509::subject_alt_names(&der)
-                .map_err(|e| leaf_fetch::FetchError::new(e.to_string()))
-        });
+        let dns = first(Attribute::UpstreamDnsSanPeerCertificate);
+        let uri = first(Attribute::UpstreamUriSanPeerCertificate);
+        let verdict = leaf_verdict(policy, dns, uri);
         match verdict {
-            Ok(sans) => {
-                let ok = policy.accepts(&sans);
-                if !ok {
+            LeafVerdict::FirstNameMatches => true,
+            LeafVerdict::CheckedDuringHandshake => {
+                if ffi::log_enabled(LogLevel::Debug) {
                     ffi::log(
-                        LogLevel::Warn,
+                        LogLevel::Debug,
                         &format!(
-                            "backendtls: policy {}: leaf names {:?} {:?} match none of {:?}",
-                            policy.name, sans.dns, sans.uri, policy.identities
+                            "backendtls: policy {}: the leaf's first names ({dns:?}, {uri:?}) \
+                             match none of {}; relying on the handshake check ({:?})",
+                            policy.name,
+                            identities_text(policy),
+                            policy.identity_checked_by
                         ),
                     );
                 }
-                ok
+                true
             }
-            Err(e) => {
+            LeafVerdict::Unverifiable => {
                 ffi::log(
                     LogLevel::Warn,
-                    &format!("backendtls: policy {}: cannot read all leaf names: {e}", policy.name),
+                    &format!(
+                        "backendtls: policy {}: the leaf's first names ({dns:?}, {uri:?}) match \
+                         none of {}, and Envoy's ABI shows no other; the cluster metadata does \
+                         not say that the handshake checked them ({}), so the response is \
+                         refused",
+                        policy.name,
+                        identities_text(policy),
+                        keys::IDENTITY_CHECKED_BY
+                    ),
                 );
                 false
             }
@@ -440,24 +428,71 @@ impl Upstream for DynUpstream<'_> {
     }
 }
 
-/// Whether `hex` (any case) spells `bytes`.
-fn hex_eq(bytes: &[u8], hex: &str) -> bool {
-    hex.len() == bytes.len() * 2
-        && bytes.iter().zip(hex.as_bytes().chunks(2)).all(|(b, pair)| {
-            std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()) == Some(*b)
-        })
+fn identities_text(policy: &Policy) -> String {
+    let names: Vec<String> = policy.identities.iter().map(ToString::to_string).collect();
+    format!("[{}]", names.join(", "))
+}
+
+/// What the filter can tell about a leaf from the names Envoy's ABI shows (the first DNS SAN
+/// and the first URI SAN) and the cluster metadata, without any I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeafVerdict {
+    /// The first DNS or URI SAN satisfies the policy.
+    FirstNameMatches,
+    /// They do not, but the handshake checked all of the leaf's SANs against the same
+    /// identities (`identity_checked_by`).
+    CheckedDuringHandshake,
+    /// Neither: the filter cannot see a matching name, so it fails closed.
+    Unverifiable,
+}
+
+fn leaf_verdict(policy: &Policy, first_dns: Option<&str>, first_uri: Option<&str>) -> LeafVerdict {
+    let first_matches = first_dns.is_some_and(|n| policy.accepts_name(Presented::Dns(n)))
+        || first_uri.is_some_and(|u| policy.accepts_name(Presented::Uri(u)));
+    if first_matches {
+        LeafVerdict::FirstNameMatches
+    } else if policy.identity_checked_by.is_some() {
+        LeafVerdict::CheckedDuringHandshake
+    } else {
+        LeafVerdict::Unverifiable
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn policy(sans: Vec<(&'static str, &'static str)>, checked_by: Option<&'static str>) -> Policy {
+        Policy::from_fields(Fields {
+            policy: Some("default/p"),
+            hostname: Some("example.com"),
+            state: Some("valid"),
+            subject_alt_names: Some(sans),
+            identity_checked_by: checked_by,
+            ..Fields::default()
+        })
+    }
+
     #[test]
-    fn hex_digests_compare_case_insensitively() {
-        assert!(hex_eq(&[0xab, 0x01], "ab01"));
-        assert!(hex_eq(&[0xab, 0x01], "AB01"));
-        assert!(!hex_eq(&[0xab, 0x01], "ab02"));
-        assert!(!hex_eq(&[0xab], "ab01"));
+    fn the_first_names_decide_when_they_match() {
+        let p = policy(vec![("Hostname", "*.example.com"), ("URI", "spiffe://td/a")], None);
+        assert_eq!(leaf_verdict(&p, Some("a.example.com"), None), LeafVerdict::FirstNameMatches);
+        assert_eq!(
+            leaf_verdict(&p, Some("other.example"), Some("spiffe://td/a")),
+            LeafVerdict::FirstNameMatches
+        );
+    }
+
+    #[test]
+    fn other_names_rely_on_the_handshake_check_only_when_the_metadata_states_it() {
+        let stated = policy(vec![("Hostname", "example.com")], Some("envoy_san_matchers"));
+        assert_eq!(
+            leaf_verdict(&stated, Some("first.example"), None),
+            LeafVerdict::CheckedDuringHandshake
+        );
+        let unstated = policy(vec![("Hostname", "example.com")], None);
+        assert_eq!(leaf_verdict(&unstated, Some("first.example"), None), LeafVerdict::Unverifiable);
+        assert_eq!(leaf_verdict(&unstated, None, None), LeafVerdict::Unverifiable);
     }
 
     #[test]

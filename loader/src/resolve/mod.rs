@@ -520,9 +520,17 @@ fn backend_cluster(
         .iter()
         .find(|p| p.port == port_number)
         .ok_or_else(|| format!("Service {service_key} has no port {port_number}"))?;
-    let name = backendtls_filter::contract::cluster_name(namespace, &backend.name, port_number);
+    let name = backendtls_contract::cluster_name(namespace, &backend.name, port_number);
     let client_certificate = gw.client_certificate.clone();
     match ir.clusters.get(&name) {
+        // Checked object names make this impossible (see `kube_names`); should it happen anyway,
+        // the route fails rather than sending one Service's traffic to another's cluster.
+        Some(existing) if existing.service != service_key => {
+            return Err(format!(
+                "Service {service_key} port {port_number} would share Envoy cluster {name} with Service {}",
+                existing.service
+            ));
+        }
         None => {
             let endpoints = if service.spec.kind.as_deref() == Some("ExternalName") {
                 let hostname = service.spec.external_name.clone().unwrap_or_default();

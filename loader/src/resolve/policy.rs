@@ -437,6 +437,14 @@ fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
             (other, _, _) => return Err(format!("subjectAltNames type {other:?} is not Hostname or URI")),
         }
     }
+    // The certificate name rules the filter, the validator and the SAN matchers apply
+    // (backendtls_contract::Identity): a name they would refuse is refused here, with status.
+    use backendtls_contract::Identity;
+    Identity::hostname(&v.hostname).map_err(|e| format!("hostname: {e}"))?;
+    for san in &v.subject_alt_names {
+        let value = san.hostname.as_deref().or(san.uri.as_deref()).unwrap_or_default();
+        Identity::from_san(&san.kind, value).map_err(|e| format!("subjectAltNames: {e}"))?;
+    }
     for (key, value) in &spec.options {
         if value.len() > 4096 {
             return Err(format!("options {key}: value longer than 4096 characters"));

@@ -220,10 +220,19 @@ pub fn secret_value(secret: &Secret, key: &str) -> Result<String, String> {
 }
 
 /// A `kubernetes.io/tls` Secret's certificate chain and key, checked to parse.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct KeyPair {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 pub fn tls_key_pair(secret: &Secret) -> Result<KeyPair, String> {
@@ -244,8 +253,12 @@ pub fn tls_key_pair(secret: &Secret) -> Result<KeyPair, String> {
     if certs == 0 {
         return Err("tls.crt holds no certificate".into());
     }
-    PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("tls.key is not a PEM private key: {e}"))?;
+    // The parser's error quotes the offending bytes, which are the key's: never shown.
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
+        "tls.key is not a PEM private key (it needs a PRIVATE KEY block, one base64 line after \
+         another; YAML's folded `>` style joins the lines and breaks it)"
+            .to_string()
+    })?;
     Ok(KeyPair { cert_pem, key_pem })
 }
 

@@ -3,9 +3,11 @@
 //! Two shapes come out of the same code: resources for ADS (clusters with EDS endpoints and CA
 //! bundles as SDS secrets) and a static bootstrap for `render` (endpoints and CAs inline).
 
+use super::bootstrap::{static_client_certificate, PrivateKeys};
+use super::identity::{checked_identities, san_matchers};
 use super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
 use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, TlsVersion, Trust};
-use backendtls_filter::contract::{self, PolicyState};
+use backendtls_contract::{self as contract, Identity, IdentityCheck, PolicyState};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
@@ -15,7 +17,6 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccess
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
-use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::{self as pb, Any, Duration};
 use prost::{Message, Name};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +39,9 @@ pub struct TranslateOptions {
     pub delivery: Delivery,
     pub filter: Filter,
     pub validator: Validator,
+    /// Where a static bootstrap takes client certificates' private keys from (`Inline` delivery
+    /// only; over ADS they travel as SDS secrets).
+    pub private_keys: PrivateKeys,
 }
 
 /// Who verifies backend certificates during the handshake.
@@ -59,6 +63,7 @@ impl Default for TranslateOptions {
             delivery: Delivery::Ads,
             filter: Filter::default(),
             validator: Validator::default(),
+            private_keys: PrivateKeys::default(),
         }
     }
 }
@@ -698,11 +703,15 @@ fn backend_cluster(
 ) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
     let delivery = options.delivery;
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
-    let unusable = matches!(&c.tls, Some(ir::BackendTls { trust: Trust::Unusable { .. }, .. }));
+    let checked = c.tls.as_ref().map(|policy| checked_policy(policy, options.validator));
+    let unusable =
+        matches!(&checked, Some((policy, _)) if matches!(policy.trust, Trust::Unusable { .. }));
     let mut out = cluster::Cluster {
         name: c.name.clone(),
         connect_timeout: seconds(5),
-        metadata: c.tls.as_ref().map(policy_metadata),
+        metadata: checked
+            .as_ref()
+            .map(|(policy, identities)| policy_metadata(policy, identities, options.validator)),
         ..Default::default()
     };
     let lb_endpoints = |addresses: Vec<(String, u16)>| endpoint::ClusterLoadAssignment {
@@ -759,21 +768,43 @@ fn backend_cluster(
             }
         }
     }
-    if let Some(policy) = &c.tls {
+    if let Some((policy, identities)) = &checked {
         out.typed_extension_protocol_options =
             alpn_protocol_options(&policy.params.alpn).unwrap_or_default();
         out.transport_socket = Some(core::TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
             config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
-                &upstream_tls(policy, ir, options),
+                &upstream_tls(policy, identities, ir, options),
             ))),
         });
     }
     (out, eds)
 }
 
+/// The cluster's policy as translated, with the identities its TLS context checks. A policy whose
+/// names Envoy, the filter or the validator would refuse ([`checked_identities`]) is unusable
+/// too: it fails closed here, rather than in a NACK that would leave Envoy's previous cluster (a
+/// plaintext one, perhaps) in place.
+fn checked_policy(
+    policy: &ir::BackendTls,
+    validator: Validator,
+) -> (std::borrow::Cow<'_, ir::BackendTls>, Vec<Identity>) {
+    use std::borrow::Cow;
+    if let Trust::Unusable { .. } = policy.trust {
+        return (Cow::Borrowed(policy), Vec::new());
+    }
+    match checked_identities(policy, validator) {
+        Ok(identities) => (Cow::Borrowed(policy), identities),
+        Err(reason) => {
+            let unusable = ir::BackendTls { trust: Trust::Unusable { reason }, ..policy.clone() };
+            (Cow::Owned(unusable), Vec::new())
+        }
+    }
+}
+
 fn upstream_tls(
     policy: &ir::BackendTls,
+    identities: &[Identity],
     ir: &Ir,
     options: &TranslateOptions,
 ) -> tls::UpstreamTlsContext {
@@ -783,13 +814,17 @@ fn upstream_tls(
         unreachable!("unusable policies get no transport socket")
     };
     let identity = tls::CertificateValidationContext {
-        match_typed_subject_alt_names: policy.identities().iter().map(san_matcher).collect(),
+        match_typed_subject_alt_names: san_matchers(identities),
         ..Default::default()
     };
     let validation = match (options.validator, delivery) {
         (Validator::DynamicModule, _) => {
             ValidationContextType::ValidationContext(tls::CertificateValidationContext {
-                custom_validator_config: Some(module_validator(policy, &ir.ca_bundles[secret].pem)),
+                custom_validator_config: Some(module_validator(
+                    policy,
+                    identities,
+                    &ir.ca_bundles[secret].pem,
+                )),
                 ..Default::default()
             })
         }
@@ -835,8 +870,10 @@ fn upstream_tls(
                 }]
             }
             Delivery::Inline => {
-                common.tls_certificates =
-                    vec![client_tls_certificate(&ir.client_certificates[name])]
+                common.tls_certificates = vec![static_client_certificate(
+                    &ir.client_certificates[name],
+                    &options.private_keys,
+                )]
             }
         }
     }
@@ -849,26 +886,21 @@ fn upstream_tls(
 
 /// The dynamic-module validator with the policy's trust anchors and identities inline: a CA
 /// change is then a cluster change, which Envoy applies to every new connection.
-fn module_validator(policy: &ir::BackendTls, anchors_pem: &str) -> core::TypedExtensionConfig {
+fn module_validator(
+    policy: &ir::BackendTls,
+    identities: &[Identity],
+    anchors_pem: &str,
+) -> core::TypedExtensionConfig {
+    use contract::validator::{Config, EXTENSION_NAME, VALIDATOR_NAME};
     use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::cert_validator::dynamic_modules::v3::DynamicModuleCertValidatorConfig;
-    let identities: Vec<String> = policy
-        .identities()
-        .iter()
-        .filter_map(|san| match san {
-            SubjectAltName::Hostname(h) => {
-                contract::identity_string(contract::san_types::HOSTNAME, h)
-            }
-            SubjectAltName::Uri(u) => contract::identity_string(contract::san_types::URI, u),
-        })
-        .collect();
-    use contract::validator::{keys, EXTENSION_NAME, VALIDATOR_NAME};
-    let mut config = serde_json::Map::new();
-    config.insert(keys::POLICY.into(), policy.policy.to_string().into());
-    config.insert(keys::HOSTNAME.into(), policy.hostname.clone().into());
-    config.insert(keys::IDENTITIES.into(), identities.into());
-    config.insert(keys::TRUST_ANCHORS_PEM.into(), anchors_pem.into());
-    let config = serde_json::Value::Object(config);
+    let config = Config {
+        policy: policy.policy.to_string(),
+        hostname: policy.hostname.clone(),
+        identities: identities.to_vec(),
+        trust_anchors_pem: anchors_pem.to_owned(),
+    };
+    let config = serde_json::to_string(&config).expect("the validator config serializes");
     core::TypedExtensionConfig {
         name: EXTENSION_NAME.into(),
         typed_config: Some(pack(&DynamicModuleCertValidatorConfig {
@@ -877,7 +909,7 @@ fn module_validator(policy: &ir::BackendTls, anchors_pem: &str) -> core::TypedEx
                 ..Default::default()
             }),
             validator_name: VALIDATOR_NAME.into(),
-            validator_config: Some(pack(&pb::StringValue { value: config.to_string() })),
+            validator_config: Some(pack(&pb::StringValue { value: config })),
         })),
     }
 }
@@ -914,50 +946,13 @@ fn alpn_protocol_options(alpn: &[String]) -> Option<HashMap<String, Any>> {
     )]))
 }
 
-fn san_matcher(san: &SubjectAltName) -> tls::SubjectAltNameMatcher {
-    use matcher::string_matcher::MatchPattern;
-    let (san_type, pattern) = match san {
-        SubjectAltName::Hostname(name) => match name.strip_prefix("*.") {
-            // A policy wildcard stands for exactly one label, as in RFC 6125; DNS names compare
-            // case-insensitively, as Envoy's exact matcher does for DNS SANs.
-            Some(suffix) => (
-                tls::subject_alt_name_matcher::SanType::Dns,
-                MatchPattern::SafeRegex(matcher::RegexMatcher {
-                    regex: format!("(?i)^[^.]+\\.{}$", regex_escape(suffix)),
-                    ..Default::default()
-                }),
-            ),
-            None => {
-                (tls::subject_alt_name_matcher::SanType::Dns, MatchPattern::Exact(name.clone()))
-            }
-        },
-        SubjectAltName::Uri(uri) => {
-            (tls::subject_alt_name_matcher::SanType::Uri, MatchPattern::Exact(uri.clone()))
-        }
-    };
-    tls::SubjectAltNameMatcher {
-        san_type: san_type as i32,
-        matcher: Some(matcher::StringMatcher {
-            match_pattern: Some(pattern),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        if "\\.+*?()|[]{}^$".contains(ch) {
-            out.push('\\');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// `filter_metadata["backendtls"]`, the contract the filter reads (see README).
-fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
+/// `filter_metadata["backendtls"]`, the contract the filter reads (see README). `identities` are
+/// the policy's checked identities (empty when it is unusable).
+fn policy_metadata(
+    policy: &ir::BackendTls,
+    identities: &[Identity],
+    validator: Validator,
+) -> core::Metadata {
     use pb::value::Kind;
     let string = |s: &str| pb::Value { kind: Some(Kind::StringValue(s.to_string())) };
     let mut fields = HashMap::new();
@@ -981,24 +976,23 @@ fn policy_metadata(policy: &ir::BackendTls) -> core::Metadata {
         contract::keys::SUBJECT_ALT_NAMES.to_string(),
         pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: sans })) },
     );
-    // The same names as flat strings, for the dynamic-module build (see the contract).
-    let identities = policy
-        .subject_alt_names
-        .iter()
-        .filter_map(|san| match san {
-            SubjectAltName::Hostname(h) => {
-                contract::identity_string(contract::san_types::HOSTNAME, h)
-            }
-            SubjectAltName::Uri(u) => contract::identity_string(contract::san_types::URI, u),
-        })
-        .map(|identity| string(&identity))
-        .collect();
+    // The same names as flat strings, for the dynamic-module build (see the contract); without
+    // subjectAltNames the list is empty and the hostname is the identity.
+    let flat = if policy.subject_alt_names.is_empty() { &[][..] } else { identities };
+    let flat = flat.iter().map(|identity| string(&identity.to_string())).collect();
     fields.insert(
         contract::keys::IDENTITIES.to_string(),
-        pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: identities })) },
+        pb::Value { kind: Some(Kind::ListValue(pb::ListValue { values: flat })) },
     );
     let state = match &policy.trust {
-        Trust::Ca { .. } => PolicyState::Valid,
+        Trust::Ca { .. } => {
+            let check = match validator {
+                Validator::Envoy => IdentityCheck::EnvoySanMatchers,
+                Validator::DynamicModule => IdentityCheck::BackendtlsValidator,
+            };
+            fields.insert(contract::keys::IDENTITY_CHECKED_BY.to_string(), string(check.as_str()));
+            PolicyState::Valid
+        }
         Trust::Unusable { reason } => {
             fields.insert(contract::keys::REASON.to_string(), string(reason));
             PolicyState::Invalid

@@ -1,21 +1,15 @@
-//! Hand-written bindings to the Envoy 1.40 dynamic-module ABI (`v0.2.0`): the required HTTP
-//! filter hooks, the five certificate-validator hooks, and the few callbacks both use. This is
-//! the only module with `unsafe`.
+//! The Envoy 1.40 dynamic-module ABI (`v0.2.0`) as this module uses it: the C types, the enum
+//! values, the callbacks Envoy exports (declared `extern "C"`), and safe wrappers around them
+//! ("host calls", as the proxy-wasm SDK calls its counterpart). The exported event hooks are in
+//! [`super::hooks`].
 //!
-//! Rules kept here:
-//! - Envoy resolves every declared callback at `dlopen` time (`RTLD_NOW`), so only callbacks the
-//!   filter calls are declared; all of them are in 1.40's dynamic symbol table.
-//! - Every hook runs its body inside [`guard`]: a panic unwinding across `extern "C"` would abort
-//!   Envoy, so it is caught, logged, and turned into the hook's safe default (or a 500).
-//! - Buffers Envoy hands out stay valid only during the hook; the safe wrappers tie their
-//!   lifetime to the `&FilterHandle` borrow, and nothing keeps them after the hook returns.
-
-#![allow(clippy::missing_safety_doc)]
+//! Envoy resolves every declared callback at `dlopen` time (`RTLD_NOW`), so only callbacks the
+//! module calls are declared; all of them are in 1.40's dynamic symbol table. Buffers Envoy hands
+//! out stay valid only during the hook; the wrappers tie their lifetime to the `&FilterHandle`
+//! borrow, and nothing keeps them after the hook returns. The values are checked against the
+//! project's 1.40 ABI notes by the test below (`abi-1.40.txt`).
 
 use std::ffi::{c_char, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
-use super::{Config, Filter, HeaderStatus};
 
 /// `envoy_dynamic_module_type_envoy_buffer`: memory owned by Envoy.
 #[repr(C)]
@@ -30,7 +24,7 @@ const NULL_BUFFER: EnvoyBuffer = EnvoyBuffer { ptr: std::ptr::null(), length: 0 
 impl EnvoyBuffer {
     /// # Safety
     /// `self` must come from Envoy in the current hook (valid for `'a`), or be null.
-    unsafe fn as_slice<'a>(self) -> &'a [u8] {
+    pub(in crate::dynmod::ffi) unsafe fn as_slice<'a>(self) -> &'a [u8] {
         if self.ptr.is_null() || self.length == 0 {
             &[]
         } else {
@@ -43,13 +37,13 @@ impl EnvoyBuffer {
 /// the call.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ModuleBuffer {
+pub struct ModuleBuffer {
     ptr: *const c_char,
     length: usize,
 }
 
 impl ModuleBuffer {
-    fn of(bytes: &[u8]) -> ModuleBuffer {
+    pub(in crate::dynmod::ffi) fn of(bytes: &[u8]) -> ModuleBuffer {
         ModuleBuffer { ptr: bytes.as_ptr().cast(), length: bytes.len() }
     }
 }
@@ -83,14 +77,13 @@ pub enum HeaderKind {
 }
 
 /// `envoy_dynamic_module_type_metadata_source_Cluster`.
-const METADATA_SOURCE_CLUSTER: u32 = 2;
+pub const METADATA_SOURCE_CLUSTER: u32 = 2;
 
 /// `envoy_dynamic_module_type_attribute_id` values (frozen enum order of abi.h).
 #[derive(Clone, Copy, Debug)]
 #[repr(u32)]
 pub enum Attribute {
     ResponseCodeDetails = 16,
-    UpstreamAddress = 41,
     UpstreamTlsVersion = 43,
     UpstreamDnsSanPeerCertificate = 47,
     UpstreamUriSanPeerCertificate = 49,
@@ -103,17 +96,31 @@ pub enum Attribute {
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub enum LogLevel {
+    Debug = 1,
     Info = 2,
     Warn = 3,
     Error = 4,
 }
 
 /// `envoy_dynamic_module_type_metrics_result_Success`.
-const METRICS_SUCCESS: u32 = 0;
+pub const METRICS_SUCCESS: u32 = 0;
+
+/// The ABI version this module was written against (`envoy_dynamic_module_on_program_init`).
+pub const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
+
+/// `envoy_dynamic_module_type_on_http_filter_{request,response}_headers_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HeaderStatus {
+    Continue = 0,
+    StopIteration = 1,
+}
 
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+    // Only the debug-build test hook reads request headers.
+    #[cfg(debug_assertions)]
     fn envoy_dynamic_module_callback_http_get_header(
         filter: *mut c_void,
         kind: u32,
@@ -204,7 +211,7 @@ pub fn log_enabled(level: LogLevel) -> bool {
 
 /// Envoy's filter-config object, valid while `on_http_filter_config_new` runs (metrics can be
 /// defined only then).
-pub struct ConfigHandle(*mut c_void);
+pub struct ConfigHandle(pub(in crate::dynmod::ffi) *mut c_void);
 
 impl ConfigHandle {
     /// Defines a counter with the given label names; its id, or None if Envoy refused.
@@ -227,9 +234,10 @@ impl ConfigHandle {
 }
 
 /// Envoy's per-stream filter object, valid for the duration of one hook call.
-pub struct FilterHandle(*mut c_void);
+pub struct FilterHandle(pub(in crate::dynmod::ffi) *mut c_void);
 
 impl FilterHandle {
+    #[cfg(debug_assertions)]
     pub fn request_header(&self, name: &str) -> Option<&[u8]> {
         let mut out = NULL_BUFFER;
         let mut total = 0usize;
@@ -404,289 +412,18 @@ impl FilterHandle {
     }
 }
 
-/// Logs a caught panic. Formatting and logging are themselves guarded: nothing may unwind out.
-fn report_panic(hook: &str, payload: Box<dyn std::any::Any + Send>) {
-    let what = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(non-string panic)");
-    let _ = catch_unwind(|| log(LogLevel::Error, &format!("backendtls: panic in {hook}: {what}")));
-}
-
-/// Runs a hook body, turning a panic into `fallback` (after logging it).
-fn guard<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
-        report_panic(hook, payload);
-        fallback
-    })
-}
-
-/// The hook bodies after a panic in the request or response path: answer 500 rather than let
-/// an unchecked request through.
-fn fail_closed(filter: *mut c_void, hook: &str) -> u32 {
-    let handle = FilterHandle(filter);
-    guard(hook, HeaderStatus::Continue as u32, || {
-        handle.send_response(
-            500,
-            &[("content-type", "text/plain")],
-            "backendtls: internal error\n",
-            "backendtls_internal_error",
-        );
-        HeaderStatus::StopIteration as u32
-    })
-}
-
-/// The ABI version this module was written against.
-static ABI_VERSION: &[u8] = b"v0.2.0\0";
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    ABI_VERSION.as_ptr().cast()
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    config_envoy: *mut c_void,
-    name: EnvoyBuffer,
-    config: EnvoyBuffer,
-) -> *const c_void {
-    guard("config_new", std::ptr::null(), || {
-        // SAFETY: both buffers come from Envoy for this call.
-        let (name, config) = unsafe { (name.as_slice(), config.as_slice()) };
-        match Config::new(&ConfigHandle(config_envoy), name, config) {
-            Ok(config) => {
-                log(
-                    LogLevel::Info,
-                    &format!("backendtls: filter configured: {:?}", config.settings()),
-                );
-                Box::into_raw(Box::new(config)).cast_const().cast()
-            }
-            Err(e) => {
-                log(LogLevel::Error, &format!("backendtls: {e}"));
-                std::ptr::null()
-            }
-        }
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
-    guard("config_destroy", (), || {
-        if !config.is_null() {
-            // SAFETY: created by Box::into_raw in config_new; Envoy destroys it once.
-            drop(unsafe { Box::from_raw(config.cast::<Config>().cast_mut()) });
-        }
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
-    config: *const c_void,
-    _filter_envoy: *mut c_void,
-) -> *const c_void {
-    guard("filter_new", std::ptr::null(), || {
-        // SAFETY: Envoy keeps the config alive for as long as filters made from it exist.
-        let config: &'static Config = unsafe { &*config.cast::<Config>() };
-        Box::into_raw(Box::new(Filter::new(config))).cast_const().cast()
-    })
-}
-
-/// # Safety
-/// `filter` is the pointer `filter_new` returned, not yet destroyed; Envoy calls a stream's hooks
-/// from one thread, one at a time.
-unsafe fn filter_mut<'a>(filter: *const c_void) -> &'a mut Filter {
-    &mut *filter.cast::<Filter>().cast_mut()
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    filter_envoy: *mut c_void,
-    filter: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: see `filter_mut`.
-        let filter = unsafe { filter_mut(filter) };
-        filter.on_request_headers(&FilterHandle(filter_envoy)) as u32
-    }))
-    .unwrap_or_else(|payload| {
-        report_panic("request_headers", payload);
-        fail_closed(filter_envoy, "request_headers (after panic)")
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    filter_envoy: *mut c_void,
-    filter: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: see `filter_mut`.
-        let filter = unsafe { filter_mut(filter) };
-        filter.on_response_headers(&FilterHandle(filter_envoy)) as u32
-    }))
-    .unwrap_or_else(|payload| {
-        report_panic("response_headers", payload);
-        fail_closed(filter_envoy, "response_headers (after panic)")
-    })
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
-    guard("filter_destroy", (), || {
-        if !filter.is_null() {
-            // SAFETY: created by Box::into_raw in filter_new; Envoy destroys it once.
-            drop(unsafe { Box::from_raw(filter.cast::<Filter>().cast_mut()) });
-        }
-    })
-}
-
-// The remaining required hooks: the filter has nothing to do in them. They touch no pointers
-// and cannot panic, so they need no guard.
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _: *mut c_void,
-    _: *const c_void,
-    _: bool,
-) -> u32 {
-    0
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _: *mut c_void,
-    _: *const c_void,
-) -> u32 {
-    0
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _: *mut c_void,
-    _: *const c_void,
-    _: bool,
-) -> u32 {
-    0
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _: *mut c_void,
-    _: *const c_void,
-) -> u32 {
-    0
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _: *mut c_void,
-    _: *const c_void,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-    _: u32,
-    _: *mut c_void,
-    _: usize,
-    _: *mut c_void,
-    _: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-    _: *mut c_void,
-    _: usize,
-    _: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-    _: *const c_void,
-    _: usize,
-    _: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-    _: *mut c_void,
-    _: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-    _: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _: *mut c_void,
-    _: *const c_void,
-    _: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _: *mut c_void,
-    _: *const c_void,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _: *mut c_void,
-    _: *const c_void,
-) {
-}
-
 // ---- Certificate validator (`envoy.tls.cert_validator.dynamic_modules`) --------------------
-//
-// Envoy resolves all five hooks when a cluster's TLS context names the validator, creates one
-// module config per TLS context, and calls `do_verify_cert_chain` synchronously on the worker
-// thread doing the handshake, possibly on several workers at once for the same config (hence
-// `CertValidator: Sync`).
 
 #[cfg(feature = "validator")]
-pub use validator_abi::{CounterSink, ValidationCall};
+pub use validator::{
+    CounterSink, ValidationCall, ValidationResult, ALERT_INTERNAL_ERROR, SSL_VERIFY_PEER,
+};
 
-/// Everything the certificate validator needs from the ABI; compiled only with the `validator`
+/// What the certificate validator needs from the ABI; compiled only with the `validator`
 /// feature (so a build without it declares no validator symbol).
 #[cfg(feature = "validator")]
-mod validator_abi {
+mod validator {
     use super::*;
-    use crate::dynmod::cert_validator::{CertValidator, Verdict};
 
     extern "C" {
         fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
@@ -750,7 +487,7 @@ mod validator_abi {
     }
 
     /// Envoy's certificate-validator config object as passed to one `do_verify_cert_chain` call.
-    pub struct ValidationCall(*mut c_void);
+    pub struct ValidationCall(pub(in crate::dynmod::ffi) *mut c_void);
 
     impl ValidationCall {
         /// The detail Envoy appends to the handshake's failure reason (`CERTIFICATE_VERIFY_FAILED:
@@ -780,10 +517,16 @@ mod validator_abi {
     }
 
     impl ValidationResult {
-        const VERIFIED: ValidationResult =
+        pub(in crate::dynmod::ffi) const VERIFIED: ValidationResult =
             ValidationResult { status: 0, detailed_status: 2, tls_alert: 0, has_tls_alert: false };
 
-        fn failed(alert: u8) -> ValidationResult {
+        /// (status, detailed status, alert, has alert), for the ABI test.
+        #[cfg(test)]
+        pub(in crate::dynmod::ffi) fn fields(self) -> (u32, u32, u8, bool) {
+            (self.status, self.detailed_status, self.tls_alert, self.has_tls_alert)
+        }
+
+        pub(in crate::dynmod::ffi) fn failed(alert: u8) -> ValidationResult {
             ValidationResult {
                 status: 1,
                 detailed_status: 3,
@@ -795,111 +538,100 @@ mod validator_abi {
 
     /// BoringSSL's `SSL_VERIFY_PEER`: Envoy then installs its verify callback, which calls the
     /// module (`SSL_VERIFY_NONE` would skip verification altogether).
-    const SSL_VERIFY_PEER: i32 = 0x01;
+    pub const SSL_VERIFY_PEER: i32 = 0x01;
     /// TLS `internal_error`, for a validator that could not decide.
-    const ALERT_INTERNAL_ERROR: u8 = 80;
+    pub const ALERT_INTERNAL_ERROR: u8 = 80;
+}
 
-    #[no_mangle]
-    pub extern "C" fn envoy_dynamic_module_on_cert_validator_config_new(
-        _config_envoy: *mut c_void,
-        name: EnvoyBuffer,
-        config: EnvoyBuffer,
-    ) -> *const c_void {
-        guard("cert_validator_config_new", std::ptr::null(), || {
-            // SAFETY: both buffers come from Envoy for this call.
-            let (name, config) = unsafe { (name.as_slice(), config.as_slice()) };
-            match CertValidator::new(name, config) {
-                Ok(validator) => Box::into_raw(Box::new(validator)).cast_const().cast(),
-                Err(e) => {
-                    log(LogLevel::Error, &format!("backendtls: {e}"));
-                    std::ptr::null()
-                }
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// `abi-1.40.txt`: (group, name) -> value.
+    fn recorded() -> BTreeMap<(String, String), String> {
+        let mut values = BTreeMap::new();
+        for line in include_str!("abi-1.40.txt").lines() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
             }
-        })
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let [group, name, value] = parts[..] else { panic!("malformed line {line:?}") };
+            let previous = values.insert((group.to_owned(), name.to_owned()), value.to_owned());
+            assert!(previous.is_none(), "{group} {name} recorded twice");
+        }
+        values
     }
 
-    #[no_mangle]
-    pub extern "C" fn envoy_dynamic_module_on_cert_validator_config_destroy(
-        validator: *const c_void,
-    ) {
-        guard("cert_validator_config_destroy", (), || {
-            if !validator.is_null() {
-                // SAFETY: created by Box::into_raw in cert_validator_config_new; destroyed once.
-                drop(unsafe { Box::from_raw(validator.cast::<CertValidator>().cast_mut()) });
-            }
-        })
+    /// Every value this module declares, as (group, name, value).
+    fn declared() -> Vec<(&'static str, &'static str, String)> {
+        let mut declared = vec![
+            ("abi_version", "version", ABI_VERSION.to_str().unwrap().to_owned()),
+            ("http_header_type", "Request", (HeaderKind::Request as u32).to_string()),
+            ("metadata_source", "Cluster", METADATA_SOURCE_CLUSTER.to_string()),
+            ("metrics_result", "Success", METRICS_SUCCESS.to_string()),
+            ("headers_status", "Continue", (HeaderStatus::Continue as u32).to_string()),
+            ("headers_status", "StopIteration", (HeaderStatus::StopIteration as u32).to_string()),
+            ("struct_size", "envoy_buffer", size_of::<EnvoyBuffer>().to_string()),
+            ("struct_size", "module_buffer", size_of::<ModuleBuffer>().to_string()),
+            ("struct_size", "module_http_header", size_of::<ModuleHttpHeader>().to_string()),
+            ("struct_size", "key_value_pair", size_of::<KeyValue>().to_string()),
+        ];
+        for (name, attribute) in [
+            ("ResponseCodeDetails", Attribute::ResponseCodeDetails),
+            ("UpstreamTlsVersion", Attribute::UpstreamTlsVersion),
+            ("UpstreamDnsSanPeerCertificate", Attribute::UpstreamDnsSanPeerCertificate),
+            ("UpstreamUriSanPeerCertificate", Attribute::UpstreamUriSanPeerCertificate),
+            ("UpstreamSha256PeerCertificateDigest", Attribute::UpstreamSha256PeerCertificateDigest),
+            ("UpstreamLocalAddress", Attribute::UpstreamLocalAddress),
+            ("UpstreamTransportFailureReason", Attribute::UpstreamTransportFailureReason),
+        ] {
+            declared.push(("attribute_id", name, (attribute as u32).to_string()));
+        }
+        for (name, level) in [
+            ("Debug", LogLevel::Debug),
+            ("Info", LogLevel::Info),
+            ("Warn", LogLevel::Warn),
+            ("Error", LogLevel::Error),
+        ] {
+            declared.push(("log_level", name, (level as u32).to_string()));
+        }
+        #[cfg(feature = "validator")]
+        {
+            let (status, detailed, _, has_alert) = ValidationResult::VERIFIED.fields();
+            assert!(!has_alert);
+            declared.push(("validation_status", "Successful", status.to_string()));
+            declared.push(("client_validation_status", "Validated", detailed.to_string()));
+            let (status, detailed, alert, has_alert) = ValidationResult::failed(42).fields();
+            assert_eq!((alert, has_alert), (42, true));
+            declared.push(("validation_status", "Failed", status.to_string()));
+            declared.push(("client_validation_status", "Failed", detailed.to_string()));
+            declared.push((
+                "struct_size",
+                "cert_validator_validation_result",
+                size_of::<ValidationResult>().to_string(),
+            ));
+        }
+        declared
     }
 
-    /// # Safety
-    /// `validator` is the pointer `cert_validator_config_new` returned, not yet destroyed. Envoy
-    /// may call the validator from several workers at once, so only a shared reference is made.
-    unsafe fn validator_ref<'a>(validator: *const c_void) -> &'a CertValidator {
-        &*validator.cast::<CertValidator>()
-    }
-
-    #[no_mangle]
-    pub extern "C" fn envoy_dynamic_module_on_cert_validator_do_verify_cert_chain(
-        config_envoy: *mut c_void,
-        validator: *const c_void,
-        certs: *const EnvoyBuffer,
-        certs_count: usize,
-        host_name: EnvoyBuffer,
-        is_server: bool,
-    ) -> ValidationResult {
-        let call = ValidationCall(config_envoy);
-        catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: Envoy passes `certs_count` DER buffers that live for this call (null when
-            // empty); see `validator_ref` for the validator.
-            let (validator, buffers, host_name) = unsafe {
-                let buffers = if certs.is_null() || certs_count == 0 {
-                    &[][..]
-                } else {
-                    std::slice::from_raw_parts(certs, certs_count)
-                };
-                (validator_ref(validator), buffers, host_name.as_slice())
-            };
-            // SAFETY: each buffer is one certificate Envoy encoded for this call.
-            let chain: Vec<&[u8]> = buffers.iter().map(|b| unsafe { b.as_slice() }).collect();
-            match validator.verify(&call, &chain, host_name, is_server) {
-                Verdict::Verified => ValidationResult::VERIFIED,
-                Verdict::Failed { alert } => ValidationResult::failed(alert),
+    #[test]
+    fn declared_values_are_the_recorded_1_40_abi() {
+        let recorded = recorded();
+        let mut wrong = Vec::new();
+        for (group, name, value) in declared() {
+            match recorded.get(&(group.to_owned(), name.to_owned())) {
+                Some(expected) if *expected == value => {}
+                Some(expected) => wrong.push(format!("{group} {name}: {value}, ABI {expected}")),
+                None => wrong.push(format!("{group} {name}: not in abi-1.40.txt")),
             }
-        }))
-        .unwrap_or_else(|payload| {
-            report_panic("cert_validator_do_verify_cert_chain", payload);
-            // Fail closed: a validator that could not decide must not let the handshake through.
-            guard("cert_validator_do_verify_cert_chain (after panic)", (), || {
-                call.set_error_details("backendtls: internal: the certificate validator panicked")
-            });
-            ValidationResult::failed(ALERT_INTERNAL_ERROR)
-        })
-    }
-
-    /// Touches no pointer and cannot panic: no guard needed.
-    #[no_mangle]
-    pub extern "C" fn envoy_dynamic_module_on_cert_validator_get_ssl_verify_mode(
-        _validator: *const c_void,
-        _handshaker_provides_certificates: bool,
-    ) -> i32 {
-        SSL_VERIFY_PEER
-    }
-
-    #[no_mangle]
-    pub extern "C" fn envoy_dynamic_module_on_cert_validator_update_digest(
-        validator: *const c_void,
-        out: *mut ModuleBuffer,
-    ) {
-        guard("cert_validator_update_digest", (), || {
-            if validator.is_null() || out.is_null() {
-                return;
-            }
-            // SAFETY: see `validator_ref`; `out` is Envoy's buffer to fill. The digest lives as
-            // long as the validator config, which outlives Envoy's use of it (Envoy hashes it at
-            // once).
-            unsafe {
-                let digest = validator_ref(validator).digest();
-                *out = ModuleBuffer::of(digest);
-            }
-        })
+        }
+        assert!(
+            wrong.is_empty(),
+            "declarations that differ from the 1.40 ABI:\n{}",
+            wrong.join("\n")
+        );
     }
 }
