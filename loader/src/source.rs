@@ -703,12 +703,25 @@ impl ConfigDir {
                     self.store.remove(id.0, &id.1);
                 }
                 Some(first) => {
-                    let object = self.files[&*first]
-                        .good
-                        .iter()
-                        .find(|o| o.kind() == id.0 && o.key() == id.1)
-                        .expect("an owner defines the object")
-                        .clone();
+                    let definition = |path: &Path| {
+                        self.files[path]
+                            .good
+                            .iter()
+                            .find(|o| o.kind() == id.0 && o.key() == id.1)
+                            .expect("an owner defines the object")
+                            .clone()
+                    };
+                    let paths = &self.owners[&owner];
+                    let object = match definition(&first) {
+                        Object::BackendTlsPolicy(policy) if paths.len() > 1 => {
+                            let others = paths[1..].iter().map(|p| match definition(p) {
+                                Object::BackendTlsPolicy(other) => other,
+                                _ => unreachable!("owners are keyed by kind"),
+                            });
+                            Object::BackendTlsPolicy(policy_defined_twice(&policy, others, paths))
+                        }
+                        object => object,
+                    };
                     self.store.put(object);
                 }
             }
@@ -727,18 +740,48 @@ impl ConfigDir {
             .duplicated
             .iter()
             .flat_map(|(kind, key)| {
+                let reason = if *kind == "BackendTLSPolicy" {
+                    "defined more than once; the targets of every definition fail closed until one is left"
+                } else {
+                    "defined more than once; the first definition is used"
+                };
                 self.owners[&owner_key(&(*kind, key.clone()))][1..].iter().map(move |path| {
                     SourceError {
                         file: path.to_path_buf(),
                         document: None,
                         object: Some(format!("{kind} {key}")),
-                        reason: "defined more than once; the first definition is used".into(),
+                        reason: reason.into(),
                     }
                 })
             })
             .collect();
         (&self.store, errors)
     }
+}
+
+/// A BackendTLSPolicy defined in several files: which definition the user means is unknown, and
+/// keeping only the first would serve the targets only the others name in plaintext. The stand-in
+/// keeps the first one's metadata and the targets of all of them, marked malformed so that every
+/// one fails closed.
+fn policy_defined_twice(
+    first: &BackendTlsPolicy,
+    others: impl Iterator<Item = Arc<BackendTlsPolicy>>,
+    paths: &[Arc<Path>],
+) -> Arc<BackendTlsPolicy> {
+    let mut target_refs = first.spec.target_refs.clone();
+    for other in others {
+        for target in &other.spec.target_refs {
+            if !target_refs.contains(target) {
+                target_refs.push(target.clone());
+            }
+        }
+    }
+    let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    Arc::new(BackendTlsPolicy {
+        metadata: first.metadata.clone(),
+        spec: crate::objects::BackendTlsPolicySpec { target_refs, ..Default::default() },
+        malformed: Some(format!("it is defined in {} files ({})", files.len(), files.join(", "))),
+    })
 }
 
 /// A 128-bit digest of an object's kind and key, standing for them in [`ConfigDir`]'s owners.
@@ -1133,6 +1176,37 @@ metadata: { name: ignored }
         std::fs::remove_file(dir.join("b.yaml")).unwrap();
         config.reload().unwrap();
         assert!(config.store().0.config_map(&key).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Which of two definitions of a policy the user means is unknown: the targets of both fail
+    /// closed (keeping only the first served the second's targets in plaintext).
+    #[test]
+    fn a_policy_defined_twice_fails_the_targets_of_both_closed() {
+        let dir = std::env::temp_dir().join(format!("btls-dup-policy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = |service: &str| {
+            format!("apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: p}}\nspec:\n  targetRefs: [{{group: '', kind: Service, name: {service}}}]\n  validation: {{hostname: example.com, wellKnownCACertificates: System}}\n")
+        };
+        std::fs::write(dir.join("a.yaml"), policy("one")).unwrap();
+        std::fs::write(dir.join("b.yaml"), policy("two")).unwrap();
+        let mut config = ConfigDir::new(&dir);
+        config.reload().unwrap();
+        let (store, errors) = config.store();
+        let stored = &store.policies[&ObjectKey::new("default", "p")];
+        let names: Vec<&str> = stored.spec.target_refs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
+        assert!(stored.malformed.as_deref().is_some_and(|m| m.contains("defined in 2 files")));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].reason.contains("fail closed"), "{errors:?}");
+        // One definition left: it is used as written.
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        config.reload().unwrap();
+        let (store, errors) = config.store();
+        let stored = &store.policies[&ObjectKey::new("default", "p")];
+        assert!(stored.malformed.is_none() && errors.is_empty());
+        assert_eq!(stored.spec.target_refs[0].name, "two");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -5,7 +5,9 @@
 //! policy that targets its Service port, if any.
 
 mod policy;
-mod trust;
+/// Public for the fuzz targets (`fuzz/`): CA bundle and key-pair parsing.
+#[doc(hidden)]
+pub mod trust;
 
 pub use policy::option_keys;
 
@@ -629,5 +631,60 @@ mod tests {
             ["a.example.com"]
         );
         assert!(intersect_hostnames(Some("example.com"), &["*.example.com".into()]).is_empty());
+    }
+
+    /// A route can send HTTP to a port declared UDP (Envoy connects to its endpoints over TCP):
+    /// a policy naming that port is invalid, and fails it closed rather than leaving it plaintext.
+    #[test]
+    fn a_policy_on_a_udp_port_fails_it_closed() {
+        let text = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec: {gatewayClassName: x, listeners: [{name: http, protocol: HTTP, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns}
+spec: {ports: [{name: tcp, port: 443}, {name: udp, port: 53, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-x, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints: [{addresses: ["127.0.0.1"]}]
+ports: [{name: tcp, port: 8443}, {name: udp, port: 8053}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: dns, port: 53}, {name: dns, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: p}
+spec:
+  targetRefs: [{group: "", kind: Service, name: dns, sectionName: udp}]
+  validation: {hostname: example.com, wellKnownCACertificates: System}
+"#;
+        let parsed = crate::source::parse_file(std::path::Path::new("udp.yaml"), text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let mut store = Store::default();
+        parsed.objects.into_iter().for_each(|o| store.put(o));
+        let resolution = resolve(&store, &Options::default());
+        let udp = &resolution.ir.clusters["kube_default_dns_53"];
+        assert!(
+            matches!(&udp.tls, Some(BackendTls { trust: Trust::Unusable { reason }, .. }) if reason.contains("is UDP")),
+            "{udp:?}"
+        );
+        let tcp = &resolution.ir.clusters["kube_default_dns_443"];
+        assert!(tcp.tls.is_none(), "the policy does not target the TCP port: {tcp:?}");
+        let accepted = &resolution.policies[0].conditions[0];
+        assert_eq!(
+            (accepted.kind, accepted.status, accepted.reason),
+            ("Accepted", false, "Invalid")
+        );
     }
 }

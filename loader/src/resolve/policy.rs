@@ -207,7 +207,10 @@ fn resolve_policy(
         ancestors: Vec::new(),
     };
     let attachment = targets(store, key, policy);
-    let attached = attachment.as_ref().map(|a| a.targets.clone()).unwrap_or_default();
+    let attached = match &attachment {
+        Ok(found) => found.targets.clone(),
+        Err((_, _, fail_closed)) => fail_closed.clone(),
+    };
     let invalid = |mut resolved: ResolvedPolicy, reason: &'static str, message: String| {
         resolved.accepted = Condition::new("Accepted", false, reason, message.clone());
         resolved.trust = Trust::Unusable { reason: message };
@@ -246,7 +249,7 @@ fn resolve_policy(
     }
     let notes = match attachment {
         Ok(found) => found.notes,
-        Err((reason, message)) => return invalid(resolved, reason, message),
+        Err((reason, message, _)) => return invalid(resolved, reason, message),
     };
 
     // Trust: the system bundle, or every usable caCertificateRef bundled together.
@@ -323,13 +326,17 @@ struct Attachment {
     notes: Vec<String>,
 }
 
-/// Err when the policy attaches to nothing: (condition reason, message).
+/// Err when the policy attaches to nothing, or names a UDP port: (condition reason, message,
+/// the targets it must still fail closed). A route can still send HTTP to a port declared UDP
+/// (Envoy connects over TCP to its endpoints), so a policy naming one makes the policy invalid
+/// but governs that port, closed, rather than leaving it in plaintext.
 fn targets(
     store: &Store,
     key: &ObjectKey,
     policy: &BackendTlsPolicy,
-) -> Result<Attachment, (&'static str, String)> {
+) -> Result<Attachment, (&'static str, String, Vec<Target>)> {
     let mut attached = Vec::new();
+    let mut udp_targets = Vec::new();
     let mut notes = Vec::new();
     let mut reason = "TargetNotFound";
     for target in &policy.spec.target_refs {
@@ -352,19 +359,23 @@ fn targets(
                 None => notes.push(format!("Service {service_key} has no port named {section:?}")),
                 Some(port) if udp(port) => {
                     notes.push(format!("Service {service_key} port {section} is UDP; BackendTLSPolicy applies to TCP only"));
-                    reason = "Invalid";
+                    udp_targets.push((service_key, Some(section.clone())));
                 }
                 Some(_) => attached.push((service_key, Some(section.clone()))),
             },
             None if !service.spec.ports.is_empty() && service.spec.ports.iter().all(udp) => {
                 notes.push(format!("Service {service_key} has only UDP ports; BackendTLSPolicy applies to TCP only"));
-                reason = "Invalid";
+                udp_targets.push((service_key, None));
             }
             None => attached.push((service_key, None)),
         }
     }
+    if !udp_targets.is_empty() {
+        attached.extend(udp_targets);
+        return Err(("Invalid", notes.join("; "), attached));
+    }
     if attached.is_empty() {
-        return Err((reason, notes.join("; ")));
+        return Err((reason, notes.join("; "), Vec::new()));
     }
     Ok(Attachment { targets: attached, notes })
 }
