@@ -341,7 +341,9 @@ fn parse_document(
     let namespace =
         metadata.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
     let object = name.map(|n| format!("{kind} {namespace}/{}", shorten(n)));
-    if kind == "List" && api_version == "v1" {
+    // `kind: List` (what kubectl prints) and typed lists such as `BackendTLSPolicyList` (what
+    // the API returns): their items are objects like any others, never skipped as a kind.
+    if kind.ends_with("List") && !api_version.is_empty() {
         let items = match document.get("items") {
             None | Some(serde_json::Value::Null) => Vec::new(),
             Some(serde_json::Value::Array(items)) => items.clone(),
@@ -1047,6 +1049,12 @@ metadata: { name: ignored }
         let objects = parse_ok("a.yaml", text);
         let kinds: Vec<_> = objects.iter().map(|o| format!("{} {}", o.kind(), o.key())).collect();
         assert_eq!(kinds, ["Service default/nginx", "ConfigMap default/ca"]);
+        let typed_list = "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicyList\nitems:\n- apiVersion: gateway.networking.k8s.io/v1\n  kind: BackendTLSPolicy\n  metadata: {name: p}\n  spec: {targetRefs: [{group: '', kind: Service, name: s}], validation: {hostnam: x}}\n";
+        let parsed = parse_file(Path::new("list.yaml"), typed_list);
+        assert!(parsed.usable, "{:?}", parsed.errors);
+        assert!(
+            matches!(&parsed.objects[..], [Object::BackendTlsPolicy(p)] if p.malformed.is_some())
+        );
         let json = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca"}, "data": {"ca.crt": "x"}}"#;
         assert_eq!(parse_ok("a.json", json).len(), 1);
     }
