@@ -9,7 +9,8 @@
 //! loader silently dropped must still count.
 
 use backendtls_loader::ir::Ir;
-use backendtls_loader::store::{ObjectKey, Store};
+use backendtls_loader::objects::ObjectKey;
+use backendtls_loader::store::Store;
 use backendtls_loader::xds::translate::Resources;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};

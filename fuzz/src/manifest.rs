@@ -2,8 +2,9 @@
 //! resolve and translate with the fail-closed property checked on the result.
 
 use crate::fail_closed::{self, PolicyTarget};
+use backendtls_loader::objects::Object;
 use backendtls_loader::resolve;
-use backendtls_loader::source::{parse_file, Object, ParsedFile};
+use backendtls_loader::source::{parse_file, ParsedFile};
 use backendtls_loader::store::Store;
 use backendtls_loader::xds::translate::{translate, Delivery, TranslateOptions, Validator};
 use std::collections::BTreeSet;

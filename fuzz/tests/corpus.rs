@@ -75,8 +75,9 @@ fn validator_seeds_reach_every_verdict() {
 fn the_fail_closed_checker_catches_a_dropped_policy() {
     use backendtls_fuzz::fail_closed::violations;
     use backendtls_fuzz::manifest::{lenient_policy_targets, split_files};
+    use backendtls_loader::objects::Object;
     use backendtls_loader::resolve;
-    use backendtls_loader::source::{parse_file, Object};
+    use backendtls_loader::source::parse_file;
     use backendtls_loader::store::Store;
     use backendtls_loader::xds::translate::translate;
 

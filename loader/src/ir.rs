@@ -3,7 +3,7 @@
 //! [`crate::resolve`] builds it from Kubernetes objects with all Gateway API semantics applied;
 //! [`crate::xds`] turns it into Envoy resources. Policy logic is tested on these values.
 
-use crate::store::ObjectKey;
+use crate::objects::ObjectKey;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -185,39 +185,13 @@ impl std::fmt::Debug for ClientCertificate {
 /// changes; a changed cluster is rebuilt and its old connections drained, so every request after
 /// the change is verified against the new trust.
 pub fn ca_secret_name(pem: &str) -> String {
-    format!("backendtls_ca_{}", short_digest(&[pem]))
+    format!("backendtls_ca_{}", crate::digest::parts_hex(&[pem.as_bytes()], 8))
 }
 
 /// Content-addressed like [`ca_secret_name`]; the key is part of the content.
 pub fn client_certificate_secret_name(cert_pem: &str, key_pem: &str) -> String {
-    format!("backendtls_client_{}", short_digest(&[cert_pem, key_pem]))
-}
-
-fn short_digest(parts: &[&str]) -> String {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A 128-bit digest of an IR value, for telling whether a cluster or virtual host changed
-/// without keeping a copy of it. SHA-256 under [`std::hash::Hash`], whose encoding of strings
-/// and sequences is unambiguous (lengths and terminators), truncated to 16 bytes.
-pub fn digest(value: &impl std::hash::Hash) -> [u8; 16] {
-    use sha2::Digest;
-    struct Sha(sha2::Sha256);
-    impl std::hash::Hasher for Sha {
-        fn write(&mut self, bytes: &[u8]) {
-            self.0.update(bytes);
-        }
-        fn finish(&self) -> u64 {
-            unreachable!("digest() reads the full SHA-256 state, not a u64")
-        }
-    }
-    let mut hasher = Sha(sha2::Sha256::new());
-    value.hash(&mut hasher);
-    hasher.0.finalize()[..16].try_into().expect("SHA-256 is 32 bytes")
+    format!(
+        "backendtls_client_{}",
+        crate::digest::parts_hex(&[cert_pem.as_bytes(), key_pem.as_bytes()], 8)
+    )
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod certs;
+pub mod digest;
 pub mod ir;
 pub mod kube_names;
 pub mod objects;

@@ -6,7 +6,82 @@
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex};
+
+/// What names an object: its namespace (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// An object read from a file, tagged with its kind.
+#[derive(Clone, Debug, PartialEq)]
+/// Objects are shared (`Arc`) between the per-file cache and every [`Store`] built from it, so a
+/// rebuild does not copy them.
+pub enum Object {
+    Gateway(Arc<Gateway>),
+    HttpRoute(Arc<HttpRoute>),
+    BackendTlsPolicy(Arc<BackendTlsPolicy>),
+    ReferenceGrant(Arc<ReferenceGrant>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    ConfigMap(Arc<ConfigMap>),
+    Secret(Arc<Secret>),
+    Namespace(Arc<Namespace>),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Gateway(_) => "Gateway",
+            Object::HttpRoute(_) => "HTTPRoute",
+            Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
+            Object::ReferenceGrant(_) => "ReferenceGrant",
+            Object::Service(_) => "Service",
+            Object::EndpointSlice(_) => "EndpointSlice",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
+            Object::Namespace(_) => "Namespace",
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Gateway(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::BackendTlsPolicy(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
+        }
+    }
+
+    /// Namespaces are cluster-scoped: their key has an empty namespace.
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        match self {
+            Object::Namespace(_) => ObjectKey::new("", &meta.name),
+            _ => ObjectKey::new(meta.namespace(), &meta.name),
+        }
+    }
+}
 
 /// The string maps of Kubernetes objects (labels, ConfigMap and Secret data): sorted pairs.
 /// Most hold one to three entries, and the loader keeps tens of thousands of them, where a

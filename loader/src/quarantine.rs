@@ -7,7 +7,7 @@
 //! replaced by ones that fail closed (no hosts, a 503 with the reason), which Envoy accepts, until
 //! the cluster's input changes and the loader can try again.
 
-use crate::ir::{self, BackendTls, Ir, RouteAction, Trust};
+use crate::ir::{BackendTls, Ir, RouteAction, Trust};
 use crate::xds::server::Rejection;
 use crate::xds::snapshot::{short_name, Snapshot};
 use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
@@ -72,8 +72,9 @@ impl Quarantine {
         for rejection in std::mem::take(&mut self.incoming) {
             self.admit(rejection, ir, published);
         }
-        self.clusters
-            .retain(|name, q| ir.clusters.get(name).is_some_and(|c| ir::digest(c) == q.digest));
+        self.clusters.retain(|name, q| {
+            ir.clusters.get(name).is_some_and(|c| crate::digest::digest(c) == q.digest)
+        });
         if self.clusters.is_empty() {
             return;
         }
@@ -125,7 +126,7 @@ impl Quarantine {
                     short_name(&rejection.type_url)
                 );
                 policies.push(tls.policy.to_string());
-                let digest = ir::digest(&ir.clusters[&cluster]);
+                let digest = crate::digest::digest(&ir.clusters[&cluster]);
                 self.clusters.insert(cluster.clone(), Quarantined { digest, reason });
                 failed_closed.push(cluster);
             }
@@ -176,7 +177,7 @@ mod tests {
     use crate::ir::{
         Cluster, Endpoints, Listener, PathMatch, Route, TlsParams, VirtualHost, WeightedCluster,
     };
-    use crate::store::ObjectKey;
+    use crate::objects::ObjectKey;
     use crate::xds::snapshot::VersionedResource;
     use envoy_types::pb::google::protobuf::Any;
     use std::sync::Arc;

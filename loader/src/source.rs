@@ -6,7 +6,7 @@
 
 use crate::kube_names::{shorten, NameRule};
 use crate::objects::*;
-use crate::store::{ObjectKey, Store};
+use crate::store::Store;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -34,61 +34,6 @@ impl fmt::Display for SourceError {
             write!(f, " ({object})")?;
         }
         write!(f, ": {}", self.reason)
-    }
-}
-
-/// An object read from a file, tagged with its kind.
-#[derive(Clone, Debug, PartialEq)]
-/// Objects are shared (`Arc`) between the per-file cache and every [`Store`] built from it, so a
-/// rebuild does not copy them.
-pub enum Object {
-    Gateway(Arc<Gateway>),
-    HttpRoute(Arc<HttpRoute>),
-    BackendTlsPolicy(Arc<BackendTlsPolicy>),
-    ReferenceGrant(Arc<ReferenceGrant>),
-    Service(Arc<Service>),
-    EndpointSlice(Arc<EndpointSlice>),
-    ConfigMap(Arc<ConfigMap>),
-    Secret(Arc<Secret>),
-    Namespace(Arc<Namespace>),
-}
-
-impl Object {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Object::Gateway(_) => "Gateway",
-            Object::HttpRoute(_) => "HTTPRoute",
-            Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
-            Object::ReferenceGrant(_) => "ReferenceGrant",
-            Object::Service(_) => "Service",
-            Object::EndpointSlice(_) => "EndpointSlice",
-            Object::ConfigMap(_) => "ConfigMap",
-            Object::Secret(_) => "Secret",
-            Object::Namespace(_) => "Namespace",
-        }
-    }
-
-    fn metadata(&self) -> &ObjectMeta {
-        match self {
-            Object::Gateway(o) => &o.metadata,
-            Object::HttpRoute(o) => &o.metadata,
-            Object::BackendTlsPolicy(o) => &o.metadata,
-            Object::ReferenceGrant(o) => &o.metadata,
-            Object::Service(o) => &o.metadata,
-            Object::EndpointSlice(o) => &o.metadata,
-            Object::ConfigMap(o) => &o.metadata,
-            Object::Secret(o) => &o.metadata,
-            Object::Namespace(o) => &o.metadata,
-        }
-    }
-
-    /// Namespaces are cluster-scoped: their key has an empty namespace.
-    pub fn key(&self) -> ObjectKey {
-        let meta = self.metadata();
-        match self {
-            Object::Namespace(_) => ObjectKey::new("", &meta.name),
-            _ => ObjectKey::new(meta.namespace(), &meta.name),
-        }
     }
 }
 
@@ -788,7 +733,7 @@ fn policy_defined_twice(
 
 /// A 128-bit digest of an object's kind and key, standing for them in [`ConfigDir`]'s owners.
 fn owner_key((kind, key): &(&'static str, ObjectKey)) -> u128 {
-    u128::from_be_bytes(crate::ir::digest(&(kind, &key.namespace, &key.name)))
+    u128::from_be_bytes(crate::digest::digest(&(kind, &key.namespace, &key.name)))
 }
 
 /// A file that is new or may have changed since the previous reload.

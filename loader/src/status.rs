@@ -1,6 +1,6 @@
 //! Policy status, shaped as it would be written to Kubernetes (`status.ancestors[]`).
 
-use crate::store::ObjectKey;
+use crate::objects::ObjectKey;
 use serde::Serialize;
 
 /// The `controllerName` this loader writes into every ancestor entry.

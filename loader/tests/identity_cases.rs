@@ -8,7 +8,7 @@ use backendtls_contract::identity_cases::{Case, Verdict, CASES};
 use backendtls_contract::validator::Config as ValidatorConfig;
 use backendtls_contract::{keys, IdentityCheck};
 use backendtls_loader::ir::{self, BackendTls, Ir, SubjectAltName, Trust};
-use backendtls_loader::store::ObjectKey;
+use backendtls_loader::objects::ObjectKey;
 use backendtls_loader::xds::translate::{translate, Delivery, TranslateOptions, Validator};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;

@@ -220,7 +220,7 @@ fn render_names_a_key_file_unless_asked_for_the_key() {
     assert!(!rendered.contains("PRIVATE KEY"), "{rendered}");
     let key_file = private_key_path(
         &keys_dir,
-        &backendtls_loader::store::ObjectKey::new("kgateway-system", "client"),
+        &backendtls_loader::objects::ObjectKey::new("kgateway-system", "client"),
     );
     assert_eq!(key_file, Path::new("/run/keys/kgateway-system/client/tls.key"));
     assert!(rendered.contains(&format!("filename: {}", key_file.display())), "{rendered}");

@@ -4,9 +4,10 @@
 use super::trust::{self, RefError};
 use super::Options;
 use crate::ir::{ca_secret_name, SubjectAltName, TlsParams, TlsVersion, Trust};
+use crate::objects::ObjectKey;
 use crate::objects::{BackendTlsPolicy, ServicePort};
 use crate::status::{AncestorRef, Condition, PolicyReport};
-use crate::store::{ObjectKey, Store};
+use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 

@@ -2,8 +2,9 @@
 //! client certificate, each checked the way Envoy will use it, so that a bad certificate is reported
 //! with the check that failed instead of being pushed and rejected by Envoy.
 
+use crate::objects::ObjectKey;
 use crate::objects::{LocalObjectRef, Secret};
-use crate::store::{ObjectKey, Store};
+use crate::store::Store;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::borrow::Cow;

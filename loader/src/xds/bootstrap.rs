@@ -264,7 +264,7 @@ impl Default for PrivateKeys {
 
 /// `DIR/<namespace>/<name>/tls.key`: the layout of Secrets mounted as volumes, one directory per
 /// Secret holding its keys as files.
-pub fn private_key_path(dir: &Path, secret: &crate::store::ObjectKey) -> PathBuf {
+pub fn private_key_path(dir: &Path, secret: &crate::objects::ObjectKey) -> PathBuf {
     dir.join(&secret.namespace).join(&secret.name).join("tls.key")
 }
 

@@ -132,7 +132,7 @@ mod tests {
 
     fn policy(hostname: &str, sans: &[&str]) -> ir::BackendTls {
         ir::BackendTls {
-            policy: crate::store::ObjectKey::new("default", "p"),
+            policy: crate::objects::ObjectKey::new("default", "p"),
             hostname: hostname.into(),
             subject_alt_names: sans
                 .iter()

@@ -128,12 +128,7 @@ fn fingerprint(source: &impl serde::Serialize) -> String {
 }
 
 fn digest_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(bytes)[..12])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::digest::sha256_hex(bytes, 12)
 }
 
 /// Over ADS a listener names its route configuration and does not depend on the virtual hosts
@@ -227,7 +222,7 @@ struct VirtualHostEntry {
 }
 
 /// `serve`'s translation: straight to encoded resources, remembering them per listener, virtual
-/// host and cluster with a digest of the IR they came from ([`ir::digest`]). At ten thousand
+/// host and cluster with a digest of the IR they came from ([`crate::digest::digest`]). At ten thousand
 /// backends, rebuilding, encoding and fingerprinting every unchanged cluster would dominate the
 /// time a change takes to apply, and keeping Envoy's structs (kilobytes each) or copies of the IR
 /// would dominate memory. The output equals a fresh translation (tests compare them on random edit
@@ -255,8 +250,9 @@ impl Translator {
         let mut virtual_hosts = HashMap::new();
         for l in &ir.listeners {
             // Per virtual host first: the listener's digest is over theirs.
-            let host_digests: Vec<[u8; 16]> = l.virtual_hosts.iter().map(ir::digest).collect();
-            let source = ir::digest(&(&l.name, l.port, &host_digests));
+            let host_digests: Vec<[u8; 16]> =
+                l.virtual_hosts.iter().map(crate::digest::digest).collect();
+            let source = crate::digest::digest(&(&l.name, l.port, &host_digests));
             let entry = match self.listeners.remove(&l.name) {
                 Some(entry) if entry.source == source => {
                     // Keep its virtual hosts' encodings for the next change.
@@ -330,7 +326,7 @@ impl Translator {
         self.virtual_hosts = virtual_hosts;
         let mut clusters = HashMap::with_capacity(ir.clusters.len());
         for c in ir.clusters.values() {
-            let source = ir::digest(c);
+            let source = crate::digest::digest(c);
             let entry = match self.clusters.remove(&c.name) {
                 Some(entry) if entry.source == source => entry,
                 _ => {

@@ -65,7 +65,7 @@ pub(super) fn encode_route_configuration(
             Some(entry) if entry.source == source => entry,
             _ => {
                 let resource = PackedResource {
-                    version: hex(&source[..12]),
+                    version: crate::digest::hex(&source[..12]),
                     resource: pack(&virtual_host(vh)),
                 };
                 VirtualHostEntry { source, resource: Arc::new(resource) }
