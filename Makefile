@@ -6,6 +6,8 @@ ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY         := $(VENV)/bin/envoy
 CARGO         ?= cargo
+# Cargo's output directory: CARGO_TARGET_DIR when set (many users set it globally), else ./target.
+TARGET_DIR    := $(abspath $(or $(CARGO_TARGET_DIR),target))
 export ENVOY_BIN := $(abspath $(ENVOY))
 
 .PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader fuzz
@@ -53,7 +55,7 @@ filter: .setup/rust
 	$(CARGO) build --release -p backendtls-filter --target wasm32-wasip1
 
 demo: setup build filter
-	./target/debug/backendtls-demo
+	$(TARGET_DIR)/debug/backendtls-demo
 
 lint: .setup/rust
 	$(CARGO) fmt --all -- --check
@@ -81,9 +83,9 @@ bench-filter: setup filter
 BENCH_SIZES ?= 100,1000,10000
 bench-loader: setup
 	$(CARGO) build --release -p backendtls-loader -p backendtls-e2e --bin backendtls-loader --bin backendtls-bench-loader
-	BACKENDTLS_LOADER_BIN=$(abspath target/release/backendtls-loader) ./target/release/backendtls-bench-loader $(BENCH_SIZES)
+	BACKENDTLS_LOADER_BIN=$(TARGET_DIR)/release/backendtls-loader $(TARGET_DIR)/release/backendtls-bench-loader $(BENCH_SIZES)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
-	$(VENV)/bin/python tests/bench/plot_loader.py target/bench-loader/results.csv docs/bench-loader.png
+	$(VENV)/bin/python tests/bench/plot_loader.py $(TARGET_DIR)/bench-loader/results.csv docs/bench-loader.png
 
 ## fuzz: FUZZ_SECONDS per target (FUZZ_TARGETS to pick some, FUZZ_MINIMIZE=1 to afl-cmin the queue
 ## into fuzz/corpus/); see fuzz/run.sh. Results go to BENCHMARKS.md ("Fuzzing") by hand.

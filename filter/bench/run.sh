@@ -22,8 +22,8 @@ THREADS=${THREADS:-2}
 CONCURRENCY=${CONCURRENCY:-2}
 PORT_BASE=${PORT_BASE:-47400}
 BASE_ID_BASE=${BASE_ID_BASE:-3840}
-SO=${SO:-$ROOT/target/release/libbackendtls_filter.so}
-WASM=${WASM:-$ROOT/target/wasm32-wasip1/release/backendtls_filter.wasm}
+SO=${SO:-${CARGO_TARGET_DIR:-$ROOT/target}/release/libbackendtls_filter.so}
+WASM=${WASM:-${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip1/release/backendtls_filter.wasm}
 
 for tool in nginx wrk openssl python3; do
   command -v "$tool" >/dev/null || { echo "bench-filter: $tool not found" >&2; exit 1; }

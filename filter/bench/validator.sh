@@ -29,7 +29,7 @@ CONCURRENCY=${CONCURRENCY:-2}
 # Below the ephemeral range (32768+), where a run's own client ports would linger in TIME_WAIT.
 PORT_BASE=${PORT_BASE:-27500}
 BASE_ID_BASE=${BASE_ID_BASE:-3860}
-SO=${SO:-$ROOT/target/release/libbackendtls_filter.so}
+SO=${SO:-${CARGO_TARGET_DIR:-$ROOT/target}/release/libbackendtls_filter.so}
 
 for tool in nginx wrk openssl python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench-validator: $tool not found" >&2; exit 1; }

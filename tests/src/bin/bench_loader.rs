@@ -50,7 +50,11 @@ fn main() {
         .collect();
     let loader_bin = std::env::var("BACKENDTLS_LOADER_BIN")
         .expect("BACKENDTLS_LOADER_BIN must name the release loader (make bench-loader sets it)");
-    let out_dir = backendtls_e2e::paths::workspace_root().join("target/bench-loader");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || backendtls_e2e::paths::workspace_root().join("target"),
+        std::path::PathBuf::from,
+    );
+    let out_dir = target.join("bench-loader");
     std::fs::create_dir_all(&out_dir).expect("create target/bench-loader");
 
     let ca_old = TestCa::new("bench CA one");

@@ -55,7 +55,9 @@ fn main() -> ExitCode {
     let mut nginx = Nginx::start_on_port(NGINX_HTTPS_PORT, &server_cert);
     // The filter's dynamic-module build (`make demo` builds it first): per-policy counters in
     // Envoy's /stats.
-    let filter = workspace_root().join("target/release/libbackendtls_filter.so");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let filter = target.join("release/libbackendtls_filter.so");
     let filter = filter.to_str().expect("UTF-8 path");
     let xds_certs = xds_certs.to_str().expect("UTF-8 path");
     let filter_args =
