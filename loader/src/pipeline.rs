@@ -4,7 +4,7 @@
 use crate::quarantine::RejectionReport;
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
-use crate::status::{GatewayReport, PolicyReport};
+use crate::status::{GatewayReport, PolicyReport, RouteReport};
 use crate::xds::translate::{translate, Resources, TranslateOptions};
 
 /// Everything the loader concluded from the input, before any Envoy type.
@@ -18,10 +18,11 @@ impl Resolved {
         &self.resolution.problems
     }
 
-    /// `{"policies", "gateways", "errors", "problems"}`: what `check` prints and `/status` shows.
+    /// `{"policies", "gateways", "routes", "errors", "problems"}`: what `check` prints and
+    /// `/status` shows.
     pub fn status_json(&self) -> serde_json::Value {
         let r = &self.resolution;
-        status_json(&r.policies, &r.gateways, &self.errors, &r.problems)
+        status_json(&r.policies, &r.gateways, &r.routes, &self.errors, &r.problems)
     }
 
     /// Keeps only what status reports need (`serve` renders `/status` on request, not per build).
@@ -30,15 +31,20 @@ impl Resolved {
         StatusReport {
             policies: r.policies,
             gateways: r.gateways,
+            routes: r.routes,
             errors: self.errors,
             problems: r.problems,
             rejected: Vec::new(),
         }
     }
 
-    /// True when everything parsed and every policy is Accepted and ResolvedRefs.
+    /// True when everything parsed, every policy is Accepted and ResolvedRefs, and every route
+    /// is Accepted and ResolvedRefs by every parent.
     pub fn is_healthy(&self) -> bool {
-        self.errors.is_empty() && self.resolution.policies.iter().all(|p| p.is_healthy())
+        let r = &self.resolution;
+        self.errors.is_empty()
+            && r.policies.iter().all(|p| p.is_healthy())
+            && r.routes.iter().all(|p| p.is_healthy())
     }
 }
 
@@ -46,6 +52,7 @@ impl Resolved {
 pub struct StatusReport {
     pub policies: Vec<PolicyReport>,
     pub gateways: Vec<GatewayReport>,
+    pub routes: Vec<RouteReport>,
     pub errors: Vec<SourceError>,
     pub problems: Vec<Problem>,
     /// Resources Envoy refused (`serve` only).
@@ -54,7 +61,7 @@ pub struct StatusReport {
 
 impl StatusReport {
     pub fn to_json(&self) -> serde_json::Value {
-        status_json(&self.policies, &self.gateways, &self.errors, &self.problems)
+        status_json(&self.policies, &self.gateways, &self.routes, &self.errors, &self.problems)
     }
 
     /// What `/status` serves: [`Self::to_json`] with the snapshot version, as compact JSON text
@@ -65,6 +72,7 @@ impl StatusReport {
         struct Document<'a> {
             policies: &'a [PolicyReport],
             gateways: &'a [GatewayReport],
+            routes: &'a [RouteReport],
             errors: &'a [SourceError],
             problems: &'a [Problem],
             rejected: &'a [RejectionReport],
@@ -73,6 +81,7 @@ impl StatusReport {
         let document = Document {
             policies: &self.policies,
             gateways: &self.gateways,
+            routes: &self.routes,
             errors: &self.errors,
             problems: &self.problems,
             rejected: &self.rejected,
@@ -87,12 +96,14 @@ impl StatusReport {
 fn status_json(
     policies: &[PolicyReport],
     gateways: &[GatewayReport],
+    routes: &[RouteReport],
     errors: &[SourceError],
     problems: &[Problem],
 ) -> serde_json::Value {
     serde_json::json!({
         "policies": policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
         "gateways": gateways,
+        "routes": routes,
         "errors": errors,
         "problems": problems,
     })

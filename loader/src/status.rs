@@ -90,13 +90,86 @@ impl PolicyReport {
     }
 }
 
-/// What the loader concluded about one Gateway: `Accepted`, and `ResolvedRefs` for its backend
-/// client certificate.
+/// What the loader concluded about one Gateway, flat: the fields of its `status` beside its
+/// namespace and name (`conditions`, `addresses`, `listeners`), and the `generation` they observed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GatewayReport {
     pub namespace: String,
     pub name: String,
+    pub generation: i64,
     pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<GatewayAddress>,
+    /// One entry per spec listener, in spec order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerReport>,
+}
+
+/// `status.addresses[]` of a Gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatewayAddress {
+    /// `IPAddress` or `Hostname`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// `status.listeners[]` of a Gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerReport {
+    pub name: String,
+    pub supported_kinds: Vec<RouteGroupKind>,
+    pub attached_routes: u32,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct RouteGroupKind {
+    pub group: &'static str,
+    pub kind: &'static str,
+}
+
+/// What the loader concluded about one route (HTTPRoute, later GRPCRoute and TLSRoute), flat like
+/// [`GatewayReport`]: `parents` is its `status.parents`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteReport {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+    pub parents: Vec<RouteParentStatus>,
+}
+
+/// One `status.parents[]` entry: one per parentRef of the route that names a Gateway this
+/// loader serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentReference,
+    pub controller_name: &'static str,
+    pub conditions: Vec<Condition>,
+}
+
+/// A route's parentRef as status echoes it: group and kind always explicit, as the API server
+/// defaults them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentReference {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl RouteReport {
+    pub fn is_healthy(&self) -> bool {
+        self.parents.iter().all(|p| p.conditions.iter().all(|c| c.status))
+    }
 }
 
 /// Written straight to JSON text (`serve` renders thousands of reports per build for `/status`,

@@ -18,7 +18,10 @@ pub(super) fn gateway_client_certificate(
     let report = |resolved: Condition| GatewayReport {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
+        generation,
         conditions: vec![accepted.clone(), resolved.observed(generation)],
+        addresses: Vec::new(),
+        listeners: Vec::new(),
     };
     let Some(reference) = gateway
         .spec

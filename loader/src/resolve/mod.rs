@@ -16,7 +16,7 @@ pub use policy::option_keys;
 use crate::ir::*;
 use crate::objects::ObjectKey;
 use crate::objects::{self, Gateway, HttpRoute, ServicePort};
-use crate::status::{Condition, GatewayReport, PolicyReport};
+use crate::status::{Condition, GatewayReport, PolicyReport, RouteReport};
 use crate::store::Store;
 use gateways::*;
 use policy::PolicyIndex;
@@ -60,6 +60,8 @@ pub struct Resolution {
     pub ir: Ir,
     pub policies: Vec<PolicyReport>,
     pub gateways: Vec<GatewayReport>,
+    /// Routes that name a Gateway this loader serves, with their `status.parents`.
+    pub routes: Vec<RouteReport>,
     pub problems: Vec<Problem>,
 }
 
@@ -104,7 +106,7 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution { ir, policies: policies.reports(), gateways, problems }
+    Resolution { ir, policies: policies.reports(), gateways, routes: Vec::new(), problems }
 }
 
 /// What routes need to know of the Gateway they are attached to.
