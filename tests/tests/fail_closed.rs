@@ -132,19 +132,7 @@ fn a_file_never_read_blocks_the_first_configuration() {
     let broken = documents(&[valid_policy("good"), "kind: [unclosed\n".to_string()]);
     fixture.config.write("policy.yaml", &broken);
     let loader = Loader::start_unready(fixture.config.path());
-    let envoy_admin_port = free_port();
-    let envoy = Envoy::start(
-        &ads_bootstrap(loader.xds_port(), envoy_admin_port, "e2e-fail-closed-unread", Ads::Delta),
-        envoy_admin_port,
-    );
-    let stack = PolicyStack {
-        envoy,
-        loader,
-        config: fixture.config,
-        backend: fixture.backend,
-        pki: fixture.pki,
-        gateway_port: fixture.gateway_port,
-    };
+    let stack = stack_with(fixture, loader, "e2e-fail-closed-unread", Ads::Delta);
     let status = wait_until("the broken file in /status", CONVERGE_TIMEOUT, || {
         let status = stack.loader.status();
         let errors = status["errors"].to_string();
@@ -172,6 +160,23 @@ fn a_file_never_read_blocks_the_first_configuration() {
         errors.contains("policy.yaml").then_some(()).ok_or(errors)
     });
     assert_served_over_tls(&stack);
+}
+
+/// The fixture's objects served by `loader` (started the way the test needs) to a new Envoy.
+fn stack_with(fixture: Fixture, loader: Loader, node: &str, ads: Ads) -> PolicyStack {
+    let envoy_admin_port = free_port();
+    let envoy = Envoy::start(
+        &ads_bootstrap(loader.xds_port(), envoy_admin_port, node, ads),
+        envoy_admin_port,
+    );
+    PolicyStack {
+        envoy,
+        loader,
+        config: fixture.config,
+        backend: fixture.backend,
+        pki: fixture.pki,
+        gateway_port: fixture.gateway_port,
+    }
 }
 
 /// The JSON form of a YAML document, as text.
@@ -261,20 +266,8 @@ fn a_cluster_envoy_rejects_fails_closed() {
             free_port(),
             &["--validator", "dynamic-module"],
         );
-        let envoy_admin_port = free_port();
         let node = format!("e2e-fail-closed-nack-{ads:?}");
-        let envoy = Envoy::start(
-            &ads_bootstrap(loader.xds_port(), envoy_admin_port, &node, ads),
-            envoy_admin_port,
-        );
-        let stack = PolicyStack {
-            envoy,
-            loader,
-            config: fixture.config,
-            backend: fixture.backend,
-            pki: fixture.pki,
-            gateway_port: fixture.gateway_port,
-        };
+        let stack = stack_with(fixture, loader, &node, ads);
         // No policy yet: plaintext, as the user wrote it.
         assert_eq!(stack.wait_for_status(PATH, 200), "plaintext backend\n");
 
