@@ -672,3 +672,145 @@ pub(super) fn slice_endpoints(
     }
     addresses.into_iter().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_of(text: &str) -> Store {
+        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let mut store = Store::default();
+        parsed.objects.into_iter().for_each(|o| store.put(o));
+        store
+    }
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {gatewayClassName: x, listeners: [{name: http, protocol: HTTP, port: 8080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
+
+    fn route(name: &str, created: &str, rules: &str) -> String {
+        format!("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}")
+    }
+
+    fn route_names(text: &str) -> Vec<String> {
+        let resolution = super::super::resolve(&store_of(text), &Default::default());
+        resolution.ir.listeners[0].virtual_hosts[0].routes.iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn durations_follow_the_gateway_api_format() {
+        assert_eq!(duration_ms("500ms"), Some(500));
+        assert_eq!(duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(duration_ms("0s"), Some(0));
+        assert_eq!(duration_ms("1h1m1s1ms"), Some(3_661_001));
+        for bad in ["", "1", "1d", "1.5s", "123456s", "1h1m1s1ms1h", "s"] {
+            assert_eq!(duration_ms(bad), None, "{bad}");
+        }
+    }
+
+    /// Exact > longest prefix > method > most headers > most query params > oldest route >
+    /// namespace/name > rule order, across all routes on a host.
+    #[test]
+    fn precedence_follows_the_spec_across_routes() {
+        let b = "backendRefs: [{name: s, port: 80}]";
+        let text = [
+            GATEWAY.to_string(),
+            route("old", "2024-01-01T00:00:00Z", &format!(
+                "  - matches: [{{path: {{value: /}}}}]\n    {b}\n  - matches: [{{path: {{value: /a/}}}}]\n    {b}\n  - matches: [{{path: {{value: /a}}, headers: [{{name: x, value: y}}]}}]\n    {b}\n"
+            )),
+            route("new", "2024-02-01T00:00:00Z", &format!(
+                "  - matches: [{{path: {{value: /a}}, method: GET}}]\n    {b}\n  - matches: [{{path: {{type: Exact, value: /a}}}}]\n    {b}\n  - matches: [{{path: {{value: /a/b}}}}, {{path: {{value: /a}}, queryParams: [{{name: q, value: v}}]}}]\n    {b}\n  - matches: [{{path: {{value: /}}}}]\n    {b}\n"
+            )),
+        ]
+        .concat();
+        assert_eq!(
+            route_names(&text),
+            [
+                "default/new/rule/1/match/0", // Exact
+                "default/new/rule/2/match/0", // longest prefix
+                "default/new/rule/0/match/0", // /a with a method
+                "default/old/rule/2/match/0", // /a with a header
+                "default/new/rule/2/match/1", // /a with a query parameter
+                "default/old/rule/1/match/0", // /a/ is /a; the older route first
+                "default/old/rule/0/match/0", // `/`: the older route first
+                "default/new/rule/3/match/0",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_file_errors() {
+        let text = format!(
+            "{GATEWAY}{}",
+            route(
+                "r",
+                "2024-01-01T00:00:00Z",
+                "  - backendRefs: [{name: s, port: 80}]\n    matchez: []\n"
+            )
+        );
+        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), &text);
+        assert!(
+            parsed.errors.iter().any(|e| format!("{e:?}").contains("matchez")),
+            "{:?}",
+            parsed.errors
+        );
+    }
+
+    /// Every unimplemented field refuses the whole route, naming the field; nothing of it is
+    /// programmed.
+    #[test]
+    fn unimplemented_fields_refuse_the_whole_route() {
+        let cases = [
+            ("    retry: {attempts: 2}\n", "spec.rules[0].retry is not supported"),
+            ("    sessionPersistence: {type: Cookie}\n", "spec.rules[0].sessionPersistence"),
+            ("    filters: [{type: CORS, cors: {}}]\n", "spec.rules[0].filters[0].type: CORS"),
+            ("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: s, port: 80}, percent: 5}}]\n", "requestMirror.percent"),
+            ("    matches: [{path: {type: RegularExpression, value: \"(\"}}]\n", "spec.rules[0].matches[0].path.value"),
+            ("    matches: [{path: {type: Exact, value: /x}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]\n", "ReplacePrefixMatch needs PathPrefix"),
+            ("    timeouts: {request: 1s, backendRequest: 2s}\n", "timeouts.backendRequest"),
+            ("    filters: [{type: RequestRedirect, requestRedirect: {statusCode: 305}}]\n", "statusCode: 305"),
+        ];
+        for (extra, expected) in cases {
+            let text = format!(
+                "{GATEWAY}{}",
+                route("r", "2024-01-01T00:00:00Z", &format!("  - backendRefs: [{{name: s, port: 80}}]\n  - backendRefs: [{{name: s, port: 80}}]\n{extra}").replacen("  - backendRefs: [{name: s, port: 80}]\n", "", 1))
+            );
+            let store = store_of(&text);
+            let resolution = super::super::resolve(&store, &Default::default());
+            let all_routes: usize = resolution
+                .ir
+                .listeners
+                .iter()
+                .flat_map(|l| &l.virtual_hosts)
+                .map(|v| v.routes.len())
+                .sum();
+            assert_eq!(all_routes, 0, "{expected}: not half-programmed");
+            let accepted = &resolution.routes[0].parents[0].conditions[0];
+            assert_eq!(
+                (accepted.kind, accepted.status, accepted.reason),
+                ("Accepted", false, "UnsupportedValue"),
+                "{expected}"
+            );
+            assert!(accepted.message.contains(expected), "{}: {expected}", accepted.message);
+        }
+    }
+
+    #[test]
+    fn resolved_refs_uses_the_spec_reasons() {
+        let check = |backend: &str, reason: &str| {
+            let text = format!(
+                "{GATEWAY}{}",
+                route("r", "2024-01-01T00:00:00Z", &format!("  - backendRefs: [{backend}]\n"))
+            );
+            let store = store_of(&text);
+            let key = ObjectKey::new("default", "r");
+            let (resolved, refusal) = route_conditions(&store, &key, &store.http_routes[&key]);
+            assert!(refusal.is_none());
+            assert_eq!(resolved.reason, reason, "{backend}: {}", resolved.message);
+            assert_eq!(resolved.status, reason == "ResolvedRefs");
+        };
+        check("{name: s, port: 80}", "ResolvedRefs");
+        check("{name: nope, port: 80}", "BackendNotFound");
+        check("{name: s, namespace: other, port: 80}", "RefNotPermitted");
+        check("{group: example.com, kind: Bucket, name: s}", "InvalidKind");
+    }
+}
