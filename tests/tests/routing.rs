@@ -17,7 +17,7 @@ struct Stack {
     _envoy: Envoy,
     loader: Loader,
     _config: ConfigDir,
-    _backends: Vec<EchoServer>,
+    backends: Vec<EchoServer>,
     gateway: Gateway,
     gateway_port: u16,
 }
@@ -55,7 +55,7 @@ impl Stack {
         let envoy =
             Envoy::start(&ads_bootstrap(loader.xds_port(), admin, node_id, Ads::Delta), admin);
         let gateway = Gateway::from(gateway_port);
-        Stack { _envoy: envoy, loader, _config: config, _backends: backends, gateway, gateway_port }
+        Stack { _envoy: envoy, loader, _config: config, backends, gateway, gateway_port }
     }
 
     fn expect(&self, expected: Expect) {
@@ -272,4 +272,35 @@ fn unimplemented_fields_are_refused_not_ignored() {
         "{accepted}"
     );
     let _ = stack.gateway_port;
+}
+
+/// Upstream `HTTPRouteTimeoutRequest` and `HTTPRouteTimeoutBackendRequest`: a backend slower
+/// than the timeout answers 504; `request: 0s` disables the timeout.
+#[test]
+fn timeouts() {
+    let stack = Stack::start(
+        "routing-timeouts",
+        &["metadata: {name: timeouts, namespace: $NS}\nspec:\n  parentRefs: [{name: same-namespace}]\n  rules:\n  - matches: [{path: {value: /request-timeout}}]\n    timeouts: {request: 500ms}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {value: /backend-timeout}}]\n    timeouts: {backendRequest: 500ms}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n  - matches: [{path: {value: /disabled}}]\n    timeouts: {request: 0s}\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n"],
+    );
+    stack.expect(to("/request-timeout", "infra-backend-v1"));
+    stack.expect(Expect::get("/request-timeout?delay=1s").status(504));
+    stack.expect(Expect::get("/backend-timeout?delay=1s").status(504));
+    stack.expect(to("/disabled?delay=1s", "infra-backend-v1"));
+}
+
+/// Upstream `HTTPRouteRequestMirror`: the backend answers, the mirror receives a copy.
+#[test]
+fn request_mirror() {
+    let stack = Stack::start(
+        "routing-mirror",
+        &["metadata: {name: mirror, namespace: $NS}\nspec:\n  parentRefs: [{name: same-namespace}]\n  rules:\n  - matches: [{path: {value: /mirror}}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: infra-backend-v2, port: 8080}}}]\n    backendRefs: [{name: infra-backend-v1, port: 8080}]\n"],
+    );
+    stack.expect(to("/mirror?id=first", "infra-backend-v1"));
+    wait_until("the mirror sees the request", Duration::from_secs(10), || {
+        stack.backends[1].requests().into_iter().find(|r| r.path == "/mirror?id=first")
+    });
+    assert!(
+        stack.backends[0].requests().iter().any(|r| r.path == "/mirror?id=first"),
+        "the backend answered it"
+    );
 }
