@@ -813,4 +813,19 @@ mod tests {
         check("{name: s, namespace: other, port: 80}", "RefNotPermitted");
         check("{group: example.com, kind: Bucket, name: s}", "InvalidKind");
     }
+
+    /// A mirror's cluster is governed by the policy of its Service port like any backend: never
+    /// plaintext where a policy applies.
+    #[test]
+    fn a_mirror_backend_is_governed_by_its_policy() {
+        let text = format!(
+            "{GATEWAY}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: m}}\nspec: {{ports: [{{port: 443}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: p}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: m}}]\n  validation: {{hostname: m.example.com, wellKnownCACertificates: System}}\n",
+            route("r", "2024-01-01T00:00:00Z", "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 443}}}]\n    backendRefs: [{name: s, port: 80}]\n")
+        );
+        let resolution = super::super::resolve(&store_of(&text), &Default::default());
+        let route = &resolution.ir.listeners[0].virtual_hosts[0].routes[0];
+        assert_eq!(route.filters.mirrors, ["kube_default_m_443"]);
+        let mirror = &resolution.ir.clusters["kube_default_m_443"];
+        assert_eq!(mirror.tls.as_ref().map(|t| t.hostname.as_str()), Some("m.example.com"));
+    }
 }
