@@ -319,8 +319,9 @@ fn valid_regex(pattern: &str) -> Result<(), String> {
         .utf8(false)
         .build()
         .parse(pattern)
-        .or_else(|_| regex_syntax::Parser::new().parse(pattern))
-        .map_err(|e| format!("{pattern:?} is not a valid RE2 regular expression ({e})"))?;
+        .ok()
+        .or_else(|| regex_syntax::Parser::new().parse(pattern).ok())
+        .ok_or_else(|| format!("{pattern:?} is not a valid RE2 regular expression"))?;
     let size = program_size(&hir);
     if size > RE2_MAX_PROGRAM_SIZE {
         return Err(format!(
