@@ -41,6 +41,16 @@ pub struct Route {
     /// `<namespace>/<route>/rule/<i>/match/<j>`.
     pub name: String,
     pub path: PathMatch,
+    /// Every one must match (AND), as must the path and the method.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// What the rule's filters and timeouts do besides choosing the action.
+    #[serde(skip_serializing_if = "RouteFilters::is_empty")]
+    pub filters: RouteFilters,
     pub action: RouteAction,
 }
 
@@ -49,6 +59,98 @@ pub enum PathMatch {
     /// Gateway API `PathPrefix`: matches whole path segments.
     Prefix(String),
     Exact(String),
+    /// RE2 syntax, matching the whole path.
+    Regex(String),
+}
+
+/// A header (name lower-cased: header names are case-insensitive) or query parameter (name as
+/// written: case-sensitive) match.
+#[derive(Clone, Debug, PartialEq, Hash, Eq, Serialize)]
+pub struct ValueMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+#[derive(Clone, Debug, PartialEq, Hash, Eq, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    /// RE2 syntax, matching the whole value.
+    Regex(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Hash, Eq, Serialize)]
+pub struct RouteFilters {
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
+    /// `URLRewrite` (only with [`RouteAction::Forward`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Clusters that receive a copy of each request (`RequestMirror`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+    /// `timeouts.request`, in milliseconds; 0 disables the timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
+    /// `timeouts.backendRequest`, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_request_timeout_ms: Option<u64>,
+}
+
+impl RouteFilters {
+    pub fn is_empty(&self) -> bool {
+        self == &RouteFilters::default()
+    }
+}
+
+/// Header names lower-cased; `set` replaces, `add` appends, `remove` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Hash, Eq, Serialize)]
+pub struct HeaderEdits {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self == &HeaderEdits::default()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Hash, Eq, Serialize)]
+pub struct Rewrite {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+}
+
+#[derive(Clone, Debug, PartialEq, Hash, Eq, Serialize)]
+pub enum PathRewrite {
+    Full(String),
+    /// Replaces the matched `PathPrefix` (only with [`PathMatch::Prefix`]).
+    Prefix(String),
+}
+
+/// `RequestRedirect`: unset parts keep the request's.
+#[derive(Clone, Debug, Default, PartialEq, Hash, Eq, Serialize)]
+pub struct Redirect {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Explicit port; with a scheme and no port, the scheme's well-known port (left out of the
+    /// `Location`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewrite>,
+    /// 301 or 302.
+    pub status: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]
@@ -59,6 +161,7 @@ pub enum RouteAction {
         status: u32,
         body: String,
     },
+    Redirect(Redirect),
 }
 
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]

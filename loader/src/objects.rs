@@ -283,8 +283,12 @@ pub struct HttpRoute {
     pub spec: HttpRouteSpec,
 }
 
+/// The HTTPRoute spec types refuse unknown fields, as the API server's schema does. Fields of the
+/// schema the loader does not implement are read as opaque values (`serde_json::Value`), so that
+/// resolving can refuse the route with `Accepted=False` (`UnsupportedValue`) naming the field
+/// rather than ignore it (see `resolve::routes::unsupported`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
     #[serde(default)]
     pub parent_refs: Vec<ParentRef>,
@@ -292,10 +296,13 @@ pub struct HttpRouteSpec {
     pub hostnames: Vec<String>,
     #[serde(default)]
     pub rules: Vec<HttpRouteRule>,
+    /// Experimental (`useDefaultGateways`): not implemented.
+    #[serde(default)]
+    pub use_default_gateways: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentRef {
     #[serde(default)]
     pub group: Option<String>,
@@ -311,31 +318,163 @@ pub struct ParentRef {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub matches: Vec<HttpRouteMatch>,
     #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub timeouts: Option<HttpRouteTimeouts>,
+    /// Not implemented.
+    #[serde(default)]
+    pub retry: Option<serde_json::Value>,
+    /// Not implemented.
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
     #[serde(default)]
     pub path: Option<HttpPathMatch>,
+    #[serde(default)]
+    pub headers: Vec<HttpValueMatch>,
+    #[serde(default)]
+    pub query_params: Vec<HttpValueMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct HttpPathMatch {
-    /// `PathPrefix` (the default) or `Exact`.
+    /// `PathPrefix` (the default), `Exact` or `RegularExpression`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     #[serde(default)]
     pub value: Option<String>,
 }
 
+/// A header or query parameter match.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
+pub struct HttpValueMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HttpHeaderFilter>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HttpHeaderFilter>,
+    #[serde(default)]
+    pub request_mirror: Option<HttpRequestMirror>,
+    #[serde(default)]
+    pub request_redirect: Option<HttpRequestRedirect>,
+    #[serde(default, rename = "urlRewrite")]
+    pub url_rewrite: Option<HttpUrlRewrite>,
+    /// Not implemented.
+    #[serde(default)]
+    pub extension_ref: Option<serde_json::Value>,
+    /// Not implemented.
+    #[serde(default)]
+    pub cors: Option<serde_json::Value>,
+    /// Not implemented.
+    #[serde(default)]
+    pub external_auth: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeaderFilter {
+    #[serde(default)]
+    pub set: Vec<HttpHeader>,
+    #[serde(default)]
+    pub add: Vec<HttpHeader>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRequestMirror {
+    pub backend_ref: BackendRef,
+    /// Not implemented.
+    #[serde(default)]
+    pub percent: Option<serde_json::Value>,
+    /// Not implemented.
+    #[serde(default)]
+    pub fraction: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRequestRedirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<HttpPathModifier>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpUrlRewrite {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<HttpPathModifier>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPathModifier {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteTimeouts {
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
     #[serde(default)]
     pub group: Option<String>,
@@ -348,6 +487,9 @@ pub struct BackendRef {
     pub port: Option<u16>,
     #[serde(default)]
     pub weight: Option<u32>,
+    /// Per-backend filters: not implemented.
+    #[serde(default)]
+    pub filters: Vec<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

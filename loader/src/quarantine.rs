@@ -205,6 +205,10 @@ mod tests {
         let route = |cluster: &str| Route {
             name: cluster.into(),
             path: PathMatch::Prefix("/".into()),
+            headers: Vec::new(),
+            query_params: Vec::new(),
+            method: None,
+            filters: Default::default(),
             action: RouteAction::Forward(vec![WeightedCluster {
                 cluster: cluster.into(),
                 weight: 1,

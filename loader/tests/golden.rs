@@ -15,7 +15,8 @@ fn check(case: &str) {
     let mut config = ConfigDir::new(dir.join("input"));
     config.reload().unwrap();
     let options = resolve::Options {
-        gateway_class: Some("backendtls".into()).filter(|_| case == "routes"),
+        gateway_class: Some("backendtls".into())
+            .filter(|_| case == "routes" || case == "http_core"),
         ..Default::default()
     };
     let build = pipeline::build(&config, &options, &Default::default());
@@ -74,6 +75,11 @@ fn guide() {
 #[test]
 fn policies() {
     check("policies");
+}
+
+#[test]
+fn http_core() {
+    check("http_core");
 }
 
 #[test]

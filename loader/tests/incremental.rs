@@ -45,7 +45,20 @@ struct Backend {
     endpoints: bool,
     port: u16,
     routed: bool,
+    /// Which of [`RULES`] the route has.
+    rule: usize,
 }
+
+/// Route rules, `{name}` and `{mirror}` (the next backend) filled in: matches, filters, a
+/// redirect, a mirror and a field the loader refuses.
+const RULES: [&str; 6] = [
+    "  - backendRefs: [{name: {name}, port: 443}]\n",
+    "  - matches: [{path: {type: Exact, value: /x}, method: GET, headers: [{name: X-A, value: b}], queryParams: [{name: q, type: RegularExpression, value: \"v[0-9]\"}]}]\n    backendRefs: [{name: {name}, port: 443}]\n",
+    "  - matches: [{path: {value: /p}}]\n    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-S, value: v}], remove: [X-R]}}\n    - {type: URLRewrite, urlRewrite: {hostname: h.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}\n    backendRefs: [{name: {name}, port: 443}]\n    timeouts: {request: 2s}\n",
+    "  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]\n",
+    "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: {mirror}, port: 443}}}]\n    backendRefs: [{name: {name}, port: 443}]\n",
+    "  - backendRefs: [{name: {name}, port: 443}]\n    sessionPersistence: {type: Cookie}\n",
+];
 
 fn write_backend(dir: &Path, i: usize, b: &Backend, cas: &[String]) {
     let ns = format!("ns-{}", i % 3);
@@ -84,10 +97,13 @@ fn write_backend(dir: &Path, i: usize, b: &Backend, cas: &[String]) {
     }
     let route_path = dir.join(format!("{name}-route.yaml"));
     if b.routed {
+        // The mirror is in the same namespace (no ReferenceGrant needed).
+        let mirror = format!("svc-{}", (i + 3) % BACKENDS);
+        let rule = RULES[b.rule].replace("{name}", &name).replace("{mirror}", &mirror);
         std::fs::write(
             &route_path,
             format!(
-                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [{name}.example]\n  rules:\n  - backendRefs: [{{name: {name}, port: 443}}]\n"
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [{name}.example]\n  rules:\n{rule}"
             ),
         )
         .unwrap();
@@ -136,6 +152,7 @@ fn run(seed: u64) {
         endpoints: true,
         port: 8443,
         routed: true,
+        rule: 0,
     };
     let mut backends = vec![initial; BACKENDS];
     for (i, b) in backends.iter().enumerate() {
@@ -149,7 +166,7 @@ fn run(seed: u64) {
     for edit in 0..EDITS {
         let i = rng.below(BACKENDS);
         let b = &mut backends[i];
-        let what = match rng.below(7) {
+        let what = match rng.below(8) {
             0 => {
                 b.ca = rng.below(4);
                 "CA content (3 = not a certificate)"
@@ -174,12 +191,17 @@ fn run(seed: u64) {
                 b.routed = !b.routed;
                 "route present"
             }
+            6 => {
+                b.rule = rng.below(RULES.len());
+                "route rule (matches, filters, redirect, mirror, refused field)"
+            }
             _ => "rewrite unchanged",
         };
         write_backend(&dir, i, b, &cas);
 
         config.reload().unwrap();
         let resolved = pipeline::resolve(&config, &Default::default());
+        assert!(resolved.errors.is_empty(), "generated files parse: {:?}", resolved.errors);
         let packed = translator.translate(&resolved.resolution.ir, &Default::default());
         current = Snapshot::new(current.version + 1, packed);
         let incremental = contents(&current);

@@ -106,7 +106,78 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution { ir, policies: policies.reports(), gateways, routes: Vec::new(), problems }
+    let routes = route_reports(store, options);
+    Resolution { ir, policies: policies.reports(), gateways, routes, problems }
+}
+
+/// `status.parents` of every HTTPRoute, one entry per parentRef naming a Gateway this loader
+/// serves: `Accepted` (True when attached to one of its listeners; False with `UnsupportedValue`
+/// when the route uses a field the loader does not implement) and `ResolvedRefs` from
+/// [`routes::route_conditions`]. Minimal until Gateway attachment status takes it over.
+fn route_reports(store: &Store, options: &Options) -> Vec<RouteReport> {
+    use crate::status::{ParentReference, RouteParentStatus, CONTROLLER_NAME};
+    let served = |key: &ObjectKey| {
+        store.gateways.get(key).filter(|g| {
+            options.gateway_class.as_ref().is_none_or(|c| &g.spec.gateway_class_name == c)
+        })
+    };
+    let mut reports = Vec::new();
+    for (route_key, route) in &store.http_routes {
+        let generation = route.metadata.generation();
+        let (resolved, refusal) = route_conditions(store, route_key, route);
+        let mut parents = Vec::new();
+        for parent in &route.spec.parent_refs {
+            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            let namespace = parent.namespace.as_deref().unwrap_or(&route_key.namespace);
+            let gateway_key = ObjectKey::new(namespace, &parent.name);
+            let Some(gateway) =
+                served(&gateway_key).filter(|_| group == GATEWAY_GROUP && kind == "Gateway")
+            else {
+                continue;
+            };
+            let accepted = refusal.clone().unwrap_or_else(|| {
+                let attached =
+                    gateway_listeners(&gateway_key, gateway, &mut Vec::new()).iter().any(|l| {
+                        !attached_hostnames(store, &gateway_key, gateway, l, route_key, route)
+                            .is_empty()
+                    });
+                if attached {
+                    Condition::new("Accepted", true, "Accepted", "Route is accepted".into())
+                } else {
+                    Condition::new(
+                        "Accepted",
+                        false,
+                        "NotAllowedByListeners",
+                        "No listener of the Gateway accepts this route".into(),
+                    )
+                }
+                .observed(generation)
+            });
+            parents.push(RouteParentStatus {
+                parent_ref: ParentReference {
+                    group: group.to_string(),
+                    kind: kind.to_string(),
+                    namespace: namespace.to_string(),
+                    name: parent.name.clone(),
+                    section_name: parent.section_name.clone(),
+                    port: parent.port,
+                },
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![accepted, resolved.clone()],
+            });
+        }
+        if !parents.is_empty() {
+            reports.push(RouteReport {
+                kind: "HTTPRoute",
+                namespace: route_key.namespace.clone(),
+                name: route_key.name.clone(),
+                generation,
+                parents,
+            });
+        }
+    }
+    reports
 }
 
 /// What routes need to know of the Gateway they are attached to.

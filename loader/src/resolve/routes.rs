@@ -3,12 +3,17 @@
 
 use super::*;
 
-/// Gateway API route precedence: Exact before PathPrefix, longer paths first, then the older
-/// route, then namespace/name, then rule and match order.
+/// Gateway API route precedence across all rules of all routes on one host: Exact paths first,
+/// then regular expressions (implementation-specific; longer first, as Envoy Gateway does), then
+/// longer prefixes; then a method match, more header matches, more query parameter matches; then
+/// the older route, namespace/name, and rule and match order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct RouteOrder<'a> {
-    exact_first: u8,
+    path_kind: u8,
     longer_first: std::cmp::Reverse<usize>,
+    method_first: bool,
+    more_headers_first: std::cmp::Reverse<usize>,
+    more_query_params_first: std::cmp::Reverse<usize>,
     created_missing: bool,
     created: Option<&'a str>,
     route: &'a ObjectKey,
@@ -16,6 +21,37 @@ pub(super) struct RouteOrder<'a> {
     matched: usize,
 }
 
+impl<'a> RouteOrder<'a> {
+    fn of(
+        m: &Route,
+        route_key: &'a ObjectKey,
+        created: Option<&'a str>,
+        rule: usize,
+        matched: usize,
+    ) -> Self {
+        let (path_kind, length) = match &m.path {
+            PathMatch::Exact(v) => (0, v.len()),
+            PathMatch::Regex(v) => (1, v.len()),
+            // A trailing `/` is insignificant: `/a/` and `/a` are the same prefix.
+            PathMatch::Prefix(v) => (2, v.trim_end_matches('/').len()),
+        };
+        RouteOrder {
+            path_kind,
+            longer_first: std::cmp::Reverse(length),
+            method_first: m.method.is_none(),
+            more_headers_first: std::cmp::Reverse(m.headers.len()),
+            more_query_params_first: std::cmp::Reverse(m.query_params.len()),
+            created_missing: created.is_none(),
+            created,
+            route: route_key,
+            rule,
+            matched,
+        }
+    }
+}
+
+/// Envoy routes for one HTTPRoute, with their precedence keys. None at all when the route uses a
+/// field the loader does not implement ([`unsupported`]): a route is never half-programmed.
 pub(super) fn build_routes<'a>(
     store: &Store,
     gw: &GatewayContext<'_>,
@@ -26,32 +62,480 @@ pub(super) fn build_routes<'a>(
     problems: &mut Vec<Problem>,
 ) -> Vec<(RouteOrder<'a>, Route)> {
     let mut out = Vec::new();
+    if unsupported(route).is_some() {
+        return out;
+    }
+    let created = route.metadata.creation_timestamp.as_deref();
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
-        let action = route_action(store, gw, route_key, rule, policies, ir, problems);
+        let (filters, redirect) = rule_filters(store, gw, route_key, rule, policies, ir, problems);
+        let action = match redirect {
+            Some(redirect) => RouteAction::Redirect(redirect),
+            None => route_action(store, gw, route_key, rule, policies, ir, problems),
+        };
         let default_match = [objects::HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
         for (match_index, m) in matches.iter().enumerate() {
-            let kind = m.path.as_ref().and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
-            let value = m.path.as_ref().and_then(|p| p.value.clone()).unwrap_or_else(|| "/".into());
-            let path = if kind == "Exact" {
-                PathMatch::Exact(value.clone())
-            } else {
-                PathMatch::Prefix(value.clone())
-            };
-            let order = RouteOrder {
-                exact_first: u8::from(kind != "Exact"),
-                longer_first: std::cmp::Reverse(value.len()),
-                created_missing: route.metadata.creation_timestamp.is_none(),
-                created: route.metadata.creation_timestamp.as_deref(),
-                route: route_key,
-                rule: rule_index,
-                matched: match_index,
-            };
             let name = format!("{route_key}/rule/{rule_index}/match/{match_index}");
-            out.push((order, Route { name, path, action: action.clone() }));
+            let route = Route {
+                name,
+                path: path_match(m),
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|h| ValueMatch {
+                        name: h.name.to_ascii_lowercase(),
+                        value: string_match(h),
+                    })
+                    .collect(),
+                query_params: m
+                    .query_params
+                    .iter()
+                    .map(|q| ValueMatch { name: q.name.clone(), value: string_match(q) })
+                    .collect(),
+                method: m.method.clone(),
+                filters: filters.clone(),
+                action: action.clone(),
+            };
+            let order = RouteOrder::of(&route, route_key, created, rule_index, match_index);
+            out.push((order, route));
         }
     }
     out
+}
+
+fn path_match(m: &objects::HttpRouteMatch) -> PathMatch {
+    let kind = m.path.as_ref().and_then(|p| p.kind.as_deref()).unwrap_or("PathPrefix");
+    let value = m.path.as_ref().and_then(|p| p.value.clone()).unwrap_or_else(|| "/".into());
+    match kind {
+        "Exact" => PathMatch::Exact(value),
+        "RegularExpression" => PathMatch::Regex(value),
+        _ => PathMatch::Prefix(value),
+    }
+}
+
+fn string_match(m: &objects::HttpValueMatch) -> StringMatch {
+    match m.kind.as_deref() {
+        Some("RegularExpression") => StringMatch::Regex(m.value.clone()),
+        _ => StringMatch::Exact(m.value.clone()),
+    }
+}
+
+fn header_edits(filter: Option<&objects::HttpHeaderFilter>) -> HeaderEdits {
+    let Some(f) = filter else { return HeaderEdits::default() };
+    let pair = |h: &objects::HttpHeader| (h.name.to_ascii_lowercase(), h.value.clone());
+    HeaderEdits {
+        set: f.set.iter().map(pair).collect(),
+        add: f.add.iter().map(pair).collect(),
+        remove: f.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+    }
+}
+
+fn path_rewrite(m: &objects::HttpPathModifier) -> Option<PathRewrite> {
+    match m.kind.as_str() {
+        "ReplaceFullPath" => m.replace_full_path.clone().map(PathRewrite::Full),
+        "ReplacePrefixMatch" => m.replace_prefix_match.clone().map(PathRewrite::Prefix),
+        _ => None,
+    }
+}
+
+/// A rule's filters and timeouts, and its redirect if it has one (a redirect replaces the
+/// backends). Assumes [`unsupported`] found nothing.
+fn rule_filters(
+    store: &Store,
+    gw: &GatewayContext<'_>,
+    route_key: &ObjectKey,
+    rule: &objects::HttpRouteRule,
+    policies: &mut PolicyIndex,
+    ir: &mut Ir,
+    problems: &mut Vec<Problem>,
+) -> (RouteFilters, Option<Redirect>) {
+    let mut filters = RouteFilters::default();
+    let mut redirect = None;
+    for f in &rule.filters {
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                filters.request_headers = header_edits(f.request_header_modifier.as_ref())
+            }
+            "ResponseHeaderModifier" => {
+                filters.response_headers = header_edits(f.response_header_modifier.as_ref())
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref();
+                filters.rewrite = Some(Rewrite {
+                    hostname: r.and_then(|r| r.hostname.clone()),
+                    path: r.and_then(|r| r.path.as_ref()).and_then(path_rewrite),
+                });
+            }
+            "RequestRedirect" => {
+                let r = f.request_redirect.as_ref();
+                let scheme = r.and_then(|r| r.scheme.clone());
+                let port = r.and_then(|r| r.port).or(match scheme.as_deref() {
+                    Some("http") => Some(80),
+                    Some("https") => Some(443),
+                    _ => None,
+                });
+                redirect = Some(Redirect {
+                    scheme,
+                    hostname: r.and_then(|r| r.hostname.clone()),
+                    port,
+                    path: r.and_then(|r| r.path.as_ref()).and_then(path_rewrite),
+                    status: r.and_then(|r| r.status_code).unwrap_or(302),
+                });
+            }
+            "RequestMirror" => {
+                if let Some(mirror) = &f.request_mirror {
+                    // An invalid mirror backend is reported in ResolvedRefs; requests are still
+                    // served.
+                    if let Ok(cluster) = backend_cluster(
+                        store,
+                        gw,
+                        route_key,
+                        &mirror.backend_ref,
+                        policies,
+                        ir,
+                        problems,
+                    ) {
+                        filters.mirrors.push(cluster);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(t) = &rule.timeouts {
+        filters.request_timeout_ms = t.request.as_deref().and_then(duration_ms);
+        filters.backend_request_timeout_ms = t.backend_request.as_deref().and_then(duration_ms);
+    }
+    (filters, redirect)
+}
+
+/// Gateway API `Duration` (`^([0-9]{1,5}(h|m|s|ms)){1,4}$`, e.g. `1h30m`, `500ms`), in ms.
+pub(super) fn duration_ms(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut parts = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += number * unit;
+        parts += 1;
+    }
+    (1..=4).contains(&parts).then_some(total)
+}
+
+/// The first field of `route` the loader does not implement, or a value it cannot program, as
+/// `spec.<path>: <why>`. Such a route is refused as a whole (`Accepted=False`,
+/// `UnsupportedValue`).
+pub fn unsupported(route: &HttpRoute) -> Option<String> {
+    let spec = &route.spec;
+    if spec.use_default_gateways.is_some() {
+        return Some("spec.useDefaultGateways is not supported".into());
+    }
+    for (i, rule) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if rule.retry.is_some() {
+            return Some(format!("{at}.retry is not supported"));
+        }
+        if rule.session_persistence.is_some() {
+            return Some(format!("{at}.sessionPersistence is not supported"));
+        }
+        for (j, m) in rule.matches.iter().enumerate() {
+            if let Some(why) = unsupported_match(m) {
+                return Some(format!("{at}.matches[{j}].{why}"));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (j, f) in rule.filters.iter().enumerate() {
+            let at = format!("{at}.filters[{j}]");
+            if let Some(why) = unsupported_filter(f, rule) {
+                return Some(format!("{at}{why}"));
+            }
+            if f.kind != "RequestMirror" && !seen.insert(f.kind.as_str()) {
+                return Some(format!("{at}.type: {} may appear only once per rule", f.kind));
+            }
+        }
+        if seen.contains("RequestRedirect") && seen.contains("URLRewrite") {
+            return Some(format!(
+                "{at}.filters: RequestRedirect and URLRewrite cannot be combined"
+            ));
+        }
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            if !b.filters.is_empty() {
+                return Some(format!("{at}.backendRefs[{j}].filters is not supported"));
+            }
+        }
+        if let Some(t) = &rule.timeouts {
+            for (name, value) in [("request", &t.request), ("backendRequest", &t.backend_request)] {
+                if let Some(v) = value {
+                    if duration_ms(v).is_none() {
+                        return Some(format!(
+                            "{at}.timeouts.{name}: {v:?} is not a valid duration"
+                        ));
+                    }
+                }
+            }
+            let request = t.request.as_deref().and_then(duration_ms).filter(|&ms| ms > 0);
+            let backend = t.backend_request.as_deref().and_then(duration_ms);
+            if let (Some(request), Some(backend)) = (request, backend) {
+                if backend > request || backend == 0 {
+                    return Some(format!(
+                        "{at}.timeouts.backendRequest must be non-zero and at most timeouts.request"
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The RE2 program size above which Envoy rejects a regex, and with it the whole route
+/// configuration (its default `re2.max_program_size.error_level`).
+const RE2_MAX_PROGRAM_SIZE: usize = 100;
+
+fn valid_regex(pattern: &str) -> Result<(), String> {
+    regex::Regex::new(pattern).map_err(|e| {
+        let first = e.to_string().lines().last().unwrap_or_default().to_string();
+        format!("{pattern:?} is not a valid RE2 regular expression ({first})")
+    })?;
+    // RE2's `\w`, `\d`, `\s` and `\b` are ASCII: parsed so when the pattern allows it.
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()
+        .or_else(|| regex_syntax::Parser::new().parse(pattern).ok())
+        .ok_or_else(|| format!("{pattern:?} is not a valid RE2 regular expression"))?;
+    let size = program_size(&hir);
+    if size > RE2_MAX_PROGRAM_SIZE {
+        return Err(format!(
+            "{pattern:?} is too large for Envoy's RE2 (program size about {size}, limit {RE2_MAX_PROGRAM_SIZE})"
+        ));
+    }
+    Ok(())
+}
+
+/// An upper estimate of RE2's program size (instructions): RE2 expands counted repetitions as
+/// it compiles, as this does; it shares common prefixes of alternatives and UTF-8 suffixes of
+/// Unicode classes, which this does not, so this refuses some expressions Envoy would take (e.g.
+/// `\pL+`), with a message that says so, rather than let one regex break a listener's routes.
+fn program_size(hir: &regex_syntax::hir::Hir) -> usize {
+    use regex_syntax::hir::{Class, HirKind};
+    match hir.kind() {
+        HirKind::Empty => 0,
+        HirKind::Literal(literal) => literal.0.len(),
+        HirKind::Class(Class::Unicode(class)) => class.ranges().len().max(1) * 2,
+        HirKind::Class(Class::Bytes(class)) => class.ranges().len().max(1),
+        HirKind::Look(_) => 1,
+        HirKind::Repetition(rep) => {
+            let sub = program_size(&rep.sub);
+            let copies = rep.max.unwrap_or(rep.min.max(1)) as usize;
+            sub.saturating_mul(copies).saturating_add(copies)
+        }
+        HirKind::Capture(capture) => program_size(&capture.sub) + 2,
+        HirKind::Concat(parts) => parts.iter().map(program_size).sum(),
+        HirKind::Alternation(parts) => {
+            parts.iter().map(program_size).sum::<usize>() + parts.len().saturating_sub(1)
+        }
+    }
+}
+
+fn unsupported_match(m: &objects::HttpRouteMatch) -> Option<String> {
+    if let Some(path) = &m.path {
+        let value = path.value.as_deref().unwrap_or("/");
+        match path.kind.as_deref().unwrap_or("PathPrefix") {
+            "Exact" | "PathPrefix" => {
+                if !value.starts_with('/') {
+                    return Some(format!("path.value: {value:?} must start with '/'"));
+                }
+            }
+            "RegularExpression" => {
+                if let Err(e) = valid_regex(value) {
+                    return Some(format!("path.value: {e}"));
+                }
+            }
+            other => return Some(format!("path.type: {other} is not supported")),
+        }
+    }
+    for (field, list) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+        for (k, h) in list.iter().enumerate() {
+            match h.kind.as_deref().unwrap_or("Exact") {
+                "Exact" => {}
+                "RegularExpression" => {
+                    if let Err(e) = valid_regex(&h.value) {
+                        return Some(format!("{field}[{k}].value: {e}"));
+                    }
+                }
+                other => return Some(format!("{field}[{k}].type: {other} is not supported")),
+            }
+        }
+    }
+    if let Some(method) = &m.method {
+        const METHODS: [&str; 9] =
+            ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+        if !METHODS.contains(&method.as_str()) {
+            return Some(format!("method: {method} is not supported"));
+        }
+    }
+    None
+}
+
+/// `.field: why` for one filter.
+fn unsupported_filter(
+    f: &objects::HttpRouteFilter,
+    rule: &objects::HttpRouteRule,
+) -> Option<String> {
+    let missing = |field: &str| Some(format!(".{field} must be set for type {}", f.kind));
+    let path_check = |m: &objects::HttpPathModifier, field: &str| -> Option<String> {
+        let value = match m.kind.as_str() {
+            "ReplaceFullPath" => m.replace_full_path.as_deref(),
+            "ReplacePrefixMatch" => {
+                let all_prefix = !rule.matches.is_empty()
+                    && rule.matches.iter().all(|m| {
+                        m.path.as_ref().is_none_or(|p| {
+                            p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix"
+                        })
+                    });
+                if !all_prefix && !rule.matches.is_empty() {
+                    return Some(format!(
+                        ".{field}.path: ReplacePrefixMatch needs PathPrefix path matches"
+                    ));
+                }
+                m.replace_prefix_match.as_deref()
+            }
+            other => return Some(format!(".{field}.path.type: {other} is not supported")),
+        };
+        match value {
+            None => Some(format!(".{field}.path: the value for {} must be set", m.kind)),
+            Some(v) if !v.starts_with('/') => {
+                Some(format!(".{field}.path: {v:?} must start with '/'"))
+            }
+            Some(_) => None,
+        }
+    };
+    match f.kind.as_str() {
+        "RequestHeaderModifier" if f.request_header_modifier.is_none() => {
+            missing("requestHeaderModifier")
+        }
+        "ResponseHeaderModifier" if f.response_header_modifier.is_none() => {
+            missing("responseHeaderModifier")
+        }
+        "RequestHeaderModifier" | "ResponseHeaderModifier" => None,
+        "RequestRedirect" => {
+            let Some(r) = &f.request_redirect else { return missing("requestRedirect") };
+            if let Some(s) = r.scheme.as_deref().filter(|s| !matches!(*s, "http" | "https")) {
+                return Some(format!(".requestRedirect.scheme: {s} is not supported"));
+            }
+            if let Some(c) = r.status_code.filter(|c| ![301, 302, 303, 307, 308].contains(c)) {
+                return Some(format!(".requestRedirect.statusCode: {c} is not supported"));
+            }
+            r.path.as_ref().and_then(|p| path_check(p, "requestRedirect"))
+        }
+        "URLRewrite" => {
+            let Some(r) = &f.url_rewrite else { return missing("urlRewrite") };
+            r.path.as_ref().and_then(|p| path_check(p, "urlRewrite"))
+        }
+        "RequestMirror" => {
+            let Some(m) = &f.request_mirror else { return missing("requestMirror") };
+            if m.percent.is_some() {
+                return Some(".requestMirror.percent is not supported".into());
+            }
+            if m.fraction.is_some() {
+                return Some(".requestMirror.fraction is not supported".into());
+            }
+            None
+        }
+        other => Some(format!(".type: {other} is not supported")),
+    }
+}
+
+/// What one route's backendRefs (and mirror backends) resolve to, and whether it is refused, as
+/// the two conditions the route's attachment status needs for each parent: `ResolvedRefs`
+/// (reasons `ResolvedRefs`, `BackendNotFound`, `RefNotPermitted`, `InvalidKind`), and, when it
+/// uses a field the loader does not implement, an `Accepted=False` with reason
+/// `UnsupportedValue` naming the field (the route is then not programmed at all).
+pub fn route_conditions(
+    store: &Store,
+    route_key: &ObjectKey,
+    route: &HttpRoute,
+) -> (Condition, Option<Condition>) {
+    let generation = route.metadata.generation();
+    let refusal = unsupported(route)
+        .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
+    let mut failures: Vec<(&'static str, String)> = Vec::new();
+    for rule in &route.spec.rules {
+        let mirrors = rule.filters.iter().filter_map(|f| f.request_mirror.as_ref());
+        let backends = rule.backend_refs.iter().chain(mirrors.map(|m| &m.backend_ref));
+        for backend in backends {
+            if let Err(failure) = check_backend_ref(store, route_key, backend) {
+                failures.push(failure);
+            }
+        }
+    }
+    let resolved = match failures.first() {
+        None => Condition::new(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "All references are resolved".into(),
+        ),
+        Some((reason, _)) => {
+            let message = failures.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
+            Condition::new("ResolvedRefs", false, reason, message)
+        }
+    };
+    (resolved.observed(generation), refusal)
+}
+
+/// The Service a backendRef names, checked as far as the route alone decides (kind, namespace
+/// and ReferenceGrant, existence, port): `Err((reason, message))` with the spec's reason.
+fn check_backend_ref(
+    store: &Store,
+    route_key: &ObjectKey,
+    backend: &objects::BackendRef,
+) -> Result<(ObjectKey, u16), (&'static str, String)> {
+    let group = backend.group.as_deref().unwrap_or("");
+    let kind = backend.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        return Err((
+            "InvalidKind",
+            format!("backendRef {kind} {} is not a Service", backend.name),
+        ));
+    }
+    let namespace = backend.namespace.as_deref().unwrap_or(&route_key.namespace);
+    let service_key = ObjectKey::new(namespace, &backend.name);
+    if namespace != route_key.namespace && !reference_granted(store, route_key, &service_key) {
+        return Err(("RefNotPermitted", format!("backendRef Service {service_key} is in another namespace and no ReferenceGrant allows it")));
+    }
+    let Some(port_number) = backend.port else {
+        return Err(("BackendNotFound", format!("backendRef Service {service_key} has no port")));
+    };
+    let Some(service) = store.services.get(&service_key) else {
+        return Err(("BackendNotFound", format!("Service {service_key} not found")));
+    };
+    if !service.spec.ports.iter().any(|p| p.port == port_number) {
+        return Err((
+            "BackendNotFound",
+            format!("Service {service_key} has no port {port_number}"),
+        ));
+    }
+    Ok((service_key, port_number))
 }
 
 pub(super) fn route_action(
@@ -133,28 +617,11 @@ pub(super) fn backend_cluster(
     ir: &mut Ir,
     problems: &mut Vec<Problem>,
 ) -> Result<String, String> {
-    let group = backend.group.as_deref().unwrap_or("");
-    let kind = backend.kind.as_deref().unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        return Err(format!("backendRef {kind} {} is not a Service", backend.name));
-    }
-    let namespace = backend.namespace.as_deref().unwrap_or(&route_key.namespace);
-    let service_key = ObjectKey::new(namespace, &backend.name);
-    if namespace != route_key.namespace && !reference_granted(store, route_key, &service_key) {
-        return Err(format!("backendRef Service {service_key} is in another namespace and no ReferenceGrant allows it"));
-    }
-    let port_number =
-        backend.port.ok_or_else(|| format!("backendRef Service {service_key} has no port"))?;
-    let service = store
-        .services
-        .get(&service_key)
-        .ok_or_else(|| format!("Service {service_key} not found"))?;
-    let port = service
-        .spec
-        .ports
-        .iter()
-        .find(|p| p.port == port_number)
-        .ok_or_else(|| format!("Service {service_key} has no port {port_number}"))?;
+    let (service_key, port_number) =
+        check_backend_ref(store, route_key, backend).map_err(|(_, message)| message)?;
+    let namespace = service_key.namespace.as_str();
+    let service = &store.services[&service_key];
+    let port = service.spec.ports.iter().find(|p| p.port == port_number).expect("checked");
     let name = backendtls_contract::cluster_name(namespace, &backend.name, port_number);
     let client_certificate = gw.client_certificate.clone();
     match ir.clusters.get(&name) {
@@ -249,4 +716,178 @@ pub(super) fn slice_endpoints(
         }
     }
     addresses.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_of(text: &str) -> Store {
+        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let mut store = Store::default();
+        parsed.objects.into_iter().for_each(|o| store.put(o));
+        store
+    }
+
+    const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {gatewayClassName: x, listeners: [{name: http, protocol: HTTP, port: 8080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
+
+    fn route(name: &str, created: &str, rules: &str) -> String {
+        format!("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}")
+    }
+
+    fn route_names(text: &str) -> Vec<String> {
+        let resolution = super::super::resolve(&store_of(text), &Default::default());
+        resolution.ir.listeners[0].virtual_hosts[0].routes.iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn durations_follow_the_gateway_api_format() {
+        assert_eq!(duration_ms("500ms"), Some(500));
+        assert_eq!(duration_ms("1h30m"), Some(5_400_000));
+        assert_eq!(duration_ms("0s"), Some(0));
+        assert_eq!(duration_ms("1h1m1s1ms"), Some(3_661_001));
+        for bad in ["", "1", "1d", "1.5s", "123456s", "1h1m1s1ms1h", "s"] {
+            assert_eq!(duration_ms(bad), None, "{bad}");
+        }
+    }
+
+    /// Exact > longest prefix > method > most headers > most query params > oldest route >
+    /// namespace/name > rule order, across all routes on a host.
+    #[test]
+    fn precedence_follows_the_spec_across_routes() {
+        let b = "backendRefs: [{name: s, port: 80}]";
+        let text = [
+            GATEWAY.to_string(),
+            route("old", "2024-01-01T00:00:00Z", &format!(
+                "  - matches: [{{path: {{value: /}}}}]\n    {b}\n  - matches: [{{path: {{value: /a/}}}}]\n    {b}\n  - matches: [{{path: {{value: /a}}, headers: [{{name: x, value: y}}]}}]\n    {b}\n"
+            )),
+            route("new", "2024-02-01T00:00:00Z", &format!(
+                "  - matches: [{{path: {{value: /a}}, method: GET}}]\n    {b}\n  - matches: [{{path: {{type: Exact, value: /a}}}}]\n    {b}\n  - matches: [{{path: {{value: /a/b}}}}, {{path: {{value: /a}}, queryParams: [{{name: q, value: v}}]}}]\n    {b}\n  - matches: [{{path: {{value: /}}}}]\n    {b}\n"
+            )),
+        ]
+        .concat();
+        assert_eq!(
+            route_names(&text),
+            [
+                "default/new/rule/1/match/0", // Exact
+                "default/new/rule/2/match/0", // longest prefix
+                "default/new/rule/0/match/0", // /a with a method
+                "default/old/rule/2/match/0", // /a with a header
+                "default/new/rule/2/match/1", // /a with a query parameter
+                "default/old/rule/1/match/0", // /a/ is /a; the older route first
+                "default/old/rule/0/match/0", // `/`: the older route first
+                "default/new/rule/3/match/0",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_file_errors() {
+        let text = format!(
+            "{GATEWAY}{}",
+            route(
+                "r",
+                "2024-01-01T00:00:00Z",
+                "  - backendRefs: [{name: s, port: 80}]\n    matchez: []\n"
+            )
+        );
+        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), &text);
+        assert!(
+            parsed.errors.iter().any(|e| format!("{e:?}").contains("matchez")),
+            "{:?}",
+            parsed.errors
+        );
+    }
+
+    /// Every unimplemented field refuses the whole route, naming the field; nothing of it is
+    /// programmed.
+    #[test]
+    fn unimplemented_fields_refuse_the_whole_route() {
+        let cases = [
+            ("    retry: {attempts: 2}\n", "spec.rules[0].retry is not supported"),
+            ("    sessionPersistence: {type: Cookie}\n", "spec.rules[0].sessionPersistence"),
+            ("    filters: [{type: CORS, cors: {}}]\n", "spec.rules[0].filters[0].type: CORS"),
+            ("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: s, port: 80}, percent: 5}}]\n", "requestMirror.percent"),
+            ("    matches: [{path: {type: RegularExpression, value: \"(\"}}]\n", "spec.rules[0].matches[0].path.value"),
+            ("    matches: [{path: {type: Exact, value: /x}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]\n", "ReplacePrefixMatch needs PathPrefix"),
+            ("    timeouts: {request: 1s, backendRequest: 2s}\n", "timeouts.backendRequest"),
+            (
+                "    matches: [{headers: [{name: x, type: RegularExpression, value: \"[a-z]{1,64}\"}]}]\n",
+                "too large for Envoy's RE2",
+            ),
+            ("    filters: [{type: RequestRedirect, requestRedirect: {statusCode: 305}}]\n", "statusCode: 305"),
+        ];
+        for (extra, expected) in cases {
+            let text = format!(
+                "{GATEWAY}{}",
+                route("r", "2024-01-01T00:00:00Z", &format!("  - backendRefs: [{{name: s, port: 80}}]\n  - backendRefs: [{{name: s, port: 80}}]\n{extra}").replacen("  - backendRefs: [{name: s, port: 80}]\n", "", 1))
+            );
+            let store = store_of(&text);
+            let resolution = super::super::resolve(&store, &Default::default());
+            let all_routes: usize = resolution
+                .ir
+                .listeners
+                .iter()
+                .flat_map(|l| &l.virtual_hosts)
+                .map(|v| v.routes.len())
+                .sum();
+            assert_eq!(all_routes, 0, "{expected}: not half-programmed");
+            let accepted = &resolution.routes[0].parents[0].conditions[0];
+            assert_eq!(
+                (accepted.kind, accepted.status, accepted.reason),
+                ("Accepted", false, "UnsupportedValue"),
+                "{expected}"
+            );
+            assert!(accepted.message.contains(expected), "{}: {expected}", accepted.message);
+        }
+    }
+
+    #[test]
+    fn resolved_refs_uses_the_spec_reasons() {
+        let check = |backend: &str, reason: &str| {
+            let text = format!(
+                "{GATEWAY}{}",
+                route("r", "2024-01-01T00:00:00Z", &format!("  - backendRefs: [{backend}]\n"))
+            );
+            let store = store_of(&text);
+            let key = ObjectKey::new("default", "r");
+            let (resolved, refusal) = route_conditions(&store, &key, &store.http_routes[&key]);
+            assert!(refusal.is_none());
+            assert_eq!(resolved.reason, reason, "{backend}: {}", resolved.message);
+            assert_eq!(resolved.status, reason == "ResolvedRefs");
+        };
+        check("{name: s, port: 80}", "ResolvedRefs");
+        check("{name: nope, port: 80}", "BackendNotFound");
+        check("{name: s, namespace: other, port: 80}", "RefNotPermitted");
+        check("{group: example.com, kind: Bucket, name: s}", "InvalidKind");
+    }
+
+    /// A mirror's cluster is governed by the policy of its Service port like any backend: never
+    /// plaintext where a policy applies.
+    #[test]
+    fn a_mirror_backend_is_governed_by_its_policy() {
+        let text = format!(
+            "{GATEWAY}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: m}}\nspec: {{ports: [{{port: 443}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: p}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: m}}]\n  validation: {{hostname: m.example.com, wellKnownCACertificates: System}}\n",
+            route("r", "2024-01-01T00:00:00Z", "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 443}}}]\n    backendRefs: [{name: s, port: 80}]\n")
+        );
+        let resolution = super::super::resolve(&store_of(&text), &Default::default());
+        let route = &resolution.ir.listeners[0].virtual_hosts[0].routes[0];
+        assert_eq!(route.filters.mirrors, ["kube_default_m_443"]);
+        let mirror = &resolution.ir.clusters["kube_default_m_443"];
+        assert_eq!(mirror.tls.as_ref().map(|t| t.hostname.as_str()), Some("m.example.com"));
+    }
+
+    /// Regexes Envoy 1.40 takes pass, those over its RE2 program size limit are refused (sizes
+    /// from `envoy --mode validate`: `[a-z]{1,64}` 131, the API path 138).
+    #[test]
+    fn regexes_are_checked_against_envoys_program_size_limit() {
+        for ok in ["/re/[0-9]+", "[a-z]{1,40}", "\\w+", "/\\w+/[0-9]{1,20}"] {
+            assert!(valid_regex(ok).is_ok(), "{ok}: {:?}", valid_regex(ok));
+        }
+        for too_large in ["[a-z]{1,64}", "/api/v[0-9]+/users/[a-z0-9-]{1,30}"] {
+            assert!(valid_regex(too_large).unwrap_err().contains("too large"), "{too_large}");
+        }
+        assert!(valid_regex("(").unwrap_err().contains("not a valid"));
+    }
 }
