@@ -223,6 +223,22 @@ pub struct GatewayListener {
     pub protocol: String,
     #[serde(default)]
     pub allowed_routes: Option<AllowedRoutes>,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's `tls`: how it terminates TLS and with which certificates.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (the default) or `Passthrough`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub certificate_refs: Vec<SecretObjectReference>,
+    /// Implementation-specific options; none is implemented.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -230,6 +246,18 @@ pub struct GatewayListener {
 pub struct AllowedRoutes {
     #[serde(default)]
     pub namespaces: Option<RouteNamespaces>,
+    /// Route kinds the listener accepts; unset means every kind its protocol supports.
+    #[serde(default)]
+    pub kinds: Option<Vec<RouteGroupKindRef>>,
+}
+
+/// An `allowedRoutes.kinds[]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct RouteGroupKindRef {
+    /// Defaults to `gateway.networking.k8s.io`.
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -344,7 +344,7 @@ fn parse_object(
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let supported: &[&str] = match (group, kind) {
         (GATEWAY_GROUP, "Gateway" | "HTTPRoute") => &["v1", "v1beta1"],
-        (GATEWAY_GROUP, "ReferenceGrant") => &["v1beta1", "v1alpha2"],
+        (GATEWAY_GROUP, "ReferenceGrant") => &["v1", "v1beta1", "v1alpha2"],
         (GATEWAY_GROUP, "BackendTLSPolicy") => &["v1", "v1alpha3"],
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
         ("discovery.k8s.io", "EndpointSlice") => &["v1"],

@@ -16,7 +16,10 @@ pub use policy::option_keys;
 use crate::ir::*;
 use crate::objects::ObjectKey;
 use crate::objects::{self, Gateway, HttpRoute, ServicePort};
-use crate::status::{Condition, GatewayReport, PolicyReport, RouteReport};
+use crate::status::{
+    Condition, GatewayAddress, GatewayReport, ListenerReport, ParentReference, PolicyReport,
+    RouteGroupKind, RouteParentStatus, RouteReport,
+};
 use crate::store::Store;
 use gateways::*;
 use policy::PolicyIndex;
@@ -36,6 +39,9 @@ pub struct Options {
     pub gateway_class: Option<String>,
     /// The trust bundle behind `wellKnownCACertificates: System`.
     pub system_ca_bundle: PathBuf,
+    /// The address Envoy binds Gateway listeners to, reported in each Gateway's
+    /// `status.addresses`.
+    pub listener_address: Option<String>,
 }
 
 impl Default for Options {
@@ -43,6 +49,7 @@ impl Default for Options {
         Options {
             gateway_class: None,
             system_ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            listener_address: None,
         }
     }
 }
@@ -69,49 +76,53 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     let mut policies = PolicyIndex::build(store, options);
     let mut problems = Vec::new();
     let mut ir = Ir::default();
-    let mut gateways = Vec::new();
 
-    for (gateway_key, gateway) in &store.gateways {
-        if let Some(class) = &options.gateway_class {
-            if &gateway.spec.gateway_class_name != class {
-                continue;
-            }
-        }
-        let (client_certificate, report) =
-            gateway_client_certificate(store, gateway_key, gateway, &mut ir);
-        gateways.push(report);
-        let context = GatewayContext { key: gateway_key, gateway, client_certificate };
-        for listener in gateway_listeners(gateway_key, gateway, &mut problems) {
-            let listener =
-                build_listener(store, &context, listener, &mut policies, &mut ir, &mut problems);
-            ir.listeners.push(listener);
-        }
-    }
-    // Two Gateways cannot share a port on one Envoy: the first by namespace/name keeps it.
-    let mut ports = BTreeMap::new();
-    ir.listeners.retain(|l| match ports.insert(l.port, l.name.clone()) {
-        None => true,
-        Some(first) => {
-            ports.insert(l.port, first.clone());
-            problems.push(Problem {
-                object: format!("Envoy listener {}", l.name),
-                reason: format!("port {} is already used by {first}; not served", l.port),
-            });
-            false
-        }
+    let mut served: Vec<ServedGateway<'_>> = store
+        .gateways
+        .iter()
+        .filter(|(_, gateway)| {
+            options.gateway_class.as_ref().is_none_or(|c| &gateway.spec.gateway_class_name == c)
+        })
+        .map(|(key, gateway)| serve_gateway(store, key, gateway, &mut ir))
+        .collect();
+    // Precedence between Gateways that share a port: the older, then by namespace/name.
+    served.sort_by(|a, b| {
+        let created = |g: &ServedGateway<'_>| {
+            let t = g.gateway.metadata.creation_timestamp.as_deref();
+            (t.is_none(), t.map(str::to_string))
+        };
+        created(a).cmp(&created(b)).then_with(|| a.key.cmp(b.key))
     });
+    mark_conflicts(&mut served);
+    let (routes, attachments) = attach_routes(store, &mut served, route_conditions);
+    let listeners =
+        build_listeners(store, &served, &attachments, &mut policies, &mut ir, &mut problems);
+    ir.listeners = listeners;
+    let addresses: Vec<GatewayAddress> = options
+        .listener_address
+        .iter()
+        .map(|address| GatewayAddress {
+            kind: if address.parse::<IpAddr>().is_ok() { "IPAddress" } else { "Hostname" },
+            value: address.clone(),
+        })
+        .collect();
+    let mut gateways: Vec<GatewayReport> =
+        served.iter().map(|g| gateway_report(g, &addresses)).collect();
+    gateways.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for cluster in ir.clusters.values() {
         if let Some(BackendTls { trust: Trust::Ca { secret }, .. }) = &cluster.tls {
             let pem = policies.bundles[secret].to_string();
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution { ir, policies: policies.reports(), gateways, routes: Vec::new(), problems }
+    Resolution { ir, policies: policies.reports(), gateways, routes, problems }
 }
 
 /// What routes need to know of the Gateway they are attached to.
 struct GatewayContext<'a> {
     key: &'a ObjectKey,
+    /// Not read yet; for the route rules that need the Gateway (e.g. redirect defaults).
+    #[allow(dead_code)]
     gateway: &'a Gateway,
     /// Secret name of the Gateway's backend client certificate, when it has a valid one.
     client_certificate: Option<String>,
