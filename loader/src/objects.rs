@@ -34,6 +34,7 @@ impl fmt::Display for ObjectKey {
 /// rebuild does not copy them.
 pub enum Object {
     Gateway(Arc<Gateway>),
+    GatewayClass(Arc<GatewayClass>),
     HttpRoute(Arc<HttpRoute>),
     BackendTlsPolicy(Arc<BackendTlsPolicy>),
     ReferenceGrant(Arc<ReferenceGrant>),
@@ -48,6 +49,7 @@ impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Gateway(_) => "Gateway",
+            Object::GatewayClass(_) => "GatewayClass",
             Object::HttpRoute(_) => "HTTPRoute",
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::ReferenceGrant(_) => "ReferenceGrant",
@@ -62,6 +64,7 @@ impl Object {
     fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::Gateway(o) => &o.metadata,
+            Object::GatewayClass(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
@@ -73,11 +76,11 @@ impl Object {
         }
     }
 
-    /// Namespaces are cluster-scoped: their key has an empty namespace.
+    /// Namespaces and GatewayClasses are cluster-scoped: their key has an empty namespace.
     pub fn key(&self) -> ObjectKey {
         let meta = self.metadata();
         match self {
-            Object::Namespace(_) => ObjectKey::new("", &meta.name),
+            Object::Namespace(_) | Object::GatewayClass(_) => ObjectKey::new("", &meta.name),
             _ => ObjectKey::new(meta.namespace(), &meta.name),
         }
     }
@@ -171,6 +174,20 @@ impl ObjectMeta {
 
 // ---------------------------------------------------------------------------------------------
 // Gateway API
+
+/// A GatewayClass: the loader serves the classes whose `controllerName` is
+/// [`crate::status::CONTROLLER_NAME`].
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GatewayClass {
+    pub metadata: ObjectMeta,
+    pub spec: GatewayClassSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassSpec {
+    pub controller_name: String,
+}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Gateway {

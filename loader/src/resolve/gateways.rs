@@ -87,6 +87,43 @@ pub(super) fn secret_reference_granted(
 // ---------------------------------------------------------------------------------------------
 // Gateways, their listeners, and the routes attached to them
 
+/// Whether the loader serves Gateways of `class`: the one `--gateway-class` names, else a class
+/// whose GatewayClass object has this loader's `controllerName`, or that has no GatewayClass
+/// object at all (manifests for file mode often leave it out).
+pub(super) fn serves_class(store: &Store, options: &Options, class: &str) -> bool {
+    match &options.gateway_class {
+        Some(only) => only == class,
+        None => store
+            .gateway_classes
+            .get(class)
+            .is_none_or(|c| c.spec.controller_name == crate::status::CONTROLLER_NAME),
+    }
+}
+
+/// `Accepted` for every GatewayClass of this loader's controller (other controllers' classes are
+/// theirs to report on).
+pub(super) fn gateway_class_reports(store: &Store) -> Vec<GatewayClassReport> {
+    store
+        .gateway_classes
+        .iter()
+        .filter(|(_, c)| c.spec.controller_name == crate::status::CONTROLLER_NAME)
+        .map(|(name, class)| {
+            let generation = class.metadata.generation();
+            GatewayClassReport {
+                name: name.clone(),
+                generation,
+                conditions: vec![Condition::new(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    "GatewayClass is accepted".into(),
+                )
+                .observed(generation)],
+            }
+        })
+        .collect()
+}
+
 /// The one route kind the loader implements.
 pub(super) const HTTP_ROUTE: RouteGroupKind =
     RouteGroupKind { group: GATEWAY_GROUP, kind: "HTTPRoute" };

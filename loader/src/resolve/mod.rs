@@ -17,8 +17,8 @@ use crate::ir::*;
 use crate::objects::ObjectKey;
 use crate::objects::{self, Gateway, HttpRoute, ServicePort};
 use crate::status::{
-    Condition, GatewayAddress, GatewayReport, ListenerReport, ParentReference, PolicyReport,
-    RouteGroupKind, RouteParentStatus, RouteReport,
+    Condition, GatewayAddress, GatewayClassReport, GatewayReport, ListenerReport, ParentReference,
+    PolicyReport, RouteGroupKind, RouteParentStatus, RouteReport,
 };
 use crate::store::Store;
 use gateways::*;
@@ -66,6 +66,8 @@ pub struct Problem {
 pub struct Resolution {
     pub ir: Ir,
     pub policies: Vec<PolicyReport>,
+    /// The GatewayClasses of this loader's controller.
+    pub gateway_classes: Vec<GatewayClassReport>,
     pub gateways: Vec<GatewayReport>,
     /// Routes that name a Gateway this loader serves, with their `status.parents`.
     pub routes: Vec<RouteReport>,
@@ -80,9 +82,7 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     let mut served: Vec<ServedGateway<'_>> = store
         .gateways
         .iter()
-        .filter(|(_, gateway)| {
-            options.gateway_class.as_ref().is_none_or(|c| &gateway.spec.gateway_class_name == c)
-        })
+        .filter(|(_, gateway)| serves_class(store, options, &gateway.spec.gateway_class_name))
         .map(|(key, gateway)| serve_gateway(store, key, gateway, &mut ir))
         .collect();
     // Precedence between Gateways that share a port: the older, then by namespace/name.
@@ -115,7 +115,8 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    Resolution { ir, policies: policies.reports(), gateways, routes, problems }
+    let gateway_classes = gateway_class_reports(store);
+    Resolution { ir, policies: policies.reports(), gateway_classes, gateways, routes, problems }
 }
 
 /// What routes need to know of the Gateway they are attached to.
