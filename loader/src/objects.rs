@@ -204,6 +204,17 @@ pub struct GatewaySpec {
     pub listeners: Vec<GatewayListener>,
     #[serde(default)]
     pub tls: Option<GatewayTls>,
+    #[serde(default)]
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+/// `spec.infrastructure`: the loader provisions no infrastructure and takes no parameters.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    /// Any reference makes the Gateway `Accepted=False` `InvalidParameters`.
+    #[serde(default)]
+    pub parameters_ref: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -138,6 +138,9 @@ pub(super) struct ServedGateway<'a> {
     pub resolved_refs: Condition,
     /// In spec order.
     pub listeners: Vec<ListenerState<'a>>,
+    /// Why the Gateway itself is not accepted (`InvalidParameters`); its listeners then take no
+    /// port and no routes.
+    pub refused: Option<(&'static str, String)>,
 }
 
 /// What the loader concluded about one spec listener.
@@ -153,12 +156,15 @@ pub(super) struct ListenerState<'a> {
     pub conflicted: Option<(&'static str, String)>,
     /// Routes attached to it, each counted once.
     pub attached: BTreeSet<&'a ObjectKey>,
+    /// Its Gateway is accepted.
+    pub gateway_accepted: bool,
 }
 
 impl ListenerState<'_> {
     /// Routes may attach: Accepted, not conflicted, and accepting HTTPRoutes.
     pub fn accepts_routes(&self) -> bool {
-        self.refused.is_none()
+        self.gateway_accepted
+            && self.refused.is_none()
             && self.conflicted.is_none()
             && self.supported_kinds.contains(&HTTP_ROUTE)
     }
@@ -186,8 +192,20 @@ pub(super) fn serve_gateway<'a>(
     ir: &mut Ir,
 ) -> ServedGateway<'a> {
     let (client_certificate, resolved_refs) = gateway_client_certificate(store, key, gateway, ir);
-    let listeners = gateway.spec.listeners.iter().map(evaluate_listener).collect();
-    ServedGateway { key, gateway, client_certificate, resolved_refs, listeners }
+    let refused =
+        gateway.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()).map(|_| {
+            (
+                "InvalidParameters",
+                "infrastructure.parametersRef is not supported: the loader takes no parameters"
+                    .to_string(),
+            )
+        });
+    let mut listeners: Vec<ListenerState<'_>> =
+        gateway.spec.listeners.iter().map(evaluate_listener).collect();
+    for listener in &mut listeners {
+        listener.gateway_accepted = refused.is_none();
+    }
+    ServedGateway { key, gateway, client_certificate, resolved_refs, listeners, refused }
 }
 
 fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
@@ -198,6 +216,7 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
         unresolved: None,
         conflicted: None,
         attached: BTreeSet::new(),
+        gateway_accepted: true,
     };
     if spec.protocol != "HTTP" {
         state.refused = Some((
@@ -244,7 +263,8 @@ pub(super) fn mark_conflicts(gateways: &mut [ServedGateway<'_>]) {
     let mut ports: BTreeMap<u16, (String, BTreeMap<Option<String>, String>)> = BTreeMap::new();
     for gateway in gateways.iter_mut() {
         let key = gateway.key;
-        for listener in gateway.listeners.iter_mut().filter(|l| l.refused.is_none()) {
+        let accepted = gateway.refused.is_none();
+        for listener in gateway.listeners.iter_mut().filter(|l| accepted && l.refused.is_none()) {
             let port = listener.spec.port;
             let hostname = listener.hostname().map(str::to_string);
             let owner = format!("listener {} of Gateway {key}", listener.spec.name);
@@ -594,7 +614,9 @@ pub(super) fn gateway_report(
         .filter(|l| l.refused.is_some() || l.conflicted.is_some())
         .map(|l| &*l.spec.name)
         .collect();
-    let accepted = if invalid.is_empty() {
+    let accepted = if let Some((reason, message)) = &gateway.refused {
+        Condition::new("Accepted", false, reason, message.clone())
+    } else if invalid.is_empty() {
         Condition::new("Accepted", true, "Accepted", "Gateway is accepted".into())
     } else if invalid.len() < gateway.listeners.len() {
         Condition::new(
@@ -634,7 +656,9 @@ pub(super) fn gateway_report(
             let programmed = if l.programmed() {
                 Condition::new("Programmed", true, "Programmed", "Listener is programmed".into())
             } else {
-                let why = if l.refused.is_some() {
+                let why = if !l.gateway_accepted {
+                    "the Gateway is not accepted"
+                } else if l.refused.is_some() {
                     "the listener is not accepted"
                 } else if l.conflicted.is_some() {
                     "the listener is conflicted"
@@ -960,6 +984,30 @@ spec: {gatewayClassName: x, listeners: [{name: http, protocol: HTTP, port: 8080,
         assert!(!condition(&listener(gateway(&r, "z"), "http").conditions, "Conflicted").0);
         assert!(!condition(&listener(gateway(&r, "a"), "http").conditions, "Conflicted").0);
         assert_eq!(r.ir.listeners[0].name, "gateway_default_z_8080");
+    }
+
+    /// GatewayInvalidParametersRef: the loader takes no parameters.
+    #[test]
+    fn a_gateway_with_parameters_is_not_accepted_nor_served() {
+        let mut text = String::from(BACKEND);
+        text += r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: x
+  infrastructure: {parametersRef: {group: invalid.io, kind: InvalidParameters, name: invalid}}
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+"#;
+        text += &route("r", "{name: gw}", "[]");
+        let r = resolve_text(&text);
+        let gw = gateway(&r, "gw");
+        assert_eq!(condition(&gw.conditions, "Accepted").1, "InvalidParameters");
+        assert!(!condition(&gw.conditions, "Accepted").0);
+        assert!(!condition(&gw.conditions, "Programmed").0);
+        assert!(!condition(&listener(gw, "http").conditions, "Programmed").0);
+        assert_eq!(parent_accepted(&r, "r"), [(false, "NotAllowedByListeners")]);
+        assert!(r.ir.listeners.is_empty());
     }
 
     /// HTTPRouteListenerHostnameMatching: a hostname goes to the most specific listener.
