@@ -108,6 +108,7 @@ impl Translation {
         resolve::Options {
             gateway_class: self.gateway_class.clone(),
             system_ca_bundle: self.system_ca_bundle.clone(),
+            listener_address: Some(self.listener_address.clone()),
         }
     }
     fn translate_options(&self, delivery: Delivery) -> Result<TranslateOptions, String> {

@@ -34,6 +34,7 @@ impl fmt::Display for ObjectKey {
 /// rebuild does not copy them.
 pub enum Object {
     Gateway(Arc<Gateway>),
+    GatewayClass(Arc<GatewayClass>),
     HttpRoute(Arc<HttpRoute>),
     BackendTlsPolicy(Arc<BackendTlsPolicy>),
     ReferenceGrant(Arc<ReferenceGrant>),
@@ -48,6 +49,7 @@ impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Gateway(_) => "Gateway",
+            Object::GatewayClass(_) => "GatewayClass",
             Object::HttpRoute(_) => "HTTPRoute",
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::ReferenceGrant(_) => "ReferenceGrant",
@@ -62,6 +64,7 @@ impl Object {
     fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::Gateway(o) => &o.metadata,
+            Object::GatewayClass(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
@@ -73,11 +76,11 @@ impl Object {
         }
     }
 
-    /// Namespaces are cluster-scoped: their key has an empty namespace.
+    /// Namespaces and GatewayClasses are cluster-scoped: their key has an empty namespace.
     pub fn key(&self) -> ObjectKey {
         let meta = self.metadata();
         match self {
-            Object::Namespace(_) => ObjectKey::new("", &meta.name),
+            Object::Namespace(_) | Object::GatewayClass(_) => ObjectKey::new("", &meta.name),
             _ => ObjectKey::new(meta.namespace(), &meta.name),
         }
     }
@@ -172,6 +175,20 @@ impl ObjectMeta {
 // ---------------------------------------------------------------------------------------------
 // Gateway API
 
+/// A GatewayClass: the loader serves the classes whose `controllerName` is
+/// [`crate::status::CONTROLLER_NAME`].
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GatewayClass {
+    pub metadata: ObjectMeta,
+    pub spec: GatewayClassSpec,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassSpec {
+    pub controller_name: String,
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Gateway {
     pub metadata: ObjectMeta,
@@ -187,6 +204,17 @@ pub struct GatewaySpec {
     pub listeners: Vec<GatewayListener>,
     #[serde(default)]
     pub tls: Option<GatewayTls>,
+    #[serde(default)]
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+/// `spec.infrastructure`: the loader provisions no infrastructure and takes no parameters.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    /// Any reference makes the Gateway `Accepted=False` `InvalidParameters`.
+    #[serde(default)]
+    pub parameters_ref: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -223,6 +251,22 @@ pub struct GatewayListener {
     pub protocol: String,
     #[serde(default)]
     pub allowed_routes: Option<AllowedRoutes>,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's `tls`: how it terminates TLS and with which certificates.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (the default) or `Passthrough`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub certificate_refs: Vec<SecretObjectReference>,
+    /// Implementation-specific options; none is implemented.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -230,6 +274,18 @@ pub struct GatewayListener {
 pub struct AllowedRoutes {
     #[serde(default)]
     pub namespaces: Option<RouteNamespaces>,
+    /// Route kinds the listener accepts; unset means every kind its protocol supports.
+    #[serde(default)]
+    pub kinds: Option<Vec<RouteGroupKindRef>>,
+}
+
+/// An `allowedRoutes.kinds[]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct RouteGroupKindRef {
+    /// Defaults to `gateway.networking.k8s.io`.
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

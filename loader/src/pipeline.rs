@@ -4,7 +4,7 @@
 use crate::quarantine::RejectionReport;
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
-use crate::status::{GatewayReport, PolicyReport, RouteReport};
+use crate::status::{GatewayClassReport, GatewayReport, PolicyReport, RouteReport};
 use crate::xds::translate::{translate, Resources, TranslateOptions};
 
 /// Everything the loader concluded from the input, before any Envoy type.
@@ -22,7 +22,14 @@ impl Resolved {
     /// `/status` shows.
     pub fn status_json(&self) -> serde_json::Value {
         let r = &self.resolution;
-        status_json(&r.policies, &r.gateways, &r.routes, &self.errors, &r.problems)
+        status_json(
+            &r.policies,
+            &r.gateway_classes,
+            &r.gateways,
+            &r.routes,
+            &self.errors,
+            &r.problems,
+        )
     }
 
     /// Keeps only what status reports need (`serve` renders `/status` on request, not per build).
@@ -30,6 +37,7 @@ impl Resolved {
         let r = self.resolution;
         StatusReport {
             policies: r.policies,
+            gateway_classes: r.gateway_classes,
             gateways: r.gateways,
             routes: r.routes,
             errors: self.errors,
@@ -51,6 +59,7 @@ impl Resolved {
 #[derive(Default)]
 pub struct StatusReport {
     pub policies: Vec<PolicyReport>,
+    pub gateway_classes: Vec<GatewayClassReport>,
     pub gateways: Vec<GatewayReport>,
     pub routes: Vec<RouteReport>,
     pub errors: Vec<SourceError>,
@@ -61,7 +70,14 @@ pub struct StatusReport {
 
 impl StatusReport {
     pub fn to_json(&self) -> serde_json::Value {
-        status_json(&self.policies, &self.gateways, &self.routes, &self.errors, &self.problems)
+        status_json(
+            &self.policies,
+            &self.gateway_classes,
+            &self.gateways,
+            &self.routes,
+            &self.errors,
+            &self.problems,
+        )
     }
 
     /// What `/status` serves: [`Self::to_json`] with the snapshot version, as compact JSON text
@@ -71,6 +87,8 @@ impl StatusReport {
         #[derive(serde::Serialize)]
         struct Document<'a> {
             policies: &'a [PolicyReport],
+            #[serde(rename = "gatewayClasses")]
+            gateway_classes: &'a [GatewayClassReport],
             gateways: &'a [GatewayReport],
             routes: &'a [RouteReport],
             errors: &'a [SourceError],
@@ -80,6 +98,7 @@ impl StatusReport {
         }
         let document = Document {
             policies: &self.policies,
+            gateway_classes: &self.gateway_classes,
             gateways: &self.gateways,
             routes: &self.routes,
             errors: &self.errors,
@@ -95,6 +114,7 @@ impl StatusReport {
 
 fn status_json(
     policies: &[PolicyReport],
+    gateway_classes: &[GatewayClassReport],
     gateways: &[GatewayReport],
     routes: &[RouteReport],
     errors: &[SourceError],
@@ -102,6 +122,7 @@ fn status_json(
 ) -> serde_json::Value {
     serde_json::json!({
         "policies": policies.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
+        "gatewayClasses": gateway_classes,
         "gateways": gateways,
         "routes": routes,
         "errors": errors,

@@ -343,8 +343,8 @@ fn parse_object(
     }
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let supported: &[&str] = match (group, kind) {
-        (GATEWAY_GROUP, "Gateway" | "HTTPRoute") => &["v1", "v1beta1"],
-        (GATEWAY_GROUP, "ReferenceGrant") => &["v1beta1", "v1alpha2"],
+        (GATEWAY_GROUP, "Gateway" | "GatewayClass" | "HTTPRoute") => &["v1", "v1beta1"],
+        (GATEWAY_GROUP, "ReferenceGrant") => &["v1", "v1beta1", "v1alpha2"],
         (GATEWAY_GROUP, "BackendTLSPolicy") => &["v1", "v1alpha3"],
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
         ("discovery.k8s.io", "EndpointSlice") => &["v1"],
@@ -390,6 +390,7 @@ fn parse_object(
         "Gateway" => Object::Gateway(typed(document)?),
         "HTTPRoute" => Object::HttpRoute(typed(document)?),
         "ReferenceGrant" => Object::ReferenceGrant(typed(document)?),
+        "GatewayClass" => Object::GatewayClass(typed(document)?),
         "BackendTLSPolicy" => Object::BackendTlsPolicy(typed(document)?),
         "Service" => Object::Service(typed(document)?),
         "ConfigMap" => Object::ConfigMap(typed(document)?),

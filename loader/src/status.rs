@@ -105,6 +105,14 @@ pub struct GatewayReport {
     pub listeners: Vec<ListenerReport>,
 }
 
+/// What the loader concluded about one GatewayClass of its controller: `Accepted`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatewayClassReport {
+    pub name: String,
+    pub generation: i64,
+    pub conditions: Vec<Condition>,
+}
+
 /// `status.addresses[]` of a Gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GatewayAddress {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 #[derive(Clone, Debug, Default)]
 pub struct Store {
     pub gateways: BTreeMap<ObjectKey, Arc<Gateway>>,
+    /// By name (cluster-scoped).
+    pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
     pub policies: BTreeMap<ObjectKey, Arc<BackendTlsPolicy>>,
     pub reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
@@ -27,6 +29,7 @@ impl Store {
         let key = object.key();
         match object {
             Object::Gateway(o) => drop(self.gateways.insert(key, o)),
+            Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
             Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
             Object::BackendTlsPolicy(o) => drop(self.policies.insert(key, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
@@ -48,6 +51,7 @@ impl Store {
     pub fn remove(&mut self, kind: &str, key: &ObjectKey) {
         match kind {
             "Gateway" => drop(self.gateways.remove(key)),
+            "GatewayClass" => drop(self.gateway_classes.remove(&key.name)),
             "HTTPRoute" => drop(self.http_routes.remove(key)),
             "BackendTLSPolicy" => drop(self.policies.remove(key)),
             "ReferenceGrant" => drop(self.reference_grants.remove(key)),

@@ -87,6 +87,11 @@ fn routes() {
     check("routes");
 }
 
+#[test]
+fn gateways() {
+    check("gateways");
+}
+
 /// envoy/bootstrap.yaml is what `backendtls-loader bootstrap --xds-certs .demo/xds` prints (the
 /// certificates `make demo` creates; relative paths, so Envoy runs from the repository root).
 #[test]

@@ -16,7 +16,10 @@ pub use policy::option_keys;
 use crate::ir::*;
 use crate::objects::ObjectKey;
 use crate::objects::{self, Gateway, HttpRoute, ServicePort};
-use crate::status::{Condition, GatewayReport, PolicyReport, RouteReport};
+use crate::status::{
+    Condition, GatewayAddress, GatewayClassReport, GatewayReport, ListenerReport, ParentReference,
+    PolicyReport, RouteGroupKind, RouteParentStatus, RouteReport,
+};
 use crate::store::Store;
 use gateways::*;
 use policy::PolicyIndex;
@@ -36,6 +39,9 @@ pub struct Options {
     pub gateway_class: Option<String>,
     /// The trust bundle behind `wellKnownCACertificates: System`.
     pub system_ca_bundle: PathBuf,
+    /// The address Envoy binds Gateway listeners to, reported in each Gateway's
+    /// `status.addresses`.
+    pub listener_address: Option<String>,
 }
 
 impl Default for Options {
@@ -43,6 +49,7 @@ impl Default for Options {
         Options {
             gateway_class: None,
             system_ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            listener_address: None,
         }
     }
 }
@@ -59,6 +66,8 @@ pub struct Problem {
 pub struct Resolution {
     pub ir: Ir,
     pub policies: Vec<PolicyReport>,
+    /// The GatewayClasses of this loader's controller.
+    pub gateway_classes: Vec<GatewayClassReport>,
     pub gateways: Vec<GatewayReport>,
     /// Routes that name a Gateway this loader serves, with their `status.parents`.
     pub routes: Vec<RouteReport>,
@@ -69,120 +78,52 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     let mut policies = PolicyIndex::build(store, options);
     let mut problems = Vec::new();
     let mut ir = Ir::default();
-    let mut gateways = Vec::new();
 
-    for (gateway_key, gateway) in &store.gateways {
-        if let Some(class) = &options.gateway_class {
-            if &gateway.spec.gateway_class_name != class {
-                continue;
-            }
-        }
-        let (client_certificate, report) =
-            gateway_client_certificate(store, gateway_key, gateway, &mut ir);
-        gateways.push(report);
-        let context = GatewayContext { key: gateway_key, gateway, client_certificate };
-        for listener in gateway_listeners(gateway_key, gateway, &mut problems) {
-            let listener =
-                build_listener(store, &context, listener, &mut policies, &mut ir, &mut problems);
-            ir.listeners.push(listener);
-        }
-    }
-    // Two Gateways cannot share a port on one Envoy: the first by namespace/name keeps it.
-    let mut ports = BTreeMap::new();
-    ir.listeners.retain(|l| match ports.insert(l.port, l.name.clone()) {
-        None => true,
-        Some(first) => {
-            ports.insert(l.port, first.clone());
-            problems.push(Problem {
-                object: format!("Envoy listener {}", l.name),
-                reason: format!("port {} is already used by {first}; not served", l.port),
-            });
-            false
-        }
+    let mut served: Vec<ServedGateway<'_>> = store
+        .gateways
+        .iter()
+        .filter(|(_, gateway)| serves_class(store, options, &gateway.spec.gateway_class_name))
+        .map(|(key, gateway)| serve_gateway(store, key, gateway, &mut ir))
+        .collect();
+    // Precedence between Gateways that share a port: the older, then by namespace/name.
+    served.sort_by(|a, b| {
+        let created = |g: &ServedGateway<'_>| {
+            let t = g.gateway.metadata.creation_timestamp.as_deref();
+            (t.is_none(), t.map(str::to_string))
+        };
+        created(a).cmp(&created(b)).then_with(|| a.key.cmp(b.key))
     });
+    mark_conflicts(&mut served);
+    let (routes, attachments) = attach_routes(store, &mut served, gateways::route_conditions);
+    let listeners =
+        build_listeners(store, &served, &attachments, &mut policies, &mut ir, &mut problems);
+    ir.listeners = listeners;
+    let addresses: Vec<GatewayAddress> = options
+        .listener_address
+        .iter()
+        .map(|address| GatewayAddress {
+            kind: if address.parse::<IpAddr>().is_ok() { "IPAddress" } else { "Hostname" },
+            value: address.clone(),
+        })
+        .collect();
+    let mut gateways: Vec<GatewayReport> =
+        served.iter().map(|g| gateway_report(g, &addresses)).collect();
+    gateways.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for cluster in ir.clusters.values() {
         if let Some(BackendTls { trust: Trust::Ca { secret }, .. }) = &cluster.tls {
             let pem = policies.bundles[secret].to_string();
             ir.ca_bundles.insert(secret.clone(), CaBundle { pem });
         }
     }
-    let routes = route_reports(store, options);
-    Resolution { ir, policies: policies.reports(), gateways, routes, problems }
-}
-
-/// `status.parents` of every HTTPRoute, one entry per parentRef naming a Gateway this loader
-/// serves: `Accepted` (True when attached to one of its listeners; False with `UnsupportedValue`
-/// when the route uses a field the loader does not implement) and `ResolvedRefs` from
-/// [`routes::route_conditions`]. Minimal until Gateway attachment status takes it over.
-fn route_reports(store: &Store, options: &Options) -> Vec<RouteReport> {
-    use crate::status::{ParentReference, RouteParentStatus, CONTROLLER_NAME};
-    let served = |key: &ObjectKey| {
-        store.gateways.get(key).filter(|g| {
-            options.gateway_class.as_ref().is_none_or(|c| &g.spec.gateway_class_name == c)
-        })
-    };
-    let mut reports = Vec::new();
-    for (route_key, route) in &store.http_routes {
-        let generation = route.metadata.generation();
-        let (resolved, refusal) = route_conditions(store, route_key, route);
-        let mut parents = Vec::new();
-        for parent in &route.spec.parent_refs {
-            let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
-            let kind = parent.kind.as_deref().unwrap_or("Gateway");
-            let namespace = parent.namespace.as_deref().unwrap_or(&route_key.namespace);
-            let gateway_key = ObjectKey::new(namespace, &parent.name);
-            let Some(gateway) =
-                served(&gateway_key).filter(|_| group == GATEWAY_GROUP && kind == "Gateway")
-            else {
-                continue;
-            };
-            let accepted = refusal.clone().unwrap_or_else(|| {
-                let attached =
-                    gateway_listeners(&gateway_key, gateway, &mut Vec::new()).iter().any(|l| {
-                        !attached_hostnames(store, &gateway_key, gateway, l, route_key, route)
-                            .is_empty()
-                    });
-                if attached {
-                    Condition::new("Accepted", true, "Accepted", "Route is accepted".into())
-                } else {
-                    Condition::new(
-                        "Accepted",
-                        false,
-                        "NotAllowedByListeners",
-                        "No listener of the Gateway accepts this route".into(),
-                    )
-                }
-                .observed(generation)
-            });
-            parents.push(RouteParentStatus {
-                parent_ref: ParentReference {
-                    group: group.to_string(),
-                    kind: kind.to_string(),
-                    namespace: namespace.to_string(),
-                    name: parent.name.clone(),
-                    section_name: parent.section_name.clone(),
-                    port: parent.port,
-                },
-                controller_name: CONTROLLER_NAME,
-                conditions: vec![accepted, resolved.clone()],
-            });
-        }
-        if !parents.is_empty() {
-            reports.push(RouteReport {
-                kind: "HTTPRoute",
-                namespace: route_key.namespace.clone(),
-                name: route_key.name.clone(),
-                generation,
-                parents,
-            });
-        }
-    }
-    reports
+    let gateway_classes = gateway_class_reports(store);
+    Resolution { ir, policies: policies.reports(), gateway_classes, gateways, routes, problems }
 }
 
 /// What routes need to know of the Gateway they are attached to.
 struct GatewayContext<'a> {
     key: &'a ObjectKey,
+    /// Not read yet; for the route rules that need the Gateway (e.g. redirect defaults).
+    #[allow(dead_code)]
     gateway: &'a Gateway,
     /// Secret name of the Gateway's backend client certificate, when it has a valid one.
     client_certificate: Option<String>,
