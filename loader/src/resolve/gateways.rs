@@ -945,11 +945,7 @@ spec:
         assert_eq!(condition(&b.conditions, "Accepted").1, "ListenersNotValid");
         assert_eq!(parent_accepted(&r, "to-b-foo"), [(false, "NotAllowedByListeners")]);
         assert_eq!(r.ir.listeners.len(), 1, "{:?}", r.ir.listeners);
-        let hosts: Vec<(&str, Vec<&str>)> = r.ir.listeners[0]
-            .virtual_hosts
-            .iter()
-            .map(|v| (v.domains[0].as_str(), v.routes.iter().map(|r| r.name.as_str()).collect()))
-            .collect();
+        let hosts = first_listener_hosts(&r);
         assert_eq!(
             hosts,
             [
@@ -1020,11 +1016,7 @@ spec:
         text += &route("v3", "{name: gw, sectionName: listener-3}", "[foo.bar.com, baz.bar.com]");
         let r = resolve_text(&text);
         assert_eq!(parent_accepted(&r, "v3"), [(true, "Accepted")]);
-        let hosts: Vec<(&str, Vec<&str>)> = r.ir.listeners[0]
-            .virtual_hosts
-            .iter()
-            .map(|v| (v.domains[0].as_str(), v.routes.iter().map(|r| r.name.as_str()).collect()))
-            .collect();
+        let hosts = first_listener_hosts(&r);
         assert_eq!(
             hosts,
             [
@@ -1049,5 +1041,14 @@ spec:
             ["a.example.com"]
         );
         assert!(intersect_hostnames(Some("example.com"), &["*.example.com".into()]).is_empty());
+    }
+
+    /// The first Envoy listener's virtual hosts: each domain with the names of its routes.
+    fn first_listener_hosts(r: &Resolution) -> Vec<(&str, Vec<&str>)> {
+        r.ir.listeners[0]
+            .virtual_hosts
+            .iter()
+            .map(|v| (v.domains[0].as_str(), v.routes.iter().map(|r| r.name.as_str()).collect()))
+            .collect()
     }
 }
