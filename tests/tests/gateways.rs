@@ -277,7 +277,13 @@ fn parents_that_reach_no_listener_and_gateways_that_share_a_port() {
             "same-namespace",
             &Want::false_("Accepted", "NotAllowedByListeners"),
         )?;
-        cross.condition(INFRA_NS, "same-namespace", &Want::true_("ResolvedRefs"))?;
+        // Its backendRef is in another namespace with no ReferenceGrant: the refs are evaluated
+        // even though no listener accepts the route.
+        cross.condition(
+            INFRA_NS,
+            "same-namespace",
+            &Want::false_("ResolvedRefs", "RefNotPermitted"),
+        )?;
         cross.has_no_accepted_parents()?;
         let section = doc.http_route(INFRA_NS, "not-matching-section-name")?;
         section.condition(
