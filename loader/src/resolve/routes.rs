@@ -459,6 +459,19 @@ fn unsupported_filter(
             if m.fraction.is_some() {
                 return Some(".requestMirror.fraction is not supported".into());
             }
+            // A mirror's backendRef is a BackendObjectReference: the schema has neither field.
+            if m.backend_ref.weight.is_some() {
+                return Some(
+                    ".requestMirror.backendRef.weight is not a field of a mirror's backendRef"
+                        .into(),
+                );
+            }
+            if !m.backend_ref.filters.is_empty() {
+                return Some(
+                    ".requestMirror.backendRef.filters is not a field of a mirror's backendRef"
+                        .into(),
+                );
+            }
             None
         }
         other => Some(format!(".type: {other} is not supported")),
@@ -809,6 +822,7 @@ mod tests {
             ("    sessionPersistence: {type: Cookie}\n", "spec.rules[0].sessionPersistence"),
             ("    filters: [{type: CORS, cors: {}}]\n", "spec.rules[0].filters[0].type: CORS"),
             ("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: s, port: 80}, percent: 5}}]\n", "requestMirror.percent"),
+            ("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: s, port: 80, weight: 3}}}]\n", "requestMirror.backendRef.weight"),
             ("    matches: [{path: {type: RegularExpression, value: \"(\"}}]\n", "spec.rules[0].matches[0].path.value"),
             ("    matches: [{path: {type: Exact, value: /x}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]\n", "ReplacePrefixMatch needs PathPrefix"),
             ("    timeouts: {request: 1s, backendRequest: 2s}\n", "timeouts.backendRequest"),
