@@ -27,23 +27,9 @@ use std::path::{Path, PathBuf};
 
 const DIRECTORIES: u64 = 48;
 
-/// A small deterministic PRNG (xorshift64*), so a failure replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn ca(from: (i32, u8, u8), to: (i32, u8, u8)) -> String {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

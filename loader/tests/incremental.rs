@@ -13,17 +13,9 @@ use std::path::{Path, PathBuf};
 const BACKENDS: usize = 12;
 const EDITS: usize = 60;
 
-/// A small deterministic PRNG (xorshift64*), so a failure replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn ca(index: usize) -> String {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
