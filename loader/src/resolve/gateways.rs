@@ -531,12 +531,16 @@ pub(super) fn build_listeners(
                     problems,
                 )
             });
-            hosts
-                .entry(port)
-                .or_default()
-                .entry(hostname.clone())
-                .or_default()
-                .extend(routes.iter().cloned());
+            hosts.entry(port).or_default().entry(hostname.clone()).or_default().extend(
+                routes.iter().cloned().map(|(order, mut route)| {
+                    // A redirect naming neither scheme nor port goes to this listener's port
+                    // (Gateway API); Envoy leaves a scheme's default port out of `Location`.
+                    if let RouteAction::Redirect(redirect) = &mut route.action {
+                        redirect.port.get_or_insert(port);
+                    }
+                    (order, route)
+                }),
+            );
         }
     }
     ports
