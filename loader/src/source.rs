@@ -46,10 +46,9 @@ pub mod limits {
     /// One YAML document (one object, or one `kind: List`). The API server stores at most about
     /// 1.5 MB per object; parsing holds a document's events in memory, so this bounds it.
     pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
-    /// Directory nesting under the config directory.
+    /// Directory nesting under the config directory. (Nesting inside a document is bounded by
+    /// the YAML and JSON parsers themselves: 128 levels.)
     pub const MAX_DIRECTORY_DEPTH: usize = 32;
-    /// Nesting inside one document (the YAML parser's own limit, stated here for the README).
-    pub const MAX_NESTING: usize = 128;
 }
 
 /// What one file held.

@@ -496,11 +496,7 @@ pub(super) fn build_listeners(
     }
     let contexts: Vec<GatewayContext<'_>> = gateways
         .iter()
-        .map(|g| GatewayContext {
-            key: g.key,
-            gateway: g.gateway,
-            client_certificate: g.client_certificate.clone(),
-        })
+        .map(|g| GatewayContext { key: g.key, client_certificate: g.client_certificate.clone() })
         .collect();
     // Routes are built once per Gateway (clusters carry the Gateway's client certificate).
     let mut built: BTreeMap<(usize, &ObjectKey), Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();

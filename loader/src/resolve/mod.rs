@@ -122,9 +122,6 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
 /// What routes need to know of the Gateway they are attached to.
 struct GatewayContext<'a> {
     key: &'a ObjectKey,
-    /// Not read yet; for the route rules that need the Gateway (e.g. redirect defaults).
-    #[allow(dead_code)]
-    gateway: &'a Gateway,
     /// Secret name of the Gateway's backend client certificate, when it has a valid one.
     client_certificate: Option<String>,
 }
