@@ -59,6 +59,22 @@ impl Loader {
         admin_port: u16,
         extra_args: &[&str],
     ) -> Loader {
+        Loader::launch(config_dir, xds_port, admin_port, extra_args, true)
+    }
+
+    /// Starts the loader on free ports and waits only until it answers `/healthz`: for inputs
+    /// on which it must not become ready.
+    pub fn start_unready(config_dir: &Path) -> Loader {
+        Loader::launch(config_dir, free_port(), free_port(), &[], false)
+    }
+
+    fn launch(
+        config_dir: &Path,
+        xds_port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+        wait_for_ready: bool,
+    ) -> Loader {
         let log_dir =
             tempfile::Builder::new().prefix("btls-loader-").tempdir().expect("loader temp dir");
         let mut loader = Loader {
@@ -68,25 +84,7 @@ impl Loader {
             log_dir,
             process: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            wait_for_ready: true,
-        };
-        loader.start_again();
-        loader
-    }
-
-    /// Starts the loader on free ports and waits only until it answers `/healthz`: for inputs
-    /// on which it must not become ready.
-    pub fn start_unready(config_dir: &Path) -> Loader {
-        let log_dir =
-            tempfile::Builder::new().prefix("btls-loader-").tempdir().expect("loader temp dir");
-        let mut loader = Loader {
-            config_dir: config_dir.to_path_buf(),
-            xds_port: free_port(),
-            admin_port: free_port(),
-            log_dir,
-            process: None,
-            extra_args: Vec::new(),
-            wait_for_ready: false,
+            wait_for_ready,
         };
         loader.start_again();
         loader
