@@ -146,7 +146,7 @@ fn the_validator_reaches_every_expected_verdict() {
             Err(_) => Verdict::InvalidPolicy,
             Ok(validator) => {
                 let der = leaf(&ca, &case.certificate).der().to_vec();
-                match validator.verify(&[&der], pki_types::UnixTime::now()) {
+                match validator.verify(&[&der], crate::validator::UnixTime::now()) {
                     Ok(()) => Verdict::Match,
                     Err(rejection) if rejection.reason == FailureReason::NameMismatch => {
                         Verdict::NoMatch

@@ -25,10 +25,11 @@ pub mod pb;
 pub mod policy;
 pub mod x509;
 
-/// The handshake-time certificate validator's core (dynamic module only: Wasm filters cannot
-/// validate certificates, and webpki's crypto is not built for wasm32).
+/// The handshake-time certificate validator's core, [`backendtls_verify`] (dynamic module only:
+/// Wasm filters cannot validate certificates, and webpki's crypto is not built for wasm32). The
+/// loader's `probe` applies the same crate before any traffic flows.
 #[cfg(all(feature = "validator", not(target_arch = "wasm32")))]
-pub mod validator;
+pub use backendtls_verify as validator;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -7,7 +7,7 @@
 //! ([`super::handshake_counters`]).
 #![forbid(unsafe_code)]
 
-use pki_types::UnixTime;
+use crate::validator::UnixTime;
 
 use super::ffi::{self, LogLevel, ValidationCall};
 use super::handshake_counters;

@@ -30,11 +30,15 @@ use backendtls_contract::identity::{any_matches, DNS_PREFIX, URI_PREFIX};
 use backendtls_contract::validator::{Config, DETAIL_PREFIX};
 use backendtls_contract::{Identity, IdentityError};
 use pki_types::pem::PemObject;
-use pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
+use pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor};
 use sha2::{Digest, Sha256};
 use webpki::{EndEntityCert, KeyUsage};
 
-use crate::x509::{self, Validity};
+pub mod x509;
+use x509::Validity;
+
+/// The clock type of [`ValidatorConfig::verify`].
+pub use pki_types::UnixTime;
 
 /// Why a handshake was refused; the `reason` label of `handshake_failures`.
 pub use backendtls_contract::HandshakeFailure as FailureReason;
@@ -94,39 +98,24 @@ impl fmt::Display for Rejection {
 }
 
 /// Why a validator configuration was refused (Envoy then rejects the cluster).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// Not the contract's JSON object (syntax, a missing or unknown key, a wrong type, or an
     /// identity that is not one: serde's message says which).
+    #[error("{PREFIX}{0}")]
     Json(String),
     /// The hostname, which stands for the identity when `identities` is empty, is not one.
+    #[error("{PREFIX}hostname: {0}")]
     BadHostname(IdentityError),
+    #[error("{PREFIX}trust_anchors_pem: {0}")]
     Pem(String),
+    #[error("{PREFIX}trust_anchors_pem holds no CERTIFICATE block")]
     NoTrustAnchors,
-    BadTrustAnchor {
-        index: usize,
-        error: String,
-    },
+    #[error("{PREFIX}trust anchor #{} cannot be used: {error}", index + 1)]
+    BadTrustAnchor { index: usize, error: String },
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid backendtls certificate validator configuration: ")?;
-        match self {
-            ConfigError::Json(e) => f.write_str(e),
-            ConfigError::BadHostname(e) => write!(f, "hostname: {e}"),
-            ConfigError::Pem(e) => write!(f, "trust_anchors_pem: {e}"),
-            ConfigError::NoTrustAnchors => {
-                f.write_str("trust_anchors_pem holds no CERTIFICATE block")
-            }
-            ConfigError::BadTrustAnchor { index, error } => {
-                write!(f, "trust anchor #{} cannot be used: {error}", index + 1)
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+const PREFIX: &str = "invalid backendtls certificate validator configuration: ";
 
 /// One policy's validator, built once per cluster TLS context and shared by Envoy's workers.
 #[derive(Debug)]
