@@ -1,10 +1,12 @@
-//! The loader's own HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/xds`, `/metrics`.
+//! The loader's own HTTP endpoints: `/healthz`, `/readyz`, `/status`, `/xds`, `/metrics`, `/ui`.
 //!
 //! What each endpoint answers is here; the HTTP server and its bounds against hostile clients
 //! are in [`http`].
 
 pub mod http;
+pub mod ui;
 
+use crate::probe;
 use crate::xds::server::XdsState;
 use http::{Limits, Reply};
 use hyper::Method;
@@ -30,6 +32,8 @@ pub struct LoaderStatus {
 pub struct Admin {
     pub status: Arc<RwLock<LoaderStatus>>,
     pub xds: Arc<XdsState>,
+    /// The latest probe results (`serve --probe-interval`).
+    pub probes: Option<Arc<RwLock<probe::Results>>>,
 }
 
 impl Admin {
@@ -56,7 +60,8 @@ impl Admin {
             "/healthz" => (200, "text/plain", "ok\n".into()),
             "/readyz" if status.ready => (200, "text/plain", "ready\n".into()),
             "/readyz" => (503, "text/plain", "no snapshot yet\n".into()),
-            "/status" => (200, "application/json", status.status.to_string()),
+            "/status" => (200, "application/json", self.status_document(&status)),
+            "/ui" => (200, "text/html; charset=utf-8", self.ui(&status)),
             "/xds" => {
                 let body = serde_json::json!({
                     "snapshot_version": status.snapshot_version,
@@ -67,6 +72,25 @@ impl Admin {
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics(&status)),
             _ => (404, "text/plain", "not found\n".into()),
         }
+    }
+
+    /// The rebuild's status document, with the latest probe results as `probes` when probing.
+    fn status_document(&self, status: &LoaderStatus) -> String {
+        let Some(probes) = &self.probes else { return status.status.to_string() };
+        let probes = probes.read().unwrap();
+        // The document is rendered once per rebuild and probes finish on their own schedule, so
+        // they are added here, as the last key of the JSON object.
+        let document = status.status.trim_end();
+        let Some(open) = document.strip_suffix('}') else { return status.status.to_string() };
+        let reports = serde_json::to_string(&probes.reports).expect("reports serialize");
+        format!("{open},\"probes\":{reports}}}\n")
+    }
+
+    fn ui(&self, status: &LoaderStatus) -> String {
+        let document: serde_json::Value =
+            serde_json::from_str(&status.status).unwrap_or(serde_json::Value::Null);
+        let probes = self.probes.as_ref().map(|p| p.read().unwrap());
+        ui::page(&document, probes.as_deref(), status.snapshot_version)
     }
 
     fn metrics(&self, status: &LoaderStatus) -> String {
@@ -154,6 +178,65 @@ impl Admin {
         ] {
             metric(name, "counter", help, value.load(Ordering::Relaxed).to_string());
         }
+        if let Some(probes) = &self.probes {
+            probe_metrics(&mut out, &probes.read().unwrap());
+        }
         out
     }
+}
+
+/// `backendtls_probe_*` and `backendtls_backend_certificate_not_after_seconds`: one series per
+/// probed endpoint.
+fn probe_metrics(out: &mut String, results: &probe::Results) {
+    let labels = |r: &probe::Report| {
+        format!(
+            "namespace=\"{}\",policy=\"{}\",endpoint=\"{}\"",
+            escape_label(&r.namespace),
+            escape_label(&r.policy),
+            escape_label(&r.endpoint)
+        )
+    };
+    let _ = writeln!(
+        out,
+        "# HELP backendtls_probe_result 1 for the result of the latest probe of each endpoint a \
+         BackendTLSPolicy governs (result=\"ok\" when the handshake would succeed).\n\
+         # TYPE backendtls_probe_result gauge"
+    );
+    for report in &results.reports {
+        let _ = writeln!(
+            out,
+            "backendtls_probe_result{{{},result=\"{}\"}} 1",
+            labels(report),
+            report.result.label()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP backendtls_backend_certificate_not_after_seconds When the certificate each \
+         endpoint presented expires (Unix seconds).\n\
+         # TYPE backendtls_backend_certificate_not_after_seconds gauge"
+    );
+    for report in &results.reports {
+        if let Some(certificate) = &report.certificate {
+            let _ = writeln!(
+                out,
+                "backendtls_backend_certificate_not_after_seconds{{{}}} {}",
+                labels(report),
+                certificate.not_after_seconds
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP backendtls_probe_runs_total Completed probe runs.\n\
+         # TYPE backendtls_probe_runs_total counter\nbackendtls_probe_runs_total {}\n\
+         # HELP backendtls_probe_run_seconds Duration of the latest probe run.\n\
+         # TYPE backendtls_probe_run_seconds gauge\nbackendtls_probe_run_seconds {:.6}",
+        results.runs, results.last_run_seconds
+    );
+}
+
+/// Prometheus label values escape `\\`, `"` and newlines.
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -12,6 +12,7 @@ pub mod ir;
 pub mod kube_names;
 pub mod objects;
 pub mod pipeline;
+pub mod probe;
 pub mod quarantine;
 pub mod resolve;
 pub mod serve;

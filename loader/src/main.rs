@@ -31,7 +31,7 @@ extern "C" fn tune_allocator() {
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
-use backendtls_loader::{certs, pipeline, resolve, serve, source::ConfigDir, xds};
+use backendtls_loader::{certs, objects, pipeline, probe, resolve, serve, source::ConfigDir, xds};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,6 +160,48 @@ fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
 enum Format {
     Yaml,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProbeFormat {
+    Table,
+    Json,
+}
+
+/// How probes run (`probe`, `serve --probe-interval`).
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Per probe, for the connection and the handshake together.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    probe_timeout: Duration,
+    /// Probes in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    probe_concurrency: u16,
+}
+
+impl ProbeArgs {
+    fn options(&self) -> probe::Options {
+        probe::Options { timeout: self.probe_timeout, concurrency: self.probe_concurrency.into() }
+    }
+}
+
+/// `250ms`, `5s`, `2m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 30s"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?}: must be more than zero"));
+    }
+    Ok(duration)
 }
 
 /// `serve`'s ADS transport and limits (README, "Secure xDS").
@@ -308,6 +350,26 @@ enum Command {
         admin_address: SocketAddr,
         #[command(flatten)]
         xds: XdsServeArgs,
+        /// Probe every endpoint a policy governs this often (e.g. `30s`, `5m`), and whenever the
+        /// configuration changes; results in /status, /metrics and /ui. Off by default.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        probe_interval: Option<Duration>,
+        #[command(flatten)]
+        probe: ProbeArgs,
+    },
+    /// TLS-handshake every endpoint each BackendTLSPolicy governs, as Envoy would (SNI, CA
+    /// certificates, names, ALPN, TLS versions, the Gateway's client certificate), without sending
+    /// any request. Exit 0 when every probe is ok, 1 when any is not, 2 on a usage error.
+    Probe {
+        #[command(flatten)]
+        translation: Translation,
+        /// Only the endpoints of this policy (`namespace/name`).
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        policy: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: ProbeFormat,
+        #[command(flatten)]
+        probe: ProbeArgs,
     },
     /// Print a complete static Envoy bootstrap for the directory (CAs inline).
     Render {
@@ -411,7 +473,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { translation, xds_address, admin_address, xds } => {
+        Command::Serve { translation, xds_address, admin_address, xds, probe_interval, probe } => {
             let translate = match translation.translate_options(Delivery::Ads) {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
@@ -427,6 +489,8 @@ fn main() -> ExitCode {
                 resolve: translation.resolve_options(),
                 translate,
                 xds,
+                probe: probe_interval
+                    .map(|interval| serve::ProbeSchedule { interval, options: probe.options() }),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -515,6 +579,50 @@ fn main() -> ExitCode {
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
             print(&resolved.status_json(), output);
             exit_without_teardown(if resolved.is_healthy() { 0 } else { 1 })
+        }
+        Command::Probe { translation, policy, output, probe } => {
+            let policy = match policy.as_deref().map(|p| p.split_once('/')) {
+                None => None,
+                Some(Some((namespace, name))) if !namespace.is_empty() && !name.is_empty() => {
+                    Some(objects::ObjectKey::new(namespace, name))
+                }
+                Some(_) => return usage_error("--policy takes NAMESPACE/NAME"),
+            };
+            let mut config = ConfigDir::new(&translation.config_dir);
+            if let Err(e) = config.reload() {
+                return usage_error(&format!(
+                    "cannot read {}: {e}",
+                    translation.config_dir.display()
+                ));
+            }
+            let resolved = pipeline::resolve(&config, &translation.resolve_options());
+            for error in &resolved.errors {
+                eprintln!("backendtls-loader: input problem: {error}");
+            }
+            let targets = probe::targets(&resolved.resolution.ir, policy.as_ref());
+            if let Some(policy) = &policy {
+                if !resolved
+                    .resolution
+                    .policies
+                    .iter()
+                    .any(|p| p.namespace == policy.namespace && p.name == policy.name)
+                {
+                    return usage_error(&format!("no BackendTLSPolicy {policy} in the directory"));
+                }
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let reports = runtime.block_on(probe::run(&targets, &probe.options()));
+            match output {
+                ProbeFormat::Json => {
+                    println!("{:#}", serde_json::json!({ "probes": reports }))
+                }
+                ProbeFormat::Table => print!("{}", probe::table(&reports)),
+            }
+            let all_ok = reports.iter().all(|r| r.result == probe::Outcome::Ok);
+            exit_without_teardown(if all_ok { 0 } else { 1 })
         }
         Command::Bootstrap { xds_address, admin_address, node_id, sotw, output, tls } => {
             let tls = match tls.tls(&node_id) {

@@ -2,6 +2,7 @@
 
 use crate::admin::{Admin, LoaderStatus};
 use crate::pipeline;
+use crate::probe;
 use crate::quarantine::Quarantine;
 use crate::resolve;
 use crate::source::ConfigDir;
@@ -24,6 +25,15 @@ pub struct ServeOptions {
     pub resolve: resolve::Options,
     pub translate: TranslateOptions,
     pub xds: XdsServeOptions,
+    /// Preflight probes of the backends, when asked for.
+    pub probe: Option<ProbeSchedule>,
+}
+
+/// `--probe-interval` and how each probe runs.
+#[derive(Clone, Debug)]
+pub struct ProbeSchedule {
+    pub interval: Duration,
+    pub options: probe::Options,
 }
 
 /// How the ADS server is secured and limited.
@@ -82,7 +92,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let limits = options.xds.limits.clone();
     let xds = XdsState::with_limits(snapshot_rx, limits.clone());
     let status = Arc::new(RwLock::new(LoaderStatus::default()));
+    let (probe_plan_tx, probe_plan_rx) = watch::channel(Arc::new(Vec::new()));
+    let probe_results =
+        options.probe.as_ref().map(|_| Arc::new(RwLock::new(probe::Results::default())));
     let mut rebuild = Rebuilder {
+        probe_plan: options.probe.is_some().then_some(probe_plan_tx),
         config,
         quarantine: Quarantine::default(),
         resolve: options.resolve.clone(),
@@ -142,7 +156,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
         xds_transport = if tls.is_some() { "mTLS" } else { "plaintext" }, "serving"
     );
 
-    let admin = Arc::new(Admin { status, xds: xds.clone() });
+    if let (Some(schedule), Some(results)) = (&options.probe, &probe_results) {
+        let schedule = schedule.clone();
+        tokio::spawn(probe::keep_probing(
+            probe_plan_rx,
+            schedule.interval,
+            schedule.options,
+            results.clone(),
+        ));
+    }
+    let admin = Arc::new(Admin { status, xds: xds.clone(), probes: probe_results });
     tokio::spawn(admin.serve(admin_listener));
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch());
@@ -202,6 +225,8 @@ struct Rebuilder {
     translator: Translator,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     status: Arc<RwLock<LoaderStatus>>,
+    /// Where the probe task learns what to probe (`--probe-interval` only).
+    probe_plan: Option<watch::Sender<Arc<Vec<probe::Target>>>>,
 }
 
 impl Rebuilder {
@@ -238,6 +263,10 @@ impl Rebuilder {
             }
         }
         let resources = self.translator.translate(&resolved.resolution.ir, &self.translate);
+        if let Some(plan) = &self.probe_plan {
+            // What Envoy is told is what gets probed (quarantined clusters included, as served).
+            plan.send_replace(Arc::new(probe::targets(&resolved.resolution.ir, None)));
+        }
         // The IR is translated: free it before the snapshot is built.
         let mut report = resolved.into_status();
         report.rejected = self.quarantine.reports();

@@ -75,6 +75,22 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// Like [`TestCa::issue`], valid only from `not_before` to `not_after` (`(year, month, day)`):
+    /// for expired and not-yet-valid certificates.
+    pub fn issue_with_validity(
+        &self,
+        dns_names: &[&str],
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> CertifiedKey {
+        let names: Vec<String> = dns_names.iter().map(|name| name.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("valid DNS names");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        self.sign(params)
+    }
+
     /// A clientAuth certificate with subject `CN=<common_name>` and no SANs.
     pub fn issue_client(&self, common_name: &str) -> CertifiedKey {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
