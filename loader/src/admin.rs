@@ -186,11 +186,13 @@ impl Admin {
 }
 
 /// `backendtls_probe_*` and `backendtls_backend_certificate_not_after_seconds`: one series per
-/// probed endpoint.
+/// probed endpoint. `policy` is `<namespace>/<name>`, as in Envoy's per-policy stats, so that
+/// dashboards can join the two.
 fn probe_metrics(out: &mut String, results: &probe::Results) {
     let labels = |r: &probe::Report| {
         format!(
-            "namespace=\"{}\",policy=\"{}\",endpoint=\"{}\"",
+            "namespace=\"{}\",policy=\"{}/{}\",endpoint=\"{}\"",
+            escape_label(&r.namespace),
             escape_label(&r.namespace),
             escape_label(&r.policy),
             escape_label(&r.endpoint)
