@@ -485,9 +485,11 @@ async fn handshake(
     // client certificate: a refusal comes as an alert right after. Wait briefly for one.
     if setup.client_certificate.is_some() && version == Some(rustls::ProtocolVersion::TLSv1_3) {
         let mut byte = [0u8; 1];
-        match tokio::time::timeout(CLIENT_CERTIFICATE_VERDICT, tls.read(&mut byte)).await {
-            Ok(Err(e)) => return Err(Failure::AfterHandshake(e)),
-            Ok(Ok(_)) | Err(_) => {}
+        // Data, a clean close or silence all mean the certificate was accepted.
+        if let Ok(Err(e)) =
+            tokio::time::timeout(CLIENT_CERTIFICATE_VERDICT, tls.read(&mut byte)).await
+        {
+            return Err(Failure::AfterHandshake(e));
         }
     }
     use tokio::io::AsyncWriteExt;
