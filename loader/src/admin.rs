@@ -3,6 +3,7 @@
 //! What each endpoint answers is here; the HTTP server and its bounds against hostile clients
 //! are in [`http`].
 
+pub mod envoy_stats;
 pub mod http;
 pub mod ui;
 
@@ -34,6 +35,8 @@ pub struct Admin {
     pub xds: Arc<XdsState>,
     /// The latest probe results (`serve --probe-interval`).
     pub probes: Option<Arc<RwLock<probe::Results>>>,
+    /// One Envoy's per-policy counters (`serve --envoy-admin`), for `/ui`.
+    pub envoy: Option<Arc<RwLock<envoy_stats::PolicyCounters>>>,
 }
 
 impl Admin {
@@ -90,7 +93,8 @@ impl Admin {
         let document: serde_json::Value =
             serde_json::from_str(&status.status).unwrap_or(serde_json::Value::Null);
         let probes = self.probes.as_ref().map(|p| p.read().unwrap());
-        ui::page(&document, probes.as_deref(), status.snapshot_version)
+        let envoy = self.envoy.as_ref().map(|e| e.read().unwrap());
+        ui::page(&document, probes.as_deref(), envoy.as_deref(), status.snapshot_version)
     }
 
     fn metrics(&self, status: &LoaderStatus) -> String {

@@ -31,7 +31,9 @@ extern "C" fn tune_allocator() {
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
-use backendtls_loader::{certs, objects, pipeline, probe, resolve, serve, source::ConfigDir, xds};
+use backendtls_loader::{
+    admin, certs, objects, pipeline, probe, resolve, serve, source::ConfigDir, xds,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -356,6 +358,9 @@ enum Command {
         probe_interval: Option<Duration>,
         #[command(flatten)]
         probe: ProbeArgs,
+        /// An Envoy's admin address (`http://127.0.0.1:19000`): /ui shows its per-policy counters.
+        #[arg(long, value_name = "URL")]
+        envoy_admin: Option<String>,
     },
     /// TLS-handshake every endpoint each BackendTLSPolicy governs, as Envoy would (SNI, CA
     /// certificates, names, ALPN, TLS versions, the Gateway's client certificate), without sending
@@ -473,7 +478,20 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { translation, xds_address, admin_address, xds, probe_interval, probe } => {
+        Command::Serve {
+            translation,
+            xds_address,
+            admin_address,
+            xds,
+            probe_interval,
+            probe,
+            envoy_admin,
+        } => {
+            let envoy_admin = match envoy_admin.as_deref().map(admin::envoy_stats::parse_address) {
+                None => None,
+                Some(Ok(address)) => Some(address),
+                Some(Err(e)) => return usage_error(&format!("--envoy-admin {e}")),
+            };
             let translate = match translation.translate_options(Delivery::Ads) {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
@@ -491,6 +509,7 @@ fn main() -> ExitCode {
                 xds,
                 probe: probe_interval
                     .map(|interval| serve::ProbeSchedule { interval, options: probe.options() }),
+                envoy_admin,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub xds: XdsServeOptions,
     /// Preflight probes of the backends, when asked for.
     pub probe: Option<ProbeSchedule>,
+    /// An Envoy admin address (`host:port`) whose per-policy counters `/ui` shows.
+    pub envoy_admin: Option<String>,
 }
 
 /// `--probe-interval` and how each probe runs.
@@ -165,7 +167,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
             results.clone(),
         ));
     }
-    let admin = Arc::new(Admin { status, xds: xds.clone(), probes: probe_results });
+    let envoy = options.envoy_admin.clone().map(|address| {
+        let counters = Arc::new(RwLock::new(crate::admin::envoy_stats::PolicyCounters::default()));
+        tokio::spawn(crate::admin::envoy_stats::keep_reading(address, counters.clone()));
+        counters
+    });
+    let admin = Arc::new(Admin { status, xds: xds.clone(), probes: probe_results, envoy });
     tokio::spawn(admin.serve(admin_listener));
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch());

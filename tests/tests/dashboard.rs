@@ -1,7 +1,11 @@
-//! The Grafana dashboard (`deploy/grafana/backendtls.json`) queries only what exists: every metric
-//! and every label its PromQL names is found in a live scrape of Envoy's `/stats/prometheus`
-//! (dynamic-module filter and validator) and the loader's `/metrics` (with probes), after traffic
-//! that makes each series appear (a verified backend, one from another CA, an invalid policy).
+//! What operators look at, against a live stack (dynamic-module filter and validator, probes):
+//!
+//! - the Grafana dashboard (`deploy/grafana/backendtls.json`) queries only what exists: every
+//!   metric and every label its PromQL names is found in a live scrape of Envoy's
+//!   `/stats/prometheus` and the loader's `/metrics`, after traffic that makes each series appear
+//!   (a verified backend, one from another CA, an invalid policy);
+//! - the loader's `/ui` page, rendered by headless Chromium, shows each policy's conditions, its
+//!   probe result and the Envoy's live counters for it (`serve --envoy-admin`).
 
 use backendtls_e2e::paths::workspace_root;
 use backendtls_e2e::policy_support::{
@@ -165,6 +169,8 @@ fn every_metric_and_label_the_dashboard_queries_exists() {
         ]),
     );
     let so_arg = so.to_str().expect("UTF-8 path");
+    let admin = free_port();
+    let envoy_admin = format!("http://127.0.0.1:{admin}");
     let loader = Loader::start_with_args(
         config.path(),
         free_port(),
@@ -178,9 +184,10 @@ fn every_metric_and_label_the_dashboard_queries_exists() {
             so_arg,
             "--probe-interval",
             "1h",
+            "--envoy-admin",
+            &envoy_admin,
         ],
     );
-    let admin = free_port();
     let envoy =
         Envoy::start(&ads_bootstrap(loader.xds_port(), admin, "e2e-dashboard", Ads::Delta), admin);
     for (path, status) in [("/good", 200), ("/other-ca", 503), ("/broken", 503)] {
@@ -230,5 +237,56 @@ fn every_metric_and_label_the_dashboard_queries_exists() {
             .join("\n"),
         loader_text
     );
+
+    // The status page, as a browser renders it: conditions, probe results and Envoy's counters
+    // (read every 5 s), for each policy.
+    let dom = wait_until("/ui to show Envoy's counters for the policies", TIMEOUT, || {
+        let dom = chromium(&["--dump-dom"], loader.admin_port());
+        (dom.contains("handshakes_verified 1")
+            && dom.contains("handshake_failures.reason.unknown_issuer"))
+        .then_some(dom.clone())
+        .ok_or(dom)
+    });
+    for (policy, result) in
+        [("good", "ok"), ("other-ca", "unknown_issuer"), ("broken", "policy_invalid")]
+    {
+        let row = format!(
+            "class=\"probe {}\" data-policy=\"{NS}/{policy}\"",
+            if result == "ok" { "good" } else { "bad" }
+        );
+        assert!(dom.contains(&row), "{row} in\n{dom}");
+        assert!(dom.contains(&format!("data-result=\"{result}\"")), "{dom}");
+    }
+    assert!(dom.contains("NoValidCACertificate"), "the invalid policy's condition:\n{dom}");
+    let dir = tempfile::tempdir().unwrap();
+    let screenshot = dir.path().join("ui.png");
+    let flag = format!("--screenshot={}", screenshot.display());
+    chromium(&[&flag, "--window-size=1400,1300"], loader.admin_port());
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot: {} bytes",
+        png.len()
+    );
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(workspace_root().join("docs/ui.png"), &png).unwrap();
+    }
     drop(envoy);
+}
+
+/// Headless Chromium on the loader's `/ui` with `flags`; its stdout.
+fn chromium(flags: &[&str], admin_port: u16) -> String {
+    let output = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        .args(["--no-first-run", "--hide-scrollbars", "--timeout=10000"])
+        .args(flags)
+        .arg(format!("http://127.0.0.1:{admin_port}/ui"))
+        .output()
+        .expect("run chromium (Debian package chromium; `make setup` installs it)");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

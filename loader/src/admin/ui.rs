@@ -2,6 +2,7 @@
 //! their conditions, probe results with certificate expiry, input errors). No scripts and no
 //! external assets: it works offline and behind any proxy, and refreshes itself every 10 s.
 
+use super::envoy_stats::PolicyCounters;
 use crate::probe::{self, Outcome};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -15,7 +16,12 @@ border-bottom:1px solid #dde;vertical-align:top}th{background:#f3f4f8}\
 .badge.good{color:#14532d}.badge.bad{color:#7f1d1d}code{font-size:.95em}";
 
 /// The page. `status` is `/status`'s document (without probes); `probes` the latest probe run.
-pub fn page(status: &Value, probes: Option<&probe::Results>, snapshot_version: u64) -> String {
+pub fn page(
+    status: &Value,
+    probes: Option<&probe::Results>,
+    envoy: Option<&PolicyCounters>,
+    snapshot_version: u64,
+) -> String {
     let mut html = String::new();
     let _ = write!(
         html,
@@ -27,7 +33,7 @@ pub fn page(status: &Value, probes: Option<&probe::Results>, snapshot_version: u
          <a href=\"/metrics\">/metrics</a>.</p>"
     );
     probes_section(&mut html, probes);
-    policies_section(&mut html, status);
+    policies_section(&mut html, status, envoy);
     gateways_section(&mut html, status);
     routes_section(&mut html, status);
     errors_section(&mut html, status);
@@ -96,22 +102,55 @@ fn probes_section(html: &mut String, probes: Option<&probe::Results>) {
     );
 }
 
-fn policies_section(html: &mut String, status: &Value) {
+fn policies_section(html: &mut String, status: &Value, envoy: Option<&PolicyCounters>) {
     html.push_str("<h2 id=\"policies\">BackendTLSPolicies</h2>");
     let policies = list(status, "policies");
     if policies.is_empty() {
         html.push_str("<p class=\"note\">None.</p>");
         return;
     }
-    html.push_str("<table><tr><th>Policy</th><th>Ancestor</th><th>Conditions</th></tr>");
+    match envoy {
+        Some(PolicyCounters { error: Some(error), source, .. }) => {
+            let _ = write!(
+                html,
+                "<p class=\"bad\">Envoy counters from {}: {}</p>",
+                escape(source),
+                escape(error)
+            );
+        }
+        Some(PolicyCounters { source, .. }) => {
+            let _ = write!(html, "<p class=\"note\">Envoy counters from {}.</p>", escape(source));
+        }
+        None => html.push_str(
+            "<p class=\"note\">Start <code>serve</code> with <code>--envoy-admin URL</code> to \
+             see an Envoy's counters per policy here.</p>",
+        ),
+    }
+    html.push_str(
+        "<table><tr><th>Policy</th><th>Ancestor</th><th>Conditions</th><th>Envoy counters</th></tr>",
+    );
     for policy in policies {
         let name = object_name(policy);
+        let counters = envoy
+            .and_then(|e| e.by_policy.get(&name))
+            .map(|counters| {
+                counters
+                    .iter()
+                    .map(|(counter, value)| {
+                        format!("<span class=\"counter\">{} {value}</span>", escape(counter))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("<br>")
+            })
+            .unwrap_or_default();
         let ancestors = policy.pointer("/status/ancestors").and_then(Value::as_array);
         for ancestor in ancestors.into_iter().flatten() {
             let reference = ancestor.get("ancestorRef").unwrap_or(&Value::Null);
             let _ = write!(
                 html,
-                "<tr class=\"policy\"><td>{}</td><td>{} {}</td><td>{}</td></tr>",
+                "<tr class=\"policy\" data-policy=\"{}\"><td>{}</td><td>{} {}</td><td>{}</td>\
+                 <td>{counters}</td></tr>",
+                escape(&name),
                 escape(&name),
                 escape(str_at(reference, "kind")),
                 escape(&object_name(reference)),
@@ -163,7 +202,11 @@ fn routes_section(html: &mut String, status: &Value) {
     html.push_str("<table><tr><th>Route</th><th>Parent</th><th>Conditions</th></tr>");
     for route in routes {
         let name = format!("{} {}", str_at(route, "kind"), object_name(route));
-        let parents = route.pointer("/status/parents").and_then(Value::as_array);
+        // `check`'s route reports keep the parents at the top; Kubernetes under `status`.
+        let parents = route
+            .get("parents")
+            .or_else(|| route.pointer("/status/parents"))
+            .and_then(Value::as_array);
         for parent in parents.into_iter().flatten() {
             let reference = parent.get("parentRef").unwrap_or(&Value::Null);
             let _ = write!(
@@ -260,7 +303,7 @@ mod tests {
                         "message": "bad & <worse>"}]}]}}],
             "errors": ["file <x>.yaml: broken"],
         });
-        let page = page(&status, None, 3);
+        let page = page(&status, None, None, 3);
         assert!(!page.contains("<script>"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("g&quot;w"));
