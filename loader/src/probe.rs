@@ -680,3 +680,66 @@ pub async fn keep_probing(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_snake_case_and_serialize_as_themselves() {
+        let mut seen = std::collections::BTreeSet::new();
+        for outcome in Outcome::ALL {
+            let label = outcome.label();
+            assert!(seen.insert(label), "{label} twice");
+            assert!(label.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{label}");
+            assert_eq!(serde_json::to_value(outcome).unwrap(), label);
+        }
+    }
+
+    #[test]
+    fn every_validator_refusal_has_a_class() {
+        for reason in FailureReason::ALL {
+            let outcome = Outcome::of_rejection(*reason);
+            assert_ne!(outcome, Outcome::Ok, "{reason:?}");
+        }
+        assert_eq!(Outcome::of_rejection(FailureReason::UnknownIssuer), Outcome::UnknownIssuer);
+        assert_eq!(Outcome::of_rejection(FailureReason::NameMismatch), Outcome::NameMismatch);
+        assert_eq!(Outcome::of_rejection(FailureReason::Expired), Outcome::Expired);
+        assert_eq!(Outcome::of_rejection(FailureReason::NotYetValid), Outcome::NotYetValid);
+    }
+
+    #[test]
+    fn alerts_after_the_server_was_verified_are_about_our_certificate() {
+        use AlertDescription as A;
+        assert_eq!(classify_alert(A::BadCertificate, true).0, Outcome::ClientCertificateRejected);
+        assert_eq!(classify_alert(A::BadCertificate, false).0, Outcome::HandshakeFailed);
+        assert_eq!(
+            classify_alert(A::CertificateRequired, false).0,
+            Outcome::ClientCertificateRejected
+        );
+        assert_eq!(classify_alert(A::ProtocolVersion, false).0, Outcome::TlsVersionMismatch);
+    }
+
+    #[test]
+    fn the_table_has_a_line_per_report() {
+        let report = |policy: &str, result| Report {
+            namespace: "ns".into(),
+            policy: policy.into(),
+            cluster: "c".into(),
+            endpoint: "127.0.0.1:1".into(),
+            sni: "a.example".into(),
+            result,
+            detail: String::new(),
+            certificate: None,
+            tls_version: None,
+            alpn: None,
+            checked_at: String::new(),
+        };
+        let table = table(&[report("a", Outcome::Ok), report("bb", Outcome::Timeout)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[1].starts_with("ns/a ") && lines[1].contains(" ok"), "{table}");
+        assert!(lines[2].contains("timeout"), "{table}");
+        assert!(super::table(&[]).contains("no endpoint"));
+    }
+}

@@ -16,13 +16,15 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Service name -> the result its one endpoint must probe to.
-const EXPECTED: [(&str, &str); 6] = [
+const EXPECTED: [(&str, &str); 7] = [
     ("good", "ok"),
     ("expired", "expired"),
     ("other-ca", "unknown_issuer"),
     ("wrong-name", "name_mismatch"),
     ("plaintext", "plaintext_only"),
     ("closed", "unreachable"),
+    // TLS 1.2 only, behind a policy that asks for at least TLS 1.3.
+    ("tls12-only", "tls_version_mismatch"),
 ];
 
 struct Setup {
@@ -46,6 +48,7 @@ fn setup() -> Setup {
         TlsServer::new(&expired),
         TlsServer::new(&from_other_ca),
         TlsServer::new(&wrong_name),
+        TlsServer::new(&good).tls12_only(),
     ]);
     let plaintext = EchoServer::plain(NS, "plaintext-backend");
     let ports = [
@@ -55,6 +58,7 @@ fn setup() -> Setup {
         backend.port(3),
         plaintext.port(),
         free_port(),
+        backend.port(4),
     ];
     let config = ConfigDir::new();
     let mut route = Route::new("probed");
@@ -62,7 +66,11 @@ fn setup() -> Setup {
     let mut objects = vec![gateway_yaml(GATEWAY, free_port())];
     for ((service, _), port) in EXPECTED.iter().zip(ports) {
         objects.push(btls_service_yaml(service, port));
-        objects.push(Policy::new(service, service).yaml());
+        let mut policy = Policy::new(service, service);
+        if *service == "tls12-only" {
+            policy = policy.option("backendtls.dev/min-tls-version", "1.3");
+        }
+        objects.push(policy.yaml());
         route =
             route.rule(&format!("/{service}"), service, backendtls_e2e::policy_support::BTLS_PORT);
     }
