@@ -338,6 +338,8 @@ impl XdsClientArgs {
     }
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Watch the directory and serve Envoy configuration over ADS (delta and state of the world).
