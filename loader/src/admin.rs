@@ -173,6 +173,7 @@ impl Admin {
         let c = &self.xds.connections;
         for (name, help, value) in [
             ("backendtls_loader_xds_limited_streams_total", "ADS streams refused or ended by a limit (connections, streams, names, message size).", &m.limited_streams),
+            ("backendtls_loader_xds_slow_streams_total", "ADS streams ended because the client stopped reading (--xds-send-timeout).", &m.slow_streams),
             ("backendtls_loader_xds_unauthorized_streams_total", "ADS streams ended because the node is not the one the client certificate names.", &m.unauthorized_streams),
             ("backendtls_loader_xds_unknown_types_total", "xDS requests for a type URL the loader does not serve.", &m.unknown_types),
             ("backendtls_loader_xds_secrets_withheld_total", "Secrets asked for by a stream that was sent no cluster referencing them.", &m.secrets_withheld),

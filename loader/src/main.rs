@@ -242,6 +242,10 @@ struct XdsServeArgs {
     /// Seconds a connection may stay without an open stream before it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().idle_timeout.as_secs())]
     xds_idle_timeout: u64,
+    /// End an ADS stream whose client has not read for this long (its queue is full): what was
+    /// queued for it is freed, and no other stream ever waits on it.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().send_timeout.as_secs())]
+    xds_send_timeout: u64,
 }
 
 impl XdsServeArgs {
@@ -270,6 +274,7 @@ impl XdsServeArgs {
             || self.xds_max_names == 0
             || self.xds_max_message_bytes == 0
             || self.xds_idle_timeout == 0
+            || self.xds_send_timeout == 0
         {
             return Err("xDS limits must be at least 1".into());
         }
@@ -282,6 +287,7 @@ impl XdsServeArgs {
                 max_names_per_stream: self.xds_max_names,
                 max_message_bytes: self.xds_max_message_bytes,
                 idle_timeout: Duration::from_secs(self.xds_idle_timeout),
+                send_timeout: Duration::from_secs(self.xds_send_timeout),
                 ..Limits::default()
             },
         })

@@ -128,6 +128,16 @@ pub struct AdsClient {
 impl AdsClient {
     /// Connects to 127.0.0.1:`port`; Err describes a refused connection or failed handshake.
     pub fn connect(port: u16, auth: &ClientAuth) -> Result<AdsClient, String> {
+        AdsClient::connect_with_window(port, auth, None)
+    }
+
+    /// Like [`AdsClient::connect`], advertising an HTTP/2 stream window of `window` bytes
+    /// (hyper's default is 2 MiB): a client that does not read then blocks the server sooner.
+    pub fn connect_with_window(
+        port: u16,
+        auth: &ClientAuth,
+        window: Option<u32>,
+    ) -> Result<AdsClient, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -135,7 +145,8 @@ impl AdsClient {
             .expect("tokio runtime");
         let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .expect("endpoint")
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            .initial_stream_window_size(window);
         let channel = match auth {
             ClientAuth::Plaintext => runtime.block_on(endpoint.connect()),
             ClientAuth::Tls { server_ca_pem, client } => {

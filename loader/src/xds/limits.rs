@@ -28,6 +28,10 @@ pub struct Limits {
     /// disconnected, which frees its streams.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// How long a response may wait for room in a stream's queue (16 responses, then HTTP/2 flow
+    /// control). A client that stops reading for longer has its stream ended with
+    /// RESOURCE_EXHAUSTED, which frees what was queued for it; the other streams never wait on it.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -40,6 +44,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

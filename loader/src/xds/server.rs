@@ -42,6 +42,8 @@ pub struct XdsMetrics {
     pub nacks: AtomicU64,
     /// Streams refused or ended by a limit (connections, streams, names, message size).
     pub limited_streams: AtomicU64,
+    /// Streams ended because the client stopped reading (`Limits::send_timeout`).
+    pub slow_streams: AtomicU64,
     /// Streams ended because the node is not the one the client certificate names.
     pub unauthorized_streams: AtomicU64,
     /// Requests with a type URL the loader does not serve.
@@ -280,6 +282,8 @@ struct Session {
     granted_secrets: BTreeSet<String>,
     /// A secret the Envoy subscribed to was granted after its SDS answer: answer SDS again.
     sds_follow_up: bool,
+    /// The client left a response waiting for `Limits::send_timeout`: the stream is ending.
+    stopped_reading: bool,
 }
 
 impl Session {
@@ -306,6 +310,7 @@ impl Session {
             budget: NameBudget::default(),
             granted_secrets: BTreeSet::new(),
             sds_follow_up: false,
+            stopped_reading: false,
         }
     }
 
@@ -525,11 +530,11 @@ impl Session {
                         match on_request(&mut self, request, &snapshot) {
                             Ok(response) => {
                                 if let Some(response) = response {
-                                    if tx.send(Ok(response)).await.is_err() { break None; }
+                                    if let Err(ended) = self.deliver(&tx, response).await { break ended; }
                                 }
                                 if std::mem::take(&mut self.sds_follow_up) {
                                     if let Some(response) = on_change(&mut self, &Secret::type_url(), &snapshot) {
-                                        if tx.send(Ok(response)).await.is_err() { break None; }
+                                        if let Err(ended) = self.deliver(&tx, response).await { break ended; }
                                     }
                                 }
                             }
@@ -544,11 +549,16 @@ impl Session {
                 changed = snapshots.changed() => {
                     if changed.is_err() { break None; }
                     let snapshot = snapshots.borrow_and_update().clone();
+                    let mut ended = None;
                     for type_url in type_urls() {
                         if let Some(response) = on_change(&mut self, &type_url, &snapshot) {
-                            if tx.send(Ok(response)).await.is_err() { return self.close(None); }
+                            if let Err(end) = self.deliver(&tx, response).await {
+                                ended = Some(end);
+                                break;
+                            }
                         }
                     }
+                    if let Some(end) = ended { break end; }
                     self.sds_follow_up = false;
                 }
                 () = &mut shutting_down => {
@@ -557,9 +567,46 @@ impl Session {
             }
         };
         if let Some(status) = &ended {
-            let _ = tx.send(Err(status.clone())).await;
+            if self.stopped_reading {
+                // Its queue is full: not waited for again. The stream ends without the status.
+                let _ = tx.try_send(Err(status.clone()));
+            } else {
+                let _ = tokio::time::timeout(
+                    self.state.limits.send_timeout,
+                    tx.send(Err(status.clone())),
+                )
+                .await;
+            }
         }
         self.close(ended.as_ref());
+    }
+
+    /// Queues `response` for the client. Err(None): the client went away; Err(Some(status)): it
+    /// has not made room for a response within `Limits::send_timeout`, so the stream ends and
+    /// what was queued for it is freed; other streams never wait on it (each has its own queue
+    /// and task).
+    async fn deliver<Resp>(
+        &mut self,
+        tx: &mpsc::Sender<Result<Resp, Status>>,
+        response: Resp,
+    ) -> Result<(), Option<Status>> {
+        let limit = self.state.limits.send_timeout;
+        match tokio::time::timeout(limit, tx.send(Ok(response))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => {
+                self.stopped_reading = true;
+                self.state.metrics.slow_streams.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    session = self.id, node = %self.node,
+                    "ending an xDS stream whose client has not read for {limit:?} (--xds-send-timeout)"
+                );
+                Err(Some(Status::resource_exhausted(format!(
+                    "the client did not read for {}s (--xds-send-timeout)",
+                    limit.as_secs()
+                ))))
+            }
+        }
     }
 
     fn on_delta_request(
