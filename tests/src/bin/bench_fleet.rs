@@ -151,18 +151,17 @@ fn main() {
     }
     latencies_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| latencies_ms[((latencies_ms.len() as f64 - 1.0) * p).round() as usize];
-    let slow_cut = wait_until(
-        "the never-reading client to be cut off",
-        Duration::from_secs(SEND_TIMEOUT_S * 4 + 30),
-        || loader.metric("backendtls_loader_xds_slow_streams_total").filter(|n| *n >= 1.0),
-    );
+    // The never-reading client holds at most its queue (16 responses) until the loader cuts it
+    // off; with only a few changes here its queue never fills (tests/tests/slow_client.rs drives
+    // one past the timeout). What matters here is that the others never waited on it.
+    let slow_cut = loader.metric("backendtls_loader_xds_slow_streams_total").unwrap_or(0.0);
     drop(stalled);
 
     let per_client_mb = (rss_after - rss_before) / clients.max(1) as f64;
     let report = format!(
-        "| backends | clients | real Envoy in sync | all clients in sync | loader RSS before / after | per client | xDS bytes per client | CA change p50 / p99 / max | never-reading client cut off |\n\
+        "| backends | clients | real Envoy in sync | all clients in sync | loader RSS before / after | per client | xDS bytes per client | CA change p50 / p99 / max | streams cut off for not reading |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---|\n\
-         | {backends} | {clients} + 1 Envoy | {:.1} s | {all_synced:.1} s | {rss_before:.0} / {rss_after:.0} MB | {per_client_mb:.2} MB | {:.1} MB | {:.0} / {:.0} / {:.0} ms | yes ({} stream) |\n",
+         | {backends} | {clients} + 1 Envoy | {:.1} s | {all_synced:.1} s | {rss_before:.0} / {rss_after:.0} MB | {per_client_mb:.2} MB | {:.1} MB | {:.0} / {:.0} / {:.0} ms | {} |\n",
         envoy_sync.as_secs_f64(),
         bytes_per_client as f64 / 1e6,
         pct(0.5),
