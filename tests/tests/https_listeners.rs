@@ -509,8 +509,13 @@ fn a_rewritten_secret_rotates_the_certificate_without_touching_the_listener() {
     expect_eventually(&old, &get(host, "/", "infra-backend-v1"));
     let mut established = KeepAlive::connect(port, old_ca.cert_pem(), host).unwrap();
     assert_eq!(established.get(host, "/before").unwrap(), 200);
-    let modified = stack.envoy.stat("listener_manager.listener_modified");
-    let added = stack.envoy.stat("listener_manager.listener_added");
+    let stats = stack.envoy.stats();
+    let (modified, added) =
+        (stats["listener_manager.listener_modified"], stats["listener_manager.listener_added"]);
+    assert!(added >= 1, "{added}");
+    let sds_updates =
+        format!("listener.127.0.0.1_{port}.server_ssl_socket_factory.ssl_context_update_by_sds");
+    let updates = stack.envoy.stat(&sds_updates);
 
     stack.config.write("secret.yaml", &secret_of(INFRA_NS, "rotating", &new_ca.issue(&[host])));
     expect_eventually(&new, &get(host, "/", "infra-backend-v1"));
@@ -519,6 +524,7 @@ fn a_rewritten_secret_rotates_the_certificate_without_touching_the_listener() {
     assert_eq!(established.get(host, "/after").unwrap(), 200, "the established connection");
     assert_eq!(stack.envoy.stat("listener_manager.listener_modified"), modified);
     assert_eq!(stack.envoy.stat("listener_manager.listener_added"), added);
+    assert!(stack.envoy.stat(&sds_updates) > updates, "the certificate came by SDS");
     assert_eq!(v1.requests().iter().filter(|r| r.path == "/after").count(), 1);
 }
 
