@@ -571,7 +571,10 @@ fn main() -> ExitCode {
                 eprintln!("warning: {}: {}", problem.object, problem.reason);
             }
             if let PrivateKeys::Files { dir } = &translate.private_keys {
-                for certificate in build.resolved.resolution.ir.client_certificates.values() {
+                let ir = &build.resolved.resolution.ir;
+                for certificate in
+                    ir.client_certificates.values().chain(ir.listener_certificates.values())
+                {
                     let path = xds::bootstrap::private_key_path(dir, &certificate.source);
                     eprintln!(
                         "note: Envoy reads the private key of Secret {} from {} \

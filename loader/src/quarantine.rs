@@ -222,6 +222,7 @@ mod tests {
                 domains: vec!["*".into()],
                 routes: vec![route("kube_apps_a_443"), route("kube_apps_b_80")],
             }],
+            tls: Vec::new(),
         });
         ir
     }

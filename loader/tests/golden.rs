@@ -16,7 +16,7 @@ fn check(case: &str) {
     config.reload().unwrap();
     let options = resolve::Options {
         gateway_class: Some("backendtls".into())
-            .filter(|_| case == "routes" || case == "http_core"),
+            .filter(|_| matches!(case, "routes" | "http_core" | "https")),
         ..Default::default()
     };
     let build = pipeline::build(&config, &options, &Default::default());
@@ -90,6 +90,11 @@ fn routes() {
 #[test]
 fn gateways() {
     check("gateways");
+}
+
+#[test]
+fn https() {
+    check("https");
 }
 
 /// envoy/bootstrap.yaml is what `backendtls-loader bootstrap --xds-certs .demo/xds` prints (the
