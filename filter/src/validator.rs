@@ -94,39 +94,33 @@ impl fmt::Display for Rejection {
 }
 
 /// Why a validator configuration was refused (Envoy then rejects the cluster).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// Not the contract's JSON object (syntax, a missing or unknown key, a wrong type, or an
     /// identity that is not one: serde's message says which).
+    #[error("{PREFIX}{0}")]
     Json(String),
     /// The hostname, which stands for the identity when `identities` is empty, is not one.
+    #[error("{PREFIX}hostname: {0}")]
     BadHostname(IdentityError),
+    #[error("{PREFIX}trust_anchors_pem: {0}")]
     Pem(String),
+    #[error("{PREFIX}trust_anchors_pem holds no CERTIFICATE block")]
     NoTrustAnchors,
-    BadTrustAnchor {
-        index: usize,
-        error: String,
-    },
+    #[error("{PREFIX}trust anchor #{} cannot be used: {error}", index + 1)]
+    BadTrustAnchor { index: usize, error: AnchorError },
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid backendtls certificate validator configuration: ")?;
-        match self {
-            ConfigError::Json(e) => f.write_str(e),
-            ConfigError::BadHostname(e) => write!(f, "hostname: {e}"),
-            ConfigError::Pem(e) => write!(f, "trust_anchors_pem: {e}"),
-            ConfigError::NoTrustAnchors => {
-                f.write_str("trust_anchors_pem holds no CERTIFICATE block")
-            }
-            ConfigError::BadTrustAnchor { index, error } => {
-                write!(f, "trust anchor #{} cannot be used: {error}", index + 1)
-            }
-        }
-    }
-}
+const PREFIX: &str = "invalid backendtls certificate validator configuration: ";
 
-impl std::error::Error for ConfigError {}
+/// Why one trust anchor cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorError {
+    #[error("{0}")]
+    Webpki(webpki::Error),
+    #[error("{0}")]
+    Certificate(#[from] crate::x509::CertError),
+}
 
 /// One policy's validator, built once per cluster TLS context and shared by Envoy's workers.
 #[derive(Debug)]
@@ -153,9 +147,10 @@ impl ValidatorConfig {
         let mut anchor_validity = Vec::new();
         for (index, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
             let der = der.map_err(|e| ConfigError::Pem(e.to_string()))?;
-            let bad = |error: String| ConfigError::BadTrustAnchor { index, error };
-            let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| bad(e.to_string()))?;
-            anchor_validity.push(x509::validity(&der).map_err(|e| bad(e.to_string()))?);
+            let bad = |error: AnchorError| ConfigError::BadTrustAnchor { index, error };
+            let anchor =
+                webpki::anchor_from_trusted_cert(&der).map_err(|e| bad(AnchorError::Webpki(e)))?;
+            anchor_validity.push(x509::validity(&der).map_err(|e| bad(e.into()))?);
             anchors.push(anchor.to_owned());
         }
         if anchors.is_empty() {
