@@ -49,6 +49,11 @@ impl Envoy {
         envoy
     }
 
+    /// The Envoy process id (benchmarks read its CPU time from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     pub fn admin_port(&self) -> u16 {
         self.admin_port
     }

@@ -31,6 +31,7 @@ pub struct TlsServer {
     protocols: &'static str,
     client_ca_pem: Option<String>,
     http2: bool,
+    benchmark: bool,
 }
 
 impl TlsServer {
@@ -41,6 +42,7 @@ impl TlsServer {
             protocols: "TLSv1.2 TLSv1.3",
             client_ca_pem: None,
             http2: false,
+            benchmark: false,
         }
     }
 
@@ -54,6 +56,13 @@ impl TlsServer {
     /// certificate get 400 from NGINX.
     pub fn require_client_certificate(mut self, ca_pem: &str) -> TlsServer {
         self.client_ca_pem = Some(ca_pem.to_string());
+        self
+    }
+
+    /// For benchmarks: no access log, and keep-alive connections never closed after a number of
+    /// requests (`keepalive_requests 1000000`).
+    pub fn for_benchmark(mut self) -> TlsServer {
+        self.benchmark = true;
         self
     }
 
@@ -246,6 +255,9 @@ fn server_block(dir: &Path, index: usize, server: &TlsServer, port: u16) -> Stri
          ssl_protocols {};\n",
         server.protocols
     );
+    if server.benchmark {
+        block.push_str("        access_log off;\n        keepalive_requests 1000000;\n");
+    }
     if let Some(client_ca) = &server.client_ca_pem {
         let client_ca = write(format!("client-ca-{index}.crt"), client_ca);
         let _ = write!(

@@ -65,18 +65,25 @@ impl<'a> Der<'a> {
     }
 }
 
-/// The subjectAltName DNS and URI names of a DER certificate. A certificate without the
-/// extension has none.
-pub fn subject_alt_names(der: &[u8]) -> Result<SubjectAltNames, CertError> {
+/// The tbsCertificate's fields after the optional version, with the first `skip` of them
+/// (serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...) read past.
+fn tbs_fields(der: &[u8], skip: usize) -> Result<Der<'_>, CertError> {
     let certificate = Der(der).expect(TAG_SEQUENCE, "certificate is not a SEQUENCE")?;
     let mut tbs = Der(Der(certificate).expect(TAG_SEQUENCE, "tbsCertificate is not a SEQUENCE")?);
     if tbs.peek_tag() == Some(TAG_VERSION) {
         tbs.next()?;
     }
-    // serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
-    for _ in 0..6 {
+    for _ in 0..skip {
         tbs.next()?;
     }
+    Ok(tbs)
+}
+
+/// The subjectAltName DNS and URI names of a DER certificate. A certificate without the
+/// extension has none.
+pub fn subject_alt_names(der: &[u8]) -> Result<SubjectAltNames, CertError> {
+    // Past serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo.
+    let mut tbs = tbs_fields(der, 6)?;
     let mut names = SubjectAltNames::default();
     while !tbs.is_empty() {
         // issuerUniqueID [1] and subjectUniqueID [2] are skipped like any other tag.
@@ -121,15 +128,8 @@ pub(super) const TAG_GENERALIZED_TIME: u8 = 0x18;
 /// The validity window of a DER certificate. The certificate validator uses it only to say
 /// *which* certificate of a chain webpki found expired; webpki itself decides validity.
 pub fn validity(der: &[u8]) -> Result<Validity, CertError> {
-    let certificate = Der(der).expect(TAG_SEQUENCE, "certificate is not a SEQUENCE")?;
-    let mut tbs = Der(Der(certificate).expect(TAG_SEQUENCE, "tbsCertificate is not a SEQUENCE")?);
-    if tbs.peek_tag() == Some(TAG_VERSION) {
-        tbs.next()?;
-    }
-    // serialNumber, signature, issuer.
-    for _ in 0..3 {
-        tbs.next()?;
-    }
+    // Past serialNumber, signature, issuer.
+    let mut tbs = tbs_fields(der, 3)?;
     let mut window = Der(tbs.expect(TAG_SEQUENCE, "validity is not a SEQUENCE")?);
     let not_before = parse_time(window.next()?)?;
     let not_after = parse_time(window.next()?)?;

@@ -142,7 +142,8 @@ pub struct StaticBootstrap {
 }
 
 impl StaticBootstrap {
-    /// `log_format` is Envoy's text format, e.g. `ACCESS %RESPONSE_CODE%\n` (a real newline).
+    /// `log_format` is Envoy's text format, e.g. `ACCESS %RESPONSE_CODE%\n` (a real newline);
+    /// empty: no access log.
     pub fn new(admin: u16, listener: u16, log_format: &str) -> StaticBootstrap {
         StaticBootstrap {
             admin,
@@ -186,26 +187,29 @@ impl StaticBootstrap {
             "name": "envoy.filters.http.router",
             "typed_config": typed("envoy.extensions.filters.http.router.v3.Router", json!({})),
         }));
+        let mut manager = json!({
+            "stat_prefix": "http",
+            "route_config": { "virtual_hosts": [{
+                "name": "all",
+                "domains": ["*"],
+                "routes": self.routes,
+            }]},
+            "http_filters": http_filters,
+        });
+        if !self.log_format.is_empty() {
+            manager["access_log"] = json!([{
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": typed(
+                    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    json!({ "log_format": {
+                        "text_format_source": { "inline_string": self.log_format }
+                    }}),
+                ),
+            }]);
+        }
         let manager = typed(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            json!({
-                "stat_prefix": "http",
-                "access_log": [{
-                    "name": "envoy.access_loggers.stdout",
-                    "typed_config": typed(
-                        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                        json!({ "log_format": {
-                            "text_format_source": { "inline_string": self.log_format }
-                        }}),
-                    ),
-                }],
-                "route_config": { "virtual_hosts": [{
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": self.routes,
-                }]},
-                "http_filters": http_filters,
-            }),
+            manager,
         );
         json!({
             "admin": { "address": socket(self.admin) },
