@@ -20,7 +20,7 @@ help:
 	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
 	@echo "             target/wasm32-wasip1/release/backendtls_filter.wasm"
 	@echo "make compose-test  docker compose up -d --wait on a private Docker engine, the guide's checks, down (root)"
-	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
+	@echo "make bench-filter  (Rust harness) wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
 	@echo "                   then new-connection rate with Envoy's validator vs the module's"
 	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
 	@echo "make fuzz    every fuzz target under AFL++ (cargo-afl, stable Rust) for FUZZ_SECONDS (default 60)"
@@ -76,9 +76,13 @@ test: setup lint build unit e2e
 compose-test: setup filter
 	bash compose/test.sh
 
+## bench-filter: both benchmarks of tests/src/bin/bench_filter.rs (ROUNDS, DURATION, CONNECTIONS,
+## THREADS, CONCURRENCY override the defaults; BENCH_FILTER=throughput or validator runs one).
 bench-filter: setup filter
-	filter/bench/run.sh
-	filter/bench/validator.sh
+	$(CARGO) build -p backendtls-e2e --bin backendtls-bench-filter
+	BACKENDTLS_FILTER_SO=$(TARGET_DIR)/release/libbackendtls_filter.so \
+	  BACKENDTLS_FILTER_WASM=$(TARGET_DIR)/wasm32-wasip1/release/backendtls_filter.wasm \
+	  $(TARGET_DIR)/debug/backendtls-bench-filter $(BENCH_FILTER)
 
 ## bench-loader: BENCH_SIZES (default 100,1000,10000) backends; writes BENCHMARKS.md and its plot.
 BENCH_SIZES ?= 100,1000,10000

@@ -69,7 +69,7 @@ impl Config {
         let define = |name: &str, labels: &[&str]| {
             envoy.define_counter(name, labels).ok_or_else(|| {
                 // Envoy refuses a definition only for bad labels or after config_new.
-                ConfigError::from_message(format!("Envoy refused to define counter {name}"))
+                ConfigError::Counter(name.to_string())
             })
         };
         let policy = [stats::LABEL_POLICY];
