@@ -67,11 +67,11 @@ pub(super) fn all_routes(store: &Store) -> impl Iterator<Item = (RouteId<'_>, An
     let grpc = store
         .grpc_routes
         .iter()
-        .map(|(key, route)| (RouteId { kind: RouteKind::Grpc, key }, AnyRoute::Grpc(&**route)));
+        .map(|(key, route)| (RouteId { kind: RouteKind::Grpc, key }, AnyRoute::Grpc(route)));
     let http = store
         .http_routes
         .iter()
-        .map(|(key, route)| (RouteId { kind: RouteKind::Http, key }, AnyRoute::Http(&**route)));
+        .map(|(key, route)| (RouteId { kind: RouteKind::Http, key }, AnyRoute::Http(route)));
     grpc.chain(http)
 }
 

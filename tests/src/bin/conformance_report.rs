@@ -389,7 +389,10 @@ fn main() -> ExitCode {
             text.push_str(&format!("# - {note}\n"));
         }
     }
-    text.push_str(&serde_norway::to_string(&report).expect("the report serializes"));
+    let yaml = serde_norway::to_string(&report).expect("the report serializes");
+    // A string, as upstream writes it (unquoted, YAML 1.1 readers would take it for a timestamp).
+    let date = report["date"].as_str().expect("date");
+    text.push_str(&yaml.replacen(&format!("date: {date}\n"), &format!("date: \"{date}\"\n"), 1));
     if let Err(e) = std::fs::write(out, text) {
         eprintln!("{out}: {e}");
         return ExitCode::from(2);
