@@ -352,7 +352,7 @@ fn grpcroute_matching_status_and_h2c() {
     // Without the header no rule matches: Envoy's 404, which gRPC clients see as UNIMPLEMENTED.
     let unmatched = grpc_failure(gateway_port, "grpc.example.com", grpc::ECHO_TWO);
     assert_eq!(unmatched.code(), tonic::Code::Unimplemented, "{unmatched:?}");
-    assert!(v2.requests().iter().all(|r| r.headers.get("x-tenant").is_some()));
+    assert!(v2.requests().iter().all(|r| r.headers.contains_key("x-tenant")));
     // A plain HTTP request on the gRPC path is not a gRPC request.
     let plain = send(
         &Gateway::http(local(gateway_port)),

@@ -212,13 +212,12 @@ fn verdict(test: &Upstream, outcomes: &BTreeMap<String, Outcome>) -> (Verdict, O
     (Verdict::Passed, None)
 }
 
+/// An upstream test with its verdict and why it is not a pass.
+type Judged<'a> = (&'a Upstream, Verdict, Option<String>);
+
 /// One `core` or `extended` block, or None when the profile has no such tests here.
-fn results(
-    tests: &[(&Upstream, Verdict, Option<String>)],
-    support: Support,
-) -> Option<(Value, String)> {
-    let of: Vec<&(&Upstream, Verdict, Option<String>)> =
-        tests.iter().filter(|(t, _, _)| t.support == support).collect();
+fn results(tests: &[Judged<'_>], support: Support) -> Option<(Value, String)> {
+    let of: Vec<&Judged<'_>> = tests.iter().filter(|(t, _, _)| t.support == support).collect();
     if of.is_empty() {
         return None;
     }
@@ -263,7 +262,7 @@ fn results(
 
 fn report(outcomes: &BTreeMap<String, Outcome>, date: &str) -> (Value, Vec<String>) {
     let mut notes = Vec::new();
-    let mut by_profile: BTreeMap<&str, Vec<(&Upstream, Verdict, Option<String>)>> = BTreeMap::new();
+    let mut by_profile: BTreeMap<&str, Vec<Judged<'_>>> = BTreeMap::new();
     for test in UPSTREAM {
         let (verdict, why) = verdict(test, outcomes);
         if let Some(why) = &why {
