@@ -77,11 +77,12 @@ test: setup lint build unit e2e
 ## `make e2e`), then the ConformanceReport from their results; fails when a test failed.
 CONFORMANCE_TESTS := --test policy --test grpc_routes
 CONFORMANCE_LOG   := $(TARGET_DIR)/conformance.log
+CONFORMANCE_REPORT ?= docs/conformance-report.yaml
 conformance: setup build filter
 	@mkdir -p $(TARGET_DIR)
 	set -o pipefail; $(CARGO) test -p backendtls-e2e $(CONFORMANCE_TESTS) -- --test-threads 2 2>&1 \
 	  | tee $(CONFORMANCE_LOG); status=$$?; \
-	  $(TARGET_DIR)/debug/backendtls-conformance-report $(CONFORMANCE_LOG) docs/conformance-report.yaml \
+	  $(TARGET_DIR)/debug/backendtls-conformance-report $(CONFORMANCE_LOG) $(CONFORMANCE_REPORT) \
 	  && exit $$status
 
 ## compose-test: docker-compose.yaml for real on a private Docker engine (root; see compose/test.sh).
