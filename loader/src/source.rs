@@ -343,6 +343,7 @@ fn parse_object(
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let supported: &[&str] = match (group, kind) {
         (GATEWAY_GROUP, "Gateway" | "GatewayClass" | "HTTPRoute") => &["v1", "v1beta1"],
+        (GATEWAY_GROUP, "GRPCRoute") => &["v1"],
         (GATEWAY_GROUP, "ReferenceGrant") => &["v1", "v1beta1", "v1alpha2"],
         (GATEWAY_GROUP, "BackendTLSPolicy") => &["v1", "v1alpha3"],
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
@@ -388,6 +389,7 @@ fn parse_object(
     Ok(Some(match kind {
         "Gateway" => Object::Gateway(typed(document)?),
         "HTTPRoute" => Object::HttpRoute(typed(document)?),
+        "GRPCRoute" => Object::GrpcRoute(typed(document)?),
         "ReferenceGrant" => Object::ReferenceGrant(typed(document)?),
         "GatewayClass" => Object::GatewayClass(typed(document)?),
         "BackendTLSPolicy" => Object::BackendTlsPolicy(typed(document)?),

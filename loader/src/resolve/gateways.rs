@@ -124,9 +124,11 @@ pub(super) fn gateway_class_reports(store: &Store) -> Vec<GatewayClassReport> {
         .collect()
 }
 
-/// The one route kind the loader implements.
+/// The route kinds the loader implements, as listeners report them.
 pub(super) const HTTP_ROUTE: RouteGroupKind =
     RouteGroupKind { group: GATEWAY_GROUP, kind: "HTTPRoute" };
+pub(super) const GRPC_ROUTE: RouteGroupKind =
+    RouteGroupKind { group: GATEWAY_GROUP, kind: "GRPCRoute" };
 
 /// A Gateway the loader serves, with what it concluded about each of its listeners.
 pub(super) struct ServedGateway<'a> {
@@ -155,7 +157,7 @@ pub(super) struct ListenerState<'a> {
     /// `ProtocolConflict`, message).
     pub conflicted: Option<(&'static str, String)>,
     /// Routes attached to it, each counted once.
-    pub attached: BTreeSet<&'a ObjectKey>,
+    pub attached: BTreeSet<RouteId<'a>>,
     /// HTTPS: the secret names of its certificates (all of its `certificateRefs` resolved).
     pub certificates: Vec<String>,
     /// Its Gateway is accepted.
@@ -163,12 +165,17 @@ pub(super) struct ListenerState<'a> {
 }
 
 impl ListenerState<'_> {
-    /// Routes may attach: Accepted, not conflicted, and accepting HTTPRoutes.
+    /// Routes may attach: Accepted, not conflicted, and accepting some route kind.
     pub fn accepts_routes(&self) -> bool {
         self.gateway_accepted
             && self.refused.is_none()
             && self.conflicted.is_none()
-            && self.supported_kinds.contains(&HTTP_ROUTE)
+            && !self.supported_kinds.is_empty()
+    }
+
+    /// Routes of `kind` may attach.
+    pub fn accepts(&self, kind: RouteKind) -> bool {
+        self.accepts_routes() && self.supported_kinds.contains(&kind.group_kind())
     }
 
     /// Served by Envoy: accepts routes and its references (other than route kinds, which only
@@ -243,14 +250,15 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
         return state;
     }
     match spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
-        None => state.supported_kinds.push(HTTP_ROUTE),
+        None => state.supported_kinds.extend([HTTP_ROUTE, GRPC_ROUTE]),
         Some(kinds) => {
             let mut invalid = Vec::new();
             for kind in kinds {
                 let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && kind.kind == "HTTPRoute" {
-                    if !state.supported_kinds.contains(&HTTP_ROUTE) {
-                        state.supported_kinds.push(HTTP_ROUTE);
+                let known = [HTTP_ROUTE, GRPC_ROUTE].into_iter().find(|k| k.kind == kind.kind);
+                if let Some(known) = known.filter(|_| group == GATEWAY_GROUP) {
+                    if !state.supported_kinds.contains(&known) {
+                        state.supported_kinds.push(known);
                     }
                 } else {
                     invalid.push(format!("{group}/{}", kind.kind));
@@ -260,7 +268,7 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
                 state.unresolved = Some((
                     "InvalidRouteKinds",
                     format!(
-                        "route kinds {} are not supported; supported: {GATEWAY_GROUP}/HTTPRoute",
+                        "route kinds {} are not supported; supported: {GATEWAY_GROUP}/HTTPRoute, {GATEWAY_GROUP}/GRPCRoute",
                         invalid.join(", ")
                     ),
                 ));
@@ -424,10 +432,10 @@ pub(super) struct RouteConditions {
 
 pub(super) fn route_conditions(
     store: &Store,
-    key: &ObjectKey,
-    route: &HttpRoute,
+    id: RouteId<'_>,
+    route: AnyRoute<'_>,
 ) -> RouteConditions {
-    let (resolved_refs, refusal) = super::routes::route_conditions(store, key, route);
+    let (resolved_refs, refusal) = super::routes::any_route_conditions(store, id, route);
     RouteConditions { resolved_refs, refusal }
 }
 
@@ -436,27 +444,28 @@ pub(super) fn route_conditions(
 pub(super) struct Attachment<'a> {
     pub gateway: usize,
     pub listener: usize,
-    pub route: &'a ObjectKey,
+    pub route: RouteId<'a>,
     pub hostnames: BTreeSet<String>,
 }
 
-/// Every HTTPRoute's parentRefs against the served Gateways: the route's `status.parents` (one
+/// Every route's parentRefs (HTTPRoutes and GRPCRoutes) against the served Gateways: the route's `status.parents` (one
 /// entry per parentRef that names a served Gateway) and the listeners it attaches to (counted in
 /// their `attachedRoutes`).
 pub(super) fn attach_routes<'a>(
     store: &'a Store,
     gateways: &mut [ServedGateway<'a>],
-    conditions: impl Fn(&Store, &ObjectKey, &HttpRoute) -> RouteConditions,
+    conditions: impl Fn(&Store, RouteId<'a>, AnyRoute<'a>) -> RouteConditions,
 ) -> (Vec<RouteReport>, Vec<Attachment<'a>>) {
     let index: BTreeMap<&ObjectKey, usize> =
         gateways.iter().enumerate().map(|(i, g)| (g.key, i)).collect();
     let mut reports = Vec::new();
     let mut attachments = BTreeSet::new();
-    for (route_key, route) in &store.http_routes {
-        let generation = route.metadata.generation();
+    for (id, route) in all_routes(store) {
+        let route_key = id.key;
+        let generation = route.metadata().generation();
         let mut route_level = None;
         let mut parents = Vec::new();
-        for parent in &route.spec.parent_refs {
+        for parent in route.parent_refs() {
             let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let kind = parent.kind.as_deref().unwrap_or("Gateway");
             let namespace = parent.namespace.as_deref().unwrap_or(&route_key.namespace);
@@ -466,10 +475,9 @@ pub(super) fn attach_routes<'a>(
             let Some(&g) = index.get(&ObjectKey::new(namespace, &parent.name)) else {
                 continue;
             };
-            let route_level =
-                route_level.get_or_insert_with(|| conditions(store, route_key, route));
+            let route_level = route_level.get_or_insert_with(|| conditions(store, id, route));
             let gateway = &mut gateways[g];
-            let (accepted, attached) = evaluate_parent(store, gateway, parent, route_key, route);
+            let (accepted, attached) = evaluate_parent(store, gateway, parent, id, route);
             let accepted = match (&accepted, &route_level.refusal) {
                 (Ok(_), Some(refusal)) => refusal.clone(),
                 _ => match accepted {
@@ -479,11 +487,11 @@ pub(super) fn attach_routes<'a>(
             };
             if accepted.status {
                 for (l, hostnames) in attached {
-                    gateway.listeners[l].attached.insert(route_key);
+                    gateway.listeners[l].attached.insert(id);
                     attachments.insert(Attachment {
                         gateway: g,
                         listener: l,
-                        route: route_key,
+                        route: id,
                         hostnames,
                     });
                 }
@@ -506,7 +514,7 @@ pub(super) fn attach_routes<'a>(
         }
         if !parents.is_empty() {
             reports.push(RouteReport {
-                kind: "HTTPRoute",
+                kind: id.kind.name(),
                 namespace: route_key.namespace.clone(),
                 name: route_key.name.clone(),
                 generation,
@@ -525,9 +533,10 @@ fn evaluate_parent(
     store: &Store,
     gateway: &ServedGateway<'_>,
     parent: &objects::ParentRef,
-    route_key: &ObjectKey,
-    route: &HttpRoute,
+    id: RouteId<'_>,
+    route: AnyRoute<'_>,
 ) -> (Result<String, (&'static str, String)>, Vec<(usize, BTreeSet<String>)>) {
+    let route_key = id.key;
     let candidates: Vec<usize> = (0..gateway.listeners.len())
         .filter(|&l| {
             let spec = gateway.listeners[l].spec;
@@ -552,7 +561,7 @@ fn evaluate_parent(
         .copied()
         .filter(|&l| {
             let listener = &gateway.listeners[l];
-            listener.accepts_routes()
+            listener.accepts(id.kind)
                 && allows_namespace(store, gateway.key, listener.spec, &route_key.namespace)
         })
         .collect();
@@ -563,9 +572,10 @@ fn evaluate_parent(
             Err((
                 "NotAllowedByListeners",
                 format!(
-                    "listeners {} of Gateway {} do not allow HTTPRoutes from namespace {} (or are not valid)",
+                    "listeners {} of Gateway {} do not allow {}s from namespace {} (or are not valid)",
                     names.join(", "),
                     gateway.key,
+                    id.kind.name(),
                     route_key.namespace
                 ),
             )),
@@ -576,7 +586,7 @@ fn evaluate_parent(
         .iter()
         .map(|&l| {
             let hostname = gateway.listeners[l].hostname();
-            (l, intersect_hostnames(hostname, &route.spec.hostnames).into_iter().collect())
+            (l, intersect_hostnames(hostname, route.hostnames()).into_iter().collect())
         })
         .filter(|(_, hostnames): &(usize, BTreeSet<String>)| !hostnames.is_empty())
         .collect();
@@ -621,7 +631,7 @@ pub(super) fn build_listeners(
         .map(|g| GatewayContext { key: g.key, client_certificate: g.client_certificate.clone() })
         .collect();
     // Routes are built once per Gateway (clusters carry the Gateway's client certificate).
-    let mut built: BTreeMap<(usize, &ObjectKey), Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();
+    let mut built: BTreeMap<(usize, RouteId<'_>), Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();
     // port -> hostname -> routes
     let mut hosts: BTreeMap<u16, BTreeMap<String, Vec<(RouteOrder<'_>, Route)>>> = BTreeMap::new();
     for attachment in attachments {
@@ -631,7 +641,7 @@ pub(super) fn build_listeners(
         }
         let port = listener.spec.port;
         let on_port = &ports[&port];
-        let route = &store.http_routes[attachment.route];
+        let route = lookup(store, attachment.route);
         for hostname in &attachment.hostnames {
             if best_listener(gateways, on_port, hostname)
                 != Some((attachment.gateway, attachment.listener))
@@ -787,7 +797,7 @@ pub(super) fn gateway_report(
                     "the listener is not accepted"
                 } else if l.conflicted.is_some() {
                     "the listener is conflicted"
-                } else if !l.supported_kinds.contains(&HTTP_ROUTE) {
+                } else if l.supported_kinds.is_empty() {
                     "the listener accepts no supported route kind"
                 } else {
                     "the listener's references do not resolve"
@@ -952,7 +962,7 @@ spec:
         assert!(gw.conditions.iter().all(|c| c.observed_generation == 7));
         assert_eq!(listener(gw, "listener-1").attached_routes, 2);
         assert_eq!(listener(gw, "listener-2").attached_routes, 1);
-        assert_eq!(listener(gw, "listener-1").supported_kinds, [HTTP_ROUTE]);
+        assert_eq!(listener(gw, "listener-1").supported_kinds, [HTTP_ROUTE, GRPC_ROUTE]);
         assert_eq!(parent_accepted(&r, "specific"), [(true, "Accepted")]);
         assert_eq!(parent_accepted(&r, "none"), [(false, "NoMatchingListenerHostname")]);
         let none = r.routes.iter().find(|x| x.name == "none").unwrap();
@@ -1268,7 +1278,7 @@ spec:
             assert_eq!((status, reason), (false, "InvalidCertificateRef"), "{name}: {message}");
             assert!(!condition(&l.conditions, "Programmed").0, "{name}");
             assert!(condition(&l.conditions, "Accepted").0, "{name}");
-            assert_eq!(l.supported_kinds, [HTTP_ROUTE], "{name}");
+            assert_eq!(l.supported_kinds, [HTTP_ROUTE, GRPC_ROUTE], "{name}");
             assert_eq!(l.attached_routes, 1, "{name}: routes count on unresolved listeners");
         }
         let (_, _, message) = condition(&listener(gw, "mismatched").conditions, "ResolvedRefs");
