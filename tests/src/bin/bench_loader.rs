@@ -104,11 +104,14 @@ fn bench(
     [ca_old, ca_new]: [&TestCa; 2],
     [nginx_old, nginx_new]: [&Nginx; 2],
 ) -> Row {
+    let layout = scale::Layout::default();
     let dir = out_dir.join(format!("n{n}"));
     let _ = std::fs::remove_dir_all(&dir);
     let gateway_port = free_port();
     let spec = |port| ScaleSpec {
         backends: n,
+        layout,
+        file_per_namespace: false,
         gateway_port,
         backend_port: port,
         ca_pem: ca_old.cert_pem(),
@@ -139,7 +142,7 @@ fn bench(
     let mut ca_bytes = Vec::new();
     for k in 0..CHANGES.min(n) {
         let index = n - 1 - k;
-        let host = scale::route_host(index);
+        let host = layout.route_host(index);
         assert_ne!(
             status(gateway_port, &host),
             200,
@@ -163,7 +166,7 @@ fn bench(
         let bytes_before = settled_bytes(&loader);
         let added = Instant::now();
         write_backend(&dir, index, &spec(nginx_old.https_port()));
-        wait_for_200(gateway_port, &scale::route_host(index));
+        wait_for_200(gateway_port, &layout.route_host(index));
         add_times.push(added.elapsed().as_secs_f64() * 1000.0);
         add_bytes.push(settled_bytes(&loader) - bytes_before);
     }
@@ -234,7 +237,7 @@ fn wait_for_all_clusters(envoy: &Envoy, n: usize) {
 /// Writes one backend's file atomically (a hidden temporary name, then a rename), as a deployment
 /// tool would; the loader skips dotfiles.
 fn write_backend(dir: &Path, index: usize, spec: &ScaleSpec<'_>) {
-    let ns_dir = dir.join(scale::namespace_of(index));
+    let ns_dir = dir.join(spec.layout.namespace_of(index));
     std::fs::create_dir_all(&ns_dir).expect("namespace dir");
     let path = ns_dir.join(format!("{}.yaml", scale::backend_name(index)));
     let temp = ns_dir.join(format!(".{}.tmp", scale::backend_name(index)));
