@@ -7,7 +7,7 @@
 //! ([`super::handshake_counters`]).
 #![forbid(unsafe_code)]
 
-use crate::validator::UnixTime;
+use crate::validator::{x509, UnixTime};
 
 use super::ffi::{self, LogLevel, ValidationCall};
 use super::handshake_counters;
@@ -85,6 +85,13 @@ impl CertValidator {
         } else {
             self.config.verify(chain, UnixTime::now())
         };
+        if !is_server {
+            // Expiry is worth knowing whatever else is wrong with the chain (an expired leaf most
+            // of all); a leaf that does not parse has no date to report.
+            if let Some(validity) = chain.first().and_then(|leaf| x509::validity(leaf).ok()) {
+                handshake_counters::record_not_after(self.config.policy(), validity.not_after);
+            }
+        }
         match outcome {
             Ok(()) => {
                 handshake_counters::record(self.config.policy(), None);

@@ -97,6 +97,11 @@ impl Config {
                     stats::HANDSHAKE_FAILURES,
                     &[stats::LABEL_REASON, stats::LABEL_POLICY],
                 )?,
+                not_after: envoy
+                    .define_gauge(stats::BACKEND_CERTIFICATE_NOT_AFTER, &policy)
+                    .ok_or_else(|| {
+                        ConfigError::Counter(stats::BACKEND_CERTIFICATE_NOT_AFTER.to_string())
+                    })?,
             },
         );
         Ok(Config {
