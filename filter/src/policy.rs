@@ -126,17 +126,12 @@ impl Policy {
     /// Parses the `backendtls` struct out of a serialized `envoy.config.core.v3.Metadata`
     /// (the Wasm build's `xds.cluster_metadata`). `None` when the cluster has no such struct.
     pub fn from_metadata_proto(metadata: &[u8]) -> Option<Policy> {
-        let namespace = match pb::filter_metadata(metadata, backendtls_contract::METADATA_NAMESPACE)
-        {
-            Ok(Some(ns)) => ns,
+        let values = match pb::filter_metadata(metadata, backendtls_contract::METADATA_NAMESPACE) {
+            Ok(Some(values)) => values,
             Ok(None) => return None,
             Err(e) => return Some(Policy::unreadable(e.to_string())),
         };
-        let values = match pb::decode_struct(namespace) {
-            Ok(values) => values,
-            Err(e) => return Some(Policy::unreadable(e.to_string())),
-        };
-        let string = |key| pb::field(&values, key).and_then(pb::Value::as_str);
+        let string = |key| pb::string(&values, key);
         let mut fields = Fields {
             policy: string(keys::POLICY),
             hostname: string(keys::HOSTNAME),
@@ -145,18 +140,19 @@ impl Policy {
             identity_checked_by: string(keys::IDENTITY_CHECKED_BY),
             ..Fields::default()
         };
-        match pb::field(&values, keys::SUBJECT_ALT_NAMES) {
+        let list = |key| values.fields.get(key).map(|v| v.kind.as_ref());
+        match list(keys::SUBJECT_ALT_NAMES) {
             None => {}
-            Some(pb::Value::List(entries)) => {
-                let mut sans = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let pb::Value::Struct(entry) = entry else {
+            Some(Some(pb::Kind::ListValue(entries))) => {
+                let mut sans = Vec::with_capacity(entries.values.len());
+                for entry in &entries.values {
+                    let Some(pb::Kind::StructValue(entry)) = &entry.kind else {
                         fields.error = Some("subject_alt_names entry is not a struct".into());
                         continue;
                     };
-                    let kind = pb::field(entry, "type").and_then(pb::Value::as_str).unwrap_or("");
+                    let kind = pb::string(entry, "type").unwrap_or("");
                     let value_key = if kind == san_types::URI { "uri" } else { "hostname" };
-                    match pb::field(entry, value_key).and_then(pb::Value::as_str) {
+                    match pb::string(entry, value_key) {
                         Some(value) => sans.push((kind, value)),
                         None => {
                             fields.error =
@@ -168,8 +164,12 @@ impl Policy {
             }
             Some(_) => fields.error = Some("subject_alt_names is not a list".into()),
         }
-        if let Some(pb::Value::List(entries)) = pb::field(&values, keys::IDENTITIES) {
-            fields.identities = Some(entries.iter().filter_map(pb::Value::as_str).collect());
+        if let Some(Some(pb::Kind::ListValue(entries))) = list(keys::IDENTITIES) {
+            let strings = entries.values.iter().filter_map(|v| match &v.kind {
+                Some(pb::Kind::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            });
+            fields.identities = Some(strings.collect());
         }
         Some(Policy::from_fields(fields))
     }

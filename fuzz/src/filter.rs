@@ -33,8 +33,8 @@ pub fn cluster_metadata(data: &[u8]) {
 /// it takes an extensions block under any class of tag 3, and a constructed `[2]`/`[6]` as a
 /// DNS name/URI.
 pub fn x509_differential(data: &[u8]) {
-    let ours_names = x509::subject_alt_names(data);
-    let ours_validity = x509::validity(data);
+    let ours_names = x509::walk::subject_alt_names(data);
+    let ours_validity = x509::walk::validity(data);
     let Ok((_, reference)) = x509_parser::parse_x509_certificate(data) else { return };
     let der = rustls_pki_types::CertificateDer::from(data);
     if webpki::EndEntityCert::try_from(&der).is_err() {

@@ -61,12 +61,12 @@ pub enum CertsError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{cert} exists without {key} (or the other way round): restore it, or remove both to make a new CA")]
     HalfCa { cert: PathBuf, key: PathBuf },
-    #[error("the CA in {path} cannot be used: {reason}")]
-    BadCa { path: PathBuf, reason: String },
+    #[error("the CA in {path} cannot be used: {source}")]
+    BadCa { path: PathBuf, source: rcgen::Error },
     #[error("invalid Envoy node id {0:?}: use letters, digits, '.', '-' and '_' (at most 128)")]
     BadEnvoyId(String),
-    #[error("invalid server name {0:?}: {1}")]
-    BadServerName(String, String),
+    #[error("invalid server name {name:?}: {source}")]
+    BadServerName { name: String, source: rcgen::Error },
     #[error("cannot issue a certificate: {0}")]
     Issue(#[from] rcgen::Error),
 }
@@ -152,7 +152,7 @@ fn server_san(name: &str) -> Result<SanType, CertsError> {
     }
     let dns = name
         .try_into()
-        .map_err(|e: rcgen::Error| CertsError::BadServerName(name.into(), e.to_string()))?;
+        .map_err(|source| CertsError::BadServerName { name: name.into(), source })?;
     Ok(SanType::DnsName(dns))
 }
 
@@ -161,11 +161,10 @@ fn ca(dir: &Path, report: &mut Report) -> Result<(Issuer<'static, KeyPair>, bool
     let (cert, key) = (dir.join(file_names::CA_CERT), dir.join(file_names::CA_KEY));
     match (cert.exists(), key.exists()) {
         (true, true) => {
-            let bad = |reason: String| CertsError::BadCa { path: cert.clone(), reason };
+            let bad = |source| CertsError::BadCa { path: cert.clone(), source };
             let cert_pem = read(&cert)?;
-            let key = KeyPair::from_pem(&read(&key)?).map_err(|e| bad(e.to_string()))?;
-            let issuer =
-                Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(e.to_string()))?;
+            let key = KeyPair::from_pem(&read(&key)?).map_err(bad)?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(bad)?;
             report.kept.extend([cert, dir.join(file_names::CA_KEY)]);
             Ok((issuer, false))
         }

@@ -17,15 +17,34 @@ pub struct Ir {
     pub ca_bundles: BTreeMap<String, CaBundle>,
     /// Gateway client certificates by secret name (content-addressed too).
     pub client_certificates: BTreeMap<String, ClientCertificate>,
+    /// Certificates HTTPS listeners present, by secret name
+    /// ([`backendtls_contract::listener_certificate_secret_name`]: one per Kubernetes Secret, so
+    /// a rotation changes the secret's content and nothing else).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub listener_certificates: BTreeMap<String, ClientCertificate>,
 }
 
-/// One Envoy listener: a port of one Gateway, with every HTTP listener of that Gateway on it.
+/// One Envoy listener: a port, with every programmed Gateway listener on it.
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]
 pub struct Listener {
     /// Also the name of its route configuration.
     pub name: String,
     pub port: u16,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// HTTPS: TLS is terminated, with one filter chain per Gateway listener hostname chosen by
+    /// SNI. Empty for plaintext HTTP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsChain>,
+}
+
+/// One HTTPS listener's filter chain: the SNI names it matches and the certificates it presents.
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
+pub struct TlsChain {
+    /// The Gateway listener's hostname (may be `*.example.com`); None: the default chain, for
+    /// any other SNI or none.
+    pub hostname: Option<String>,
+    /// Secret names in [`Ir::listener_certificates`], in `certificateRefs` order.
+    pub certificates: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]
@@ -179,6 +198,26 @@ pub struct Cluster {
     pub endpoints: Endpoints,
     /// Present when a BackendTLSPolicy governs this port.
     pub tls: Option<BackendTls>,
+    /// The HTTP version spoken to the backend.
+    #[serde(skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+}
+
+/// How a cluster speaks to its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (or what the policy's ALPN option negotiates).
+    #[default]
+    Http1,
+    /// HTTP/2 only: a GRPCRoute backend, or a Service port with appProtocol `kubernetes.io/h2c`
+    /// (GEP-1911). Over TLS it offers ALPN `h2`; without TLS it is h2c with prior knowledge.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    pub fn is_default(&self) -> bool {
+        *self == UpstreamProtocol::Http1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]

@@ -463,6 +463,24 @@ fn print(value: &serde_json::Value, format: Format) {
     }
 }
 
+/// Writes a document to stdout as it is made, buffered (stdout alone flushes every line); false
+/// (reported) when stdout fails.
+fn write_document(document: &pipeline::Streamed<'_>, format: Format) -> bool {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = match format {
+        Format::Yaml => document.write_yaml(&mut out),
+        Format::Json => document.write_json(&mut out),
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("backendtls-loader: cannot write the output: {e}");
+            false
+        }
+    }
+}
+
 /// Ends a one-shot command without freeing what it built: at ten thousand backends, tearing the
 /// object graph down takes longer than anything but parsing.
 fn exit_without_teardown(code: i32) -> ! {
@@ -577,7 +595,10 @@ fn main() -> ExitCode {
                 eprintln!("warning: {}: {}", problem.object, problem.reason);
             }
             if let PrivateKeys::Files { dir } = &translate.private_keys {
-                for certificate in build.resolved.resolution.ir.client_certificates.values() {
+                let ir = &build.resolved.resolution.ir;
+                for certificate in
+                    ir.client_certificates.values().chain(ir.listener_certificates.values())
+                {
                     let path = xds::bootstrap::private_key_path(dir, &certificate.source);
                     eprintln!(
                         "note: Envoy reads the private key of Secret {} from {} \
@@ -587,9 +608,8 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            let bootstrap = xds::bootstrap::static_bootstrap(&build.resources, admin_address);
-            print(&xds::json::to_json(&bootstrap), output);
-            exit_without_teardown(0)
+            let document = pipeline::bootstrap_document(&build.resources, admin_address);
+            exit_without_teardown(if write_document(&document, output) { 0 } else { 1 })
         }
         Command::Check { translation, output } => {
             // The filter flags are checked like `serve` would, though nothing is translated.
@@ -604,7 +624,9 @@ fn main() -> ExitCode {
                 ));
             }
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
-            print(&resolved.status_json(), output);
+            if !write_document(&resolved.status_document(), output) {
+                exit_without_teardown(1)
+            }
             exit_without_teardown(if resolved.is_healthy() { 0 } else { 1 })
         }
         Command::Probe { translation, policy, output, probe } => {

@@ -36,6 +36,7 @@ pub enum Object {
     Gateway(Arc<Gateway>),
     GatewayClass(Arc<GatewayClass>),
     HttpRoute(Arc<HttpRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
     BackendTlsPolicy(Arc<BackendTlsPolicy>),
     ReferenceGrant(Arc<ReferenceGrant>),
     Service(Arc<Service>),
@@ -51,6 +52,7 @@ impl Object {
             Object::Gateway(_) => "Gateway",
             Object::GatewayClass(_) => "GatewayClass",
             Object::HttpRoute(_) => "HTTPRoute",
+            Object::GrpcRoute(_) => "GRPCRoute",
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::ReferenceGrant(_) => "ReferenceGrant",
             Object::Service(_) => "Service",
@@ -66,6 +68,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::GatewayClass(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
@@ -548,6 +551,89 @@ pub struct BackendRef {
     pub filters: Vec<serde_json::Value>,
 }
 
+// ---------------------------------------------------------------------------------------------
+// GRPCRoute (gateway.networking.k8s.io/v1)
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct GrpcRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: GrpcRouteSpec,
+}
+
+/// Strict like [`HttpRouteSpec`]: unknown fields are file errors; schema fields the loader does
+/// not implement are read as opaque values so that resolving refuses the route naming them
+/// (see `resolve::grpc_routes::unsupported`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+    /// Experimental (`useDefaultGateways`): not implemented.
+    #[serde(default)]
+    pub use_default_gateways: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<GrpcRouteFilter>,
+    /// The same shape as an HTTPRoute's (`filters` per backend are not implemented).
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    /// Not implemented.
+    #[serde(default)]
+    pub session_persistence: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    /// `Exact` (the default) or `RegularExpression`, as an HTTPRoute's header matches.
+    #[serde(default)]
+    pub headers: Vec<HttpValueMatch>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (the default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HttpHeaderFilter>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HttpHeaderFilter>,
+    /// Not implemented for GRPCRoute.
+    #[serde(default)]
+    pub request_mirror: Option<serde_json::Value>,
+    /// Not implemented.
+    #[serde(default)]
+    pub extension_ref: Option<serde_json::Value>,
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct BackendTlsPolicy {
     pub metadata: ObjectMeta,
@@ -675,6 +761,9 @@ pub struct ServicePort {
     pub target_port: Option<serde_json::Value>,
     #[serde(default)]
     pub protocol: Option<String>,
+    /// `appProtocol`: `kubernetes.io/h2c` (GEP-1911) makes the cluster speak HTTP/2.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 impl ServicePort {

@@ -6,6 +6,8 @@ use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
 use crate::status::{GatewayClassReport, GatewayReport, PolicyReport, RouteReport};
 use crate::xds::translate::{translate, Resources, TranslateOptions};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// Everything the loader concluded from the input, before any Envoy type.
 pub struct Resolved {
@@ -155,4 +157,125 @@ pub fn build(
     let resolved = resolve(config, resolve_options);
     let resources = translate(&resolved.resolution.ir, translate_options);
     Build { resolved, resources }
+}
+
+/// A JSON document written piece by piece: arrays whose items are made only as they are written,
+/// so that `check` and `render` never hold the whole output (at 100,000 backends, the
+/// `serde_json::Value` of a bootstrap took 5 GB). Written through `serde`, it gives exactly the
+/// output of the equivalent `serde_json::Value`: object members in key order, as `Value` keeps
+/// them.
+pub enum Streamed<'a> {
+    Value(serde_json::Value),
+    Object(BTreeMap<String, Streamed<'a>>),
+    /// `len` items, made by the iterator when the array is written (once).
+    Array {
+        len: usize,
+        items: RefCell<Option<Items<'a>>>,
+    },
+}
+
+type Items<'a> = Box<dyn Iterator<Item = serde_json::Value> + 'a>;
+
+impl<'a> Streamed<'a> {
+    /// Objects become [`Streamed::Object`] at every depth, so that arrays can be put in them.
+    pub fn from_value(value: serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::Object(members) => Streamed::Object(
+                members.into_iter().map(|(k, v)| (k, Streamed::from_value(v))).collect(),
+            ),
+            other => Streamed::Value(other),
+        }
+    }
+
+    pub fn array<T: 'a>(items: &'a [T], item: impl Fn(&'a T) -> serde_json::Value + 'a) -> Self {
+        let len = items.len();
+        Streamed::Array { len, items: RefCell::new(Some(Box::new(items.iter().map(item)))) }
+    }
+
+    /// Sets the member at `path` (every object on the way must exist).
+    fn set(&mut self, path: &[&str], value: Streamed<'a>) {
+        let Streamed::Object(members) = self else { panic!("{path:?}: not an object") };
+        match path {
+            [last] => drop(members.insert(last.to_string(), value)),
+            [first, rest @ ..] => members.get_mut(*first).expect("path exists").set(rest, value),
+            [] => unreachable!("a path names a member"),
+        }
+    }
+
+    /// Pretty JSON, as `{:#}` of the `Value` writes it, and a newline.
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        out.write_all(b"\n")
+    }
+
+    /// YAML, as [`crate::xds::json::to_yaml`] writes the `Value`.
+    pub fn write_yaml(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        serde_norway::to_writer(&mut *out, self).map_err(std::io::Error::other)
+    }
+}
+
+impl serde::Serialize for Streamed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap, SerializeSeq};
+        match self {
+            Streamed::Value(value) => value.serialize(s),
+            Streamed::Object(members) => {
+                let mut map = s.serialize_map(Some(members.len()))?;
+                for (key, value) in members {
+                    map.serialize_entry(key, value)?;
+                }
+                map.end()
+            }
+            Streamed::Array { len, items } => {
+                let items =
+                    items.borrow_mut().take().ok_or_else(|| S::Error::custom("written twice"))?;
+                let mut seq = s.serialize_seq(Some(*len))?;
+                for item in items {
+                    seq.serialize_element(&item)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+impl Resolved {
+    /// [`Self::status_json`], made item by item as it is written.
+    pub fn status_document(&self) -> Streamed<'_> {
+        let r = &self.resolution;
+        let members: [(&str, Streamed<'_>); 6] = [
+            ("policies", Streamed::array(&r.policies, |p| p.to_json())),
+            ("gatewayClasses", Streamed::array(&r.gateway_classes, to_value)),
+            ("gateways", Streamed::array(&r.gateways, to_value)),
+            ("routes", Streamed::array(&r.routes, to_value)),
+            ("errors", Streamed::array(&self.errors, to_value)),
+            ("problems", Streamed::array(&r.problems, to_value)),
+        ];
+        Streamed::Object(members.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+}
+
+fn to_value(item: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(item).expect("reports serialize")
+}
+
+/// What `render` prints: [`crate::xds::bootstrap::static_bootstrap`] as JSON, each listener and
+/// cluster made only as it is written.
+pub fn bootstrap_document(
+    resources: &Resources,
+    admin_address: std::net::SocketAddr,
+) -> Streamed<'_> {
+    use crate::xds::json::to_json;
+    let frame = crate::xds::bootstrap::static_bootstrap(&Resources::default(), admin_address);
+    let mut document = Streamed::from_value(to_json(&frame));
+    // proto3 JSON leaves empty repeated fields out.
+    if !resources.listeners.is_empty() {
+        let listeners = Streamed::array(&resources.listeners, |l| to_json(&l.resource));
+        document.set(&["static_resources", "listeners"], listeners);
+    }
+    if !resources.clusters.is_empty() {
+        let clusters = Streamed::array(&resources.clusters, |c| to_json(&c.resource));
+        document.set(&["static_resources", "clusters"], clusters);
+    }
+    document
 }

@@ -199,6 +199,7 @@ mod tests {
                 port: 443,
                 endpoints: Endpoints::Static(vec!["127.0.0.1:1".parse().unwrap()]),
                 tls,
+                protocol: Default::default(),
             };
             ir.clusters.insert(name.into(), cluster);
         }
@@ -222,6 +223,7 @@ mod tests {
                 domains: vec!["*".into()],
                 routes: vec![route("kube_apps_a_443"), route("kube_apps_b_80")],
             }],
+            tls: Vec::new(),
         });
         ir
     }

@@ -10,6 +10,7 @@ pub struct Store {
     /// By name (cluster-scoped).
     pub gateway_classes: BTreeMap<String, Arc<GatewayClass>>,
     pub http_routes: BTreeMap<ObjectKey, Arc<HttpRoute>>,
+    pub grpc_routes: BTreeMap<ObjectKey, Arc<GrpcRoute>>,
     pub policies: BTreeMap<ObjectKey, Arc<BackendTlsPolicy>>,
     pub reference_grants: BTreeMap<ObjectKey, Arc<ReferenceGrant>>,
     pub services: BTreeMap<ObjectKey, Arc<Service>>,
@@ -31,6 +32,7 @@ impl Store {
             Object::Gateway(o) => drop(self.gateways.insert(key, o)),
             Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
             Object::HttpRoute(o) => drop(self.http_routes.insert(key, o)),
+            Object::GrpcRoute(o) => drop(self.grpc_routes.insert(key, o)),
             Object::BackendTlsPolicy(o) => drop(self.policies.insert(key, o)),
             Object::ReferenceGrant(o) => drop(self.reference_grants.insert(key, o)),
             Object::Service(o) => drop(self.services.insert(key, o)),
@@ -53,6 +55,7 @@ impl Store {
             "Gateway" => drop(self.gateways.remove(key)),
             "GatewayClass" => drop(self.gateway_classes.remove(&key.name)),
             "HTTPRoute" => drop(self.http_routes.remove(key)),
+            "GRPCRoute" => drop(self.grpc_routes.remove(key)),
             "BackendTLSPolicy" => drop(self.policies.remove(key)),
             "ReferenceGrant" => drop(self.reference_grants.remove(key)),
             "Service" => drop(self.services.remove(key)),

@@ -16,7 +16,7 @@ fn check(case: &str) {
     config.reload().unwrap();
     let options = resolve::Options {
         gateway_class: Some("backendtls".into())
-            .filter(|_| case == "routes" || case == "http_core"),
+            .filter(|_| matches!(case, "routes" | "http_core" | "https" | "grpc_routes")),
         ..Default::default()
     };
     let build = pipeline::build(&config, &options, &Default::default());
@@ -92,6 +92,11 @@ fn gateways() {
     check("gateways");
 }
 
+#[test]
+fn https() {
+    check("https");
+}
+
 /// envoy/bootstrap.yaml is what `backendtls-loader bootstrap --xds-certs .demo/xds` prints (the
 /// certificates `make demo` creates; relative paths, so Envoy runs from the repository root).
 #[test]
@@ -150,4 +155,9 @@ fn dynamic_module_validator_config() {
     assert!(validation.get("match_typed_subject_alt_names").is_none());
     assert!(tls["common_tls_context"].get("combined_validation_context").is_none());
     assert_eq!(tls["sni"], "example.com");
+}
+
+#[test]
+fn grpc_routes() {
+    check("grpc_routes");
 }

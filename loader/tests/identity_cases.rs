@@ -45,6 +45,7 @@ fn ir_for(case: &Case) -> Ir {
             port: 443,
             endpoints: ir::Endpoints::Static(vec!["127.0.0.1:8443".parse().unwrap()]),
             tls: Some(tls),
+            protocol: Default::default(),
         },
     );
     ir

@@ -8,6 +8,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 rows = list(csv.DictReader(open(sys.argv[1])))
+# One layout per plot: the default one when the run measured several.
+layouts = [r.get("layout", "per100") for r in rows]
+if "per100" in layouts:
+    rows = [r for r, layout in zip(rows, layouts) if layout == "per100"]
 n = [int(r["backends"]) for r in rows]
 series = [
     ("check", [float(r["check_s"]) for r in rows]),

@@ -1,5 +1,7 @@
 //! A real Envoy process with its admin API on 127.0.0.1.
 
+pub mod config;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -45,6 +47,11 @@ impl Envoy {
         let mut envoy = Envoy { dir, admin_port, process };
         envoy.wait_until_ready();
         envoy
+    }
+
+    /// The Envoy process id (benchmarks read its CPU time from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     pub fn admin_port(&self) -> u16 {
@@ -133,11 +140,11 @@ impl Drop for Envoy {
     }
 }
 
-/// A static Envoy bootstrap (no loader) with one HTTP listener on 127.0.0.1:`listener` that logs
-/// each request to stdout as `log_format` (YAML double-quoted text, e.g. `ACCESS %RESPONSE_CODE%\n`),
-/// routes every host by `routes`, runs `http_filters` before the router, and has `clusters`.
-/// `routes`, `http_filters` and `clusters` are YAML list items, each starting on a new line indented
-/// for its place (14, 10 and 2 spaces).
+/// A static Envoy bootstrap (no loader), for callers that still hold YAML fragments: one HTTP
+/// listener on 127.0.0.1:`listener` that logs each request to stdout as `log_format` (YAML
+/// double-quoted text, e.g. `ACCESS %RESPONSE_CODE%\n`), routes every host by `routes`, runs
+/// `http_filters` before the router, and has `clusters` (each a YAML list, any indentation).
+/// Built by [`config::StaticBootstrap`], which new code should use directly.
 pub fn static_listener_bootstrap(
     admin: u16,
     listener: u16,
@@ -146,34 +153,25 @@ pub fn static_listener_bootstrap(
     http_filters: &str,
     clusters: &str,
 ) -> String {
-    format!(
-        r#"admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-static_resources:
-  listeners:
-  - name: http
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listener} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-              log_format: {{ text_format_source: {{ inline_string: "{log_format}" }} }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:{routes}
-          http_filters:{http_filters}
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{clusters}
-"#
-    )
+    let list = |what: &str, yaml: &str| -> Vec<serde_json::Value> {
+        if yaml.trim().is_empty() {
+            return Vec::new();
+        }
+        serde_norway::from_str(yaml).unwrap_or_else(|e| panic!("{what} are not a YAML list: {e}"))
+    };
+    let log_format: String = serde_norway::from_str(&format!("\"{log_format}\""))
+        .unwrap_or_else(|e| panic!("log format {log_format:?}: {e}"));
+    let mut bootstrap = config::StaticBootstrap::new(admin, listener, &log_format);
+    for route in list("routes", routes) {
+        bootstrap = bootstrap.raw_route(route);
+    }
+    for filter in list("http filters", http_filters) {
+        bootstrap = bootstrap.http_filter(filter);
+    }
+    for cluster in list("clusters", clusters) {
+        bootstrap = bootstrap.cluster(cluster);
+    }
+    bootstrap.yaml()
 }
 
 /// Runs `envoy --mode validate` on `bootstrap_yaml`; returns whether it passed and what it printed.

@@ -27,6 +27,6 @@ pub use guide::GuideStack;
 pub use http::{http_get, try_http_get, HttpConnection};
 pub use loader::{ads_bootstrap, ads_bootstrap_secure, render_bootstrap, Ads, Loader};
 pub use manifests::Manifests;
-pub use nginx::{AccessLine, Nginx, NGINX_BODY};
+pub use nginx::{AccessLine, Backend, BackendRequest, Nginx, TlsServer, NGINX_BODY};
 pub use ports::{free_port, port_accepts};
 pub use wait::wait_until;

@@ -6,22 +6,19 @@
 //! find `libbackendtls_filter.so` through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`; see
 //! [`use_module_search_path`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
-use tempfile::TempDir;
+use serde_json::{json, Value};
 
 use crate::certs::CertifiedKey;
+use crate::envoy::config::{self, StaticBootstrap};
 use crate::paths::workspace_root;
-use crate::ports::{free_port, port_accepts};
-use crate::process::{print_tail_if_panicking, tail, ManagedChild};
-use crate::wait::wait_until;
 
 /// The environment variable Envoy searches for `lib<name>.so` when a module is named only.
 pub const SEARCH_PATH_ENV: &str = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH";
@@ -390,119 +387,6 @@ pub fn matrix() -> Vec<Case> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// NGINX with one TLS server per case
-
-/// One line of [`MatrixNginx`]'s access log: `$server_port|$ssl_server_name|$status|$request`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MatrixAccess {
-    pub port: u16,
-    pub sni: String,
-    pub status: u16,
-    pub request: String,
-}
-
-/// A foreground NGINX with one HTTPS server per served certificate, each on its own port.
-pub struct MatrixNginx {
-    dir: TempDir,
-    ports: Vec<u16>,
-    process: ManagedChild,
-}
-
-impl MatrixNginx {
-    /// Serves `certs[i]` on `ports()[i]`.
-    pub fn start(certs: &[&CertifiedKey]) -> MatrixNginx {
-        let dir =
-            tempfile::Builder::new().prefix("btls-matrix-nginx-").tempdir().expect("nginx dir");
-        let ports: Vec<u16> = certs.iter().map(|_| free_port()).collect();
-        let mut servers = String::new();
-        for (i, (cert, port)) in certs.iter().zip(&ports).enumerate() {
-            let (crt, key) =
-                (dir.path().join(format!("{i}.crt")), dir.path().join(format!("{i}.key")));
-            std::fs::write(&crt, &cert.cert_pem).expect("write certificate");
-            std::fs::write(&key, &cert.key_pem).expect("write key");
-            servers.push_str(&format!(
-                "    server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; \
-                 ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3; \
-                 location / {{ default_type text/plain; return 200 \"hello from nginx\\n\"; }} }}\n",
-                crt.display(),
-                key.display()
-            ));
-        }
-        let d = dir.path().display();
-        let config = format!(
-            "master_process off;\nworker_processes 1;\nerror_log {d}/error.log info;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 1024; }}\nhttp {{\n    \
-             log_format btls '$server_port|$ssl_server_name|$status|$request';\n    \
-             access_log {d}/access.log btls;\n    client_body_temp_path {d}/client_body;\n    \
-             proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
-             uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n{servers}}}\n"
-        );
-        std::fs::write(dir.path().join("nginx.conf"), config).expect("write nginx.conf");
-        let mut command = Command::new("/usr/sbin/nginx");
-        command
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .args(["-g", "daemon off;"]);
-        let mut process = ManagedChild::spawn("nginx", command, &dir.path().join("nginx.out"));
-        for port in &ports {
-            wait_until(&format!("nginx on 127.0.0.1:{port}"), Duration::from_secs(10), || {
-                process.assert_running();
-                port_accepts(*port).then_some(())
-            });
-        }
-        MatrixNginx { dir, ports, process }
-    }
-
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    pub fn access(&self) -> Vec<MatrixAccess> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.splitn(4, '|');
-                Some(MatrixAccess {
-                    port: parts.next()?.parse().ok()?,
-                    sni: parts.next()?.to_string(),
-                    status: parts.next()?.parse().ok()?,
-                    request: parts.next()?.to_string(),
-                })
-            })
-            .collect()
-    }
-}
-
-impl Drop for MatrixNginx {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = |name: &str| {
-                tail(&std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default(), 30)
-            };
-            print_tail_if_panicking(
-                "matrix nginx",
-                &format!(
-                    "error.log:\n{}\naccess.log:\n{}\n{}",
-                    log("error.log"),
-                    log("access.log"),
-                    self.process.log_tail(10)
-                ),
-                80,
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Static Envoy configs
 
 /// Who verifies a cluster's backend certificate.
@@ -572,68 +456,53 @@ impl ClusterSpec {
         serde_json::to_string(&config).expect("the validator config serializes")
     }
 
-    fn validation_context_yaml(&self) -> String {
-        // JSON is YAML: quoting through serde_json keeps PEM and regexes intact.
-        let quote = |s: &str| serde_json::Value::from(s).to_string();
+    fn validation_context(&self) -> Value {
         match self.validator {
-            Validator::Default => {
-                // The SAN matchers the loader generates for these identities.
-                let matchers: Vec<serde_json::Value> =
-                    backendtls_loader::xds::identity::san_matchers(&self.identities())
-                        .iter()
-                        .map(backendtls_loader::xds::json::to_json)
-                        .collect();
-                format!(
-                    "{{ trusted_ca: {{ inline_string: {} }}, match_typed_subject_alt_names: {} }}",
-                    quote(&self.anchors_pem),
-                    serde_json::Value::Array(matchers)
+            // The SAN matchers the loader generates for these identities.
+            Validator::Default => json!({
+                "trusted_ca": { "inline_string": self.anchors_pem },
+                "match_typed_subject_alt_names": backendtls_loader::xds::identity::san_matchers(
+                    &self.identities()
                 )
-            }
-            Validator::Module => format!(
-                "{{ custom_validator_config: {{ name: envoy.tls.cert_validator.dynamic_modules, \
-                 typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.cert_validator.dynamic_modules.v3.DynamicModuleCertValidatorConfig, \
-                 dynamic_module_config: {{ name: {MODULE_NAME} }}, validator_name: backendtls, \
-                 validator_config: {{ \"@type\": type.googleapis.com/google.protobuf.StringValue, value: {} }} }} }} }}",
-                quote(&self.module_config_json())
-            ),
+                .iter()
+                .map(backendtls_loader::xds::json::to_json)
+                .collect::<Vec<_>>(),
+            }),
+            Validator::Module => json!({ "custom_validator_config": {
+                "name": "envoy.tls.cert_validator.dynamic_modules",
+                "typed_config": config::typed(
+                    "envoy.extensions.transport_sockets.tls.cert_validator.dynamic_modules.v3.\
+                     DynamicModuleCertValidatorConfig",
+                    json!({
+                        "dynamic_module_config": { "name": MODULE_NAME },
+                        "validator_name": "backendtls",
+                        "validator_config": config::string_value(&self.module_config_json()),
+                    }),
+                ),
+            }}),
         }
     }
 
-    fn yaml(&self) -> String {
-        let protocol_options = match self.max_requests_per_connection {
-            None => String::new(),
-            Some(n) => format!(
-                "\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
-                 \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
-                 common_http_protocol_options: {{ max_requests_per_connection: {n} }}\n        \
-                 explicit_http_config: {{ http_protocol_options: {{}} }}"
-            ),
+    fn cluster(&self) -> Value {
+        let mut cluster = config::static_cluster(&self.name, self.port);
+        if let Some(n) = self.max_requests_per_connection {
+            cluster["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": config::typed(
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    json!({
+                        "common_http_protocol_options": { "max_requests_per_connection": n },
+                        "explicit_http_config": { "http_protocol_options": {} },
+                    }),
+                ),
+            });
+        }
+        let extra = match self.max_session_keys {
+            None => json!({}),
+            Some(n) => json!({ "max_session_keys": n }),
         };
-        let session_keys = match self.max_session_keys {
-            None => String::new(),
-            Some(n) => format!("\n        max_session_keys: {n}"),
-        };
-        format!(
-            r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 2s{protocol_options}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: {sni}{session_keys}
-        common_tls_context:
-          tls_params: {{ tls_maximum_protocol_version: TLSv1_3 }}
-          validation_context: {validation}"#,
-            name = self.name,
-            port = self.port,
-            sni = self.hostname,
-            validation = self.validation_context_yaml(),
-        )
+        cluster["transport_socket"] =
+            config::upstream_tls(&self.hostname, "TLSv1_3", self.validation_context(), extra);
+        cluster
     }
 }
 
@@ -647,38 +516,21 @@ pub fn static_config(
     http_filter: bool,
     clusters: &[ClusterSpec],
 ) -> String {
-    let filter = if http_filter {
-        format!(
-            r#"
-          - name: backendtls
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{ name: {MODULE_NAME}, module: {{ local: {{ filename: {so} }} }}, metrics_namespace: backendtls }}
-              filter_name: backendtls
-              filter_config: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{{}}' }}"#,
-            so = filter_so().display()
-        )
-    } else {
-        String::new()
-    };
-    let routes: String = clusters
-        .iter()
-        .map(|c| {
-            format!(
-                "\n              - {{ match: {{ prefix: \"/{0}/\" }}, route: {{ cluster: {0} }} }}",
-                c.name
-            )
-        })
-        .collect();
-    let cluster_yaml: String = clusters.iter().map(ClusterSpec::yaml).collect();
-    crate::static_listener_bootstrap(
+    let mut bootstrap = StaticBootstrap::new(
         admin,
         listener,
-        r"ACCESS %UPSTREAM_CLUSTER% %RESPONSE_CODE% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n",
-        &routes,
-        &filter,
-        &cluster_yaml,
-    )
+        "ACCESS %UPSTREAM_CLUSTER% %RESPONSE_CODE% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n",
+    );
+    if http_filter {
+        bootstrap =
+            bootstrap.http_filter(config::dynamic_module_filter(MODULE_NAME, &filter_so(), "{}"));
+    }
+    for cluster in clusters {
+        bootstrap = bootstrap
+            .route(&format!("/{}/", cluster.name), &cluster.name)
+            .cluster(cluster.cluster());
+    }
+    bootstrap.yaml()
 }
 
 /// The `ACCESS` lines of an Envoy log from [`static_config`]: (cluster, status, failure reason).

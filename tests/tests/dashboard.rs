@@ -208,6 +208,15 @@ fn every_metric_and_label_the_dashboard_queries_exists() {
     assert_eq!(status, 200);
     let (status, loader_text) = try_http_get(loader.admin_port(), "127.0.0.1", "/metrics").unwrap();
     assert_eq!(status, 200);
+    // The validator's expiry gauge: the backend's leaf, as Envoy saw it (rcgen's default
+    // not-after, 4096-01-01).
+    let gauge =
+        format!("envoy_backendtls_backend_certificate_not_after_seconds{{policy=\"{NS}/good\"}} ");
+    let line = envoy_text
+        .lines()
+        .find(|l| l.starts_with(&gauge))
+        .unwrap_or_else(|| panic!("{gauge} in Envoy's scrape"));
+    assert_eq!(line.strip_prefix(&gauge), Some("67090118400"), "{line}");
     let mut scraped = exposition(&envoy_text);
     for (name, labels) in exposition(&loader_text) {
         scraped.entry(name).or_default().extend(labels);

@@ -19,6 +19,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
+use backendtls_e2e::envoy::config::{self, StaticBootstrap};
 use backendtls_e2e::guide::{wait_for_gateway_status, GUIDE_HOST, HOSTNAME};
 use backendtls_e2e::paths::{loader_bin, workspace_root};
 use backendtls_e2e::process::ManagedChild;
@@ -69,33 +72,13 @@ impl Build {
     }
 
     /// The HTTP filter entry for a static config, with `config_json` as the filter's config.
-    fn http_filter_yaml(self, config_json: &str) -> String {
+    fn http_filter(self, config_json: &str) -> Value {
         let path = self.artifact();
-        let path = path.display();
         match self {
-            Build::Wasm => format!(
-                r#"
-          - name: backendtls
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: backendtls
-                root_id: backendtls
-                configuration: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{config_json}' }}
-                vm_config:
-                  vm_id: backendtls
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {path} }} }}"#
-            ),
-            Build::DynamicModule | Build::DebugDynamicModule => format!(
-                r#"
-          - name: backendtls
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{ name: backendtls_filter, module: {{ local: {{ filename: {path} }} }}, metrics_namespace: backendtls }}
-              filter_name: backendtls
-              filter_config: {{ "@type": type.googleapis.com/google.protobuf.StringValue, value: '{config_json}' }}"#
-            ),
+            Build::Wasm => config::wasm_filter(&path, config_json),
+            Build::DynamicModule | Build::DebugDynamicModule => {
+                config::dynamic_module_filter("backendtls_filter", &path, config_json)
+            }
         }
     }
 }
@@ -386,58 +369,32 @@ fn static_config(
     nginx: u16,
     plain: u16,
 ) -> String {
-    let filter = build.http_filter_yaml(filter_json);
-    let ca_path = ca_path.display();
-    let metadata = |state: &str, extra: &str| {
-        format!(
-            "{{ filter_metadata: {{ backendtls: {{ policy: {POLICY}, hostname: {HOSTNAME}, subject_alt_names: [], identities: [], state: {state}{extra} }} }} }}"
-        )
-    };
-    let valid = metadata("valid", "");
-    let invalid = metadata("invalid", ", reason: \"CA ConfigMap default/ca has no ca.crt\"");
-    let routes = r#"
-              - { match: { prefix: "/tls" }, route: { cluster: governed_tls } }
-              - { match: { prefix: "/plain" }, route: { cluster: governed_plaintext } }
-              - { match: { prefix: "/invalid" }, route: { cluster: governed_invalid } }"#;
-    let clusters = format!(
-        r#"
-  - name: governed_tls
-    type: STATIC
-    metadata: {valid}
-    load_assignment:
-      cluster_name: governed_tls
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {nginx} }} }} }} }}] }}]
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: {HOSTNAME}
-        common_tls_context:
-          tls_params: {{ tls_maximum_protocol_version: TLSv1_3 }}
-          validation_context:
-            trusted_ca: {{ filename: {ca_path} }}
-            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {HOSTNAME} }} }}]
-  - name: governed_plaintext
-    type: STATIC
-    metadata: {valid}
-    load_assignment:
-      cluster_name: governed_plaintext
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {plain} }} }} }} }}] }}]
-  - name: governed_invalid
-    type: STATIC
-    metadata: {invalid}
-    load_assignment:
-      cluster_name: governed_invalid
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {plain} }} }} }} }}] }}]"#
-    );
-    backendtls_e2e::static_listener_bootstrap(
+    let metadata =
+        |state: &str, extra: Value| config::backendtls_metadata(POLICY, HOSTNAME, state, extra);
+    let valid = metadata("valid", json!({}));
+    let invalid = metadata("invalid", json!({ "reason": "CA ConfigMap default/ca has no ca.crt" }));
+    let mut tls = config::static_cluster("governed_tls", nginx);
+    tls["metadata"] = valid.clone();
+    let validation = config::trusted_ca_file(ca_path, HOSTNAME);
+    tls["transport_socket"] = config::upstream_tls(HOSTNAME, "TLSv1_3", validation, json!({}));
+    let mut plaintext = config::static_cluster("governed_plaintext", plain);
+    plaintext["metadata"] = valid;
+    let mut broken = config::static_cluster("governed_invalid", plain);
+    broken["metadata"] = invalid;
+    StaticBootstrap::new(
         admin,
         listener,
-        r"ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% dm=%DYNAMIC_METADATA(backendtls)% wasm=%FILTER_STATE(wasm.backendtls:PLAIN)%\n",
-        routes,
-        &filter,
-        &clusters,
+        "ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% \
+         dm=%DYNAMIC_METADATA(backendtls)% wasm=%FILTER_STATE(wasm.backendtls:PLAIN)%\n",
     )
+    .route("/tls", "governed_tls")
+    .route("/plain", "governed_plaintext")
+    .route("/invalid", "governed_invalid")
+    .http_filter(build.http_filter(filter_json))
+    .cluster(tls)
+    .cluster(plaintext)
+    .cluster(broken)
+    .yaml()
 }
 
 struct StaticStack {
@@ -666,29 +623,13 @@ fn dynamic_module_wildcard_policy_through_loader() {
 
 /// A governed TLS cluster of a hand-written config, verified by Envoy with `trusted_ca` and a
 /// SAN matcher for `HOSTNAME`; `identity_checked_by` states that in the metadata when given.
-fn governed_cluster(name: &str, port: u16, ca_path: &Path, checked_by: Option<&str>) -> String {
-    let ca_path = ca_path.display();
-    let checked_by = checked_by.map(|c| format!(", identity_checked_by: {c}")).unwrap_or_default();
-    format!(
-        r#"
-  - name: {name}
-    type: STATIC
-    connect_timeout: 2s
-    metadata: {{ filter_metadata: {{ backendtls: {{ policy: {POLICY}, hostname: {HOSTNAME}, subject_alt_names: [], identities: [], state: valid{checked_by} }} }} }}
-    load_assignment:
-      cluster_name: {name}
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}]
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: {HOSTNAME}
-        common_tls_context:
-          tls_params: {{ tls_maximum_protocol_version: TLSv1_2 }}
-          validation_context:
-            trusted_ca: {{ filename: {ca_path} }}
-            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: {HOSTNAME} }} }}]"#
-    )
+fn governed_cluster(name: &str, port: u16, ca_path: &Path, checked_by: Option<&str>) -> Value {
+    let extra = checked_by.map(|c| json!({ "identity_checked_by": c })).unwrap_or(json!({}));
+    let mut cluster = config::static_cluster(name, port);
+    cluster["metadata"] = config::backendtls_metadata(POLICY, HOSTNAME, "valid", extra);
+    let validation = config::trusted_ca_file(ca_path, HOSTNAME);
+    cluster["transport_socket"] = config::upstream_tls(HOSTNAME, "TLSv1_2", validation, json!({}));
+    cluster
 }
 
 /// Issue 11: no Envoy worker waits on the network. The backend's matching SAN is not its first
@@ -708,24 +649,19 @@ fn dynamic_module_never_waits_on_a_backend() {
     std::fs::write(&ca_path, ca.cert_pem()).expect("write ca.crt");
     let (listener, admin) = (free_port(), free_port());
     let checked = Some(backendtls_contract::IdentityCheck::EnvoySanMatchers.as_str());
-    let clusters = [
-        governed_cluster("drip", drip.port(), &ca_path, checked),
-        governed_cluster("direct", nginx.https_port(), &ca_path, checked),
-        governed_cluster("unstated", nginx.https_port(), &ca_path, None),
-    ]
-    .concat();
-    let routes = r#"
-              - { match: { prefix: "/drip" }, route: { cluster: drip } }
-              - { match: { prefix: "/direct" }, route: { cluster: direct } }
-              - { match: { prefix: "/unstated" }, route: { cluster: unstated } }"#;
-    let config = backendtls_e2e::static_listener_bootstrap(
+    let config = StaticBootstrap::new(
         admin,
         listener,
-        r"ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n",
-        routes,
-        &Build::DynamicModule.http_filter_yaml("{}"),
-        &clusters,
-    );
+        "ACCESS %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n",
+    )
+    .route("/drip", "drip")
+    .route("/direct", "direct")
+    .route("/unstated", "unstated")
+    .http_filter(Build::DynamicModule.http_filter("{}"))
+    .cluster(governed_cluster("drip", drip.port(), &ca_path, checked))
+    .cluster(governed_cluster("direct", nginx.https_port(), &ca_path, checked))
+    .cluster(governed_cluster("unstated", nginx.https_port(), &ca_path, None))
+    .yaml();
     let envoy = Envoy::start_with_workers(&config, admin, 1);
 
     let to_drip = std::thread::spawn(move || try_http_get(listener, HOSTNAME, "/drip"));

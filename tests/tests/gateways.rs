@@ -211,14 +211,12 @@ fn listener_and_route_hostnames_intersect() {
     ] {
         expect_eventually(port, &get(host, path, backend));
     }
-    // The port in Host is ignored for matching. (Upstream also wants the backend to see Host
-    // with its port; Envoy strips it today, which needs `ignore_port_in_host_matching` on the
-    // route configuration instead of `strip_any_host_port`.)
+    // The port in Host is ignored for matching, and the backend sees Host as the client sent it.
     expect_eventually(
         port,
         &Expect::request(Request::get("/s1").host("very.specific.com:1234"))
             .backend("infra-backend-v1")
-            .backend_request(BackendRequest::path("/s1").host("very.specific.com")),
+            .backend_request(BackendRequest::path("/s1").host("very.specific.com:1234")),
     );
     for (host, path) in [
         ("non.matching.com", "/s1"),

@@ -18,6 +18,8 @@ fn a_client_that_stops_reading_delays_no_one_and_is_cut_off() {
     fn spec(ca: &TestCa) -> ScaleSpec<'_> {
         ScaleSpec {
             backends: BACKENDS,
+            layout: scale::Layout::default(),
+            file_per_namespace: false,
             gateway_port: 1,
             backend_port: 2,
             ca_pem: ca.cert_pem(),
@@ -43,8 +45,10 @@ fn a_client_that_stops_reading_delays_no_one_and_is_cut_off() {
 
     // Enough changes to fill the slow stream's queue (16 responses) several times over; the
     // reader gets each one promptly all the same.
-    let backend_file =
-        dir.path().join(scale::namespace_of(0)).join(format!("{}.yaml", scale::backend_name(0)));
+    let backend_file = dir
+        .path()
+        .join(scale::Layout::default().namespace_of(0))
+        .join(format!("{}.yaml", scale::backend_name(0)));
     let mut slowest = Duration::ZERO;
     for change in 0..40 {
         let ca = &cas[(change + 1) % 2];
@@ -53,7 +57,7 @@ fn a_client_that_stops_reading_delays_no_one_and_is_cut_off() {
         let response = stream.next_of(&cds).unwrap();
         slowest = slowest.max(written.elapsed());
         assert!(
-            response.resources.iter().any(|r| r.name == scale::cluster_of(0)),
+            response.resources.iter().any(|r| r.name == scale::Layout::default().cluster_of(0)),
             "change {change}: the changed cluster"
         );
     }

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use backendtls_e2e::guide::{wait_for_gateway_status, GUIDE_HOST, HOSTNAME, NGINX_CLUSTER};
 use backendtls_e2e::manifests::POLICY_FILE;
+use backendtls_e2e::nginx::{Backend, TlsServer};
 use backendtls_e2e::validator_support::{
     access_lines, filter_so, matrix, static_config, use_module_search_path, Case, ClusterSpec,
-    MatrixNginx, Outcome, Validator,
+    Outcome, Validator,
 };
 use backendtls_e2e::{
     ads_bootstrap, free_port, try_http_get, wait_until, Ads, Envoy, HttpConnection, Loader,
@@ -60,7 +61,8 @@ struct Row {
 #[test]
 fn matrix_default_validator_vs_ours() {
     let cases = matrix();
-    let nginx = MatrixNginx::start(&cases.iter().map(|c| &c.server).collect::<Vec<_>>());
+    let nginx =
+        Backend::start(&cases.iter().map(|c| TlsServer::new(&c.server)).collect::<Vec<_>>());
     use_module_search_path();
     let clusters: Vec<ClusterSpec> = cases
         .iter()
@@ -164,7 +166,7 @@ fn matrix_default_validator_vs_ours() {
 
     // No request byte reached a backend whose certificate was refused: NGINX logs every request
     // it read (even a malformed one, as 400), and it logged none for a refused route.
-    let access = nginx.access();
+    let access = nginx.requests();
     for row in &rows {
         for (route, status) in [("module", row.ours), ("default", row.default)] {
             let path = format!("/{route}_{}/", row.case);
@@ -215,7 +217,7 @@ fn case<'a>(cases: &'a [Case], name: &str) -> &'a Case {
 fn counters_equal_envoy_handshake_stats() {
     let cases = matrix();
     let (valid, wrong) = (case(&cases, "valid_leaf"), case(&cases, "wrong_ca"));
-    let nginx = MatrixNginx::start(&[&valid.server, &wrong.server]);
+    let nginx = Backend::start(&[TlsServer::new(&valid.server), TlsServer::new(&wrong.server)]);
     use_module_search_path();
     let spec = |name: &str, policy: &str, case: &Case, port: u16, session_keys: Option<u32>| {
         let mut spec = ClusterSpec::for_case(case, Validator::Module, port);
@@ -290,7 +292,7 @@ fn counters_equal_envoy_handshake_stats() {
 fn without_the_http_filter_the_validator_verifies_but_cannot_count() {
     let cases = matrix();
     let (valid, wrong) = (case(&cases, "valid_leaf"), case(&cases, "wrong_ca"));
-    let nginx = MatrixNginx::start(&[&valid.server, &wrong.server]);
+    let nginx = Backend::start(&[TlsServer::new(&valid.server), TlsServer::new(&wrong.server)]);
     use_module_search_path();
     let clusters = [
         ClusterSpec::for_case(valid, Validator::Module, nginx.ports()[0]),
@@ -311,7 +313,7 @@ fn without_the_http_filter_the_validator_verifies_but_cannot_count() {
         1,
         "the validator explains the missing counters once"
     );
-    assert!(nginx.access().iter().all(|a| !a.request.contains("/module_wrong_ca/")));
+    assert!(nginx.requests().iter().all(|a| !a.request.contains("/module_wrong_ca/")));
 }
 
 /// A configuration the validator cannot use is refused when Envoy builds the cluster, with the

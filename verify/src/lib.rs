@@ -112,10 +112,19 @@ pub enum ConfigError {
     #[error("{PREFIX}trust_anchors_pem holds no CERTIFICATE block")]
     NoTrustAnchors,
     #[error("{PREFIX}trust anchor #{} cannot be used: {error}", index + 1)]
-    BadTrustAnchor { index: usize, error: String },
+    BadTrustAnchor { index: usize, error: AnchorError },
 }
 
 const PREFIX: &str = "invalid backendtls certificate validator configuration: ";
+
+/// Why one trust anchor cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnchorError {
+    #[error("{0}")]
+    Webpki(webpki::Error),
+    #[error("{0}")]
+    Certificate(#[from] crate::x509::CertError),
+}
 
 /// One policy's validator, built once per cluster TLS context and shared by Envoy's workers.
 #[derive(Debug)]
@@ -142,9 +151,10 @@ impl ValidatorConfig {
         let mut anchor_validity = Vec::new();
         for (index, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
             let der = der.map_err(|e| ConfigError::Pem(e.to_string()))?;
-            let bad = |error: String| ConfigError::BadTrustAnchor { index, error };
-            let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| bad(e.to_string()))?;
-            anchor_validity.push(x509::validity(&der).map_err(|e| bad(e.to_string()))?);
+            let bad = |error: AnchorError| ConfigError::BadTrustAnchor { index, error };
+            let anchor =
+                webpki::anchor_from_trusted_cert(&der).map_err(|e| bad(AnchorError::Webpki(e)))?;
+            anchor_validity.push(x509::validity(&der).map_err(|e| bad(e.into()))?);
             anchors.push(anchor.to_owned());
         }
         if anchors.is_empty() {

@@ -7,11 +7,11 @@
 //! ([`super::handshake_counters`]).
 #![forbid(unsafe_code)]
 
-use crate::validator::UnixTime;
+use crate::validator::{x509, UnixTime};
 
 use super::ffi::{self, LogLevel, ValidationCall};
 use super::handshake_counters;
-use crate::validator::{Alert, FailureReason, Rejection, ValidatorConfig};
+use crate::validator::{Alert, ConfigError, FailureReason, Rejection, ValidatorConfig};
 use backendtls_contract::validator::VALIDATOR_NAME;
 
 /// One cluster TLS context's validator. Envoy shares it between its workers, which may verify
@@ -19,6 +19,15 @@ use backendtls_contract::validator::VALIDATOR_NAME;
 #[derive(Debug)]
 pub(crate) struct CertValidator {
     config: ValidatorConfig,
+}
+
+/// Why Envoy gets no validator for a cluster TLS context (it then rejects the cluster).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error("unknown certificate validator_name {0:?} (this module provides {VALIDATOR_NAME:?})")]
+    UnknownName(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// What the hook returns to Envoy.
@@ -29,14 +38,11 @@ pub(crate) enum Verdict {
 }
 
 impl CertValidator {
-    pub(crate) fn new(name: &[u8], config: &[u8]) -> Result<CertValidator, String> {
+    pub(crate) fn new(name: &[u8], config: &[u8]) -> Result<CertValidator, SetupError> {
         if name != VALIDATOR_NAME.as_bytes() {
-            return Err(format!(
-                "unknown certificate validator_name {:?} (this module provides {VALIDATOR_NAME:?})",
-                String::from_utf8_lossy(name)
-            ));
+            return Err(SetupError::UnknownName(String::from_utf8_lossy(name).into_owned()));
         }
-        let config = ValidatorConfig::parse(config).map_err(|e| e.to_string())?;
+        let config = ValidatorConfig::parse(config)?;
         ffi::log(
             LogLevel::Info,
             &format!(
@@ -79,6 +85,13 @@ impl CertValidator {
         } else {
             self.config.verify(chain, UnixTime::now())
         };
+        if !is_server {
+            // Expiry is worth knowing whatever else is wrong with the chain (an expired leaf most
+            // of all); a leaf that does not parse has no date to report.
+            if let Some(validity) = chain.first().and_then(|leaf| x509::validity(leaf).ok()) {
+                handshake_counters::record_not_after(self.config.policy(), validity.not_after);
+            }
+        }
         match outcome {
             Ok(()) => {
                 handshake_counters::record(self.config.policy(), None);

@@ -1,4 +1,4 @@
-//! Per-policy handshake counters for the certificate validator.
+//! Per-policy handshake counters for the certificate validator, and the expiry gauge.
 //!
 //! The 1.40 certificate-validator ABI has no metrics callback. A dynamic module is one shared
 //! object, though: when Envoy loads `libbackendtls_filter.so` for the HTTP filter and for the
@@ -17,8 +17,11 @@
 //!   `backendtls`).
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use backendtls_contract::stats;
 
 use super::ffi::{self, CounterSink, LogLevel};
 use crate::validator::FailureReason;
@@ -30,6 +33,8 @@ pub(crate) struct HandshakeCounterIds {
     pub verified: usize,
     /// `handshake_failures{reason, policy}`.
     pub failures: usize,
+    /// `backend_certificate_not_after_seconds{policy}` (a gauge).
+    pub not_after: usize,
 }
 
 struct Entry {
@@ -87,6 +92,40 @@ pub(crate) fn record(policy: &str, failure: Option<FailureReason>) -> bool {
     }
 }
 
+/// The leaves' not-after dates each policy's backends presented recently: policy -> not-after ->
+/// when last seen (seconds since the Unix epoch). Small: one entry per distinct certificate date.
+static NOT_AFTER: Mutex<BTreeMap<String, BTreeMap<u64, u64>>> = Mutex::new(BTreeMap::new());
+/// Distinct dates remembered per policy; the oldest-seen go first beyond it.
+const NOT_AFTER_DATES: usize = 64;
+
+/// Notes that a backend of `policy` presented a leaf valid until `not_after`, and sets the gauge
+/// to the earliest such date seen in the last [`stats::NOT_AFTER_WINDOW_SECONDS`].
+pub(crate) fn record_not_after(policy: &str, not_after: u64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let earliest = {
+        let mut all = NOT_AFTER.lock().unwrap_or_else(|e| e.into_inner());
+        let dates = all.entry(policy.to_string()).or_default();
+        earliest_recent(dates, not_after, now)
+    };
+    let sinks = read();
+    let Some(entry) = sinks.last() else { return false };
+    entry.sink.set_gauge(entry.ids.not_after, policy.as_bytes(), earliest)
+}
+
+/// Records `not_after` as seen `now` in `dates`, forgets what was not seen within the window (and
+/// the oldest-seen beyond [`NOT_AFTER_DATES`]), and returns the earliest date left.
+fn earliest_recent(dates: &mut BTreeMap<u64, u64>, not_after: u64, now: u64) -> u64 {
+    dates.insert(not_after, now);
+    dates.retain(|_, seen| now.saturating_sub(*seen) <= stats::NOT_AFTER_WINDOW_SECONDS);
+    while dates.len() > NOT_AFTER_DATES {
+        let oldest = dates.iter().min_by_key(|(_, seen)| **seen).map(|(date, _)| *date);
+        dates.remove(&oldest.expect("not empty"));
+    }
+    *dates.keys().next().expect("holds the date just recorded")
+}
+
 /// Whether any HTTP filter config is registered (for tests and logs).
 pub(crate) fn available() -> bool {
     !read().is_empty()
@@ -100,4 +139,32 @@ fn read() -> RwLockReadGuard<'static, Vec<Entry>> {
 
 fn write() -> RwLockWriteGuard<'static, Vec<Entry>> {
     SINKS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gauge_is_the_earliest_date_seen_within_the_window() {
+        let mut dates = BTreeMap::new();
+        assert_eq!(earliest_recent(&mut dates, 2_000, 100), 2_000);
+        assert_eq!(earliest_recent(&mut dates, 3_000, 200), 2_000, "another backend, later");
+        assert_eq!(earliest_recent(&mut dates, 1_500, 300), 1_500, "an earlier one");
+        // The 1,500 and 2,000 leaves were rotated away: once unseen for the window, they no
+        // longer hold the gauge down.
+        let later = 300 + stats::NOT_AFTER_WINDOW_SECONDS + 1;
+        assert_eq!(earliest_recent(&mut dates, 3_000, later), 3_000);
+        assert_eq!(dates.len(), 1);
+    }
+
+    #[test]
+    fn dates_per_policy_are_bounded() {
+        let mut dates = BTreeMap::new();
+        for i in 0..1_000 {
+            earliest_recent(&mut dates, 10_000 + i, i);
+        }
+        assert_eq!(dates.len(), NOT_AFTER_DATES);
+        assert_eq!(*dates.keys().next().unwrap(), 10_000 + 1_000 - NOT_AFTER_DATES as u64);
+    }
 }

@@ -69,7 +69,7 @@ impl Config {
         let define = |name: &str, labels: &[&str]| {
             envoy.define_counter(name, labels).ok_or_else(|| {
                 // Envoy refuses a definition only for bad labels or after config_new.
-                ConfigError::from_message(format!("Envoy refused to define counter {name}"))
+                ConfigError::Counter(name.to_string())
             })
         };
         let policy = [stats::LABEL_POLICY];
@@ -97,6 +97,11 @@ impl Config {
                     stats::HANDSHAKE_FAILURES,
                     &[stats::LABEL_REASON, stats::LABEL_POLICY],
                 )?,
+                not_after: envoy
+                    .define_gauge(stats::BACKEND_CERTIFICATE_NOT_AFTER, &policy)
+                    .ok_or_else(|| {
+                        ConfigError::Counter(stats::BACKEND_CERTIFICATE_NOT_AFTER.to_string())
+                    })?,
             },
         );
         Ok(Config {

@@ -124,9 +124,11 @@ pub(super) fn gateway_class_reports(store: &Store) -> Vec<GatewayClassReport> {
         .collect()
 }
 
-/// The one route kind the loader implements.
+/// The route kinds the loader implements, as listeners report them.
 pub(super) const HTTP_ROUTE: RouteGroupKind =
     RouteGroupKind { group: GATEWAY_GROUP, kind: "HTTPRoute" };
+pub(super) const GRPC_ROUTE: RouteGroupKind =
+    RouteGroupKind { group: GATEWAY_GROUP, kind: "GRPCRoute" };
 
 /// A Gateway the loader serves, with what it concluded about each of its listeners.
 pub(super) struct ServedGateway<'a> {
@@ -155,18 +157,25 @@ pub(super) struct ListenerState<'a> {
     /// `ProtocolConflict`, message).
     pub conflicted: Option<(&'static str, String)>,
     /// Routes attached to it, each counted once.
-    pub attached: BTreeSet<&'a ObjectKey>,
+    pub attached: BTreeSet<RouteId<'a>>,
+    /// HTTPS: the secret names of its certificates (all of its `certificateRefs` resolved).
+    pub certificates: Vec<String>,
     /// Its Gateway is accepted.
     pub gateway_accepted: bool,
 }
 
 impl ListenerState<'_> {
-    /// Routes may attach: Accepted, not conflicted, and accepting HTTPRoutes.
+    /// Routes may attach: Accepted, not conflicted, and accepting some route kind.
     pub fn accepts_routes(&self) -> bool {
         self.gateway_accepted
             && self.refused.is_none()
             && self.conflicted.is_none()
-            && self.supported_kinds.contains(&HTTP_ROUTE)
+            && !self.supported_kinds.is_empty()
+    }
+
+    /// Routes of `kind` may attach.
+    pub fn accepts(&self, kind: RouteKind) -> bool {
+        self.accepts_routes() && self.supported_kinds.contains(&kind.group_kind())
     }
 
     /// Served by Envoy: accepts routes and its references (other than route kinds, which only
@@ -202,6 +211,16 @@ pub(super) fn serve_gateway<'a>(
         });
     let mut listeners: Vec<ListenerState<'_>> =
         gateway.spec.listeners.iter().map(evaluate_listener).collect();
+    for listener in listeners.iter_mut().filter(|l| l.refused.is_none()) {
+        if let Some(tls) = listener.spec.tls.as_ref().filter(|_| listener.spec.protocol == "HTTPS")
+        {
+            match listener_certificates(store, key, tls, ir) {
+                Ok(names) => listener.certificates = names,
+                // A bad certificate outranks a bad route kind: both leave ResolvedRefs False.
+                Err(problem) => listener.unresolved = Some(problem),
+            }
+        }
+    }
     for listener in &mut listeners {
         listener.gateway_accepted = refused.is_none();
     }
@@ -216,24 +235,30 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
         unresolved: None,
         conflicted: None,
         attached: BTreeSet::new(),
+        certificates: Vec::new(),
         gateway_accepted: true,
     };
-    if spec.protocol != "HTTP" {
+    if spec.protocol != "HTTP" && spec.protocol != "HTTPS" {
         state.refused = Some((
             "UnsupportedProtocol",
-            format!("protocol {} is not supported; supported: HTTP", spec.protocol),
+            format!("protocol {} is not supported; supported: HTTP, HTTPS", spec.protocol),
         ));
         return state;
     }
+    if let Some(why) = tls_refusal(spec) {
+        state.refused = Some(("UnsupportedValue", why));
+        return state;
+    }
     match spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
-        None => state.supported_kinds.push(HTTP_ROUTE),
+        None => state.supported_kinds.extend([HTTP_ROUTE, GRPC_ROUTE]),
         Some(kinds) => {
             let mut invalid = Vec::new();
             for kind in kinds {
                 let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && kind.kind == "HTTPRoute" {
-                    if !state.supported_kinds.contains(&HTTP_ROUTE) {
-                        state.supported_kinds.push(HTTP_ROUTE);
+                let known = [HTTP_ROUTE, GRPC_ROUTE].into_iter().find(|k| k.kind == kind.kind);
+                if let Some(known) = known.filter(|_| group == GATEWAY_GROUP) {
+                    if !state.supported_kinds.contains(&known) {
+                        state.supported_kinds.push(known);
                     }
                 } else {
                     invalid.push(format!("{group}/{}", kind.kind));
@@ -243,7 +268,7 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
                 state.unresolved = Some((
                     "InvalidRouteKinds",
                     format!(
-                        "route kinds {} are not supported; supported: {GATEWAY_GROUP}/HTTPRoute",
+                        "route kinds {} are not supported; supported: {GATEWAY_GROUP}/HTTPRoute, {GATEWAY_GROUP}/GRPCRoute",
                         invalid.join(", ")
                     ),
                 ));
@@ -251,6 +276,111 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
         }
     }
     state
+}
+
+/// Why a listener's `tls` cannot be served as written, naming the field: HTTPS needs `tls` in
+/// mode `Terminate`; HTTP takes none; no `tls.options` key is implemented.
+fn tls_refusal(spec: &objects::GatewayListener) -> Option<String> {
+    let tls = spec.tls.as_ref();
+    if spec.protocol == "HTTP" {
+        return tls.map(|_| "tls: an HTTP listener takes no tls (use protocol HTTPS)".into());
+    }
+    let Some(tls) = tls else {
+        return Some("tls: protocol HTTPS needs tls with certificateRefs".into());
+    };
+    let mode = tls.mode.as_deref().unwrap_or("Terminate");
+    if mode != "Terminate" {
+        return Some(format!(
+            "tls.mode: {mode} is not supported on protocol HTTPS; supported: Terminate"
+        ));
+    }
+    if let Some(option) = tls.options.keys().next() {
+        return Some(format!("tls.options: option {option} is not supported; none is implemented"));
+    }
+    None
+}
+
+/// An HTTPS listener's `certificateRefs`, each a `kubernetes.io/tls` Secret whose PEM pair
+/// parses (and whose key matches the certificate), put into the IR under their secret names.
+/// The first reference that fails gives the reason: `InvalidCertificateRef` (wrong group or kind,
+/// missing or malformed Secret, no reference at all) or `RefNotPermitted` (another namespace
+/// without a ReferenceGrant).
+fn listener_certificates(
+    store: &Store,
+    gateway: &ObjectKey,
+    tls: &objects::ListenerTls,
+    ir: &mut Ir,
+) -> Result<Vec<String>, (&'static str, String)> {
+    let invalid = |message: String| ("InvalidCertificateRef", message);
+    if tls.certificate_refs.is_empty() {
+        return Err(invalid(
+            "tls.certificateRefs is empty: an HTTPS listener needs a certificate".into(),
+        ));
+    }
+    let mut pairs = Vec::new();
+    for reference in &tls.certificate_refs {
+        let group = reference.group.as_deref().unwrap_or("");
+        let kind = reference.kind.as_deref().unwrap_or("Secret");
+        if !group.is_empty() || kind != "Secret" {
+            let group = if group.is_empty() { "core" } else { group };
+            return Err(invalid(format!(
+                "certificateRef {} is a {group}/{kind}; only core Secrets are supported",
+                reference.name
+            )));
+        }
+        let namespace = reference.namespace.as_deref().unwrap_or(&gateway.namespace);
+        let secret_key = ObjectKey::new(namespace, &reference.name);
+        if namespace != gateway.namespace && !secret_reference_granted(store, gateway, &secret_key)
+        {
+            return Err((
+                "RefNotPermitted",
+                format!("certificateRef Secret {secret_key} is in another namespace and no ReferenceGrant allows it"),
+            ));
+        }
+        let Some(secret) = store.secrets.get(&secret_key) else {
+            return Err(invalid(format!("certificateRef Secret {secret_key} not found")));
+        };
+        let pair = trust::tls_key_pair(secret)
+            .and_then(|pair| key_matches_certificate(&pair).map(|()| pair))
+            .map_err(|e| invalid(format!("certificateRef Secret {secret_key} {e}")))?;
+        pairs.push((secret_key, pair));
+    }
+    let mut names = Vec::new();
+    for (source, pair) in pairs {
+        let name =
+            backendtls_contract::listener_certificate_secret_name(&source.namespace, &source.name);
+        ir.listener_certificates.insert(
+            name.clone(),
+            ClientCertificate { source, cert_pem: pair.cert_pem, key_pem: pair.key_pem },
+        );
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The first certificate of `tls.crt` must carry the public key of `tls.key` (Envoy would refuse
+/// the pair and the listener with it). Keys this check cannot read are left to Envoy.
+fn key_matches_certificate(pair: &trust::KeyPair) -> Result<(), String> {
+    use rcgen::PublicKeyData as _;
+    use rustls_pki_types::pem::PemObject as _;
+    let Ok(key) = rcgen::KeyPair::from_pem(&pair.key_pem) else {
+        return Ok(());
+    };
+    let Some(Ok(cert)) =
+        rustls_pki_types::CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).next()
+    else {
+        return Ok(());
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&cert) else {
+        return Ok(());
+    };
+    if parsed.tbs_certificate.subject_pki.raw == key.subject_public_key_info().as_slice() {
+        Ok(())
+    } else {
+        Err("tls.key does not match the certificate in tls.crt".into())
+    }
 }
 
 /// Listeners that share a port, across every Gateway: the first (Gateways by creation time then
@@ -302,10 +432,10 @@ pub(super) struct RouteConditions {
 
 pub(super) fn route_conditions(
     store: &Store,
-    key: &ObjectKey,
-    route: &HttpRoute,
+    id: RouteId<'_>,
+    route: AnyRoute<'_>,
 ) -> RouteConditions {
-    let (resolved_refs, refusal) = super::routes::route_conditions(store, key, route);
+    let (resolved_refs, refusal) = super::routes::any_route_conditions(store, id, route);
     RouteConditions { resolved_refs, refusal }
 }
 
@@ -314,27 +444,28 @@ pub(super) fn route_conditions(
 pub(super) struct Attachment<'a> {
     pub gateway: usize,
     pub listener: usize,
-    pub route: &'a ObjectKey,
+    pub route: RouteId<'a>,
     pub hostnames: BTreeSet<String>,
 }
 
-/// Every HTTPRoute's parentRefs against the served Gateways: the route's `status.parents` (one
+/// Every route's parentRefs (HTTPRoutes and GRPCRoutes) against the served Gateways: the route's `status.parents` (one
 /// entry per parentRef that names a served Gateway) and the listeners it attaches to (counted in
 /// their `attachedRoutes`).
 pub(super) fn attach_routes<'a>(
     store: &'a Store,
     gateways: &mut [ServedGateway<'a>],
-    conditions: impl Fn(&Store, &ObjectKey, &HttpRoute) -> RouteConditions,
+    conditions: impl Fn(&Store, RouteId<'a>, AnyRoute<'a>) -> RouteConditions,
 ) -> (Vec<RouteReport>, Vec<Attachment<'a>>) {
     let index: BTreeMap<&ObjectKey, usize> =
         gateways.iter().enumerate().map(|(i, g)| (g.key, i)).collect();
     let mut reports = Vec::new();
     let mut attachments = BTreeSet::new();
-    for (route_key, route) in &store.http_routes {
-        let generation = route.metadata.generation();
+    for (id, route) in all_routes(store) {
+        let route_key = id.key;
+        let generation = route.metadata().generation();
         let mut route_level = None;
         let mut parents = Vec::new();
-        for parent in &route.spec.parent_refs {
+        for parent in route.parent_refs() {
             let group = parent.group.as_deref().unwrap_or(GATEWAY_GROUP);
             let kind = parent.kind.as_deref().unwrap_or("Gateway");
             let namespace = parent.namespace.as_deref().unwrap_or(&route_key.namespace);
@@ -344,10 +475,9 @@ pub(super) fn attach_routes<'a>(
             let Some(&g) = index.get(&ObjectKey::new(namespace, &parent.name)) else {
                 continue;
             };
-            let route_level =
-                route_level.get_or_insert_with(|| conditions(store, route_key, route));
+            let route_level = route_level.get_or_insert_with(|| conditions(store, id, route));
             let gateway = &mut gateways[g];
-            let (accepted, attached) = evaluate_parent(store, gateway, parent, route_key, route);
+            let (accepted, attached) = evaluate_parent(store, gateway, parent, id, route);
             let accepted = match (&accepted, &route_level.refusal) {
                 (Ok(_), Some(refusal)) => refusal.clone(),
                 _ => match accepted {
@@ -357,11 +487,11 @@ pub(super) fn attach_routes<'a>(
             };
             if accepted.status {
                 for (l, hostnames) in attached {
-                    gateway.listeners[l].attached.insert(route_key);
+                    gateway.listeners[l].attached.insert(id);
                     attachments.insert(Attachment {
                         gateway: g,
                         listener: l,
-                        route: route_key,
+                        route: id,
                         hostnames,
                     });
                 }
@@ -384,7 +514,7 @@ pub(super) fn attach_routes<'a>(
         }
         if !parents.is_empty() {
             reports.push(RouteReport {
-                kind: "HTTPRoute",
+                kind: id.kind.name(),
                 namespace: route_key.namespace.clone(),
                 name: route_key.name.clone(),
                 generation,
@@ -403,9 +533,10 @@ fn evaluate_parent(
     store: &Store,
     gateway: &ServedGateway<'_>,
     parent: &objects::ParentRef,
-    route_key: &ObjectKey,
-    route: &HttpRoute,
+    id: RouteId<'_>,
+    route: AnyRoute<'_>,
 ) -> (Result<String, (&'static str, String)>, Vec<(usize, BTreeSet<String>)>) {
+    let route_key = id.key;
     let candidates: Vec<usize> = (0..gateway.listeners.len())
         .filter(|&l| {
             let spec = gateway.listeners[l].spec;
@@ -430,7 +561,7 @@ fn evaluate_parent(
         .copied()
         .filter(|&l| {
             let listener = &gateway.listeners[l];
-            listener.accepts_routes()
+            listener.accepts(id.kind)
                 && allows_namespace(store, gateway.key, listener.spec, &route_key.namespace)
         })
         .collect();
@@ -441,9 +572,10 @@ fn evaluate_parent(
             Err((
                 "NotAllowedByListeners",
                 format!(
-                    "listeners {} of Gateway {} do not allow HTTPRoutes from namespace {} (or are not valid)",
+                    "listeners {} of Gateway {} do not allow {}s from namespace {} (or are not valid)",
                     names.join(", "),
                     gateway.key,
+                    id.kind.name(),
                     route_key.namespace
                 ),
             )),
@@ -454,7 +586,7 @@ fn evaluate_parent(
         .iter()
         .map(|&l| {
             let hostname = gateway.listeners[l].hostname();
-            (l, intersect_hostnames(hostname, &route.spec.hostnames).into_iter().collect())
+            (l, intersect_hostnames(hostname, route.hostnames()).into_iter().collect())
         })
         .filter(|(_, hostnames): &(usize, BTreeSet<String>)| !hostnames.is_empty())
         .collect();
@@ -499,7 +631,7 @@ pub(super) fn build_listeners(
         .map(|g| GatewayContext { key: g.key, client_certificate: g.client_certificate.clone() })
         .collect();
     // Routes are built once per Gateway (clusters carry the Gateway's client certificate).
-    let mut built: BTreeMap<(usize, &ObjectKey), Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();
+    let mut built: BTreeMap<(usize, RouteId<'_>), Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();
     // port -> hostname -> routes
     let mut hosts: BTreeMap<u16, BTreeMap<String, Vec<(RouteOrder<'_>, Route)>>> = BTreeMap::new();
     for attachment in attachments {
@@ -509,7 +641,7 @@ pub(super) fn build_listeners(
         }
         let port = listener.spec.port;
         let on_port = &ports[&port];
-        let route = &store.http_routes[attachment.route];
+        let route = lookup(store, attachment.route);
         for hostname in &attachment.hostnames {
             if best_listener(gateways, on_port, hostname)
                 != Some((attachment.gateway, attachment.listener))
@@ -567,7 +699,18 @@ pub(super) fn build_listeners(
                     }
                 })
                 .collect();
-            Listener { name, port, virtual_hosts }
+            // HTTPS (one protocol per port: another is `ProtocolConflict`): a filter chain per
+            // listener hostname.
+            let tls = on_port
+                .iter()
+                .map(|&(g, l)| &gateways[g].listeners[l])
+                .filter(|l| l.spec.protocol == "HTTPS")
+                .map(|l| TlsChain {
+                    hostname: l.hostname().map(str::to_string),
+                    certificates: l.certificates.clone(),
+                })
+                .collect();
+            Listener { name, port, virtual_hosts, tls }
         })
         .collect()
 }
@@ -654,7 +797,7 @@ pub(super) fn gateway_report(
                     "the listener is not accepted"
                 } else if l.conflicted.is_some() {
                     "the listener is conflicted"
-                } else if !l.supported_kinds.contains(&HTTP_ROUTE) {
+                } else if l.supported_kinds.is_empty() {
                     "the listener accepts no supported route kind"
                 } else {
                     "the listener's references do not resolve"
@@ -819,7 +962,7 @@ spec:
         assert!(gw.conditions.iter().all(|c| c.observed_generation == 7));
         assert_eq!(listener(gw, "listener-1").attached_routes, 2);
         assert_eq!(listener(gw, "listener-2").attached_routes, 1);
-        assert_eq!(listener(gw, "listener-1").supported_kinds, [HTTP_ROUTE]);
+        assert_eq!(listener(gw, "listener-1").supported_kinds, [HTTP_ROUTE, GRPC_ROUTE]);
         assert_eq!(parent_accepted(&r, "specific"), [(true, "Accepted")]);
         assert_eq!(parent_accepted(&r, "none"), [(false, "NoMatchingListenerHostname")]);
         let none = r.routes.iter().find(|x| x.name == "none").unwrap();
@@ -968,7 +1111,7 @@ metadata: {name: z, creationTimestamp: "2023-01-01T00:00:00Z"}
 spec: {gatewayClassName: x, listeners: [{name: http, protocol: HTTP, port: 8080, hostname: z.example.com}]}
 "#;
         let r = resolve_text(text);
-        // The older Gateway comes first; an unsupported protocol takes no port.
+        // The older Gateway comes first; a refused listener (HTTPS without tls) takes no port.
         assert!(!condition(&listener(gateway(&r, "z"), "http").conditions, "Conflicted").0);
         assert!(!condition(&listener(gateway(&r, "a"), "http").conditions, "Conflicted").0);
         assert_eq!(r.ir.listeners[0].name, "gateway_default_z_8080");
@@ -1041,6 +1184,233 @@ spec:
             ["a.example.com"]
         );
         assert!(intersect_hostnames(Some("example.com"), &["*.example.com".into()]).is_empty());
+    }
+
+    /// A `kubernetes.io/tls` Secret with a fresh self-signed certificate for `hostname`.
+    fn tls_secret(namespace: &str, name: &str, hostname: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![hostname.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        secret_with(namespace, name, &cert.pem(), &key.serialize_pem())
+    }
+
+    fn secret_with(namespace: &str, name: &str, cert_pem: &str, key_pem: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}}}\n",
+            b64(cert_pem),
+            b64(key_pem)
+        )
+    }
+
+    fn https_gateway(name: &str, listeners: &[String]) -> String {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: x\n  listeners:\n{}",
+            listeners.iter().map(|l| format!("  - {l}\n")).collect::<String>()
+        )
+    }
+
+    fn https_listener(name: &str, port: u16, hostname: Option<&str>, tls: &str) -> String {
+        let hostname = hostname.map(|h| format!(", hostname: \"{h}\"")).unwrap_or_default();
+        format!("{{name: {name}, protocol: HTTPS, port: {port}{hostname}, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {tls}}}")
+    }
+
+    /// HTTPRouteHTTPSListener, GatewayInvalidTLSConfiguration and GatewayWithAttachedRoutes: one
+    /// filter chain per hostname with its certificate by SDS name; a missing, malformed or
+    /// mismatched Secret, or a reference of another group or kind, is `InvalidCertificateRef`, not
+    /// programmed, and still counts its routes.
+    #[test]
+    fn https_listeners_take_valid_certificates_only() {
+        let mut text = String::from(BACKEND);
+        text += &tls_secret("infra", "cert", "*.org");
+        text += &tls_secret("infra", "second", "second-example.org");
+        text += &secret_with("infra", "malformed", "Hello world\n", "Hello world\n");
+        let (a, b) = (tls_secret("infra", "a", "a.org"), tls_secret("infra", "b", "b.org"));
+        // The certificate of `a` with the key of `b`.
+        let field = |doc: &str, key: &str| {
+            let start = doc.find(&format!("{key}: ")).unwrap() + key.len() + 2;
+            let end = start + doc[start..].find([',', '}']).unwrap();
+            doc[start..end].to_string()
+        };
+        text += &format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: mismatched, namespace: infra}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}}}\n",
+            field(&a, "tls.crt"),
+            field(&b, "tls.key")
+        );
+        text += &https_gateway(
+            "gw",
+            &[
+                https_listener("https", 8443, None, "{certificateRefs: [{name: cert}]}"),
+                https_listener(
+                    "https-with-hostname",
+                    8443,
+                    Some("second-example.org"),
+                    "{mode: Terminate, certificateRefs: [{group: \"\", kind: Secret, name: second}]}",
+                ),
+                https_listener("missing", 9001, None, "{certificateRefs: [{name: does-not-exist}]}"),
+                https_listener(
+                    "group",
+                    9002,
+                    None,
+                    "{certificateRefs: [{group: wrong.group.company.io, kind: Secret, name: cert}]}",
+                ),
+                https_listener("kind", 9003, None, "{certificateRefs: [{kind: WrongKind, name: cert}]}"),
+                https_listener("malformed", 9004, None, "{certificateRefs: [{name: malformed}]}"),
+                https_listener("mismatched", 9005, None, "{certificateRefs: [{name: mismatched}]}"),
+                https_listener("empty", 9006, None, "{certificateRefs: []}"),
+            ],
+        );
+        text += &route("r", "{name: gw, namespace: infra}", "[example.org, second-example.org]");
+        let r = resolve_text(&text);
+        let gw = gateway(&r, "gw");
+        for name in ["https", "https-with-hostname"] {
+            let l = listener(gw, name);
+            assert!(condition(&l.conditions, "ResolvedRefs").0, "{name}: {:?}", l.conditions);
+            assert!(condition(&l.conditions, "Programmed").0, "{name}");
+            assert_eq!(l.attached_routes, 1, "{name}");
+        }
+        for name in ["missing", "group", "kind", "malformed", "mismatched", "empty"] {
+            let l = listener(gw, name);
+            let (status, reason, message) = condition(&l.conditions, "ResolvedRefs");
+            assert_eq!((status, reason), (false, "InvalidCertificateRef"), "{name}: {message}");
+            assert!(!condition(&l.conditions, "Programmed").0, "{name}");
+            assert!(condition(&l.conditions, "Accepted").0, "{name}");
+            assert_eq!(l.supported_kinds, [HTTP_ROUTE, GRPC_ROUTE], "{name}");
+            assert_eq!(l.attached_routes, 1, "{name}: routes count on unresolved listeners");
+        }
+        let (_, _, message) = condition(&listener(gw, "mismatched").conditions, "ResolvedRefs");
+        assert!(message.contains("does not match"), "{message}");
+        assert_eq!(r.ir.listeners.len(), 1, "only port 8443 is programmed");
+        let l = &r.ir.listeners[0];
+        assert_eq!(
+            l.tls,
+            [
+                TlsChain {
+                    hostname: None,
+                    certificates: vec!["backendtls_listener_infra_cert".into()]
+                },
+                TlsChain {
+                    hostname: Some("second-example.org".into()),
+                    certificates: vec!["backendtls_listener_infra_second".into()]
+                },
+            ]
+        );
+        let names: Vec<&str> = r.ir.listener_certificates.keys().map(String::as_str).collect();
+        assert_eq!(names, ["backendtls_listener_infra_cert", "backendtls_listener_infra_second"]);
+        let hosts = first_listener_hosts(&r);
+        assert_eq!(
+            hosts,
+            [
+                ("example.org", vec!["default/r/rule/0/match/0"]),
+                ("second-example.org", vec!["default/r/rule/0/match/0"]),
+            ]
+        );
+    }
+
+    /// Fields the loader does not implement refuse the listener, naming the field; HTTP and
+    /// HTTPS on one port conflict.
+    #[test]
+    fn unsupported_tls_fields_refuse_the_listener() {
+        let mut text = tls_secret("infra", "cert", "example.org");
+        text += &https_gateway(
+            "gw",
+            &[
+                https_listener("passthrough", 9001, None, "{mode: Passthrough, certificateRefs: [{name: cert}]}"),
+                https_listener("options", 9002, None, "{certificateRefs: [{name: cert}], options: {example.com/ciphers: x}}"),
+                "{name: no-tls, protocol: HTTPS, port: 9003}".into(),
+                "{name: http-tls, protocol: HTTP, port: 9004, tls: {certificateRefs: [{name: cert}]}}".into(),
+                "{name: http, protocol: HTTP, port: 9005}".into(),
+                https_listener("https", 9005, Some("example.org"), "{certificateRefs: [{name: cert}]}"),
+            ],
+        );
+        let r = resolve_text(&text);
+        let gw = gateway(&r, "gw");
+        for (name, field) in [
+            ("passthrough", "tls.mode"),
+            ("options", "tls.options"),
+            ("no-tls", "tls"),
+            ("http-tls", "tls"),
+        ] {
+            let l = listener(gw, name);
+            let (status, reason, message) = condition(&l.conditions, "Accepted");
+            assert_eq!((status, reason), (false, "UnsupportedValue"), "{name}");
+            assert!(message.starts_with(&format!("{field}:")), "{name}: {message}");
+            assert!(!condition(&l.conditions, "Programmed").0);
+        }
+        let https = listener(gw, "https");
+        assert_eq!(condition(&https.conditions, "Conflicted").1, "ProtocolConflict");
+        assert_eq!(condition(&gw.conditions, "Accepted").1, "ListenersNotValid");
+        let ports: Vec<u16> = r.ir.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [9005]);
+        assert!(r.ir.listeners[0].tls.is_empty(), "the port stays HTTP");
+    }
+
+    /// GatewaySecretMissingReferenceGrant, GatewaySecretInvalidReferenceGrant,
+    /// GatewaySecretReferenceGrantAllInNamespace and GatewaySecretReferenceGrantSpecific.
+    #[test]
+    fn cross_namespace_certificates_need_a_reference_grant() {
+        let base = {
+            let mut text = tls_secret("web", "certificate", "example.org");
+            text += &https_gateway(
+                "gw",
+                &[https_listener(
+                    "https",
+                    8443,
+                    None,
+                    "{certificateRefs: [{name: certificate, namespace: web}]}",
+                )],
+            );
+            text
+        };
+        let grant = |namespace: &str, from: &str, to: &str| {
+            format!("---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: {namespace}}}\nspec: {{from: [{from}], to: [{to}]}}\n")
+        };
+        let from_ok = "{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}";
+        let to_ok = "{group: \"\", kind: Secret}";
+        let resolved = |grants: &[String]| {
+            let mut text = base.clone();
+            grants.iter().for_each(|g| text += g);
+            let r = resolve_text(&text);
+            let l = listener(gateway(&r, "gw"), "https");
+            let (status, reason, _) = condition(&l.conditions, "ResolvedRefs");
+            let programmed = condition(&l.conditions, "Programmed");
+            ((status, reason), (programmed.0, programmed.1), r.ir.listeners.len())
+        };
+        let refused = ((false, "RefNotPermitted"), (false, "Invalid"), 0);
+        assert_eq!(resolved(&[]), refused);
+        let wrong = [
+            grant("app", from_ok, to_ok),
+            grant("web", "{group: wrong.group, kind: Gateway, namespace: infra}", to_ok),
+            grant(
+                "web",
+                "{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: infra}",
+                to_ok,
+            ),
+            grant(
+                "web",
+                "{group: gateway.networking.k8s.io, kind: Gateway, namespace: wrong}",
+                to_ok,
+            ),
+            grant("web", from_ok, "{group: wrong.group, kind: Secret, name: wrong}"),
+            grant("web", from_ok, "{group: \"\", kind: Service}"),
+            grant(
+                "web",
+                from_ok,
+                "{group: \"\", kind: Secret, name: not-the-certificate-youre-looking-for}",
+            ),
+        ];
+        for g in &wrong {
+            assert_eq!(resolved(std::slice::from_ref(g)), refused, "{g}");
+        }
+        let granted = ((true, "ResolvedRefs"), (true, "Programmed"), 1);
+        assert_eq!(resolved(&[grant("web", from_ok, to_ok)]), granted);
+        assert_eq!(
+            resolved(&[grant("web", from_ok, "{group: \"\", kind: Secret, name: certificate}")]),
+            granted
+        );
     }
 
     /// The first Envoy listener's virtual hosts: each domain with the names of its routes.

@@ -1,16 +1,132 @@
 //! HTTPRoute rules: their matches in the spec's precedence, and each backendRef's cluster with
-//! the policy that governs it.
+//! the policy that governs it. Also what attachment needs of every route kind ([`AnyRoute`]).
 
 use super::*;
 
-/// Gateway API route precedence across all rules of all routes on one host: Exact paths first,
-/// then regular expressions (implementation-specific; longer first, as Envoy Gateway does), then
-/// longer prefixes; then a method match, more header matches, more query parameter matches; then
-/// the older route, namespace/name, and rule and match order.
+/// The route kinds the loader implements. On one host, GRPCRoute rules come before HTTPRoute
+/// rules: they match only gRPC requests (`content-type: application/grpc*`), which then reach
+/// an HTTPRoute only when no GRPCRoute rule matches them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum RouteKind {
+    Grpc,
+    Http,
+}
+
+impl RouteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Http => "HTTPRoute",
+        }
+    }
+
+    pub fn group_kind(self) -> RouteGroupKind {
+        RouteGroupKind { group: GATEWAY_GROUP, kind: self.name() }
+    }
+}
+
+/// One route: its kind and `namespace/name` (an HTTPRoute and a GRPCRoute may share a name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct RouteId<'a> {
+    pub kind: RouteKind,
+    pub key: &'a ObjectKey,
+}
+
+/// A route of any implemented kind, as attachment sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AnyRoute<'a> {
+    Http(&'a HttpRoute),
+    Grpc(&'a objects::GrpcRoute),
+}
+
+impl<'a> AnyRoute<'a> {
+    pub fn metadata(self) -> &'a objects::ObjectMeta {
+        match self {
+            AnyRoute::Http(r) => &r.metadata,
+            AnyRoute::Grpc(r) => &r.metadata,
+        }
+    }
+
+    pub fn parent_refs(self) -> &'a [objects::ParentRef] {
+        match self {
+            AnyRoute::Http(r) => &r.spec.parent_refs,
+            AnyRoute::Grpc(r) => &r.spec.parent_refs,
+        }
+    }
+
+    pub fn hostnames(self) -> &'a [String] {
+        match self {
+            AnyRoute::Http(r) => &r.spec.hostnames,
+            AnyRoute::Grpc(r) => &r.spec.hostnames,
+        }
+    }
+}
+
+/// Every route in the store: GRPCRoutes, then HTTPRoutes, each by `namespace/name`.
+pub(super) fn all_routes(store: &Store) -> impl Iterator<Item = (RouteId<'_>, AnyRoute<'_>)> {
+    let grpc = store
+        .grpc_routes
+        .iter()
+        .map(|(key, route)| (RouteId { kind: RouteKind::Grpc, key }, AnyRoute::Grpc(route)));
+    let http = store
+        .http_routes
+        .iter()
+        .map(|(key, route)| (RouteId { kind: RouteKind::Http, key }, AnyRoute::Http(route)));
+    grpc.chain(http)
+}
+
+/// The route `id` names (it came from [`all_routes`] on the same store).
+pub(super) fn lookup<'a>(store: &'a Store, id: RouteId<'_>) -> AnyRoute<'a> {
+    match id.kind {
+        RouteKind::Grpc => AnyRoute::Grpc(&store.grpc_routes[id.key]),
+        RouteKind::Http => AnyRoute::Http(&store.http_routes[id.key]),
+    }
+}
+
+/// `ResolvedRefs` and a refusal (see [`route_conditions`]) for a route of any kind.
+pub(super) fn any_route_conditions(
+    store: &Store,
+    id: RouteId<'_>,
+    route: AnyRoute<'_>,
+) -> (Condition, Option<Condition>) {
+    match route {
+        AnyRoute::Http(r) => route_conditions(store, id.key, r),
+        AnyRoute::Grpc(r) => super::grpc_routes::route_conditions(store, id.key, r),
+    }
+}
+
+/// Envoy routes for a route of any kind, with their precedence keys.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn build_routes<'a>(
+    store: &Store,
+    gw: &GatewayContext<'_>,
+    id: RouteId<'a>,
+    route: AnyRoute<'a>,
+    policies: &mut PolicyIndex,
+    ir: &mut Ir,
+    problems: &mut Vec<Problem>,
+) -> Vec<(RouteOrder<'a>, Route)> {
+    match route {
+        AnyRoute::Http(r) => build_http_routes(store, gw, id.key, r, policies, ir, problems),
+        AnyRoute::Grpc(r) => {
+            super::grpc_routes::build_routes(store, gw, id.key, r, policies, ir, problems)
+        }
+    }
+}
+
+/// Gateway API route precedence across all rules of all routes on one host. GRPCRoute rules
+/// first (see [`RouteKind`]), ordered as the GRPCRoute spec says: more characters in the
+/// matched service, then in the method, then more header matches. HTTPRoute rules: Exact paths
+/// first, then regular expressions (implementation-specific; longer first, as Envoy Gateway
+/// does), then longer prefixes; then a method match, more header matches, more query parameter
+/// matches. Ties: the older route, namespace/name, and rule and match order.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct RouteOrder<'a> {
+    family: RouteKind,
     path_kind: u8,
     longer_first: std::cmp::Reverse<usize>,
+    /// GRPCRoute: characters of the method match (0 for HTTPRoutes).
+    longer_method_first: std::cmp::Reverse<usize>,
     method_first: bool,
     more_headers_first: std::cmp::Reverse<usize>,
     more_query_params_first: std::cmp::Reverse<usize>,
@@ -36,11 +152,39 @@ impl<'a> RouteOrder<'a> {
             PathMatch::Prefix(v) => (2, v.trim_end_matches('/').len()),
         };
         RouteOrder {
+            family: RouteKind::Http,
             path_kind,
             longer_first: std::cmp::Reverse(length),
+            longer_method_first: std::cmp::Reverse(0),
             method_first: m.method.is_none(),
             more_headers_first: std::cmp::Reverse(m.headers.len()),
             more_query_params_first: std::cmp::Reverse(m.query_params.len()),
+            created_missing: created.is_none(),
+            created,
+            route: route_key,
+            rule,
+            matched,
+        }
+    }
+
+    /// A GRPCRoute match with `service` and `method` characters and `headers` header matches.
+    pub(super) fn grpc(
+        service: usize,
+        method: usize,
+        headers: usize,
+        route_key: &'a ObjectKey,
+        created: Option<&'a str>,
+        rule: usize,
+        matched: usize,
+    ) -> Self {
+        RouteOrder {
+            family: RouteKind::Grpc,
+            path_kind: 0,
+            longer_first: std::cmp::Reverse(service),
+            longer_method_first: std::cmp::Reverse(method),
+            method_first: false,
+            more_headers_first: std::cmp::Reverse(headers),
+            more_query_params_first: std::cmp::Reverse(0),
             created_missing: created.is_none(),
             created,
             route: route_key,
@@ -52,7 +196,7 @@ impl<'a> RouteOrder<'a> {
 
 /// Envoy routes for one HTTPRoute, with their precedence keys. None at all when the route uses a
 /// field the loader does not implement ([`unsupported`]): a route is never half-programmed.
-pub(super) fn build_routes<'a>(
+fn build_http_routes<'a>(
     store: &Store,
     gw: &GatewayContext<'_>,
     route_key: &'a ObjectKey,
@@ -70,7 +214,15 @@ pub(super) fn build_routes<'a>(
         let (filters, redirect) = rule_filters(store, gw, route_key, rule, policies, ir, problems);
         let action = match redirect {
             Some(redirect) => RouteAction::Redirect(redirect),
-            None => route_action(store, gw, route_key, rule, policies, ir, problems),
+            None => route_action(
+                store,
+                gw,
+                RouteId { kind: RouteKind::Http, key: route_key },
+                &rule.backend_refs,
+                policies,
+                ir,
+                problems,
+            ),
         };
         let default_match = [objects::HttpRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
@@ -120,7 +272,7 @@ fn string_match(m: &objects::HttpValueMatch) -> StringMatch {
     }
 }
 
-fn header_edits(filter: Option<&objects::HttpHeaderFilter>) -> HeaderEdits {
+pub(super) fn header_edits(filter: Option<&objects::HttpHeaderFilter>) -> HeaderEdits {
     let Some(f) = filter else { return HeaderEdits::default() };
     let pair = |h: &objects::HttpHeader| (h.name.to_ascii_lowercase(), h.value.clone());
     HeaderEdits {
@@ -189,7 +341,7 @@ fn rule_filters(
                     if let Ok(cluster) = backend_cluster(
                         store,
                         gw,
-                        route_key,
+                        RouteId { kind: RouteKind::Http, key: route_key },
                         &mirror.backend_ref,
                         policies,
                         ir,
@@ -308,7 +460,7 @@ pub fn unsupported(route: &HttpRoute) -> Option<String> {
 /// configuration (its default `re2.max_program_size.error_level`).
 const RE2_MAX_PROGRAM_SIZE: usize = 100;
 
-fn valid_regex(pattern: &str) -> Result<(), String> {
+pub(super) fn valid_regex(pattern: &str) -> Result<(), String> {
     regex::Regex::new(pattern).map_err(|e| {
         let first = e.to_string().lines().last().unwrap_or_default().to_string();
         format!("{pattern:?} is not a valid RE2 regular expression ({first})")
@@ -496,7 +648,7 @@ pub fn route_conditions(
         let mirrors = rule.filters.iter().filter_map(|f| f.request_mirror.as_ref());
         let backends = rule.backend_refs.iter().chain(mirrors.map(|m| &m.backend_ref));
         for backend in backends {
-            if let Err(failure) = check_backend_ref(store, route_key, backend) {
+            if let Err(failure) = check_backend_ref(store, RouteKind::Http, route_key, backend) {
                 failures.push(failure);
             }
         }
@@ -518,8 +670,9 @@ pub fn route_conditions(
 
 /// The Service a backendRef names, checked as far as the route alone decides (kind, namespace
 /// and ReferenceGrant, existence, port): `Err((reason, message))` with the spec's reason.
-fn check_backend_ref(
+pub(super) fn check_backend_ref(
     store: &Store,
+    route_kind: RouteKind,
     route_key: &ObjectKey,
     backend: &objects::BackendRef,
 ) -> Result<(ObjectKey, u16), (&'static str, String)> {
@@ -533,7 +686,9 @@ fn check_backend_ref(
     }
     let namespace = backend.namespace.as_deref().unwrap_or(&route_key.namespace);
     let service_key = ObjectKey::new(namespace, &backend.name);
-    if namespace != route_key.namespace && !reference_granted(store, route_key, &service_key) {
+    if namespace != route_key.namespace
+        && !reference_granted(store, route_kind, route_key, &service_key)
+    {
         return Err(("RefNotPermitted", format!("backendRef Service {service_key} is in another namespace and no ReferenceGrant allows it")));
     }
     let Some(port_number) = backend.port else {
@@ -551,11 +706,13 @@ fn check_backend_ref(
     Ok((service_key, port_number))
 }
 
+/// Where a rule's backendRefs send its requests.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn route_action(
     store: &Store,
     gw: &GatewayContext<'_>,
-    route_key: &ObjectKey,
-    rule: &objects::HttpRouteRule,
+    route: RouteId<'_>,
+    backend_refs: &[objects::BackendRef],
     policies: &mut PolicyIndex,
     ir: &mut Ir,
     problems: &mut Vec<Problem>,
@@ -564,12 +721,12 @@ pub(super) fn route_action(
     let mut invalid = Vec::new();
     let mut unusable = Vec::new();
     let mut invalid_weight = 0;
-    for backend in &rule.backend_refs {
+    for backend in backend_refs {
         let weight = backend.weight.unwrap_or(1);
         if weight == 0 {
             continue;
         }
-        match backend_cluster(store, gw, route_key, backend, policies, ir, problems) {
+        match backend_cluster(store, gw, route, backend, policies, ir, problems) {
             Ok(cluster) => {
                 if let Some(BackendTls { trust: Trust::Unusable { reason }, policy, .. }) =
                     &ir.clusters[&cluster].tls
@@ -611,6 +768,7 @@ pub(super) fn route_action(
             port: 0,
             endpoints: Endpoints::Static(Vec::new()),
             tls: None,
+            protocol: UpstreamProtocol::Http1,
         });
         forward.push(WeightedCluster {
             cluster: INVALID_BACKEND_CLUSTER.to_string(),
@@ -620,23 +778,37 @@ pub(super) fn route_action(
     RouteAction::Forward(forward)
 }
 
-/// The cluster of a backendRef, created on first use.
+/// The cluster of a backendRef, created on first use. It speaks HTTP/2 when a GRPCRoute uses it
+/// or its Service port's appProtocol is `kubernetes.io/h2c` (GEP-1911); one cluster serves every
+/// route to that port, so a port any GRPCRoute uses speaks HTTP/2 to all of them.
 pub(super) fn backend_cluster(
     store: &Store,
     gw: &GatewayContext<'_>,
-    route_key: &ObjectKey,
+    route: RouteId<'_>,
     backend: &objects::BackendRef,
     policies: &mut PolicyIndex,
     ir: &mut Ir,
     problems: &mut Vec<Problem>,
 ) -> Result<String, String> {
     let (service_key, port_number) =
-        check_backend_ref(store, route_key, backend).map_err(|(_, message)| message)?;
+        check_backend_ref(store, route.kind, route.key, backend).map_err(|(_, message)| message)?;
     let namespace = service_key.namespace.as_str();
     let service = &store.services[&service_key];
     let port = service.spec.ports.iter().find(|p| p.port == port_number).expect("checked");
     let name = backendtls_contract::cluster_name(namespace, &backend.name, port_number);
     let client_certificate = gw.client_certificate.clone();
+    let protocol = if route.kind == RouteKind::Grpc
+        || port.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL)
+    {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    if let Some(existing) = ir.clusters.get_mut(&name) {
+        if existing.service == service_key && protocol == UpstreamProtocol::Http2 {
+            existing.protocol = UpstreamProtocol::Http2;
+        }
+    }
     match ir.clusters.get(&name) {
         // Checked object names make this impossible (see `kube_names`); should it happen anyway,
         // the route fails rather than sending one Service's traffic to another's cluster.
@@ -667,6 +839,7 @@ pub(super) fn backend_cluster(
                 port: port_number,
                 endpoints,
                 tls,
+                protocol,
             };
             ir.clusters.insert(name.clone(), cluster);
         }
@@ -686,11 +859,19 @@ pub(super) fn backend_cluster(
     Ok(name)
 }
 
-pub(super) fn reference_granted(store: &Store, from: &ObjectKey, to: &ObjectKey) -> bool {
+/// GEP-1911's appProtocol for HTTP/2 over cleartext with prior knowledge.
+pub const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
+
+pub(super) fn reference_granted(
+    store: &Store,
+    kind: RouteKind,
+    from: &ObjectKey,
+    to: &ObjectKey,
+) -> bool {
     store.reference_grants.iter().any(|(key, grant)| {
         key.namespace == to.namespace
             && grant.spec.from.iter().any(|f| {
-                f.group == GATEWAY_GROUP && f.kind == "HTTPRoute" && f.namespace == from.namespace
+                f.group == GATEWAY_GROUP && f.kind == kind.name() && f.namespace == from.namespace
             })
             && grant.spec.to.iter().any(|t| {
                 t.group.is_empty()

@@ -5,16 +5,19 @@
 //!   names, or the last path segment of a SPIFFE ID among them (`spiffe://<trust domain>/.../<id>`).
 //!   `backendtls-loader certs` issues exactly such certificates. Plaintext (loopback-only)
 //!   connections carry no identity and are not checked.
-//! - **Secrets**: a stream is sent an SDS secret only if a cluster the loader sent on that stream
-//!   (or that the Envoy proved to hold, by naming its current version when it reconnected)
-//!   references it. Clusters carry CA bundles and the Gateway's client certificate and key by SDS
-//!   name; a client that skips CDS and asks for a secret by name gets nothing.
+//! - **Secrets**: a stream is sent an SDS secret only if a cluster or listener the loader sent on
+//!   that stream (or that the Envoy proved to hold, by naming its current version when it
+//!   reconnected) references it. Clusters carry CA bundles and the Gateway's client certificate
+//!   and key by SDS name, HTTPS listeners their certificates and keys: only the Envoys serving a
+//!   Gateway's listener get its certificate's key. A client that skips CDS and LDS and asks for a
+//!   secret by name gets nothing.
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{Node, TransportSocket};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    common_tls_context::ValidationContextType, UpstreamTlsContext,
+    common_tls_context::ValidationContextType, DownstreamTlsContext, UpstreamTlsContext,
 };
 use prost::{Message, Name};
 use std::collections::{BTreeMap, HashMap};
@@ -134,36 +137,92 @@ pub fn truncated(text: &str) -> String {
     format!("{}...", &text[..end])
 }
 
-/// Which SDS secrets each cluster references, kept up to date with the snapshots: only clusters
-/// whose version changed are decoded again.
+/// What references secrets: clusters (CA bundles, client certificates) and listeners (their
+/// certificates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Referrer {
+    Cluster,
+    Listener,
+}
+
+/// Which SDS secrets each cluster and listener references, kept up to date with the snapshots:
+/// only resources whose version changed are decoded again.
 #[derive(Debug, Default)]
 pub struct SecretIndex {
     /// The snapshot version this index describes.
     snapshot: u64,
-    by_cluster: HashMap<String, (String, Arc<[String]>)>,
+    by_resource: HashMap<(Referrer, String), IndexedSecrets>,
 }
 
+/// A resource's version and the secrets it references at that version.
+type IndexedSecrets = (String, Arc<[String]>);
+
 impl SecretIndex {
-    /// Brings the index to `clusters` of snapshot `version` (a no-op when it is there already).
-    pub fn update(&mut self, version: u64, clusters: &BTreeMap<String, Arc<VersionedResource>>) {
+    /// Brings the index to `clusters` and `listeners` of snapshot `version` (a no-op when it is
+    /// there already).
+    pub fn update(
+        &mut self,
+        version: u64,
+        clusters: &BTreeMap<String, Arc<VersionedResource>>,
+        listeners: &BTreeMap<String, Arc<VersionedResource>>,
+    ) {
         if self.snapshot == version && version != 0 {
             return;
         }
-        self.by_cluster.retain(|name, _| clusters.contains_key(name));
-        for (name, resource) in clusters {
-            let current = self.by_cluster.get(name).is_some_and(|(v, _)| *v == resource.version);
+        self.by_resource.retain(|(referrer, name), _| match referrer {
+            Referrer::Cluster => clusters.contains_key(name),
+            Referrer::Listener => listeners.contains_key(name),
+        });
+        let all = clusters
+            .iter()
+            .map(|(n, r)| (Referrer::Cluster, n, r))
+            .chain(listeners.iter().map(|(n, r)| (Referrer::Listener, n, r)));
+        for (referrer, name, resource) in all {
+            let key = (referrer, name.clone());
+            let current = self.by_resource.get(&key).is_some_and(|(v, _)| *v == resource.version);
             if !current {
-                let secrets = secrets_of_encoded(&resource.resource.value);
-                self.by_cluster.insert(name.clone(), (resource.version.clone(), secrets.into()));
+                let secrets = match referrer {
+                    Referrer::Cluster => secrets_of_encoded(&resource.resource.value),
+                    Referrer::Listener => secrets_of_encoded_listener(&resource.resource.value),
+                };
+                self.by_resource.insert(key, (resource.version.clone(), secrets.into()));
             }
         }
         self.snapshot = version;
     }
 
-    /// The secrets cluster `name` references, if it is in the snapshot at `version`.
-    pub fn secrets_of(&self, name: &str, version: &str) -> Option<&[String]> {
-        self.by_cluster.get(name).filter(|(v, _)| v == version).map(|(_, s)| &s[..])
+    /// The secrets cluster or listener `name` references, if it is in the snapshot at `version`.
+    pub fn secrets_of(&self, referrer: Referrer, name: &str, version: &str) -> Option<&[String]> {
+        // A lookup by (referrer, &str) would need a borrowed key type; names are short.
+        self.by_resource
+            .get(&(referrer, name.to_string()))
+            .filter(|(v, _)| v == version)
+            .map(|(_, s)| &s[..])
     }
+}
+
+/// SDS names in a listener's TLS filter chains: its certificates.
+fn secrets_of_encoded_listener(listener: &[u8]) -> Vec<String> {
+    Listener::decode(listener).map(|l| listener_secrets(&l)).unwrap_or_default()
+}
+
+/// SDS names in a listener's downstream TLS contexts.
+pub fn listener_secrets(listener: &Listener) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let mut names = Vec::new();
+    let chains = listener.filter_chains.iter().chain(listener.default_filter_chain.as_ref());
+    for socket in chains.filter_map(|c| c.transport_socket.as_ref()) {
+        let Some(ConfigType::TypedConfig(any)) = &socket.config_type else { continue };
+        if any.type_url != DownstreamTlsContext::type_url() {
+            continue;
+        }
+        let Ok(tls) = DownstreamTlsContext::decode(&any.value[..]) else { continue };
+        let Some(common) = tls.common_tls_context else { continue };
+        names.extend(common.tls_certificate_sds_secret_configs.into_iter().map(|s| s.name));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The two fields of `envoy.config.cluster.v3.Cluster` that hold transport sockets (same tags):

@@ -16,6 +16,7 @@ use super::limits::{Limits, MAX_NAME_BYTES, MAX_NAME_BYTES_PER_STREAM};
 use super::listener::{ConnectionInfo, ConnectionMetrics, StreamSlot};
 use super::snapshot::{is_named_type, short_name, type_urls, Snapshot, VersionedResource};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
@@ -50,6 +51,11 @@ pub struct XdsMetrics {
     pub unknown_types: AtomicU64,
     /// Secret names asked for by a stream that was sent no cluster referencing them.
     pub secrets_withheld: AtomicU64,
+}
+
+/// Clusters and listeners reference SDS secrets; no other type does.
+fn refers_to_secrets(type_url: &str) -> bool {
+    type_url == Cluster::type_url() || type_url == Listener::type_url()
 }
 
 /// What `/xds` shows of one connected Envoy.
@@ -443,22 +449,32 @@ impl Session {
     // -----------------------------------------------------------------------------------------
     // Secrets
 
-    /// Grants the secrets that `clusters` (name, version) of `snapshot` reference, then forgets
-    /// granted secrets that are neither in the snapshot nor subscribed (so the set stays as small
-    /// as the snapshot's secrets plus the subscriptions).
+    /// Grants the secrets that `resources` (name, version) of `snapshot`, clusters or listeners
+    /// as `type_url` says, reference, then forgets granted secrets that are neither in the
+    /// snapshot nor subscribed (so the set stays as small as the snapshot's secrets plus the
+    /// subscriptions). Other types reference no secret.
     fn grant_secrets_of<'a>(
         &mut self,
-        clusters: impl IntoIterator<Item = (&'a str, &'a str)>,
+        type_url: &str,
+        resources: impl IntoIterator<Item = (&'a str, &'a str)>,
         snapshot: &Snapshot,
     ) {
+        let referrer = if type_url == Cluster::type_url() {
+            authz::Referrer::Cluster
+        } else if type_url == Listener::type_url() {
+            authz::Referrer::Listener
+        } else {
+            return;
+        };
         let sds = Secret::type_url();
         let empty = BTreeMap::new();
         let cds = snapshot.of_type(&Cluster::type_url()).unwrap_or(&empty);
+        let lds = snapshot.of_type(&Listener::type_url()).unwrap_or(&empty);
         let mut index = self.state.secret_index.lock().expect("secret index lock");
-        index.update(snapshot.version, cds);
+        index.update(snapshot.version, cds, lds);
         let subscribed = self.types.get(&sds).map(|st| &st.names);
-        for (name, version) in clusters {
-            for secret in index.secrets_of(name, version).unwrap_or_default() {
+        for (name, version) in resources {
+            for secret in index.secrets_of(referrer, name, version).unwrap_or_default() {
                 if self.granted_secrets.insert(secret.clone())
                     && subscribed.is_some_and(|names| names.contains(secret))
                 {
@@ -484,7 +500,7 @@ impl Session {
             tracing::warn!(
                 session = self.id, node = %self.node, peer = ?self.peer.address,
                 secret = %authz::truncated(name),
-                "secret withheld: no cluster sent on this stream references it"
+                "secret withheld: no cluster or listener sent on this stream references it"
             );
         }
     }
@@ -679,11 +695,12 @@ impl Session {
                 .into_iter()
                 .filter(|(name, _)| !named || st.names.contains(name))
                 .collect();
-            if type_url == Cluster::type_url() {
-                // Holding a cluster's current version proves it was sent to this Envoy before.
+            // Holding a cluster's or listener's current version proves it was sent to this
+            // Envoy before.
+            if refers_to_secrets(&type_url) {
                 let held: Vec<(&str, &str)> =
                     initial.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                self.grant_secrets_of(held, snapshot);
+                self.grant_secrets_of(&type_url, held, snapshot);
             }
             self.types.get_mut(&type_url).expect("present").known.extend(initial);
         }
@@ -741,10 +758,10 @@ impl Session {
         for name in &removed {
             st.known.remove(name);
         }
-        if type_url == Cluster::type_url() {
+        if refers_to_secrets(type_url) {
             let sent: Vec<(&str, &str)> =
                 resources.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect();
-            self.grant_secrets_of(sent, snapshot);
+            self.grant_secrets_of(type_url, sent, snapshot);
         }
         let count = resources.len();
         let nonce = self.nonce();
@@ -848,10 +865,10 @@ impl Session {
         }
         let resources: Vec<_> = scope.keys().map(|name| current[name].resource.clone()).collect();
         let bytes = resources.iter().map(|r| r.value.len()).sum();
-        if type_url == Cluster::type_url() {
+        if refers_to_secrets(type_url) {
             let sent: Vec<(&str, &str)> =
                 scope.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            self.grant_secrets_of(sent, snapshot);
+            self.grant_secrets_of(type_url, sent, snapshot);
         }
         let st = self.types.get_mut(type_url).expect("present");
         st.known = scope;
@@ -1206,6 +1223,69 @@ mod tests {
         let force = sotw_thief.on_sotw_request(sotw(&cds, &[], "")).unwrap().unwrap();
         assert_eq!(sotw_thief.sotw_response(&cds, &v1, force).unwrap().resources.len(), 1);
         assert_eq!(sotw_thief.sotw_response(&sds, &v1, false).unwrap().resources.len(), 1);
+    }
+
+    /// An HTTPS listener's certificate (and key) goes only to streams that were sent that
+    /// listener: the Envoys serving the Gateway, not one that fetched only clusters or nothing.
+    #[test]
+    fn listener_certificates_go_only_to_streams_sent_their_listener() {
+        use crate::ir;
+        let (cds, lds, sds) = (Cluster::type_url(), Listener::type_url(), Secret::type_url());
+        let cert = backendtls_contract::listener_certificate_secret_name("infra", "cert");
+        let mut ir = ir::Ir::default();
+        ir.listeners.push(ir::Listener {
+            name: "gateway_infra_gw_8443".into(),
+            port: 8443,
+            virtual_hosts: Vec::new(),
+            tls: vec![ir::TlsChain {
+                hostname: Some("example.org".into()),
+                certificates: vec![cert.clone()],
+            }],
+        });
+        let resources = super::super::translate::translate(&ir, &Default::default());
+        let listener = &resources.listeners[0];
+        assert_eq!(authz::listener_secrets(&listener.resource), std::slice::from_ref(&cert));
+        let mut v1 = snapshot(1, &[(&sds, &cert, "k")]);
+        v1.resources.get_mut(&lds).unwrap().insert(
+            listener.resource.name.clone(),
+            Arc::new(VersionedResource {
+                version: listener.version.clone(),
+                resource: super::super::translate::pack(&listener.resource),
+            }),
+        );
+        put_cluster(&mut v1, "backend", "1", "client-cert", "ca-1");
+
+        // Clusters only, or nothing: the certificate is withheld.
+        let mut other = session();
+        other.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
+        other.delta_response(&cds, &v1).unwrap();
+        other.on_delta_request(delta(&sds, &[&cert], &[], ""), &v1).unwrap();
+        assert!(other.delta_response(&sds, &v1).unwrap().resources.is_empty());
+        assert_eq!(other.state.metrics.secrets_withheld.load(Ordering::Relaxed), 1);
+
+        // The listener first, then its certificate.
+        let mut edge = session();
+        edge.on_delta_request(delta(&lds, &[], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&edge.delta_response(&lds, &v1).unwrap()), ["gateway_infra_gw_8443"]);
+        edge.on_delta_request(delta(&sds, &[&cert], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&edge.delta_response(&sds, &v1).unwrap()), [cert.as_str()]);
+
+        // State of the world, and a reconnect that names the listener's current version.
+        let mut sotw_edge = session();
+        let force = sotw_edge.on_sotw_request(sotw(&sds, &[&cert], "")).unwrap().unwrap();
+        assert!(sotw_edge.sotw_response(&sds, &v1, force).unwrap().resources.is_empty());
+        let force = sotw_edge.on_sotw_request(sotw(&lds, &[], "")).unwrap().unwrap();
+        sotw_edge.sotw_response(&lds, &v1, force).unwrap();
+        assert_eq!(sotw_edge.sotw_response(&sds, &v1, false).unwrap().resources.len(), 1);
+        for (claimed, granted) in [(listener.version.as_str(), true), ("forged", false)] {
+            let mut s = session();
+            let mut request = delta(&lds, &[], &[], "");
+            request
+                .initial_resource_versions
+                .insert("gateway_infra_gw_8443".into(), claimed.into());
+            s.on_delta_request(request, &v1).unwrap();
+            assert_eq!(s.granted_secrets.contains(&cert), granted, "claimed version {claimed}");
+        }
     }
 
     #[test]

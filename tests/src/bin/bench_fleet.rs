@@ -60,6 +60,8 @@ fn main() {
     // No traffic flows: the backend port only has to be a number.
     let base = ScaleSpec {
         backends,
+        layout: scale::Layout::default(),
+        file_per_namespace: false,
         gateway_port: free_port(),
         backend_port: free_port(),
         ca_pem: ca.cert_pem(),
@@ -128,7 +130,10 @@ fn main() {
         let ca = TestCa::new(&format!("fleet CA, change {change}"));
         write_backend(dir.path(), index, &ScaleSpec { ca_pem: ca.cert_pem(), ..spec_of(&base) });
         let new_secret =
-            wait_until("the new CA secret at a client", Duration::from_secs(30), || {
+            wait_until("the new CA secret at a client", Duration::from_secs(60), || {
+                let errors: Vec<String> =
+                    states.iter().filter_map(|s| s.lock().unwrap().error.clone()).collect();
+                assert!(errors.is_empty(), "clients failed: {errors:?}");
                 let state = states[0].lock().unwrap();
                 state.secrets.keys().find(|name| !before.contains(*name)).cloned()
             });
@@ -189,7 +194,7 @@ fn spec_of<'a>(base: &ScaleSpec<'a>) -> ScaleSpec<'a> {
 
 /// Writes one backend's file atomically (a hidden temporary name, then a rename).
 fn write_backend(dir: &std::path::Path, index: usize, spec: &ScaleSpec<'_>) {
-    let ns_dir = dir.join(scale::namespace_of(index));
+    let ns_dir = dir.join(spec.layout.namespace_of(index));
     let path = ns_dir.join(format!("{}.yaml", scale::backend_name(index)));
     let temp = ns_dir.join(format!(".{}.tmp", scale::backend_name(index)));
     std::fs::write(&temp, scale::backend(index, spec)).expect("write backend");

@@ -26,6 +26,7 @@ const HOSTNAME: &str = "example.com";
 
 struct Row {
     backends: usize,
+    layout: scale::Layout,
     check_s: f64,
     check_rss_mb: f64,
     render_s: f64,
@@ -63,25 +64,38 @@ fn main() {
     let nginx_new = Nginx::start(&ca_new.issue(&[HOSTNAME]));
     let xds_certs = out_dir.join("xds-certs");
     create_xds_certs(&xds_certs, &["bench"]);
+    // BENCH_LAYOUTS: how backends are spread over namespaces (`scale::Layout`; default per100).
+    let layouts: Vec<scale::Layout> = std::env::var("BENCH_LAYOUTS")
+        .unwrap_or_else(|_| "per100".into())
+        .split(',')
+        .map(|l| l.parse().unwrap_or_else(|e| panic!("BENCH_LAYOUTS: {e}")))
+        .collect();
+    // BENCH_TRANSPORT_ROUNDS: plaintext/mTLS convergence rounds (default 3; 0 skips them).
+    let rounds: usize = std::env::var("BENCH_TRANSPORT_ROUNDS")
+        .map_or(TRANSPORT_ROUNDS, |r| r.parse().expect("BENCH_TRANSPORT_ROUNDS: a number"));
     let mut rows = Vec::new();
-    for &n in &sizes {
-        eprintln!("== {n} backends");
-        rows.push(bench(
-            n,
-            &loader_bin,
-            &out_dir,
-            &xds_certs,
-            [&ca_old, &ca_new],
-            [&nginx_old, &nginx_new],
-        ));
+    for &layout in &layouts {
+        for &n in &sizes {
+            eprintln!("== {n} backends, layout {layout}");
+            rows.push(bench(
+                n,
+                layout,
+                rounds,
+                &loader_bin,
+                &out_dir,
+                &xds_certs,
+                [&ca_old, &ca_new],
+                [&nginx_old, &nginx_new],
+            ));
+        }
     }
     let csv: String = std::iter::once(
-        "backends,check_s,check_rss_mb,render_s,render_rss_mb,converge_s,serve_rss_mb,ca_change_ms,ca_change_bytes,add_backend_ms,add_backend_bytes,converge_plaintext_s,converge_mtls_s\n".to_string(),
+        "backends,layout,check_s,check_rss_mb,render_s,render_rss_mb,converge_s,serve_rss_mb,ca_change_ms,ca_change_bytes,add_backend_ms,add_backend_bytes,converge_plaintext_s,converge_mtls_s\n".to_string(),
     )
     .chain(rows.iter().map(|r| {
         format!(
-            "{},{:.3},{:.1},{:.3},{:.1},{:.2},{:.1},{:.0},{:.0},{:.0},{:.0},{:.2},{:.2}\n",
-            r.backends, r.check_s, r.check_rss_mb, r.render_s, r.render_rss_mb, r.converge_s,
+            "{},{},{:.3},{:.1},{:.3},{:.1},{:.2},{:.1},{:.0},{:.0},{:.0},{:.0},{:.2},{:.2}\n",
+            r.backends, r.layout, r.check_s, r.check_rss_mb, r.render_s, r.render_rss_mb, r.converge_s,
             r.serve_rss_mb, r.ca_change_ms, r.ca_change_bytes, r.add_backend_ms, r.add_backend_bytes,
             r.converge_plaintext_s, r.converge_mtls_s
         )
@@ -91,24 +105,31 @@ fn main() {
     let table = markdown(&rows);
     println!("{table}");
     update_benchmarks_md(LOADER_MARKERS, &table, &rows);
-    let transport = transport_markdown(&rows);
-    println!("{transport}");
-    update_benchmarks_md(TRANSPORT_MARKERS, &transport, &rows);
+    if rounds > 0 {
+        let transport = transport_markdown(&rows);
+        println!("{transport}");
+        update_benchmarks_md(TRANSPORT_MARKERS, &transport, &rows);
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench(
     n: usize,
+    layout: scale::Layout,
+    rounds: usize,
     loader_bin: &str,
     out_dir: &Path,
     xds_certs: &Path,
     [ca_old, ca_new]: [&TestCa; 2],
     [nginx_old, nginx_new]: [&Nginx; 2],
 ) -> Row {
-    let dir = out_dir.join(format!("n{n}"));
+    let dir = out_dir.join(format!("n{n}-{layout}"));
     let _ = std::fs::remove_dir_all(&dir);
     let gateway_port = free_port();
     let spec = |port| ScaleSpec {
         backends: n,
+        layout,
+        file_per_namespace: false,
         gateway_port,
         backend_port: port,
         ca_pem: ca_old.cert_pem(),
@@ -139,7 +160,7 @@ fn bench(
     let mut ca_bytes = Vec::new();
     for k in 0..CHANGES.min(n) {
         let index = n - 1 - k;
-        let host = scale::route_host(index);
+        let host = layout.route_host(index);
         assert_ne!(
             status(gateway_port, &host),
             200,
@@ -163,7 +184,7 @@ fn bench(
         let bytes_before = settled_bytes(&loader);
         let added = Instant::now();
         write_backend(&dir, index, &spec(nginx_old.https_port()));
-        wait_for_200(gateway_port, &scale::route_host(index));
+        wait_for_200(gateway_port, &layout.route_host(index));
         add_times.push(added.elapsed().as_secs_f64() * 1000.0);
         add_bytes.push(settled_bytes(&loader) - bytes_before);
     }
@@ -174,14 +195,16 @@ fn bench(
     // The same convergence over plaintext and mTLS ADS, alternating so that the machine's load
     // affects both alike.
     let (mut plaintext, mut mtls) = (Vec::new(), Vec::new());
-    for round in 0..TRANSPORT_ROUNDS {
+    for round in 0..rounds {
         plaintext.push(converge(n, &dir, None));
         mtls.push(converge(n, &dir, Some(xds_certs)));
         eprintln!("   round {round}: plaintext {:.2}s, mTLS {:.2}s", plaintext[round], mtls[round]);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let median_or_nan = |v: &mut Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
     Row {
         backends: n,
+        layout,
         check_s,
         check_rss_mb,
         render_s,
@@ -192,8 +215,8 @@ fn bench(
         ca_change_bytes: median(&mut ca_bytes),
         add_backend_ms: median(&mut add_times),
         add_backend_bytes: median(&mut add_bytes),
-        converge_plaintext_s: median(&mut plaintext),
-        converge_mtls_s: median(&mut mtls),
+        converge_plaintext_s: median_or_nan(&mut plaintext),
+        converge_mtls_s: median_or_nan(&mut mtls),
     }
 }
 
@@ -219,7 +242,9 @@ fn converge(n: usize, dir: &Path, xds_certs: Option<&Path>) -> f64 {
 }
 
 fn wait_for_all_clusters(envoy: &Envoy, n: usize) {
-    wait_until("Envoy to have every cluster warm", Duration::from_secs(120), || {
+    // Two minutes, and one more per 1,000 clusters past 10,000.
+    let limit = Duration::from_secs(120 + n.saturating_sub(10_000) as u64 / 1000 * 60);
+    wait_until("Envoy to have every cluster warm", limit, || {
         let stats = envoy.stats();
         let active = stats.get("cluster_manager.active_clusters").copied().unwrap_or(0);
         let warming = stats.get("cluster_manager.warming_clusters").copied().unwrap_or(1);
@@ -234,7 +259,7 @@ fn wait_for_all_clusters(envoy: &Envoy, n: usize) {
 /// Writes one backend's file atomically (a hidden temporary name, then a rename), as a deployment
 /// tool would; the loader skips dotfiles.
 fn write_backend(dir: &Path, index: usize, spec: &ScaleSpec<'_>) {
-    let ns_dir = dir.join(scale::namespace_of(index));
+    let ns_dir = dir.join(spec.layout.namespace_of(index));
     std::fs::create_dir_all(&ns_dir).expect("namespace dir");
     let path = ns_dir.join(format!("{}.yaml", scale::backend_name(index)));
     let temp = ns_dir.join(format!(".{}.tmp", scale::backend_name(index)));
@@ -320,12 +345,12 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| backends | check s | check MB | render s | render MB | serve: Envoy converged s | serve: loader peak MB | CA change ms (median of 20) | CA change xDS bytes | add backend ms (median of 20) | add backend xDS bytes |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| backends | layout | check s | check MB | render s | render MB | serve: Envoy converged s | serve: loader peak MB | CA change ms (median of 20) | CA change xDS bytes | add backend ms (median of 20) | add backend xDS bytes |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
-            r.backends, r.check_s, r.check_rss_mb, r.render_s, r.render_rss_mb, r.converge_s,
+            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+            r.backends, r.layout, r.check_s, r.check_rss_mb, r.render_s, r.render_rss_mb, r.converge_s,
             r.serve_rss_mb, r.ca_change_ms, r.ca_change_bytes, r.add_backend_ms, r.add_backend_bytes
         ));
     }
@@ -362,9 +387,14 @@ fn update_benchmarks_md((start_marker, end_marker): (&str, &str), table: &str, r
         eprintln!("BENCHMARKS.md has no {start_marker} markers; table printed above");
         return;
     };
+    // A row is (backends, layout) in the main table, backends alone in the transport table.
     let measured = |line: &str| {
-        let first = line.trim_start_matches('|').split('|').next().unwrap_or("").trim();
-        first.parse::<usize>().is_ok_and(|n| rows.iter().any(|r| r.backends == n))
+        let mut cells = line.trim_start_matches('|').split('|').map(str::trim);
+        let n = cells.next().and_then(|c| c.parse::<usize>().ok());
+        let layout = cells.next().and_then(|c| c.parse::<scale::Layout>().ok());
+        n.is_some_and(|n| {
+            rows.iter().any(|r| r.backends == n && layout.is_none_or(|l| l == r.layout))
+        })
     };
     let kept: Vec<&str> = text[start..end]
         .lines()

@@ -32,7 +32,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::ServerConfig;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -130,7 +129,7 @@ impl EchoBuilder {
             ports.push(port);
             let tls = match transport {
                 Transport::Plain => None,
-                Transport::Tls(options) => Some(options.server_config()),
+                Transport::Tls(options) => Some(options.server()),
             };
             let listener = {
                 let _entered = runtime.enter();
@@ -278,7 +277,7 @@ impl Shared {
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
-    tls: Option<Arc<ServerConfig>>,
+    tls: Option<tls::TlsServer>,
     shared: Arc<Shared>,
 ) {
     loop {
@@ -292,12 +291,7 @@ async fn accept_loop(
     }
 }
 
-async fn connection(
-    tcp: TcpStream,
-    port: u16,
-    tls: Option<Arc<ServerConfig>>,
-    shared: Arc<Shared>,
-) {
+async fn connection(tcp: TcpStream, port: u16, tls: Option<tls::TlsServer>, shared: Arc<Shared>) {
     let Some(config) = tls else {
         serve_http(TokioIo::new(tcp), port, None, shared).await;
         return;

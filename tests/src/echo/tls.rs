@@ -40,7 +40,16 @@ pub struct TlsOptions {
     cert: CertifiedKey,
     client_auth: ClientAuth,
     alpn: Vec<String>,
+    /// Refuse handshakes that agree on no ALPN protocol (grpc-go's default since 1.67).
+    require_alpn: bool,
     versions: &'static [&'static SupportedProtocolVersion],
+}
+
+/// A TLS port's settings as the accept loop uses them.
+#[derive(Clone)]
+pub(crate) struct TlsServer {
+    config: Arc<ServerConfig>,
+    require_alpn: bool,
 }
 
 impl TlsOptions {
@@ -51,6 +60,7 @@ impl TlsOptions {
             cert: cert.clone(),
             client_auth: ClientAuth::None,
             alpn: vec!["h2".into(), "http/1.1".into()],
+            require_alpn: false,
             versions: rustls::ALL_VERSIONS,
         }
     }
@@ -59,6 +69,14 @@ impl TlsOptions {
     /// speaks HTTP/1.1 unless the client starts with the HTTP/2 preface).
     pub fn alpn(mut self, protocols: &[&str]) -> TlsOptions {
         self.alpn = protocols.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    /// Serves gRPC the way grpc-go does (the upstream gRPC echo): ALPN `h2` only, and a
+    /// handshake that agrees on no ALPN protocol fails (recorded as a handshake failure).
+    pub fn grpc(mut self) -> TlsOptions {
+        self.alpn = vec!["h2".into()];
+        self.require_alpn = true;
         self
     }
 
@@ -85,8 +103,12 @@ impl TlsOptions {
         self
     }
 
+    pub(crate) fn server(&self) -> TlsServer {
+        TlsServer { config: self.server_config(), require_alpn: self.require_alpn }
+    }
+
     /// The rustls server configuration; panics on unusable test certificates.
-    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
+    fn server_config(&self) -> Arc<ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(self.versions)
@@ -135,13 +157,17 @@ impl Hello {
 /// arrived) and why it failed.
 pub(crate) async fn handshake(
     tcp: TcpStream,
-    config: Arc<ServerConfig>,
+    server: TlsServer,
 ) -> Result<(TlsStream<TcpStream>, TlsReport), (Hello, String)> {
     let start = LazyConfigAcceptor::new(Acceptor::default(), tcp)
         .await
         .map_err(|e| (Hello::default(), format!("reading the ClientHello: {e}")))?;
     let hello = Hello::of(&start.client_hello());
-    let stream = start.into_stream(config).await.map_err(|e| (hello.clone(), e.to_string()))?;
+    let stream =
+        start.into_stream(server.config).await.map_err(|e| (hello.clone(), e.to_string()))?;
+    if server.require_alpn && stream.get_ref().1.alpn_protocol().is_none() {
+        return Err((hello, "no ALPN protocol agreed (h2 is required)".to_string()));
+    }
     let report = report(stream.get_ref().1, hello);
     Ok((stream, report))
 }

@@ -188,6 +188,13 @@ extern "C" {
         label_names_count: usize,
         id: *mut usize,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_count: usize,
+        id: *mut usize,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter: *mut c_void,
         id: usize,
@@ -222,6 +229,24 @@ impl ConfigHandle {
         // SAFETY: the config pointer comes from Envoy for this call; the buffers outlive it.
         let result = unsafe {
             envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_mut_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines a gauge with the given label names; its id, or None if Envoy refused.
+    pub fn define_gauge(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let mut labels: Vec<ModuleBuffer> =
+            labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
+        let mut id = 0usize;
+        // SAFETY: the config pointer comes from Envoy for this call; the buffers outlive it.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
                 self.0,
                 ModuleBuffer::of(name.as_bytes()),
                 labels.as_mut_ptr(),
@@ -433,6 +458,13 @@ mod validator {
             label_values_count: usize,
             value: u64,
         ) -> u32;
+        fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+            config: *mut c_void,
+            id: usize,
+            label_values: *mut ModuleBuffer,
+            label_values_count: usize,
+            value: u64,
+        ) -> u32;
         fn envoy_dynamic_module_callback_cert_validator_set_error_details(
             config: *mut c_void,
             details: ModuleBuffer,
@@ -480,6 +512,22 @@ mod validator {
                     buffers.as_mut_ptr(),
                     labels.len().min(buffers.len()),
                     1,
+                )
+            };
+            result == METRICS_SUCCESS
+        }
+
+        /// Sets a gauge labelled by one value. Whether Envoy accepted it.
+        pub fn set_gauge(&self, id: usize, label: &[u8], value: u64) -> bool {
+            let mut buffers = [ModuleBuffer::of(label)];
+            // SAFETY: as for `increment`.
+            let result = unsafe {
+                envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    self.0,
+                    id,
+                    buffers.as_mut_ptr(),
+                    buffers.len(),
+                    value,
                 )
             };
             result == METRICS_SUCCESS

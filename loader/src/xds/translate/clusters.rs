@@ -1,6 +1,7 @@
 //! Backend clusters: endpoints, the policy's upstream TLS (or failing closed) and the filter's metadata.
 
 use super::*;
+use crate::ir::UpstreamProtocol;
 
 pub(super) fn backend_cluster(
     c: &ir::Cluster,
@@ -74,15 +75,34 @@ pub(super) fn backend_cluster(
             }
         }
     }
-    if let Some((policy, identities)) = &checked {
-        out.typed_extension_protocol_options =
-            alpn_protocol_options(&policy.params.alpn).unwrap_or_default();
-        out.transport_socket = Some(core::TransportSocket {
-            name: "envoy.transport_sockets.tls".into(),
-            config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
-                &upstream_tls(policy, identities, ir, options),
-            ))),
-        });
+    match &checked {
+        Some((policy, identities)) => {
+            // HTTP/2 to the backend: offer ALPN `h2` only, so the backend cannot settle on a
+            // protocol the cluster does not speak (grpc-go refuses TLS without ALPN `h2`).
+            let policy = match c.protocol {
+                UpstreamProtocol::Http2 => {
+                    let mut policy = policy.clone().into_owned();
+                    policy.params.alpn = vec!["h2".to_string()];
+                    std::borrow::Cow::Owned(policy)
+                }
+                UpstreamProtocol::Http1 => std::borrow::Cow::Borrowed(&**policy),
+            };
+            out.typed_extension_protocol_options =
+                alpn_protocol_options(&policy.params.alpn).unwrap_or_default();
+            out.transport_socket = Some(core::TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
+                    &upstream_tls(&policy, identities, ir, options),
+                ))),
+            });
+        }
+        // No policy: HTTP/2 with prior knowledge (h2c), or HTTP/1.1.
+        None => {
+            if c.protocol == UpstreamProtocol::Http2 {
+                out.typed_extension_protocol_options =
+                    alpn_protocol_options(&["h2".to_string()]).unwrap_or_default();
+            }
+        }
     }
     (out, eds)
 }

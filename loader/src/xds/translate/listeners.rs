@@ -1,6 +1,10 @@
 //! Gateway listeners: the HTTP connection manager, its access log and the backendtls filter.
 
 use super::*;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+
+/// The IR's listener certificates by secret name.
+pub(super) type Certificates = std::collections::BTreeMap<String, ir::ClientCertificate>;
 
 /// What the access log prints per request: enough to see which backend answered and why a
 /// handshake failed.
@@ -8,6 +12,7 @@ pub(super) const ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ
 
 pub(super) fn gateway_listener(
     l: &ir::Listener,
+    certificates: &Certificates,
     options: &TranslateOptions,
     routes: &route::RouteConfiguration,
 ) -> listener::Listener {
@@ -55,22 +60,94 @@ pub(super) fn gateway_listener(
             }])
             .collect(),
         access_log: vec![access_log],
-        // The guide's curl sends `host: example.com:8080`; routes match on the hostname alone.
-        strip_port_mode: Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        // The port in Host is ignored by the route configuration (`ignore_port_in_host_matching`)
+        // and reaches the backend as the client sent it.
         ..Default::default()
     };
+    let filters = vec![listener::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(pack(&manager))),
+    }];
+    if l.tls.is_empty() {
+        return listener::Listener {
+            name: l.name.clone(),
+            address: Some(socket_address(&options.listener_address, l.port)),
+            filter_chains: vec![listener::FilterChain { filters, ..Default::default() }],
+            ..Default::default()
+        };
+    }
+    // HTTPS: the TLS inspector reads the SNI, which picks the chain of the listener with that
+    // hostname (Envoy prefers an exact name to the longest wildcard); the chain without hostname
+    // takes any other SNI or none. Certificates come over SDS under names that do not change with
+    // their content, so a rotation updates the secret and never this listener.
+    let filter_chains = l
+        .tls
+        .iter()
+        .map(|chain| listener::FilterChain {
+            name: chain.hostname.clone().unwrap_or_else(|| "default".into()),
+            filter_chain_match: chain.hostname.as_ref().map(|hostname| {
+                listener::FilterChainMatch {
+                    server_names: vec![hostname.clone()],
+                    ..Default::default()
+                }
+            }),
+            filters: filters.clone(),
+            transport_socket: Some(core::TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
+                    &downstream_tls_context(chain, certificates, options),
+                ))),
+            }),
+            ..Default::default()
+        })
+        .collect();
     listener::Listener {
         name: l.name.clone(),
         address: Some(socket_address(&options.listener_address, l.port)),
-        filter_chains: vec![listener::FilterChain {
-            filters: vec![listener::Filter {
-                name: "envoy.filters.network.http_connection_manager".into(),
-                config_type: Some(listener::filter::ConfigType::TypedConfig(pack(&manager))),
-            }],
+        listener_filters: vec![listener::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener::listener_filter::ConfigType::TypedConfig(pack(
+                &TlsInspector::default(),
+            ))),
             ..Default::default()
         }],
+        filter_chains,
         ..Default::default()
     }
+}
+
+/// The TLS an HTTPS listener terminates: its certificates (over SDS; inline with `render`),
+/// HTTP/2 and HTTP/1.1 by ALPN.
+fn downstream_tls_context(
+    chain: &ir::TlsChain,
+    certificates: &Certificates,
+    options: &TranslateOptions,
+) -> tls::DownstreamTlsContext {
+    let mut common = tls::CommonTlsContext {
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        ..Default::default()
+    };
+    match options.delivery {
+        Delivery::Ads => {
+            common.tls_certificate_sds_secret_configs = chain
+                .certificates
+                .iter()
+                .map(|name| tls::SdsSecretConfig {
+                    name: name.clone(),
+                    sds_config: Some(ads_config_source()),
+                })
+                .collect()
+        }
+        Delivery::Inline => {
+            common.tls_certificates = chain
+                .certificates
+                .iter()
+                .filter_map(|name| certificates.get(name))
+                .map(|c| static_client_certificate(c, &options.private_keys))
+                .collect()
+        }
+    }
+    tls::DownstreamTlsContext { common_tls_context: Some(common), ..Default::default() }
 }
 
 /// The filter's own configuration, passed to both builds as a JSON string.

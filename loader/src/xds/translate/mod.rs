@@ -136,7 +136,7 @@ fn digest_hex(bytes: &[u8]) -> String {
 /// holds them.
 fn listener_version(l: &ir::Listener, options: &TranslateOptions) -> String {
     if options.delivery == Delivery::Ads {
-        fingerprint(&(&l.name, l.port, options))
+        fingerprint(&(&l.name, l.port, &l.tls, options))
     } else {
         fingerprint(&(l, options))
     }
@@ -150,7 +150,7 @@ fn versioned<T>(source: &impl serde::Serialize, resource: T) -> Versioned<T> {
 pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
     let mut out = Resources::default();
     for l in &ir.listeners {
-        let (listener, routes) = listener_resources(l, options);
+        let (listener, routes) = listener_resources(l, &ir.listener_certificates, options);
         out.listeners.push(listener);
         out.routes.extend(routes);
     }
@@ -168,12 +168,13 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
 /// A Gateway listener and, for ADS, its route configuration.
 fn listener_resources(
     l: &ir::Listener,
+    certificates: &Certificates,
     options: &TranslateOptions,
 ) -> (Versioned<listener::Listener>, Option<Versioned<route::RouteConfiguration>>) {
     let routes = route_configuration(l);
     let listener = Versioned {
         version: listener_version(l, options),
-        resource: gateway_listener(l, options, &routes),
+        resource: gateway_listener(l, certificates, options, &routes),
     };
     (listener, (options.delivery == Delivery::Ads).then(|| versioned(l, routes)))
 }
@@ -252,7 +253,24 @@ impl Translator {
             // Per virtual host first: the listener's digest is over theirs.
             let host_digests: Vec<[u8; 16]> =
                 l.virtual_hosts.iter().map(crate::digest::digest).collect();
-            let source = crate::digest::digest(&(&l.name, l.port, &host_digests));
+            // Inline, the listener holds its certificates: their content is part of its source.
+            let inline_certificates: Vec<(&str, &str)> = match options.delivery {
+                Delivery::Ads => Vec::new(),
+                Delivery::Inline => l
+                    .tls
+                    .iter()
+                    .flat_map(|chain| &chain.certificates)
+                    .filter_map(|name| ir.listener_certificates.get(name))
+                    .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()))
+                    .collect(),
+            };
+            let source = crate::digest::digest(&(
+                &l.name,
+                l.port,
+                &l.tls,
+                &inline_certificates,
+                &host_digests,
+            ));
             let entry = match self.listeners.remove(&l.name) {
                 Some(entry) if entry.source == source => {
                     // Keep its virtual hosts' encodings for the next change.
@@ -267,7 +285,7 @@ impl Translator {
                     let empty = route::RouteConfiguration::default();
                     let listener = Versioned {
                         version: listener_version(l, options),
-                        resource: gateway_listener(l, options, &empty),
+                        resource: gateway_listener(l, &ir.listener_certificates, options, &empty),
                     };
                     let bytes = encode_route_configuration(
                         l,
@@ -292,6 +310,7 @@ impl Translator {
                                 vhds: Some(route::Vhds {
                                     config_source: Some(ads_config_source()),
                                 }),
+                                ignore_port_in_host_matching: true,
                                 ..Default::default()
                             }),
                             vhds_placeholder(&l.name),
@@ -299,7 +318,8 @@ impl Translator {
                     }
                 }
                 _ => {
-                    let (listener, routes) = listener_resources(l, options);
+                    let (listener, routes) =
+                        listener_resources(l, &ir.listener_certificates, options);
                     ListenerEntry {
                         source,
                         listener: pack_versioned(listener),

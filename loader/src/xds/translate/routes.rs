@@ -5,7 +5,14 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 
 pub(super) fn route_configuration(l: &ir::Listener) -> route::RouteConfiguration {
     let virtual_hosts = l.virtual_hosts.iter().map(virtual_host).collect();
-    route::RouteConfiguration { name: l.name.clone(), virtual_hosts, ..Default::default() }
+    route::RouteConfiguration {
+        name: l.name.clone(),
+        virtual_hosts,
+        // Gateway API: the port in Host is ignored for matching, and the backend sees Host as
+        // the client sent it (`strip_any_host_port` would remove it from the request).
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    }
 }
 
 pub(super) fn virtual_host(vh: &ir::VirtualHost) -> route::VirtualHost {
@@ -78,6 +85,8 @@ pub(super) fn encode_route_configuration(
         out.extend_from_slice(encoded);
         next_cache.insert(vh.name.clone(), entry);
     }
+    // ignore_port_in_host_matching = 14 (see route_configuration); fields may come in any order.
+    prost::encoding::bool::encode(14, &true, &mut out);
     out
 }
 

@@ -1,4 +1,4 @@
-//! SDS secrets: CA bundles and the Gateway's client certificates.
+//! SDS secrets: CA bundles, the Gateway's client certificates and listener certificates.
 
 use super::*;
 
@@ -23,6 +23,18 @@ pub(super) fn secrets(ir: &Ir) -> Vec<Versioned<tls::Secret>> {
             r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
         };
         out.push(Versioned { version: name.clone(), resource: secret });
+    }
+    // Listener certificates keep their name across a rotation: the version follows the content.
+    for (name, certificate) in &ir.listener_certificates {
+        let secret = tls::Secret {
+            name: name.clone(),
+            r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
+        };
+        let version = crate::digest::parts_hex(
+            &[certificate.cert_pem.as_bytes(), certificate.key_pem.as_bytes()],
+            12,
+        );
+        out.push(Versioned { version, resource: secret });
     }
     out
 }
