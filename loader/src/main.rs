@@ -60,9 +60,9 @@ struct Cli {
 #[derive(clap::Args)]
 struct Translation {
     /// Directory of Kubernetes manifests: `.yaml`, `.yml` and `.json` files, multi-document YAML,
-    /// subdirectories.
+    /// subdirectories. Required except with `serve --source kubernetes`.
     #[arg(long)]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
     /// Serve only Gateways of this gatewayClassName (default: every Gateway in the directory).
     #[arg(long)]
     gateway_class: Option<String>,
@@ -104,6 +104,10 @@ enum FilterKind {
 }
 
 impl Translation {
+    fn config_dir(&self) -> Result<&std::path::Path, String> {
+        self.config_dir.as_deref().ok_or_else(|| "--config-dir DIR is required".to_string())
+    }
+
     fn resolve_options(&self) -> resolve::Options {
         resolve::Options {
             gateway_class: self.gateway_class.clone(),
@@ -294,6 +298,77 @@ impl XdsClientArgs {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// The `--config-dir` directory.
+    Files,
+    /// The Kubernetes API server (kubeconfig or in-cluster).
+    Kubernetes,
+}
+
+/// `serve --source kubernetes`.
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Where objects come from.
+    #[arg(long, value_enum, default_value = "files")]
+    source: SourceKind,
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only these namespaces (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Watch only the Secrets with these labels (a label selector such as
+    /// `backendtls.dev/client-certificate=true`), so that a cluster's Secrets are not all held.
+    #[arg(long)]
+    secret_selector: Option<String>,
+    /// Do not write status back (every replica then only serves xDS).
+    #[arg(long)]
+    no_status: bool,
+    /// Namespace of the leader election Lease (default: POD_NAMESPACE, else backendtls-system).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    #[arg(long, default_value = "backendtls-loader")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: HOSTNAME, else a random one).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Lease duration: a new leader takes over at most this long after the last one stopped
+    /// renewing.
+    #[arg(long, default_value = "15")]
+    lease_duration_seconds: u64,
+}
+
+impl KubeArgs {
+    fn options(&self) -> Option<backendtls_loader::kube::KubeOptions> {
+        if self.source != SourceKind::Kubernetes {
+            return None;
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let identity = self.identity.clone().or_else(|| env("HOSTNAME")).unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            format!("backendtls-loader-{}-{nanos}", std::process::id())
+        });
+        Some(backendtls_loader::kube::KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            namespaces: self.namespaces.clone(),
+            secret_selector: self.secret_selector.clone(),
+            controller_name: backendtls_loader::status::CONTROLLER_NAME.into(),
+            write_status: !self.no_status,
+            lease_namespace: self
+                .lease_namespace
+                .clone()
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "backendtls-system".into()),
+            lease_name: self.lease_name.clone(),
+            identity,
+            lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Watch the directory and serve Envoy configuration over ADS (delta and state of the world).
@@ -308,6 +383,8 @@ enum Command {
         admin_address: SocketAddr,
         #[command(flatten)]
         xds: XdsServeArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// Print a complete static Envoy bootstrap for the directory (CAs inline).
     Render {
@@ -411,7 +488,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { translation, xds_address, admin_address, xds } => {
+        Command::Serve { translation, xds_address, admin_address, xds, kube } => {
             let translate = match translation.translate_options(Delivery::Ads) {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
@@ -420,8 +497,15 @@ fn main() -> ExitCode {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
             };
+            let kubernetes = kube.options();
+            let config_dir = match (&kubernetes, translation.config_dir()) {
+                (Some(_), _) => PathBuf::new(),
+                (None, Ok(dir)) => dir.to_path_buf(),
+                (None, Err(e)) => return usage_error(&e),
+            };
             let options = serve::ServeOptions {
-                config_dir: translation.config_dir.clone(),
+                config_dir,
+                kubernetes,
                 xds_address,
                 admin_address,
                 resolve: translation.resolve_options(),
@@ -464,12 +548,13 @@ fn main() -> ExitCode {
                     Err(e) => return usage_error(&format!("{}: {e}", private_key_dir.display())),
                 }
             };
-            let mut config = ConfigDir::new(&translation.config_dir);
+            let dir = match translation.config_dir() {
+                Ok(dir) => dir,
+                Err(e) => return usage_error(&e),
+            };
+            let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                eprintln!(
-                    "backendtls-loader: cannot read {}: {e}",
-                    translation.config_dir.display()
-                );
+                eprintln!("backendtls-loader: cannot read {}: {e}", dir.display());
                 return ExitCode::from(2);
             }
             let build = pipeline::build(&config, &translation.resolve_options(), &translate);
@@ -505,12 +590,13 @@ fn main() -> ExitCode {
             if let Err(e) = translation.translate_options(Delivery::Ads) {
                 return usage_error(&e);
             }
-            let mut config = ConfigDir::new(&translation.config_dir);
+            let dir = match translation.config_dir() {
+                Ok(dir) => dir,
+                Err(e) => return usage_error(&e),
+            };
+            let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                return usage_error(&format!(
-                    "cannot read {}: {e}",
-                    translation.config_dir.display()
-                ));
+                return usage_error(&format!("cannot read {}: {e}", dir.display()));
             }
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
             print(&resolved.status_json(), output);

@@ -1,0 +1,396 @@
+//! `serve --source kubernetes` against the in-process API server stand-in (src/kube_api/): no
+//! real API server can run on these machines. The real loader binary watches the stand-in, a
+//! real Envoy 1.40 gets its configuration over ADS, NGINX is the TLS backend of the guide.
+
+use backendtls_e2e::guide::{wait_for_gateway_status, HOSTNAME};
+use backendtls_e2e::kube_api::{KubeApi, ObjectId};
+use backendtls_e2e::manifests::{ca_config_map, Manifests};
+use backendtls_e2e::{ads_bootstrap, free_port, wait_until, Ads, Envoy, Loader, Nginx, TestCa};
+use backendtls_loader::kube::api;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+const CONTROLLER: &str = "backendtls.dev/loader";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
+}
+
+/// Every document of every manifest in deploy/kubernetes.
+fn deploy_documents() -> Vec<(String, Value)> {
+    let mut documents = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("read manifest");
+        for document in serde_norway::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if !value.is_null() {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                documents.push((name, value));
+            }
+        }
+    }
+    documents
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> T {
+    serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{} does not parse as its type: {e}", value["kind"]))
+}
+
+/// Every manifest parses into its typed object, kustomization.yaml lists every file, and the
+/// RBAC rules grant every API call the code makes (loader/src/kube/api.rs) and nothing more.
+#[test]
+fn manifests_parse_and_rbac_covers_every_api_call() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+    let documents = deploy_documents();
+    let mut cluster_rules: Vec<PolicyRule> = Vec::new();
+    let mut namespace_rules: Vec<PolicyRule> = Vec::new();
+    let mut bound = Vec::new();
+    let mut deployments = Vec::new();
+    let mut listed = Vec::new();
+    for (file, document) in &documents {
+        match document["kind"].as_str().unwrap_or_default() {
+            "Kustomization" => {
+                listed = document["resources"]
+                    .as_array()
+                    .expect("resources")
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect();
+            }
+            "Namespace" => drop(typed::<Namespace>(document)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(document)),
+            "Service" => drop(typed::<Service>(document)),
+            "ClusterRole" => cluster_rules.extend(typed::<ClusterRole>(document).rules.unwrap()),
+            "Role" => {
+                let role: Role = typed(document);
+                assert_eq!(role.metadata.namespace.as_deref(), Some("backendtls-system"));
+                namespace_rules.extend(role.rules.unwrap());
+            }
+            "ClusterRoleBinding" => {
+                let binding: ClusterRoleBinding = typed(document);
+                bound.push(("ClusterRole", binding.role_ref.name, binding.subjects.unwrap()));
+            }
+            "RoleBinding" => {
+                let binding: RoleBinding = typed(document);
+                bound.push(("Role", binding.role_ref.name, binding.subjects.unwrap()));
+            }
+            "Deployment" => deployments.push(typed::<Deployment>(document)),
+            "GatewayClass" => {
+                assert_eq!(document["spec"]["controllerName"], CONTROLLER, "{file}");
+            }
+            other => panic!("{file}: unexpected kind {other}"),
+        }
+    }
+    let mut files: Vec<String> = documents
+        .iter()
+        .map(|(f, _)| f.clone())
+        .filter(|f| f != "kustomization.yaml")
+        .collect();
+    files.dedup();
+    listed.sort();
+    files.sort();
+    assert_eq!(listed, files, "kustomization.yaml lists every manifest");
+    for (kind, _, subjects) in &bound {
+        assert!(
+            subjects.iter().all(|s| s.kind == "ServiceAccount" && s.name == "backendtls-loader"),
+            "{kind} bound to the loader's ServiceAccount only"
+        );
+    }
+    let grants = |rules: &[PolicyRule], group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|rule| {
+            rule.api_groups.as_deref().unwrap_or_default().iter().any(|g| g == group)
+                && rule.resources.as_deref().unwrap_or_default().iter().any(|r| r == resource)
+                && rule.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let calls = api::calls();
+    for call in &calls {
+        for verb in call.verbs {
+            let ok = grants(&cluster_rules, call.group, call.resource, verb)
+                || (call.own_namespace
+                    && grants(&namespace_rules, call.group, call.resource, verb));
+            assert!(ok, "no rule grants {verb} on {}/{}", call.group, call.resource);
+        }
+    }
+    // Least privilege: every granted verb is a call the code makes.
+    for (rules, own) in [(&cluster_rules, false), (&namespace_rules, true)] {
+        for rule in rules.iter() {
+            assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+            for group in rule.api_groups.as_deref().unwrap_or_default() {
+                for resource in rule.resources.as_deref().unwrap_or_default() {
+                    for verb in &rule.verbs {
+                        assert!(
+                            calls.iter().any(|c| c.group == group
+                                && c.resource == resource
+                                && c.verbs.contains(&verb.as_str())
+                                && (c.own_namespace == own)),
+                            "{verb} on {group}/{resource} is granted but never used"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Status is written only through subresources.
+    for rule in &cluster_rules {
+        if rule.verbs.iter().any(|v| v == "patch") {
+            assert!(rule.resources.as_ref().unwrap().iter().all(|r| r.ends_with("/status")));
+        }
+    }
+    let loader = deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some("backendtls-loader"))
+        .expect("loader Deployment");
+    let spec = loader.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("backendtls-loader"));
+    let container = &pod.containers[0];
+    let args = container.args.as_ref().unwrap();
+    assert!(args.iter().any(|a| a == "--source=kubernetes"), "{args:?}");
+    let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
+    assert!(
+        deployments.iter().any(|d| d.metadata.name.as_deref() == Some("backendtls-envoy")),
+        "an Envoy Deployment"
+    );
+}
+
+/// The guide's objects in the stand-in (the Manifests helper writes them with this test's
+/// ports); returns the directory they were written to.
+fn create_guide_objects(api: &KubeApi, manifests: &Manifests) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests.dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        api.apply_yaml(&std::fs::read_to_string(file).unwrap());
+    }
+}
+
+fn start_kube_loader(api: &KubeApi, extra: &[&str]) -> Loader {
+    let empty = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig().to_str().unwrap().to_string();
+    let mut args = vec!["--source", "kubernetes", "--kubeconfig", &kubeconfig];
+    args.extend_from_slice(extra);
+    let loader = Loader::start_with_args(empty.path(), free_port(), free_port(), &args);
+    // The directory is not read in this mode.
+    drop(empty);
+    loader
+}
+
+fn policy_id() -> ObjectId {
+    ObjectId {
+        group: GATEWAY_GROUP.into(),
+        plural: "backendtlspolicies".into(),
+        namespace: "default".into(),
+        name: "nginx-tls-policy".into(),
+    }
+}
+
+fn policy(api: &KubeApi) -> Value {
+    api.get(GATEWAY_GROUP, "backendtlspolicies", "default", "nginx-tls-policy").expect("policy")
+}
+
+/// Our `status.ancestors` entries on the live policy.
+fn our_ancestors(api: &KubeApi) -> Vec<Value> {
+    policy(api)["status"]["ancestors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["controllerName"] == CONTROLLER)
+        .cloned()
+        .collect()
+}
+
+fn condition(ancestor: &Value, kind: &str) -> Option<String> {
+    ancestor["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+}
+
+fn wait_for_resolved_refs(api: &KubeApi, status: &str) -> Value {
+    wait_until(&format!("the policy's status to say ResolvedRefs={status}"), TIMEOUT, || {
+        let ours = our_ancestors(api);
+        match ours.first() {
+            Some(a) if condition(a, "ResolvedRefs").as_deref() == Some(status) => Ok(a.clone()),
+            _ => Err(policy(api)["status"].clone()),
+        }
+    })
+}
+
+/// The guide end to end through the API: 200 through Envoy with SNI example.com; the policy's
+/// status written next to another controller's entry, which stays untouched; a CA update flips
+/// traffic to 5xx and back; a watch dropped mid-stream and a 410 Gone both recover with nothing
+/// stale; with the API server gone, the last configuration keeps serving.
+#[test]
+fn guide_through_the_api() {
+    let api = KubeApi::start();
+    let ca = TestCa::new("backendtls kube e2e CA");
+    let other_ca = TestCa::new("backendtls kube e2e other CA");
+    let nginx = Nginx::start(&ca.issue(&[HOSTNAME]));
+    let gateway_port = free_port();
+    let manifests = Manifests::write(gateway_port, nginx.https_port(), ca.cert_pem());
+    create_guide_objects(&api, &manifests);
+    // Another controller's entry, written before ours.
+    let theirs = json!({
+        "ancestorRef": { "group": GATEWAY_GROUP, "kind": "Gateway", "namespace": "default", "name": "elsewhere" },
+        "controllerName": "example.com/other-controller",
+        "conditions": [{ "type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1 }],
+    });
+    api.apply_status_as("other-controller", &policy_id(), json!({ "ancestors": [theirs.clone()] }));
+
+    let loader = start_kube_loader(&api, &["--lease-duration-seconds", "3"]);
+    let envoy_admin = free_port();
+    let node = "kube-guide";
+    let envoy = Envoy::start(&ads_bootstrap(loader.xds_port(), envoy_admin, node, Ads::Delta), envoy_admin);
+    wait_for_gateway_status(gateway_port, 200);
+    assert!(nginx.plaintext_requests().is_empty(), "NGINX was reached over TLS only");
+
+    // Status: ours beside theirs, theirs exactly as written.
+    let ours = wait_for_resolved_refs(&api, "True");
+    assert_eq!(condition(&ours, "Accepted").as_deref(), Some("True"));
+    let live = policy(&api);
+    let ancestors = live["status"]["ancestors"].as_array().unwrap();
+    assert_eq!(ancestors[0], theirs, "the other controller's entry is untouched: {live}");
+    assert_eq!(ancestors.len(), 2, "{live}");
+    assert_eq!(
+        ours["conditions"][0]["observedGeneration"],
+        live["metadata"]["generation"],
+        "observedGeneration is the live object's"
+    );
+    let applies = |api: &KubeApi| {
+        api.writes()
+            .iter()
+            .filter(|w| w.verb == "apply" && w.id == policy_id())
+            .filter(|w| w.field_manager.as_deref() == Some("backendtls-loader"))
+            .count()
+    };
+    let written = applies(&api);
+    assert!(written >= 1);
+
+    // A CA that did not sign NGINX's certificate: 5xx, and the status says so; then back.
+    api.apply_yaml(&ca_config_map(other_ca.cert_pem()));
+    let body = wait_until("a 5xx through the gateway", TIMEOUT, || {
+        match backendtls_e2e::try_http_get(gateway_port, backendtls_e2e::guide::GUIDE_HOST, "/") {
+            Ok((status, body)) if status >= 500 => Ok(body),
+            other => Err(other),
+        }
+    });
+    drop(body);
+    api.apply_yaml(&ca_config_map(ca.cert_pem()));
+    wait_for_gateway_status(gateway_port, 200);
+    wait_for_resolved_refs(&api, "True");
+    assert_eq!(policy(&api)["status"]["ancestors"][0], theirs);
+
+    // Nothing changes: nothing is written again.
+    let before = applies(&api);
+    std::thread::sleep(Duration::from_secs(1));
+    loader.admin_json("/status");
+    assert_eq!(applies(&api), before, "an unchanged status is not written again");
+
+    // A watch dropped mid-stream, with a change made while it was down: it resumes from its
+    // resourceVersion and sees the change.
+    api.disconnect_watches(|api| api.apply_yaml(&ca_config_map(other_ca.cert_pem())));
+    wait_until("a 5xx after the watch resumed", TIMEOUT, || {
+        match backendtls_e2e::try_http_get(gateway_port, backendtls_e2e::guide::GUIDE_HOST, "/") {
+            Ok((status, _)) if status >= 500 => Ok(()),
+            other => Err(other),
+        }
+    });
+
+    // History compacted while the watches are down, the policy deleted and the CA fixed: the
+    // resumed watches get 410 Gone, list again, and nothing stale survives (the deleted policy is
+    // gone from /status, the CA is the new one).
+    api.disconnect_watches(|api| {
+        api.apply_yaml(&ca_config_map(ca.cert_pem()));
+        api.delete(GATEWAY_GROUP, "backendtlspolicies", "default", "nginx-tls-policy");
+        api.compact();
+    });
+    wait_until("the relist to drop the deleted policy", TIMEOUT, || {
+        let status = loader.status();
+        match status["policies"].as_array() {
+            Some(p) if p.is_empty() => Ok(()),
+            _ => Err(status["policies"].clone()),
+        }
+    });
+    assert!(loader.log().contains("410") || loader.log().contains("too old"), "the watch saw 410 Gone");
+    // Without the policy the backend is not reached over TLS: not a 200.
+    wait_until("no 200 without the policy", TIMEOUT, || {
+        match backendtls_e2e::try_http_get(gateway_port, backendtls_e2e::guide::GUIDE_HOST, "/") {
+            Ok((200, body)) => Err(body),
+            _ => Ok(()),
+        }
+    });
+    let policy_yaml =
+        std::fs::read_to_string(manifests.dir().join("policy.yaml")).expect("policy.yaml");
+    api.apply_yaml(&policy_yaml);
+    wait_for_gateway_status(gateway_port, 200);
+    wait_for_resolved_refs(&api, "True");
+
+    // The API server goes away: the last configuration keeps being served, /readyz stays 200.
+    drop(api);
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for_gateway_status(gateway_port, 200);
+    assert_eq!(loader.readyz(), Some(200));
+    drop(envoy);
+}
+
+/// Two replicas: both serve xDS, only the Lease holder writes status; killing it hands over
+/// within the lease duration, and the new leader writes the next change.
+#[test]
+fn two_replicas_only_the_leader_writes_status() {
+    let api = KubeApi::start();
+    let ca = TestCa::new("backendtls kube leader CA");
+    let nginx = Nginx::start(&ca.issue(&[HOSTNAME]));
+    let manifests = Manifests::write(free_port(), nginx.https_port(), ca.cert_pem());
+    create_guide_objects(&api, &manifests);
+    let args = |id: &'static str| ["--lease-duration-seconds", "2", "--lease-namespace", "default", "--identity", id];
+    let mut a = start_kube_loader(&api, &args("replica-a"));
+    let mut b = start_kube_loader(&api, &args("replica-b"));
+    let holder = |api: &KubeApi| {
+        api.get("coordination.k8s.io", "leases", "default", "backendtls-loader")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    wait_for_resolved_refs(&api, "True");
+    let leader = holder(&api).expect("a Lease holder");
+    let wrote = |loader: &Loader| loader.log().matches("status written").count();
+    let (leading, following) = if leader == "replica-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    assert!(wrote(leading) >= 1, "the leader wrote status:\n{}", leading.log());
+    assert_eq!(wrote(following), 0, "the follower never writes:\n{}", following.log());
+    // Both serve xDS.
+    for loader in [&*leading, &*following] {
+        assert!(loader.status()["snapshot_version"].as_u64().unwrap_or(0) >= 1);
+    }
+
+    leading.stop();
+    let killed = std::time::Instant::now();
+    // A change whose status the new leader must write: the CA ConfigMap goes away.
+    api.delete("", "configmaps", "default", "ca");
+    wait_for_resolved_refs(&api, "False");
+    let other = if leader == "replica-a" { "replica-b" } else { "replica-a" };
+    assert_eq!(holder(&api).as_deref(), Some(other));
+    assert!(wrote(following) >= 1, "the new leader wrote status:\n{}", following.log());
+    assert!(
+        killed.elapsed() < Duration::from_secs(2 + 10),
+        "handed over within the lease duration (plus a renewal period and the write)"
+    );
+}
