@@ -340,7 +340,7 @@ struct KubeArgs {
 }
 
 impl KubeArgs {
-    fn options(&self) -> Option<backendtls_loader::kube::KubeOptions> {
+    fn options(&self, translation: &Translation) -> Option<backendtls_loader::kube::KubeOptions> {
         if self.source != SourceKind::Kubernetes {
             return None;
         }
@@ -356,6 +356,7 @@ impl KubeArgs {
             namespaces: self.namespaces.clone(),
             secret_selector: self.secret_selector.clone(),
             controller_name: backendtls_loader::status::CONTROLLER_NAME.into(),
+            gateway_class: translation.gateway_class.clone(),
             write_status: !self.no_status,
             lease_namespace: self
                 .lease_namespace
@@ -369,6 +370,8 @@ impl KubeArgs {
     }
 }
 
+// Parsed once at start: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Watch the directory and serve Envoy configuration over ADS (delta and state of the world).
@@ -497,7 +500,7 @@ fn main() -> ExitCode {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
             };
-            let kubernetes = kube.options();
+            let kubernetes = kube.options(&translation);
             let config_dir = match (&kubernetes, translation.config_dir()) {
                 (Some(_), _) => PathBuf::new(),
                 (None, Ok(dir)) => dir.to_path_buf(),

@@ -217,9 +217,8 @@ pub trait Input: Send {
 
 impl Input for ConfigDir {
     fn reload(&mut self) -> Result<(), String> {
-        ConfigDir::reload(self).map_err(|e| {
-            format!("cannot read config directory {}: {e}", self.root().display())
-        })
+        ConfigDir::reload(self)
+            .map_err(|e| format!("cannot read config directory {}: {e}", self.root().display()))
     }
     fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved {
         pipeline::resolve(self, options)

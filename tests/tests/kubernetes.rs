@@ -52,7 +52,9 @@ fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> T {
 fn manifests_parse_and_rbac_covers_every_api_call() {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding,
+    };
     let documents = deploy_documents();
     let mut cluster_rules: Vec<PolicyRule> = Vec::new();
     let mut namespace_rules: Vec<PolicyRule> = Vec::new();
@@ -93,11 +95,8 @@ fn manifests_parse_and_rbac_covers_every_api_call() {
             other => panic!("{file}: unexpected kind {other}"),
         }
     }
-    let mut files: Vec<String> = documents
-        .iter()
-        .map(|(f, _)| f.clone())
-        .filter(|f| f != "kustomization.yaml")
-        .collect();
+    let mut files: Vec<String> =
+        documents.iter().map(|(f, _)| f.clone()).filter(|f| f != "kustomization.yaml").collect();
     files.dedup();
     listed.sort();
     files.sort();
@@ -174,10 +173,8 @@ fn manifests_parse_and_rbac_covers_every_api_call() {
 /// The guide's objects in the stand-in (the Manifests helper writes them with this test's
 /// ports); returns the directory they were written to.
 fn create_guide_objects(api: &KubeApi, manifests: &Manifests) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests.dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(manifests.dir()).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for file in files {
         api.apply_yaml(&std::fs::read_to_string(file).unwrap());
@@ -258,10 +255,12 @@ fn guide_through_the_api() {
     });
     api.apply_status_as("other-controller", &policy_id(), json!({ "ancestors": [theirs.clone()] }));
 
-    let loader = start_kube_loader(&api, &["--lease-duration-seconds", "3"]);
+    // The guide's Gateway is of class kgateway: here, that is us.
+    let loader = start_kube_loader(&api, &["--gateway-class", "kgateway"]);
     let envoy_admin = free_port();
     let node = "kube-guide";
-    let envoy = Envoy::start(&ads_bootstrap(loader.xds_port(), envoy_admin, node, Ads::Delta), envoy_admin);
+    let envoy =
+        Envoy::start(&ads_bootstrap(loader.xds_port(), envoy_admin, node, Ads::Delta), envoy_admin);
     wait_for_gateway_status(gateway_port, 200);
     assert!(nginx.plaintext_requests().is_empty(), "NGINX was reached over TLS only");
 
@@ -273,10 +272,31 @@ fn guide_through_the_api() {
     assert_eq!(ancestors[0], theirs, "the other controller's entry is untouched: {live}");
     assert_eq!(ancestors.len(), 2, "{live}");
     assert_eq!(
-        ours["conditions"][0]["observedGeneration"],
-        live["metadata"]["generation"],
+        ours["conditions"][0]["observedGeneration"], live["metadata"]["generation"],
         "observedGeneration is the live object's"
     );
+    // Gateway and HTTPRoute status, ours too.
+    let gateway = wait_until("the Gateway's status", TIMEOUT, || {
+        let gateway =
+            api.get(GATEWAY_GROUP, "gateways", "kgateway-system", "http").expect("gateway");
+        match gateway["status"]["conditions"].as_array() {
+            Some(c) if c.iter().any(|c| c["type"] == "Programmed" && c["status"] == "True") => {
+                Ok(gateway)
+            }
+            _ => Err(gateway["status"].clone()),
+        }
+    });
+    assert_eq!(gateway["status"]["listeners"][0]["name"], "http", "{gateway}");
+    let route = wait_until("the HTTPRoute's status", TIMEOUT, || {
+        let route = api.get(GATEWAY_GROUP, "httproutes", "default", "nginx-route").expect("route");
+        match route["status"]["parents"].as_array() {
+            Some(p) if p.iter().any(|p| p["controllerName"] == CONTROLLER) => Ok(route),
+            _ => Err(route["status"].clone()),
+        }
+    });
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(condition(parent, "Accepted").as_deref(), Some("True"), "{route}");
+    assert!(parent["conditions"][0]["lastTransitionTime"].is_string(), "{route}");
     let applies = |api: &KubeApi| {
         api.writes()
             .iter()
@@ -332,7 +352,10 @@ fn guide_through_the_api() {
             _ => Err(status["policies"].clone()),
         }
     });
-    assert!(loader.log().contains("410") || loader.log().contains("too old"), "the watch saw 410 Gone");
+    assert!(
+        loader.log().contains("410") || loader.log().contains("too old"),
+        "the watch saw 410 Gone"
+    );
     // Without the policy the backend is not reached over TLS: not a 200.
     wait_until("no 200 without the policy", TIMEOUT, || {
         match backendtls_e2e::try_http_get(gateway_port, backendtls_e2e::guide::GUIDE_HOST, "/") {
@@ -363,7 +386,18 @@ fn two_replicas_only_the_leader_writes_status() {
     let nginx = Nginx::start(&ca.issue(&[HOSTNAME]));
     let manifests = Manifests::write(free_port(), nginx.https_port(), ca.cert_pem());
     create_guide_objects(&api, &manifests);
-    let args = |id: &'static str| ["--lease-duration-seconds", "2", "--lease-namespace", "default", "--identity", id];
+    let args = |id: &'static str| {
+        [
+            "--gateway-class",
+            "kgateway",
+            "--lease-duration-seconds",
+            "2",
+            "--lease-namespace",
+            "default",
+            "--identity",
+            id,
+        ]
+    };
     let mut a = start_kube_loader(&api, &args("replica-a"));
     let mut b = start_kube_loader(&api, &args("replica-b"));
     let holder = |api: &KubeApi| {
@@ -373,8 +407,15 @@ fn two_replicas_only_the_leader_writes_status() {
     wait_for_resolved_refs(&api, "True");
     let leader = holder(&api).expect("a Lease holder");
     let wrote = |loader: &Loader| loader.log().matches("status written").count();
-    let (leading, following) = if leader == "replica-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
-    assert!(wrote(leading) >= 1, "the leader wrote status:\n{}", leading.log());
+    let (leading, following) =
+        if leader == "replica-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    wait_until("the leader to log its status writes", TIMEOUT, || {
+        if wrote(leading) >= 1 {
+            Ok(())
+        } else {
+            Err(leading.log())
+        }
+    });
     assert_eq!(wrote(following), 0, "the follower never writes:\n{}", following.log());
     // Both serve xDS.
     for loader in [&*leading, &*following] {
@@ -388,9 +429,120 @@ fn two_replicas_only_the_leader_writes_status() {
     wait_for_resolved_refs(&api, "False");
     let other = if leader == "replica-a" { "replica-b" } else { "replica-a" };
     assert_eq!(holder(&api).as_deref(), Some(other));
-    assert!(wrote(following) >= 1, "the new leader wrote status:\n{}", following.log());
+    // The round's summary is logged after its last write.
+    wait_until("the new leader to log its status writes", TIMEOUT, || {
+        if wrote(following) >= 1 {
+            Ok(())
+        } else {
+            Err(following.log())
+        }
+    });
     assert!(
         killed.elapsed() < Duration::from_secs(2 + 10),
         "handed over within the lease duration (plus a renewal period and the write)"
     );
+}
+
+/// One HTTP/1.1 request to the stand-in on a new connection; the status and the body's text.
+fn raw(api: &KubeApi, method: &str, path: &str, content_type: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(api.address()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: standin\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response[9..12].parse().expect("status code");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The stand-in itself follows the API semantics the provider relies on.
+#[test]
+fn stand_in_follows_the_api_semantics() {
+    let api = KubeApi::start();
+    let ca = TestCa::new("stand-in CA");
+    api.apply_yaml(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/backend-tls/policy.yaml"),
+        )
+        .unwrap(),
+    );
+    api.apply_yaml(&ca_config_map(ca.cert_pem()));
+    let path =
+        "/apis/gateway.networking.k8s.io/v1/namespaces/default/backendtlspolicies/nginx-tls-policy";
+    // Served at every version of the CRD, not at others.
+    assert_eq!(raw(&api, "GET", path, "application/json", "").0, 200);
+    let v1beta1 = path.replace("/v1/", "/v1beta1/");
+    assert_eq!(raw(&api, "GET", &v1beta1, "application/json", "").0, 404);
+
+    // Server-side apply on status: another manager's field conflicts unless forced; a stale
+    // resourceVersion is a conflict even when forced.
+    api.apply_status_as("other", &policy_id(), json!({ "ancestors": [] }));
+    let apply = |query: &str, patch: &Value| {
+        raw(
+            &api,
+            "PATCH",
+            &format!("{path}/status?{query}"),
+            "application/apply-patch+yaml",
+            &patch.to_string(),
+        )
+    };
+    let patch = json!({ "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+        "metadata": { "name": "nginx-tls-policy", "namespace": "default" }, "status": { "ancestors": [] } });
+    let (code, body) = apply("fieldManager=me", &patch);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("conflict with \\\"other\\\""), "{body}");
+    assert_eq!(apply("fieldManager=me&force=true", &patch).0, 200);
+    let mut stale = patch.clone();
+    stale["metadata"]["resourceVersion"] = "1".into();
+    assert_eq!(apply("fieldManager=me&force=true", &stale).0, 409);
+    assert_eq!(apply("force=true", &patch).0, 422, "fieldManager is required");
+    let live = policy(&api);
+    assert_eq!(live["metadata"]["managedFields"][0]["manager"], "me", "{live}");
+    assert_eq!(live["metadata"]["generation"], 1, "status writes leave generation alone");
+
+    // Leases: create once, update with the resourceVersion read.
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
+    let lease = json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": { "name": "l" }, "spec": { "holderIdentity": "a" } });
+    let (code, created) = raw(&api, "POST", leases, "application/json", &lease.to_string());
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(raw(&api, "POST", leases, "application/json", &lease.to_string()).0, 409);
+    let created: Value = serde_json::from_str(&created).unwrap();
+    let mut update = created.clone();
+    update["spec"]["holderIdentity"] = "b".into();
+    let (code, _) =
+        raw(&api, "PUT", &format!("{leases}/l"), "application/json", &update.to_string());
+    assert_eq!(code, 200);
+    update["spec"]["holderIdentity"] = "c".into();
+    let (code, body) =
+        raw(&api, "PUT", &format!("{leases}/l"), "application/json", &update.to_string());
+    assert_eq!(code, 409, "a stale resourceVersion: {body}");
+
+    // A watch from a compacted resourceVersion: an ERROR event with 410 Gone.
+    api.compact();
+    let (code, body) = raw(
+        &api,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1",
+        "application/json",
+        "",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("\"ERROR\"") && body.contains("410") && body.contains("Expired"),
+        "{body}"
+    );
+    // A list gives the current resourceVersion, from which a watch is fine.
+    let (code, body) =
+        raw(&api, "GET", "/api/v1/namespaces/default/configmaps", "application/json", "");
+    assert_eq!(code, 200);
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["kind"], "ConfigMapList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }

@@ -53,7 +53,13 @@ pub const WATCHED: &[WatchedKind] = &[
         plural: "backendtlspolicies",
         namespaced: true,
     },
-    WatchedKind { kind: "Service", group: "", versions: &["v1"], plural: "services", namespaced: true },
+    WatchedKind {
+        kind: "Service",
+        group: "",
+        versions: &["v1"],
+        plural: "services",
+        namespaced: true,
+    },
     WatchedKind {
         kind: "EndpointSlice",
         group: "discovery.k8s.io",
@@ -68,7 +74,13 @@ pub const WATCHED: &[WatchedKind] = &[
         plural: "configmaps",
         namespaced: true,
     },
-    WatchedKind { kind: "Secret", group: "", versions: &["v1"], plural: "secrets", namespaced: true },
+    WatchedKind {
+        kind: "Secret",
+        group: "",
+        versions: &["v1"],
+        plural: "secrets",
+        namespaced: true,
+    },
     WatchedKind {
         kind: "Namespace",
         group: "",

@@ -44,6 +44,9 @@ pub struct KubeOptions {
     pub secret_selector: Option<String>,
     /// The `controllerName` of the status entries this loader owns.
     pub controller_name: String,
+    /// `--gateway-class`: Gateways of this class are ours (besides those whose GatewayClass has
+    /// our controllerName).
+    pub gateway_class: Option<String>,
     /// Write status back (as leader).
     pub write_status: bool,
     /// Leader election Lease.
@@ -64,10 +67,20 @@ struct Stream {
 
 enum Delta {
     /// An object added or modified.
-    Put { stream: usize, key: ObjectKey, parsed: ParsedFile },
-    Delete { stream: usize, key: ObjectKey },
+    Put {
+        stream: usize,
+        key: ObjectKey,
+        parsed: ParsedFile,
+    },
+    Delete {
+        stream: usize,
+        key: ObjectKey,
+    },
     /// A (re)list: the stream's objects are exactly these.
-    Reset { stream: usize, objects: Vec<(ObjectKey, ParsedFile)> },
+    Reset {
+        stream: usize,
+        objects: Vec<(ObjectKey, ParsedFile)>,
+    },
 }
 
 /// Connects, finds the versions served, starts the watchers, leader election and the status
@@ -81,8 +94,7 @@ pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, St
     let (tx, rx) = mpsc::channel();
     let mut streams = Vec::new();
     for (kind, resource) in &resources {
-        let namespaces: Vec<Option<String>> = if kind.namespaced && !options.namespaces.is_empty()
-        {
+        let namespaces: Vec<Option<String>> = if kind.namespaced && !options.namespaces.is_empty() {
             options.namespaces.iter().cloned().map(Some).collect()
         } else {
             vec![None]
@@ -143,6 +155,8 @@ pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, St
         errors: BTreeMap::new(),
         never_good: BTreeSet::new(),
         status,
+        controller_name: options.controller_name,
+        gateway_class: options.gateway_class,
     })
 }
 
@@ -285,6 +299,8 @@ pub struct KubeInput {
     /// Objects that never parsed: what they govern is unknown.
     never_good: BTreeSet<(&'static str, ObjectKey)>,
     status: Option<tokio::sync::watch::Sender<Option<Arc<status::Desired>>>>,
+    controller_name: String,
+    gateway_class: Option<String>,
 }
 
 impl KubeInput {
@@ -335,6 +351,21 @@ impl KubeInput {
         if self.has(kind, key) {
             self.store.remove(kind, key);
         }
+    }
+
+    /// Whether Gateway `namespace/name` is ours: its class is `--gateway-class`, or a
+    /// GatewayClass with our controllerName.
+    fn owns_gateway(&self, namespace: &str, name: &str) -> bool {
+        let Some(gateway) = self.store.gateways.get(&ObjectKey::new(namespace, name)) else {
+            return false;
+        };
+        let class = &gateway.spec.gateway_class_name;
+        self.gateway_class.as_deref() == Some(class.as_str())
+            || self
+                .store
+                .gateway_classes
+                .get(class)
+                .is_some_and(|c| c.spec.controller_name == self.controller_name)
     }
 
     fn has(&self, kind: &str, key: &ObjectKey) -> bool {
@@ -388,7 +419,9 @@ impl crate::serve::Input for KubeInput {
 
     fn built(&mut self, report: &StatusReport) {
         if let Some(status) = &self.status {
-            status.send_replace(Some(Arc::new(status::Desired::from_report(report))));
+            let desired =
+                status::Desired::from_report(report, |ns, name| self.owns_gateway(ns, name));
+            status.send_replace(Some(Arc::new(desired)));
         }
     }
 }

@@ -34,13 +34,29 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn from_report(report: &StatusReport) -> Desired {
+    /// `owned(namespace, name)`: whether a Gateway is ours (its class is), so that its status,
+    /// and the entries naming it in policies and routes, are ours to write. Entries naming a
+    /// Service (policies no Gateway reaches) are always ours.
+    pub fn from_report(report: &StatusReport, owned: impl Fn(&str, &str) -> bool) -> Desired {
+        let ours = |reference: &Value| {
+            reference["kind"] != "Gateway"
+                || owned(
+                    reference["namespace"].as_str().unwrap_or_default(),
+                    reference["name"].as_str().unwrap_or_default(),
+                )
+        };
         let policies = report
             .policies
             .iter()
             .map(|p| {
                 let value = p.to_json();
-                let ancestors = value["status"]["ancestors"].as_array().cloned().unwrap_or_default();
+                let ancestors = value["status"]["ancestors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| ours(&a["ancestorRef"]))
+                    .cloned()
+                    .collect();
                 ((p.namespace.clone(), p.name.clone()), ancestors)
             })
             .collect();
@@ -49,13 +65,19 @@ impl Desired {
             .iter()
             .filter(|r| r.kind == "HTTPRoute")
             .map(|r| {
-                let parents = r.parents.iter().map(|p| serde_json::to_value(p).unwrap()).collect();
+                let parents = r
+                    .parents
+                    .iter()
+                    .map(|p| serde_json::to_value(p).unwrap())
+                    .filter(|p| ours(&p["parentRef"]))
+                    .collect();
                 ((r.namespace.clone(), r.name.clone()), parents)
             })
             .collect();
         let gateways = report
             .gateways
             .iter()
+            .filter(|g| owned(&g.namespace, &g.name))
             .map(|g| {
                 let mut status = serde_json::to_value(g).unwrap();
                 if let Some(map) = status.as_object_mut() {
@@ -195,7 +217,8 @@ impl Writer {
         ours: &[Value],
         leader: &Leader,
     ) -> Result<bool, String> {
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, resource);
         for attempt in 0..5u32 {
             let live = match api.get_status(name).await {
                 Ok(live) => live,
@@ -264,7 +287,8 @@ impl Writer {
         leader: &Leader,
     ) -> Result<bool, String> {
         let resource = &self.gateways;
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, resource);
         let live = match api.get_status(name).await {
             Ok(live) => live,
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),

@@ -46,7 +46,13 @@ pub const SERVED: &[(&str, &[&str], &str, &str, bool)] = &[
         "ReferenceGrant",
         true,
     ),
-    ("gateway.networking.k8s.io", &["v1", "v1alpha3"], "backendtlspolicies", "BackendTLSPolicy", true),
+    (
+        "gateway.networking.k8s.io",
+        &["v1", "v1alpha3"],
+        "backendtlspolicies",
+        "BackendTLSPolicy",
+        true,
+    ),
     ("", &["v1"], "services", "Service", true),
     ("", &["v1"], "configmaps", "ConfigMap", true),
     ("", &["v1"], "secrets", "Secret", true),
@@ -130,7 +136,10 @@ pub struct KubeApi {
     _server: server::ServerThread,
 }
 
-pub fn served(group: &str, plural: &str) -> Option<&'static (&'static str, &'static [&'static str], &'static str, &'static str, bool)> {
+pub fn served(
+    group: &str,
+    plural: &str,
+) -> Option<&'static (&'static str, &'static [&'static str], &'static str, &'static str, bool)> {
     SERVED.iter().find(|(g, _, p, _, _)| *g == group && *p == plural)
 }
 
@@ -348,9 +357,9 @@ impl State {
             ));
         }
         let revision = self.next_revision();
-        let metadata = object["metadata"].as_object_mut().ok_or_else(|| {
-            ApiError::new(422, "Invalid", "metadata is required")
-        })?;
+        let metadata = object["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::new(422, "Invalid", "metadata is required"))?;
         metadata.insert("resourceVersion".into(), revision.to_string().into());
         metadata.insert("generation".into(), 1.into());
         metadata.insert("uid".into(), format!("uid-{revision}").into());
@@ -370,11 +379,9 @@ impl State {
         mut object: Value,
         subresource: Option<&str>,
     ) -> Result<Value, ApiError> {
-        let current = self
-            .objects
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ApiError::new(404, "NotFound", format!("{} \"{}\" not found", id.plural, id.name)))?;
+        let current = self.objects.get(id).cloned().ok_or_else(|| {
+            ApiError::new(404, "NotFound", format!("{} \"{}\" not found", id.plural, id.name))
+        })?;
         let expected = object["metadata"]["resourceVersion"].as_str().map(str::to_string);
         let actual = current["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
         if expected.as_ref().is_some_and(|e| *e != actual) {
@@ -427,10 +434,9 @@ impl State {
     }
 
     fn delete(&mut self, id: &ObjectId) -> Result<Value, ApiError> {
-        let mut object = self
-            .objects
-            .remove(id)
-            .ok_or_else(|| ApiError::new(404, "NotFound", format!("{} \"{}\" not found", id.plural, id.name)))?;
+        let mut object = self.objects.remove(id).ok_or_else(|| {
+            ApiError::new(404, "NotFound", format!("{} \"{}\" not found", id.plural, id.name))
+        })?;
         self.owners.remove(id);
         let revision = self.next_revision();
         object["metadata"]["resourceVersion"] = revision.to_string().into();
@@ -446,11 +452,9 @@ impl State {
         manager: &str,
         force: bool,
     ) -> Result<Value, ApiError> {
-        let current = self
-            .objects
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ApiError::new(404, "NotFound", format!("{} \"{}\" not found", id.plural, id.name)))?;
+        let current = self.objects.get(id).cloned().ok_or_else(|| {
+            ApiError::new(404, "NotFound", format!("{} \"{}\" not found", id.plural, id.name))
+        })?;
         if let Some(expected) = patch["metadata"]["resourceVersion"].as_str() {
             if current["metadata"]["resourceVersion"].as_str() != Some(expected) {
                 return Err(conflict(id));

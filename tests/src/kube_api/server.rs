@@ -181,10 +181,18 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
         return error(ApiError::new(404, "NotFound", format!("no route {}", request.uri().path())));
     };
     let Some(&(_, versions, _, kind, namespaced)) = served(&target.group, &target.plural) else {
-        return error(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return error(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     };
     if !versions.contains(&target.version.as_str()) {
-        return error(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return error(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     let api_version = if target.group.is_empty() {
         target.version.clone()
@@ -196,7 +204,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
     let id = |name: &str| ObjectId {
         group: target.group.clone(),
         plural: target.plural.clone(),
-        namespace: if namespaced { target.namespace.clone().unwrap_or_default() } else { String::new() },
+        namespace: if namespaced {
+            target.namespace.clone().unwrap_or_default()
+        } else {
+            String::new()
+        },
         name: name.to_string(),
     };
     let at_version = |mut object: Value| {
@@ -248,7 +260,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
             let state = state.lock().unwrap();
             match state.objects.get(&id(name)) {
                 Some(object) => json_response(200, &at_version(object.clone())),
-                None => error(ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", target.plural))),
+                None => error(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("{} \"{name}\" not found", target.plural),
+                )),
             }
         }
         (&Method::POST, None) => {
@@ -257,7 +273,11 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
                 Err(e) => return error(e),
             };
             let Some(object_id) = id_of(&with_namespace(body.clone(), &target.namespace)) else {
-                return error(ApiError::new(422, "Invalid", "apiVersion, kind and metadata.name are required"));
+                return error(ApiError::new(
+                    422,
+                    "Invalid",
+                    "apiVersion, kind and metadata.name are required",
+                ));
             };
             let mut state = state.lock().unwrap();
             state.log("create", &object_id, None, None);
@@ -287,10 +307,18 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
                 .unwrap_or("")
                 .to_string();
             if content_type != "application/apply-patch+yaml" {
-                return error(ApiError::new(415, "UnsupportedMediaType", format!("the stand-in supports only server-side apply, not {content_type}")));
+                return error(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the stand-in supports only server-side apply, not {content_type}"),
+                ));
             }
             let Some(manager) = param("fieldManager").map(str::to_string) else {
-                return error(ApiError::new(422, "Invalid", "fieldManager is required for apply requests"));
+                return error(ApiError::new(
+                    422,
+                    "Invalid",
+                    "fieldManager is required for apply requests",
+                ));
             };
             let force = param("force") == Some("true");
             let bytes = match request.into_body().collect().await {
@@ -316,7 +344,9 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Respons
                 Err(e) => error(e),
             }
         }
-        _ => error(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),
+        _ => {
+            error(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here")))
+        }
     }
 }
 
