@@ -546,3 +546,79 @@ fn stand_in_follows_the_api_semantics() {
     assert_eq!(list["kind"], "ConfigMapList");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 }
+
+/// VmHWM (peak resident set) of a running process, in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
+/// Cache sync and first snapshot at 10,000 backends (the scale generator's objects), through the
+/// stand-in and from files, side by side in one run (BENCHMARKS.md, "Kubernetes source"):
+/// `cargo test -p backendtls-e2e --test kubernetes scale -- --ignored --nocapture`
+/// (`BACKENDTLS_SCALE_BACKENDS` sets N).
+#[test]
+#[ignore = "a benchmark: minutes at 10,000 backends"]
+fn scale_kubernetes_vs_files() {
+    use backendtls_e2e::scale::{self, ScaleSpec};
+    let backends = std::env::var("BACKENDTLS_SCALE_BACKENDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let ca = TestCa::new("scale CA");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ScaleSpec {
+        backends,
+        gateway_port: free_port(),
+        backend_port: 8443,
+        ca_pem: ca.cert_pem(),
+        hostname: HOSTNAME,
+    };
+    scale::write(dir.path(), &spec).expect("write the scale objects");
+
+    let started = std::time::Instant::now();
+    let files = Loader::start(dir.path());
+    let files_s = started.elapsed().as_secs_f64();
+    let files_rss = peak_rss_mb(files.pid().unwrap());
+    drop(files);
+
+    let api = KubeApi::start();
+    let mut paths = vec![dir.path().join("gateway.yaml")];
+    for entry in walk(dir.path()) {
+        if entry.file_name().is_some_and(|n| n != "gateway.yaml") {
+            paths.push(entry);
+        }
+    }
+    for path in &paths {
+        api.apply_yaml(&std::fs::read_to_string(path).unwrap());
+    }
+    let started = std::time::Instant::now();
+    let kube = start_kube_loader(&api, &["--no-status"]);
+    let kube_s = started.elapsed().as_secs_f64();
+    let kube_rss = peak_rss_mb(kube.pid().unwrap());
+    let policies = kube.status()["policies"].as_array().map_or(0, Vec::len);
+    assert_eq!(policies, backends, "every policy came through the API");
+    println!("| backends | source | start to first snapshot (s) | loader peak RSS (MB) |");
+    println!("| --- | --- | --- | --- |");
+    println!("| {backends} | files | {files_s:.2} | {files_rss:.0} |");
+    println!("| {backends} | kubernetes (stand-in) | {kube_s:.2} | {kube_rss:.0} |");
+    println!("ratio: time {:.2}x, memory {:.2}x", kube_s / files_s, kube_rss / files_rss);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
