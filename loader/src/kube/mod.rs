@@ -425,3 +425,88 @@ impl crate::serve::Input for KubeInput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::Input;
+
+    fn input() -> (KubeInput, mpsc::Sender<Delta>) {
+        let (tx, rx) = mpsc::channel();
+        let input = KubeInput {
+            rx,
+            streams: vec![Stream { kind: "ConfigMap", namespace: None }],
+            synced: vec![false],
+            keys: vec![HashSet::new()],
+            store: Store::default(),
+            errors: BTreeMap::new(),
+            never_good: BTreeSet::new(),
+            status: None,
+            controller_name: "c".into(),
+            gateway_class: None,
+        };
+        (input, tx)
+    }
+
+    fn config_map(name: &str, data: &str) -> (ObjectKey, ParsedFile) {
+        let resource = api_resource(&api::WATCHED[7], "v1");
+        assert_eq!(resource.kind, "ConfigMap");
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "ns", "managedFields": [{}] },
+            "data": { "ca.crt": data },
+        }))
+        .unwrap();
+        parse(&resource, object)
+    }
+
+    fn names(input: &KubeInput) -> Vec<String> {
+        input.store.config_maps.keys().map(|k| k.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_stream_and_broken_objects_keep_their_last_good_content() {
+        let (mut input, tx) = input();
+        assert!(!input.ready(), "not ready before the first list");
+        tx.send(Delta::Reset {
+            stream: 0,
+            objects: vec![config_map("a", "1"), config_map("b", "1")],
+        })
+        .unwrap();
+        input.reload().unwrap();
+        assert!(input.ready());
+        assert_eq!(names(&input), ["a", "b"]);
+        // A relist after 410 Gone: what is not listed again was deleted meanwhile.
+        tx.send(Delta::Reset { stream: 0, objects: vec![config_map("b", "2")] }).unwrap();
+        input.reload().unwrap();
+        assert_eq!(names(&input), ["b"]);
+        // An object that does not parse (data must be strings) keeps its last good content and is
+        // reported, like a broken file; one that never parsed blocks a first configuration.
+        let resource = api_resource(&api::WATCHED[7], "v1");
+        let broken = |name: &str| {
+            let object: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": name, "namespace": "ns" }, "data": { "ca.crt": 1 },
+            }))
+            .unwrap();
+            parse(&resource, object)
+        };
+        let (key, parsed) = broken("b");
+        tx.send(Delta::Put { stream: 0, key, parsed }).unwrap();
+        let (key, parsed) = broken("c");
+        tx.send(Delta::Put { stream: 0, key, parsed }).unwrap();
+        input.reload().unwrap();
+        assert_eq!(names(&input), ["b"]);
+        let resolved = input.resolve(&resolve::Options::default());
+        assert_eq!(resolved.errors.len(), 2, "{:?}", resolved.errors);
+        let error = resolved.errors[0].to_string();
+        assert!(error.starts_with("kubernetes/v1/ConfigMap/ns/b.json"), "{error}");
+        assert_eq!(input.unusable(), ["ConfigMap ns/c"]);
+        tx.send(Delta::Delete { stream: 0, key: ObjectKey::new("ns", "c") }).unwrap();
+        tx.send(Delta::Delete { stream: 0, key: ObjectKey::new("ns", "b") }).unwrap();
+        input.reload().unwrap();
+        assert!(names(&input).is_empty());
+        assert!(input.unusable().is_empty());
+        assert!(input.resolve(&resolve::Options::default()).errors.is_empty());
+    }
+}
