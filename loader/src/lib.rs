@@ -9,6 +9,7 @@ pub mod admin;
 pub mod certs;
 pub mod digest;
 pub mod ir;
+pub mod kube;
 pub mod kube_names;
 pub mod objects;
 pub mod pipeline;

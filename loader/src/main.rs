@@ -62,9 +62,9 @@ struct Cli {
 #[derive(clap::Args)]
 struct Translation {
     /// Directory of Kubernetes manifests: `.yaml`, `.yml` and `.json` files, multi-document YAML,
-    /// subdirectories.
+    /// subdirectories. Required except with `serve --source kubernetes`.
     #[arg(long)]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
     /// Serve only Gateways of this gatewayClassName (default: every Gateway in the directory).
     #[arg(long)]
     gateway_class: Option<String>,
@@ -106,6 +106,10 @@ enum FilterKind {
 }
 
 impl Translation {
+    fn config_dir(&self) -> Result<&std::path::Path, String> {
+        self.config_dir.as_deref().ok_or_else(|| "--config-dir DIR is required".to_string())
+    }
+
     fn resolve_options(&self) -> resolve::Options {
         resolve::Options {
             gateway_class: self.gateway_class.clone(),
@@ -344,6 +348,78 @@ impl XdsClientArgs {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// The `--config-dir` directory.
+    Files,
+    /// The Kubernetes API server (kubeconfig or in-cluster).
+    Kubernetes,
+}
+
+/// `serve --source kubernetes`.
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Where objects come from.
+    #[arg(long, value_enum, default_value = "files")]
+    source: SourceKind,
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only these namespaces (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Watch only the Secrets with these labels (a label selector such as
+    /// `backendtls.dev/client-certificate=true`), so that a cluster's Secrets are not all held.
+    #[arg(long)]
+    secret_selector: Option<String>,
+    /// Do not write status back (every replica then only serves xDS).
+    #[arg(long)]
+    no_status: bool,
+    /// Namespace of the leader election Lease (default: POD_NAMESPACE, else backendtls-system).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    #[arg(long, default_value = "backendtls-loader")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: HOSTNAME, else a random one).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Lease duration: a new leader takes over at most this long after the last one stopped
+    /// renewing.
+    #[arg(long, default_value = "15")]
+    lease_duration_seconds: u64,
+}
+
+impl KubeArgs {
+    fn options(&self, translation: &Translation) -> Option<backendtls_loader::kube::KubeOptions> {
+        if self.source != SourceKind::Kubernetes {
+            return None;
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let identity = self.identity.clone().or_else(|| env("HOSTNAME")).unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            format!("backendtls-loader-{}-{nanos}", std::process::id())
+        });
+        Some(backendtls_loader::kube::KubeOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            namespaces: self.namespaces.clone(),
+            secret_selector: self.secret_selector.clone(),
+            controller_name: backendtls_loader::status::CONTROLLER_NAME.into(),
+            gateway_class: translation.gateway_class.clone(),
+            write_status: !self.no_status,
+            lease_namespace: self
+                .lease_namespace
+                .clone()
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "backendtls-system".into()),
+            lease_name: self.lease_name.clone(),
+            identity,
+            lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
+        })
+    }
+}
+
 // Parsed once per process: the size of the largest variant costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -369,6 +445,8 @@ enum Command {
         /// An Envoy's admin address (`http://127.0.0.1:19000`): /ui shows its per-policy counters.
         #[arg(long, value_name = "URL")]
         envoy_admin: Option<String>,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// TLS-handshake every endpoint each BackendTLSPolicy governs, as Envoy would (SNI, CA
     /// certificates, names, ALPN, TLS versions, the Gateway's client certificate), without sending
@@ -512,6 +590,7 @@ fn main() -> ExitCode {
             probe_interval,
             probe,
             envoy_admin,
+            kube,
         } => {
             let envoy_admin = match envoy_admin.as_deref().map(admin::envoy_stats::parse_address) {
                 None => None,
@@ -526,8 +605,15 @@ fn main() -> ExitCode {
                 Ok(options) => options,
                 Err(e) => return usage_error(&e),
             };
+            let kubernetes = kube.options(&translation);
+            let config_dir = match (&kubernetes, translation.config_dir()) {
+                (Some(_), _) => PathBuf::new(),
+                (None, Ok(dir)) => dir.to_path_buf(),
+                (None, Err(e)) => return usage_error(&e),
+            };
             let options = serve::ServeOptions {
-                config_dir: translation.config_dir.clone(),
+                config_dir,
+                kubernetes,
                 xds_address,
                 admin_address,
                 resolve: translation.resolve_options(),
@@ -573,12 +659,13 @@ fn main() -> ExitCode {
                     Err(e) => return usage_error(&format!("{}: {e}", private_key_dir.display())),
                 }
             };
-            let mut config = ConfigDir::new(&translation.config_dir);
+            let dir = match translation.config_dir() {
+                Ok(dir) => dir,
+                Err(e) => return usage_error(&e),
+            };
+            let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                eprintln!(
-                    "backendtls-loader: cannot read {}: {e}",
-                    translation.config_dir.display()
-                );
+                eprintln!("backendtls-loader: cannot read {}: {e}", dir.display());
                 return ExitCode::from(2);
             }
             let build = pipeline::build(&config, &translation.resolve_options(), &translate);
@@ -616,12 +703,13 @@ fn main() -> ExitCode {
             if let Err(e) = translation.translate_options(Delivery::Ads) {
                 return usage_error(&e);
             }
-            let mut config = ConfigDir::new(&translation.config_dir);
+            let dir = match translation.config_dir() {
+                Ok(dir) => dir,
+                Err(e) => return usage_error(&e),
+            };
+            let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                return usage_error(&format!(
-                    "cannot read {}: {e}",
-                    translation.config_dir.display()
-                ));
+                return usage_error(&format!("cannot read {}: {e}", dir.display()));
             }
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
             if !write_document(&resolved.status_document(), output) {
@@ -637,12 +725,13 @@ fn main() -> ExitCode {
                 }
                 Some(_) => return usage_error("--policy takes NAMESPACE/NAME"),
             };
-            let mut config = ConfigDir::new(&translation.config_dir);
+            let dir = match translation.config_dir() {
+                Ok(dir) => dir,
+                Err(e) => return usage_error(&e),
+            };
+            let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                return usage_error(&format!(
-                    "cannot read {}: {e}",
-                    translation.config_dir.display()
-                ));
+                return usage_error(&format!("cannot read {}: {e}", dir.display()));
             }
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
             for error in &resolved.errors {

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 
 pub struct ServeOptions {
     pub config_dir: PathBuf,
+    /// `--source kubernetes`: watch the API server instead of `config_dir`.
+    pub kubernetes: Option<crate::kube::KubeOptions>,
     pub xds_address: SocketAddr,
     pub admin_address: SocketAddr,
     pub resolve: resolve::Options,
@@ -85,10 +87,23 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
         Some(files) => Some(ServerTls::load(files.clone()).map_err(|e| format!("xDS TLS: {e}"))?),
         None => None,
     };
-    let mut config = ConfigDir::new(&options.config_dir);
-    config.reload().map_err(|e| {
-        format!("cannot read config directory {}: {e}", options.config_dir.display())
-    })?;
+    // Rebuilds read files and resolve everything: they run on a thread of their own, so that
+    // neither a slow disk nor a large directory ever holds up the tasks serving xDS and admin.
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let config: Box<dyn Input> = match &options.kubernetes {
+        Some(kube) => {
+            let changed = events_tx.clone();
+            let notify = move || drop(changed.send(Event::FilesChanged));
+            Box::new(crate::kube::start(kube.clone(), Arc::new(notify)).await?)
+        }
+        None => {
+            let mut config = ConfigDir::new(&options.config_dir);
+            config.reload().map_err(|e| {
+                format!("cannot read config directory {}: {e}", options.config_dir.display())
+            })?;
+            Box::new(config)
+        }
+    };
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let limits = options.xds.limits.clone();
@@ -109,25 +124,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     };
     rebuild.run();
 
-    // Rebuilds read files and resolve everything: they run on a thread of their own, so that
-    // neither a slow disk nor a large directory ever holds up the tasks serving xDS and admin.
-    let (events_tx, events_rx) = std::sync::mpsc::channel();
     let rejections_tx = std::sync::Mutex::new(events_tx.clone());
     xds.report_rejections_to(move |rejection| {
         let _ = rejections_tx.lock().unwrap().send(Event::Rejected(rejection));
     });
     let files_tx = events_tx;
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files ourselves raises access events; only changes matter.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            let _ = files_tx.send(Event::FilesChanged);
-        }
-    })
-    .map_err(|e| format!("cannot watch: {e}"))?;
-    use notify::Watcher;
-    watcher
-        .watch(&options.config_dir, notify::RecursiveMode::Recursive)
-        .map_err(|e| format!("cannot watch {}: {e}", options.config_dir.display()))?;
+    let watcher = if options.kubernetes.is_some() {
+        None
+    } else {
+        Some(watch_dir(&options.config_dir, files_tx)?)
+    };
     std::thread::Builder::new()
         .name("rebuild".into())
         .spawn(move || {
@@ -204,6 +210,54 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     result
 }
 
+/// Watches the config directory: every change wakes the rebuild thread.
+fn watch_dir(
+    dir: &std::path::Path,
+    files_tx: std::sync::mpsc::Sender<Event>,
+) -> Result<notify::RecommendedWatcher, String> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the files ourselves raises access events; only changes matter.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = files_tx.send(Event::FilesChanged);
+        }
+    })
+    .map_err(|e| format!("cannot watch: {e}"))?;
+    use notify::Watcher;
+    watcher
+        .watch(dir, notify::RecursiveMode::Recursive)
+        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    Ok(watcher)
+}
+
+/// Where `serve` reads objects from: the config directory (file mode) or the Kubernetes API
+/// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
+pub trait Input: Send {
+    /// Brings the objects up to date. An error keeps the current configuration.
+    fn reload(&mut self) -> Result<(), String>;
+    /// False until the objects are complete (the API caches synced): nothing is built before.
+    fn ready(&self) -> bool {
+        true
+    }
+    fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved;
+    /// Inputs that cannot be used and have never been: no first configuration is published.
+    fn unusable(&self) -> Vec<String>;
+    /// Each build's status report, after the snapshot was published.
+    fn built(&mut self, _report: &pipeline::StatusReport) {}
+}
+
+impl Input for ConfigDir {
+    fn reload(&mut self) -> Result<(), String> {
+        ConfigDir::reload(self)
+            .map_err(|e| format!("cannot read config directory {}: {e}", self.root().display()))
+    }
+    fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved {
+        pipeline::resolve(self, options)
+    }
+    fn unusable(&self) -> Vec<String> {
+        ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()
+    }
+}
+
 /// gRPC request headers from Envoy are a few hundred bytes.
 const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 
@@ -225,7 +279,7 @@ enum Event {
 }
 
 struct Rebuilder {
-    config: ConfigDir,
+    config: Box<dyn Input>,
     quarantine: Quarantine,
     resolve: resolve::Options,
     translate: TranslateOptions,
@@ -241,11 +295,15 @@ impl Rebuilder {
         let started = Instant::now();
         if let Err(e) = self.config.reload() {
             // The directory itself went away or became unreadable: keep serving what we have.
-            tracing::error!(dir = %self.config.root().display(), error = %e, "cannot read config directory; keeping the current configuration");
+            tracing::error!(error = %e, "keeping the current configuration");
+            return;
+        }
+        if !self.config.ready() {
+            tracing::debug!("input not complete yet; not building");
             return;
         }
         let reloaded = started.elapsed();
-        let mut resolved = pipeline::resolve(&self.config, &self.resolve);
+        let mut resolved = self.config.resolve(&self.resolve);
         let resolved_at = started.elapsed();
         let current = self.snapshot_tx.borrow().clone();
         self.quarantine.apply(&mut resolved.resolution.ir, &current);
@@ -299,6 +357,7 @@ impl Rebuilder {
             tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
         }
         let rendered = Arc::new(report.render(version));
+        self.config.built(&report);
         drop(report);
         let mut status = self.status.write().unwrap();
         status.ready = true;

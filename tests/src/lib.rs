@@ -9,6 +9,7 @@ pub mod echo;
 pub mod envoy;
 pub mod guide;
 pub mod http;
+pub mod kube_api;
 pub mod loader;
 pub mod manifests;
 pub mod nginx;
