@@ -1,7 +1,8 @@
 //! Preflight probes end to end: real NGINX backends on loopback, one per way a backend's TLS can
 //! be wrong, each behind its own Service and BackendTLSPolicy. `backendtls-loader probe`, and
 //! `serve --probe-interval` through `/status`, `/metrics` and `/ui`, must each give every endpoint
-//! exactly its class; a CA fixed in place turns its row green without a restart.
+//! exactly its class, and Envoy's dynamic-module validator its expiry gauge; a CA fixed in place
+//! turns its row green without a restart.
 
 use backendtls_e2e::echo::EchoServer;
 use backendtls_e2e::paths::loader_bin;
@@ -9,7 +10,10 @@ use backendtls_e2e::policy_support::{
     btls_service_yaml, ca_config_map_yaml, documents, gateway_yaml, Backend, ConfigDir, Policy,
     Route, TlsServer, CA_CONFIG_MAP, GATEWAY, NS, ROUTE_HOST,
 };
-use backendtls_e2e::{free_port, try_http_get, wait_until, Loader, TestCa};
+use backendtls_e2e::validator_support::{filter_so, use_module_search_path};
+use backendtls_e2e::{
+    ads_bootstrap, free_port, try_http_get, wait_until, Ads, Envoy, Loader, TestCa,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -34,6 +38,7 @@ struct Setup {
     /// Keep the servers alive for the test.
     _backend: Backend,
     _plaintext: EchoServer,
+    gateway_port: u16,
 }
 
 fn setup() -> Setup {
@@ -63,7 +68,8 @@ fn setup() -> Setup {
     let config = ConfigDir::new();
     let mut route = Route::new("probed");
     config.write("ca.yaml", &ca_config_map_yaml(CA_CONFIG_MAP, ca.cert_pem()));
-    let mut objects = vec![gateway_yaml(GATEWAY, free_port())];
+    let gateway_port = free_port();
+    let mut objects = vec![gateway_yaml(GATEWAY, gateway_port)];
     for ((service, _), port) in EXPECTED.iter().zip(ports) {
         objects.push(btls_service_yaml(service, port));
         let mut policy = Policy::new(service, service);
@@ -76,7 +82,7 @@ fn setup() -> Setup {
     }
     objects.push(route.yaml());
     config.write("objects.yaml", &documents(&objects));
-    Setup { config, ca, other_ca, _backend: backend, _plaintext: plaintext }
+    Setup { config, ca, other_ca, _backend: backend, _plaintext: plaintext, gateway_port }
 }
 
 /// `service -> report` from a list of probe reports (each policy is named after its Service).
@@ -161,12 +167,29 @@ fn probe_command_classifies_every_endpoint() {
 fn serve_probes_and_a_live_ca_fix_turns_green() {
     let setup = setup();
     // An hour between runs: only the configuration change below can trigger the second run.
+    // Envoy's side of expiry too: the dynamic-module validator's gauge.
+    use_module_search_path();
+    let so = filter_so();
     let loader = Loader::start_with_args(
         setup.config.path(),
         free_port(),
         free_port(),
-        &["--probe-interval", "1h", "--probe-timeout", "3s"],
+        &[
+            "--probe-interval",
+            "1h",
+            "--probe-timeout",
+            "3s",
+            "--validator",
+            "dynamic-module",
+            "--filter",
+            "dynamic-module",
+            "--filter-path",
+            so.to_str().expect("UTF-8 path"),
+        ],
     );
+    let admin = free_port();
+    let envoy =
+        Envoy::start(&ads_bootstrap(loader.xds_port(), admin, "e2e-probe", Ads::Delta), admin);
     let probed = |loader: &Loader| -> Option<BTreeMap<String, Value>> {
         let status = loader.status();
         let reports = by_policy(status.get("probes")?);
@@ -198,6 +221,21 @@ fn serve_probes_and_a_live_ca_fix_turns_green() {
     for (service, result) in EXPECTED {
         assert!(page.contains(&format!("data-policy=\"{NS}/{service}\"")), "{page}");
         assert!(page.contains(&format!("data-result=\"{result}\"")), "{page}");
+    }
+
+    // The same expiry as Envoy's validator reports it: one request to each of two backends
+    // (refused at the handshake for the expired one, but its leaf is read all the same).
+    for (service, status, not_after) in
+        [("good", 200, 67_090_118_400u64), ("expired", 503, 1_577_836_800)]
+    {
+        wait_until(&format!("GET /{service} through Envoy: {status}"), Duration::from_secs(30), || {
+            let got = try_http_get(setup.gateway_port, ROUTE_HOST, &format!("/{service}"))
+                .map(|(s, _)| s)
+                .ok();
+            (got == Some(status)).then_some(()).ok_or(got)
+        });
+        let gauge = format!("backendtls.backend_certificate_not_after_seconds.policy.{NS}/{service}");
+        assert_eq!(envoy.stat(&gauge), not_after, "{gauge}");
     }
 
     // The fix: the CA ConfigMap also trusts the other CA. No restart, no probe interval.

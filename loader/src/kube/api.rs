@@ -113,6 +113,7 @@ pub const STATUS_WRITES: &[(&str, &str)] = &[
     (GATEWAY, "backendtlspolicies/status"),
     (GATEWAY, "gateways/status"),
     (GATEWAY, "httproutes/status"),
+    (GATEWAY, "grpcroutes/status"),
 ];
 
 /// Every call the code makes. The watchers' (`list`, `watch`; `get` for discovery of the served

@@ -128,12 +128,14 @@ pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, St
         let policy = resources.iter().find(|(k, _)| k.kind == "BackendTLSPolicy");
         let gateway = resources.iter().find(|(k, _)| k.kind == "Gateway");
         let route = resources.iter().find(|(k, _)| k.kind == "HTTPRoute");
+        let grpc_route = resources.iter().find(|(k, _)| k.kind == "GRPCRoute");
         let writer = status::Writer {
             client: client.clone(),
             controller_name: options.controller_name.clone(),
             policies: policy.expect("watched").1.clone(),
             gateways: gateway.expect("watched").1.clone(),
             routes: route.expect("watched").1.clone(),
+            grpc_routes: grpc_route.expect("watched").1.clone(),
         };
         Some(writer.start(leader))
     } else {
@@ -374,6 +376,7 @@ impl KubeInput {
             "Gateway" => s.gateways.contains_key(key),
             "GatewayClass" => s.gateway_classes.contains_key(&key.name),
             "HTTPRoute" => s.http_routes.contains_key(key),
+            "GRPCRoute" => s.grpc_routes.contains_key(key),
             "BackendTLSPolicy" => s.policies.contains_key(key),
             "ReferenceGrant" => s.reference_grants.contains_key(key),
             "Service" => s.services.contains_key(key),

@@ -29,6 +29,8 @@ pub struct Desired {
     policies: Vec<((String, String), Vec<Value>)>,
     /// HTTPRoute -> our `status.parents` entries.
     routes: Vec<((String, String), Vec<Value>)>,
+    /// GRPCRoute -> our `status.parents` entries.
+    grpc_routes: Vec<((String, String), Vec<Value>)>,
     /// Gateway -> its whole `status`.
     gateways: Vec<((String, String), Value)>,
 }
@@ -60,20 +62,23 @@ impl Desired {
                 ((p.namespace.clone(), p.name.clone()), ancestors)
             })
             .collect();
-        let routes = report
-            .routes
-            .iter()
-            .filter(|r| r.kind == "HTTPRoute")
-            .map(|r| {
-                let parents = r
-                    .parents
-                    .iter()
-                    .map(|p| serde_json::to_value(p).unwrap())
-                    .filter(|p| ours(&p["parentRef"]))
-                    .collect();
-                ((r.namespace.clone(), r.name.clone()), parents)
-            })
-            .collect();
+        let routes_of = |kind: &str| -> Vec<((String, String), Vec<Value>)> {
+            report
+                .routes
+                .iter()
+                .filter(|r| r.kind == kind)
+                .map(|r| {
+                    let parents = r
+                        .parents
+                        .iter()
+                        .map(|p| serde_json::to_value(p).unwrap())
+                        .filter(|p| ours(&p["parentRef"]))
+                        .collect();
+                    ((r.namespace.clone(), r.name.clone()), parents)
+                })
+                .collect()
+        };
+        let (routes, grpc_routes) = (routes_of("HTTPRoute"), routes_of("GRPCRoute"));
         let gateways = report
             .gateways
             .iter()
@@ -88,7 +93,7 @@ impl Desired {
                 ((g.namespace.clone(), g.name.clone()), status)
             })
             .collect();
-        Desired { policies, routes, gateways }
+        Desired { policies, routes, grpc_routes, gateways }
     }
 }
 
@@ -98,6 +103,7 @@ pub struct Writer {
     pub policies: ApiResource,
     pub gateways: ApiResource,
     pub routes: ApiResource,
+    pub grpc_routes: ApiResource,
 }
 
 /// What was last written (or found already in place), so that an unchanged build writes
@@ -162,6 +168,7 @@ impl Writer {
         let lists = [
             ("BackendTLSPolicy", &self.policies, "ancestors", &desired.policies),
             ("HTTPRoute", &self.routes, "parents", &desired.routes),
+            ("GRPCRoute", &self.grpc_routes, "parents", &desired.grpc_routes),
         ];
         for (kind, resource, field, entries) in lists {
             for ((namespace, name), ours) in entries {

@@ -216,6 +216,15 @@ pub fn log_enabled(level: LogLevel) -> bool {
     unsafe { envoy_dynamic_module_callback_log_enabled(level as u32) }
 }
 
+/// The shape of Envoy's `http_filter_config_define_counter`/`_gauge` callbacks.
+type DefineMetric = unsafe extern "C" fn(
+    config: *mut c_void,
+    name: ModuleBuffer,
+    label_names: *mut ModuleBuffer,
+    label_names_count: usize,
+    id: *mut usize,
+) -> u32;
+
 /// Envoy's filter-config object, valid while `on_http_filter_config_new` runs (metrics can be
 /// defined only then).
 pub struct ConfigHandle(pub(in crate::dynmod::ffi) *mut c_void);
@@ -223,36 +232,23 @@ pub struct ConfigHandle(pub(in crate::dynmod::ffi) *mut c_void);
 impl ConfigHandle {
     /// Defines a counter with the given label names; its id, or None if Envoy refused.
     pub fn define_counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
-        let mut labels: Vec<ModuleBuffer> =
-            labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
-        let mut id = 0usize;
-        // SAFETY: the config pointer comes from Envoy for this call; the buffers outlive it.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_counter(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_mut_ptr(),
-                labels.len(),
-                &mut id,
-            )
-        };
-        (result == METRICS_SUCCESS).then_some(id)
+        self.define(envoy_dynamic_module_callback_http_filter_config_define_counter, name, labels)
     }
 
     /// Defines a gauge with the given label names; its id, or None if Envoy refused.
     pub fn define_gauge(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        self.define(envoy_dynamic_module_callback_http_filter_config_define_gauge, name, labels)
+    }
+
+    /// Calls one of Envoy's `http_filter_config_define_*` callbacks (they share one signature).
+    fn define(&self, callback: DefineMetric, name: &str, labels: &[&str]) -> Option<usize> {
         let mut labels: Vec<ModuleBuffer> =
             labels.iter().map(|l| ModuleBuffer::of(l.as_bytes())).collect();
         let mut id = 0usize;
-        // SAFETY: the config pointer comes from Envoy for this call; the buffers outlive it.
+        // SAFETY: `callback` is one of Envoy's define callbacks; the config pointer comes from
+        // Envoy for this call; the buffers outlive it.
         let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_gauge(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                labels.as_mut_ptr(),
-                labels.len(),
-                &mut id,
-            )
+            callback(self.0, ModuleBuffer::of(name.as_bytes()), labels.as_mut_ptr(), labels.len(), &mut id)
         };
         (result == METRICS_SUCCESS).then_some(id)
     }
