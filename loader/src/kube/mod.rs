@@ -452,8 +452,8 @@ mod tests {
     }
 
     fn config_map(name: &str, data: &str) -> (ObjectKey, ParsedFile) {
-        let resource = api_resource(&api::WATCHED[7], "v1");
-        assert_eq!(resource.kind, "ConfigMap");
+        let kind = api::WATCHED.iter().find(|k| k.kind == "ConfigMap").expect("watched");
+        let resource = api_resource(kind, "v1");
         let object: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": { "name": name, "namespace": "ns", "managedFields": [{}] },
