@@ -228,13 +228,18 @@ fn serve_probes_and_a_live_ca_fix_turns_green() {
     for (service, status, not_after) in
         [("good", 200, 67_090_118_400u64), ("expired", 503, 1_577_836_800)]
     {
-        wait_until(&format!("GET /{service} through Envoy: {status}"), Duration::from_secs(30), || {
-            let got = try_http_get(setup.gateway_port, ROUTE_HOST, &format!("/{service}"))
-                .map(|(s, _)| s)
-                .ok();
-            (got == Some(status)).then_some(()).ok_or(got)
-        });
-        let gauge = format!("backendtls.backend_certificate_not_after_seconds.policy.{NS}/{service}");
+        wait_until(
+            &format!("GET /{service} through Envoy: {status}"),
+            Duration::from_secs(30),
+            || {
+                let got = try_http_get(setup.gateway_port, ROUTE_HOST, &format!("/{service}"))
+                    .map(|(s, _)| s)
+                    .ok();
+                (got == Some(status)).then_some(()).ok_or(got)
+            },
+        );
+        let gauge =
+            format!("backendtls.backend_certificate_not_after_seconds.policy.{NS}/{service}");
         assert_eq!(envoy.stat(&gauge), not_after, "{gauge}");
     }
 

@@ -248,7 +248,13 @@ impl ConfigHandle {
         // SAFETY: `callback` is one of Envoy's define callbacks; the config pointer comes from
         // Envoy for this call; the buffers outlive it.
         let result = unsafe {
-            callback(self.0, ModuleBuffer::of(name.as_bytes()), labels.as_mut_ptr(), labels.len(), &mut id)
+            callback(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                labels.as_mut_ptr(),
+                labels.len(),
+                &mut id,
+            )
         };
         (result == METRICS_SUCCESS).then_some(id)
     }
