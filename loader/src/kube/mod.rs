@@ -485,7 +485,8 @@ mod tests {
         assert_eq!(names(&input), ["b"]);
         // An object that does not parse (data must be strings) keeps its last good content and is
         // reported, like a broken file; one that never parsed blocks a first configuration.
-        let resource = api_resource(&api::WATCHED[7], "v1");
+        let kind = api::WATCHED.iter().find(|k| k.kind == "ConfigMap").expect("watched");
+        let resource = api_resource(kind, "v1");
         let broken = |name: &str| {
             let object: DynamicObject = serde_json::from_value(serde_json::json!({
                 "apiVersion": "v1", "kind": "ConfigMap",
