@@ -24,6 +24,28 @@ fn ca(index: usize) -> String {
     params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
 }
 
+/// A `kubernetes.io/tls` Secret for the HTTPS listener: one of two certificates, or (2) none.
+fn listener_secret(variant: usize, keys: &[(String, String)]) -> String {
+    let Some((cert, key)) = keys.get(variant) else { return String::new() };
+    let b64 = |pem: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(pem)
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: listener-cert, namespace: infra}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
+fn listener_key_pair(index: usize) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec![format!("listener{index}.example")]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("listener {index}"));
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
 fn indent(pem: &str) -> String {
     pem.lines().map(|l| format!("    {l}\n")).collect()
 }
@@ -132,9 +154,16 @@ fn run(seed: u64) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("gateway.yaml"),
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: x\n  listeners:\n  - {name: http, protocol: HTTP, port: 8080, allowedRoutes: {namespaces: {from: All}}}\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: x\n  listeners:\n  - {name: http, protocol: HTTP, port: 8080, allowedRoutes: {namespaces: {from: All}}}\n  - {name: https, protocol: HTTPS, port: 8443, tls: {certificateRefs: [{name: listener-cert}]}, allowedRoutes: {namespaces: {from: All}}}\n",
     )
     .unwrap();
+    // The HTTPS listener's certificate: rotated, replaced or removed by the edits below.
+    let listener_keys: Vec<(String, String)> = (0..2).map(listener_key_pair).collect();
+    let write_listener_secret = |variant: usize| {
+        std::fs::write(dir.join("listener-secret.yaml"), listener_secret(variant, &listener_keys))
+            .unwrap()
+    };
+    write_listener_secret(0);
     let cas: Vec<String> = (0..3).map(ca).collect();
     let mut rng = Rng(seed);
     let initial = Backend {
@@ -155,10 +184,11 @@ fn run(seed: u64) {
     let mut config = ConfigDir::new(&dir);
     let mut translator = Translator::default();
     let mut current = Snapshot::default();
+    let mut listener_secret_served = 0;
     for edit in 0..EDITS {
         let i = rng.below(BACKENDS);
         let b = &mut backends[i];
-        let what = match rng.below(8) {
+        let what = match rng.below(9) {
             0 => {
                 b.ca = rng.below(4);
                 "CA content (3 = not a certificate)"
@@ -187,6 +217,10 @@ fn run(seed: u64) {
                 b.rule = rng.below(RULES.len());
                 "route rule (matches, filters, redirect, mirror, refused field)"
             }
+            7 => {
+                write_listener_secret(rng.below(3));
+                "HTTPS listener certificate (rotated, other, missing)"
+            }
             _ => "rewrite unchanged",
         };
         write_backend(&dir, i, b, &cas);
@@ -197,6 +231,9 @@ fn run(seed: u64) {
         let packed = translator.translate(&resolved.resolution.ir, &Default::default());
         current = Snapshot::new(current.version + 1, packed);
         let incremental = contents(&current);
+        if incremental.keys().any(|(_, name)| name == "backendtls_listener_infra_listener-cert") {
+            listener_secret_served += 1;
+        }
         let full = contents(&fresh_snapshot(&dir));
         assert!(
             incremental == full,
@@ -205,6 +242,7 @@ fn run(seed: u64) {
             full.iter().filter(|(k, v)| incremental.get(*k) != Some(v)).map(|(k, _)| k).collect::<Vec<_>>(),
         );
     }
+    assert!(listener_secret_served > 0, "seed {seed}: the HTTPS listener was never served");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
