@@ -659,16 +659,20 @@ pub(super) fn build_listeners(
                     problems,
                 )
             });
-            hosts.entry(port).or_default().entry(hostname.clone()).or_default().extend(
-                routes.iter().cloned().map(|(order, mut route)| {
-                    // A redirect naming neither scheme nor port goes to this listener's port
-                    // (Gateway API); Envoy leaves a scheme's default port out of `Location`.
-                    if let RouteAction::Redirect(redirect) = &mut route.action {
-                        redirect.port.get_or_insert(port);
-                    }
-                    (order, route)
-                }),
-            );
+            let on_host = hosts.entry(port).or_default().entry(hostname.clone()).or_default();
+            // Most hosts have one route, and a Vec grown from empty keeps room for four; later
+            // routes on the same host grow it as usual (amortized, never quadratic).
+            if on_host.is_empty() {
+                on_host.reserve_exact(routes.len());
+            }
+            on_host.extend(routes.iter().cloned().map(|(order, mut route)| {
+                // A redirect naming neither scheme nor port goes to this listener's port
+                // (Gateway API); Envoy leaves a scheme's default port out of `Location`.
+                if let RouteAction::Redirect(redirect) = &mut route.action {
+                    redirect.port.get_or_insert(port);
+                }
+                (order, route)
+            }));
         }
     }
     ports

@@ -78,6 +78,8 @@ pub(super) fn build_routes<'a>(
             ));
         }
     }
+    // Kept until every listener is built: exact size, as for HTTPRoutes.
+    out.shrink_to_fit();
     out
 }
 

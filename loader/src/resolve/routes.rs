@@ -252,6 +252,8 @@ fn build_http_routes<'a>(
             out.push((order, route));
         }
     }
+    // Kept until every listener is built: without this a route's one rule holds room for four.
+    out.shrink_to_fit();
     out
 }
 
