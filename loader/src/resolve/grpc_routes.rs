@@ -8,7 +8,8 @@
 //! `UnsupportedValue`, naming the field): a route is never half-programmed.
 
 use super::routes::{
-    check_backend_ref, header_edits, route_action, valid_regex, RouteId, RouteKind, RouteOrder,
+    check_backend_ref, header_edits, resolved_refs, route_action, valid_regex, RouteId, RouteKind,
+    RouteOrder,
 };
 use super::*;
 use crate::objects::{GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule};
@@ -248,19 +249,7 @@ pub fn route_conditions(
         .flat_map(|rule| &rule.backend_refs)
         .filter_map(|backend| check_backend_ref(store, RouteKind::Grpc, route_key, backend).err())
         .collect();
-    let resolved = match failures.first() {
-        None => Condition::new(
-            "ResolvedRefs",
-            true,
-            "ResolvedRefs",
-            "All references are resolved".into(),
-        ),
-        Some((reason, _)) => {
-            let message = failures.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
-            Condition::new("ResolvedRefs", false, reason, message)
-        }
-    };
-    (resolved.observed(generation), refusal)
+    (resolved_refs(&failures).observed(generation), refusal)
 }
 
 #[cfg(test)]

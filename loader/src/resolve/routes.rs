@@ -655,7 +655,13 @@ pub fn route_conditions(
             }
         }
     }
-    let resolved = match failures.first() {
+    (resolved_refs(&failures).observed(generation), refusal)
+}
+
+/// A route parent's `ResolvedRefs`: True, or False with the first failure's reason and every
+/// failure's message.
+pub(super) fn resolved_refs(failures: &[(&'static str, String)]) -> Condition {
+    match failures.first() {
         None => Condition::new(
             "ResolvedRefs",
             true,
@@ -666,8 +672,7 @@ pub fn route_conditions(
             let message = failures.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
             Condition::new("ResolvedRefs", false, reason, message)
         }
-    };
-    (resolved.observed(generation), refusal)
+    }
 }
 
 /// The Service a backendRef names, checked as far as the route alone decides (kind, namespace
