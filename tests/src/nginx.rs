@@ -32,6 +32,8 @@ pub struct TlsServer {
     client_ca_pem: Option<String>,
     http2: bool,
     benchmark: bool,
+    /// No TLS at all: a port a policy wrongly points at.
+    plaintext: bool,
 }
 
 impl TlsServer {
@@ -43,7 +45,14 @@ impl TlsServer {
             client_ca_pem: None,
             http2: false,
             benchmark: false,
+            plaintext: false,
         }
+    }
+
+    /// A plain HTTP server (no TLS): what a backend that was never given a certificate is.
+    pub fn plaintext() -> TlsServer {
+        let none = CertifiedKey { cert_pem: String::new(), key_pem: String::new() };
+        TlsServer { plaintext: true, ..TlsServer::new(&none) }
     }
 
     /// Accepts TLS 1.2 only.
@@ -241,6 +250,12 @@ pub fn spawn(dir: &Path) -> ManagedChild {
 }
 
 fn server_block(dir: &Path, index: usize, server: &TlsServer, port: u16) -> String {
+    if server.plaintext {
+        return format!(
+            "    server {{\n        listen 127.0.0.1:{port};\n        location / {{\n            \
+             default_type text/plain;\n            return 200 {NGINX_BODY:?};\n        }}\n    }}\n"
+        );
+    }
     let write = |name: String, contents: &str| {
         let path = dir.join(name);
         std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));

@@ -4,7 +4,6 @@
 //! exactly its class, and Envoy's dynamic-module validator its expiry gauge; a CA fixed in place
 //! turns its row green without a restart.
 
-use backendtls_e2e::echo::EchoServer;
 use backendtls_e2e::paths::loader_bin;
 use backendtls_e2e::policy_support::{
     btls_service_yaml, ca_config_map_yaml, documents, gateway_yaml, Backend, ConfigDir, Policy,
@@ -37,7 +36,6 @@ struct Setup {
     other_ca: TestCa,
     /// Keep the servers alive for the test.
     _backend: Backend,
-    _plaintext: EchoServer,
     gateway_port: u16,
 }
 
@@ -54,14 +52,14 @@ fn setup() -> Setup {
         TlsServer::new(&from_other_ca),
         TlsServer::new(&wrong_name),
         TlsServer::new(&good).tls12_only(),
+        TlsServer::plaintext(),
     ]);
-    let plaintext = EchoServer::plain(NS, "plaintext-backend");
     let ports = [
         backend.port(0),
         backend.port(1),
         backend.port(2),
         backend.port(3),
-        plaintext.port(),
+        backend.port(5),
         free_port(),
         backend.port(4),
     ];
@@ -82,7 +80,7 @@ fn setup() -> Setup {
     }
     objects.push(route.yaml());
     config.write("objects.yaml", &documents(&objects));
-    Setup { config, ca, other_ca, _backend: backend, _plaintext: plaintext, gateway_port }
+    Setup { config, ca, other_ca, _backend: backend, gateway_port }
 }
 
 /// `service -> report` from a list of probe reports (each policy is named after its Service).
