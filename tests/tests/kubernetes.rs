@@ -549,13 +549,7 @@ fn stand_in_follows_the_api_semantics() {
 
 /// VmHWM (peak resident set) of a running process, in MB.
 fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
+    backendtls_e2e::xds_client::memory_mb(pid).1
 }
 
 /// Cache sync and first snapshot at 10,000 backends (the scale generator's objects), through the

@@ -329,13 +329,7 @@ fn wait_for_rss(pid: u32) -> f64 {
 
 /// VmHWM (peak resident set) of a running process, in MB.
 fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
+    backendtls_e2e::xds_client::memory_mb(pid).1
 }
 
 fn median(values: &mut [f64]) -> f64 {
