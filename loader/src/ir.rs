@@ -35,6 +35,29 @@ pub struct Listener {
     /// SNI. Empty for plaintext HTTP.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsChain>,
+    /// Protocol TLS (TLSRoutes on `mode: Terminate` listeners): TLS is terminated with one filter
+    /// chain per SNI name, and each chain's bytes go to its backends over TCP. Never empty on such
+    /// a port (a port without routes gets one chain that closes every connection); empty on HTTP
+    /// and HTTPS ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_proxies: Vec<TcpProxy>,
+}
+
+/// One TLS listener filter chain: the SNI names it matches, the certificate it presents and the
+/// backends that receive the decrypted stream (over the backend's cluster, so under its
+/// BackendTLSPolicy).
+#[derive(Clone, Debug, PartialEq, Hash, Serialize)]
+pub struct TcpProxy {
+    /// A route hostname (may be `*.example.com`); None: any SNI, or none.
+    pub hostname: Option<String>,
+    /// Secret names in [`Ir::listener_certificates`] of the Gateway listener that takes this name.
+    pub certificates: Vec<String>,
+    /// The TLSRoute (`namespace/name`); None on the chain of a port no route is attached to.
+    pub route: Option<String>,
+    /// Weighted clusters, never empty: a missing or invalid backend's share goes to
+    /// [`crate::resolve::INVALID_BACKEND_CLUSTER`], which has no hosts, so those connections are
+    /// closed.
+    pub clusters: Vec<WeightedCluster>,
 }
 
 /// One HTTPS listener's filter chain: the SNI names it matches and the certificates it presents.

@@ -37,6 +37,7 @@ pub enum Object {
     GatewayClass(Arc<GatewayClass>),
     HttpRoute(Arc<HttpRoute>),
     GrpcRoute(Arc<GrpcRoute>),
+    TlsRoute(Arc<TlsRoute>),
     BackendTlsPolicy(Arc<BackendTlsPolicy>),
     ReferenceGrant(Arc<ReferenceGrant>),
     Service(Arc<Service>),
@@ -53,6 +54,7 @@ impl Object {
             Object::GatewayClass(_) => "GatewayClass",
             Object::HttpRoute(_) => "HTTPRoute",
             Object::GrpcRoute(_) => "GRPCRoute",
+            Object::TlsRoute(_) => "TLSRoute",
             Object::BackendTlsPolicy(_) => "BackendTLSPolicy",
             Object::ReferenceGrant(_) => "ReferenceGrant",
             Object::Service(_) => "Service",
@@ -69,6 +71,7 @@ impl Object {
             Object::GatewayClass(o) => &o.metadata,
             Object::HttpRoute(o) => &o.metadata,
             Object::GrpcRoute(o) => &o.metadata,
+            Object::TlsRoute(o) => &o.metadata,
             Object::BackendTlsPolicy(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
@@ -632,6 +635,76 @@ pub struct GrpcRouteFilter {
     /// Not implemented.
     #[serde(default)]
     pub extension_ref: Option<serde_json::Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLSRoute (gateway.networking.k8s.io/v1, v1alpha3, v1alpha2: the same fields)
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TlsRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: TlsRouteSpec,
+}
+
+/// Strict like [`HttpRouteSpec`]: unknown fields are file errors; `useDefaultGateways` (an
+/// experimental field of the schema) is read so that resolving can refuse the route naming it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// SNI names; matched against the listener's hostname like an HTTPRoute's.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<TlsRouteRule>,
+    /// Experimental (`useDefaultGateways`): not implemented.
+    #[serde(default)]
+    pub use_default_gateways: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A TLSRoute's backendRefs are plain `BackendRef`s: no `filters` (a file error here).
+    #[serde(default, deserialize_with = "plain_backend_refs")]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+/// A `BackendRef` of the schema (no per-backend filters), read strictly.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainBackendRef {
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+fn plain_backend_refs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<BackendRef>, D::Error> {
+    let refs = Vec::<PlainBackendRef>::deserialize(d)?;
+    Ok(refs
+        .into_iter()
+        .map(|r| BackendRef {
+            group: r.group,
+            kind: r.kind,
+            name: r.name,
+            namespace: r.namespace,
+            port: r.port,
+            weight: r.weight,
+            filters: Vec::new(),
+        })
+        .collect())
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

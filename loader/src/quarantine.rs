@@ -224,6 +224,7 @@ mod tests {
                 routes: vec![route("kube_apps_a_443"), route("kube_apps_b_80")],
             }],
             tls: Vec::new(),
+            tcp_proxies: Vec::new(),
         });
         ir
     }

@@ -344,6 +344,9 @@ fn parse_object(
     let supported: &[&str] = match (group, kind) {
         (GATEWAY_GROUP, "Gateway" | "GatewayClass" | "HTTPRoute") => &["v1", "v1beta1"],
         (GATEWAY_GROUP, "GRPCRoute") => &["v1"],
+        // v1 in the standard and experimental channels; v1alpha3 and v1alpha2 (deprecated) in
+        // the experimental one. The three share every field.
+        (GATEWAY_GROUP, "TLSRoute") => &["v1", "v1alpha3", "v1alpha2"],
         (GATEWAY_GROUP, "ReferenceGrant") => &["v1", "v1beta1", "v1alpha2"],
         (GATEWAY_GROUP, "BackendTLSPolicy") => &["v1", "v1alpha3"],
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
@@ -390,6 +393,7 @@ fn parse_object(
         "Gateway" => Object::Gateway(typed(document)?),
         "HTTPRoute" => Object::HttpRoute(typed(document)?),
         "GRPCRoute" => Object::GrpcRoute(typed(document)?),
+        "TLSRoute" => Object::TlsRoute(typed(document)?),
         "ReferenceGrant" => Object::ReferenceGrant(typed(document)?),
         "GatewayClass" => Object::GatewayClass(typed(document)?),
         "BackendTLSPolicy" => Object::BackendTlsPolicy(typed(document)?),

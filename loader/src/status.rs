@@ -138,7 +138,7 @@ pub struct RouteGroupKind {
     pub kind: &'static str,
 }
 
-/// What the loader concluded about one route (HTTPRoute, later GRPCRoute and TLSRoute), flat like
+/// What the loader concluded about one route (HTTPRoute, GRPCRoute or TLSRoute), flat like
 /// [`GatewayReport`]: `parents` is its `status.parents`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RouteReport {

@@ -15,8 +15,9 @@ fn check(case: &str) {
     let mut config = ConfigDir::new(dir.join("input"));
     config.reload().unwrap();
     let options = resolve::Options {
-        gateway_class: Some("backendtls".into())
-            .filter(|_| matches!(case, "routes" | "http_core" | "https" | "grpc_routes")),
+        gateway_class: Some("backendtls".into()).filter(|_| {
+            matches!(case, "routes" | "http_core" | "https" | "grpc_routes" | "tls_routes")
+        }),
         ..Default::default()
     };
     let build = pipeline::build(&config, &options, &Default::default());
@@ -160,4 +161,9 @@ fn dynamic_module_validator_config() {
 #[test]
 fn grpc_routes() {
     check("grpc_routes");
+}
+
+#[test]
+fn tls_routes() {
+    check("tls_routes");
 }

@@ -47,6 +47,13 @@ pub const WATCHED: &[WatchedKind] = &[
         namespaced: true,
     },
     WatchedKind {
+        kind: "TLSRoute",
+        group: GATEWAY,
+        versions: &["v1", "v1alpha3", "v1alpha2"],
+        plural: "tlsroutes",
+        namespaced: true,
+    },
+    WatchedKind {
         kind: "ReferenceGrant",
         group: GATEWAY,
         versions: &["v1", "v1beta1", "v1alpha2"],
@@ -114,6 +121,7 @@ pub const STATUS_WRITES: &[(&str, &str)] = &[
     (GATEWAY, "gateways/status"),
     (GATEWAY, "httproutes/status"),
     (GATEWAY, "grpcroutes/status"),
+    (GATEWAY, "tlsroutes/status"),
 ];
 
 /// Every call the code makes. The watchers' (`list`, `watch`; `get` for discovery of the served

@@ -129,6 +129,7 @@ pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, St
         let gateway = resources.iter().find(|(k, _)| k.kind == "Gateway");
         let route = resources.iter().find(|(k, _)| k.kind == "HTTPRoute");
         let grpc_route = resources.iter().find(|(k, _)| k.kind == "GRPCRoute");
+        let tls_route = resources.iter().find(|(k, _)| k.kind == "TLSRoute");
         let writer = status::Writer {
             client: client.clone(),
             controller_name: options.controller_name.clone(),
@@ -136,6 +137,7 @@ pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, St
             gateways: gateway.expect("watched").1.clone(),
             routes: route.expect("watched").1.clone(),
             grpc_routes: grpc_route.expect("watched").1.clone(),
+            tls_routes: tls_route.expect("watched").1.clone(),
         };
         Some(writer.start(leader))
     } else {
@@ -377,6 +379,7 @@ impl KubeInput {
             "GatewayClass" => s.gateway_classes.contains_key(&key.name),
             "HTTPRoute" => s.http_routes.contains_key(key),
             "GRPCRoute" => s.grpc_routes.contains_key(key),
+            "TLSRoute" => s.tls_routes.contains_key(key),
             "BackendTLSPolicy" => s.policies.contains_key(key),
             "ReferenceGrant" => s.reference_grants.contains_key(key),
             "Service" => s.services.contains_key(key),

@@ -31,6 +31,8 @@ pub struct Desired {
     routes: Vec<((String, String), Vec<Value>)>,
     /// GRPCRoute -> our `status.parents` entries.
     grpc_routes: Vec<((String, String), Vec<Value>)>,
+    /// TLSRoute -> our `status.parents` entries.
+    tls_routes: Vec<((String, String), Vec<Value>)>,
     /// Gateway -> its whole `status`.
     gateways: Vec<((String, String), Value)>,
 }
@@ -79,6 +81,7 @@ impl Desired {
                 .collect()
         };
         let (routes, grpc_routes) = (routes_of("HTTPRoute"), routes_of("GRPCRoute"));
+        let tls_routes = routes_of("TLSRoute");
         let gateways = report
             .gateways
             .iter()
@@ -93,7 +96,7 @@ impl Desired {
                 ((g.namespace.clone(), g.name.clone()), status)
             })
             .collect();
-        Desired { policies, routes, grpc_routes, gateways }
+        Desired { policies, routes, grpc_routes, tls_routes, gateways }
     }
 }
 
@@ -104,6 +107,7 @@ pub struct Writer {
     pub gateways: ApiResource,
     pub routes: ApiResource,
     pub grpc_routes: ApiResource,
+    pub tls_routes: ApiResource,
 }
 
 /// What was last written (or found already in place), so that an unchanged build writes
@@ -169,6 +173,7 @@ impl Writer {
             ("BackendTLSPolicy", &self.policies, "ancestors", &desired.policies),
             ("HTTPRoute", &self.routes, "parents", &desired.routes),
             ("GRPCRoute", &self.grpc_routes, "parents", &desired.grpc_routes),
+            ("TLSRoute", &self.tls_routes, "parents", &desired.tls_routes),
         ];
         for (kind, resource, field, entries) in lists {
             for ((namespace, name), ours) in entries {

@@ -129,6 +129,17 @@ pub(super) const HTTP_ROUTE: RouteGroupKind =
     RouteGroupKind { group: GATEWAY_GROUP, kind: "HTTPRoute" };
 pub(super) const GRPC_ROUTE: RouteGroupKind =
     RouteGroupKind { group: GATEWAY_GROUP, kind: "GRPCRoute" };
+pub(super) const TLS_ROUTE: RouteGroupKind =
+    RouteGroupKind { group: GATEWAY_GROUP, kind: "TLSRoute" };
+
+/// The route kinds a listener of `protocol` takes (none for protocols the loader does not serve).
+fn route_kinds_of(protocol: &str) -> &'static [RouteGroupKind] {
+    match protocol {
+        "HTTP" | "HTTPS" => &[HTTP_ROUTE, GRPC_ROUTE],
+        "TLS" => &[TLS_ROUTE],
+        _ => &[],
+    }
+}
 
 /// A Gateway the loader serves, with what it concluded about each of its listeners.
 pub(super) struct ServedGateway<'a> {
@@ -158,7 +169,8 @@ pub(super) struct ListenerState<'a> {
     pub conflicted: Option<(&'static str, String)>,
     /// Routes attached to it, each counted once.
     pub attached: BTreeSet<RouteId<'a>>,
-    /// HTTPS: the secret names of its certificates (all of its `certificateRefs` resolved).
+    /// HTTPS and TLS: the secret names of its certificates (all of its `certificateRefs`
+    /// resolved).
     pub certificates: Vec<String>,
     /// Its Gateway is accepted.
     pub gateway_accepted: bool,
@@ -212,8 +224,8 @@ pub(super) fn serve_gateway<'a>(
     let mut listeners: Vec<ListenerState<'_>> =
         gateway.spec.listeners.iter().map(evaluate_listener).collect();
     for listener in listeners.iter_mut().filter(|l| l.refused.is_none()) {
-        if let Some(tls) = listener.spec.tls.as_ref().filter(|_| listener.spec.protocol == "HTTPS")
-        {
+        let terminates = matches!(listener.spec.protocol.as_str(), "HTTPS" | "TLS");
+        if let Some(tls) = listener.spec.tls.as_ref().filter(|_| terminates) {
             match listener_certificates(store, key, tls, ir) {
                 Ok(names) => listener.certificates = names,
                 // A bad certificate outranks a bad route kind: both leave ResolvedRefs False.
@@ -238,10 +250,11 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
         certificates: Vec::new(),
         gateway_accepted: true,
     };
-    if spec.protocol != "HTTP" && spec.protocol != "HTTPS" {
+    let kinds_of_protocol = route_kinds_of(&spec.protocol);
+    if kinds_of_protocol.is_empty() {
         state.refused = Some((
             "UnsupportedProtocol",
-            format!("protocol {} is not supported; supported: HTTP, HTTPS", spec.protocol),
+            format!("protocol {} is not supported; supported: HTTP, HTTPS, TLS", spec.protocol),
         ));
         return state;
     }
@@ -250,12 +263,12 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
         return state;
     }
     match spec.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
-        None => state.supported_kinds.extend([HTTP_ROUTE, GRPC_ROUTE]),
+        None => state.supported_kinds.extend_from_slice(kinds_of_protocol),
         Some(kinds) => {
             let mut invalid = Vec::new();
             for kind in kinds {
                 let group = kind.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                let known = [HTTP_ROUTE, GRPC_ROUTE].into_iter().find(|k| k.kind == kind.kind);
+                let known = kinds_of_protocol.iter().find(|k| k.kind == kind.kind).cloned();
                 if let Some(known) = known.filter(|_| group == GATEWAY_GROUP) {
                     if !state.supported_kinds.contains(&known) {
                         state.supported_kinds.push(known);
@@ -268,8 +281,14 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
                 state.unresolved = Some((
                     "InvalidRouteKinds",
                     format!(
-                        "route kinds {} are not supported; supported: {GATEWAY_GROUP}/HTTPRoute, {GATEWAY_GROUP}/GRPCRoute",
-                        invalid.join(", ")
+                        "route kinds {} are not supported on protocol {}; supported: {}",
+                        invalid.join(", "),
+                        spec.protocol,
+                        kinds_of_protocol
+                            .iter()
+                            .map(|k| format!("{}/{}", k.group, k.kind))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -278,20 +297,22 @@ fn evaluate_listener(spec: &objects::GatewayListener) -> ListenerState<'_> {
     state
 }
 
-/// Why a listener's `tls` cannot be served as written, naming the field: HTTPS needs `tls` in
-/// mode `Terminate`; HTTP takes none; no `tls.options` key is implemented.
+/// Why a listener's `tls` cannot be served as written, naming the field: HTTPS and TLS need `tls`
+/// in mode `Terminate` (`Passthrough` is not implemented); HTTP takes none; no `tls.options` key
+/// is implemented.
 fn tls_refusal(spec: &objects::GatewayListener) -> Option<String> {
     let tls = spec.tls.as_ref();
     if spec.protocol == "HTTP" {
         return tls.map(|_| "tls: an HTTP listener takes no tls (use protocol HTTPS)".into());
     }
+    let protocol = &spec.protocol;
     let Some(tls) = tls else {
-        return Some("tls: protocol HTTPS needs tls with certificateRefs".into());
+        return Some(format!("tls: protocol {protocol} needs tls with certificateRefs"));
     };
     let mode = tls.mode.as_deref().unwrap_or("Terminate");
     if mode != "Terminate" {
         return Some(format!(
-            "tls.mode: {mode} is not supported on protocol HTTPS; supported: Terminate"
+            "tls.mode: {mode} is not supported on protocol {protocol}; supported: Terminate"
         ));
     }
     if let Some(option) = tls.options.keys().next() {
@@ -314,7 +335,8 @@ fn listener_certificates(
     let invalid = |message: String| ("InvalidCertificateRef", message);
     if tls.certificate_refs.is_empty() {
         return Err(invalid(
-            "tls.certificateRefs is empty: an HTTPS listener needs a certificate".into(),
+            "tls.certificateRefs is empty: a listener that terminates TLS needs a certificate"
+                .into(),
         ));
     }
     let mut pairs = Vec::new();
@@ -634,6 +656,12 @@ pub(super) fn build_listeners(
     let mut built: BTreeMap<(usize, RouteId<'_>), Vec<(RouteOrder<'_>, Route)>> = BTreeMap::new();
     // port -> hostname -> routes
     let mut hosts: BTreeMap<u16, BTreeMap<String, Vec<(RouteOrder<'_>, Route)>>> = BTreeMap::new();
+    // TLSRoutes: built once per Gateway, as HTTP routes are.
+    let mut built_proxies: BTreeMap<(usize, RouteId<'_>), Vec<WeightedCluster>> = BTreeMap::new();
+    // TLS ports: port -> hostname -> (precedence, chain). Of two routes for one hostname the
+    // older takes it (then namespace/name), as with HTTP route precedence.
+    type ProxyOrder<'a> = (bool, Option<&'a str>, &'a ObjectKey);
+    let mut proxies: BTreeMap<u16, BTreeMap<String, (ProxyOrder<'_>, TcpProxy)>> = BTreeMap::new();
     for attachment in attachments {
         let listener = &gateways[attachment.gateway].listeners[attachment.listener];
         if !listener.programmed() {
@@ -646,6 +674,36 @@ pub(super) fn build_listeners(
             if best_listener(gateways, on_port, hostname)
                 != Some((attachment.gateway, attachment.listener))
             {
+                continue;
+            }
+            if let AnyRoute::Tls(tls_route) = route {
+                let clusters = built_proxies
+                    .entry((attachment.gateway, attachment.route))
+                    .or_insert_with(|| {
+                        super::tls_routes::build_proxy(
+                            store,
+                            &contexts[attachment.gateway],
+                            attachment.route,
+                            tls_route,
+                            policies,
+                            ir,
+                            problems,
+                        )
+                    })
+                    .clone();
+                let created = tls_route.metadata.creation_timestamp.as_deref();
+                let order = (created.is_none(), created, attachment.route.key);
+                let proxy = TcpProxy {
+                    hostname: Some(hostname.clone()).filter(|h| h != "*"),
+                    certificates: listener.certificates.clone(),
+                    route: Some(attachment.route.key.to_string()),
+                    clusters,
+                };
+                let on_port = proxies.entry(port).or_default();
+                match on_port.get(hostname) {
+                    Some((taken, _)) if *taken <= order => {}
+                    _ => drop(on_port.insert(hostname.clone(), (order, proxy))),
+                }
                 continue;
             }
             let routes = built.entry((attachment.gateway, attachment.route)).or_insert_with(|| {
@@ -714,7 +772,27 @@ pub(super) fn build_listeners(
                     certificates: l.certificates.clone(),
                 })
                 .collect();
-            Listener { name, port, virtual_hosts, tls }
+            // TLS (TLSRoutes): a chain per route hostname; a port without any route still gets
+            // one chain (Envoy needs one), which closes every connection.
+            let mut tcp_proxies: Vec<TcpProxy> = proxies
+                .remove(&port)
+                .unwrap_or_default()
+                .into_values()
+                .map(|(_, proxy)| proxy)
+                .collect();
+            let first_listener = &gateways[first].listeners[on_port[0].1];
+            if tcp_proxies.is_empty() && first_listener.spec.protocol == "TLS" {
+                tcp_proxies.push(TcpProxy {
+                    hostname: None,
+                    certificates: first_listener.certificates.clone(),
+                    route: None,
+                    clusters: vec![WeightedCluster {
+                        cluster: super::routes::invalid_backend_cluster(ir),
+                        weight: 1,
+                    }],
+                });
+            }
+            Listener { name, port, virtual_hosts, tls, tcp_proxies }
         })
         .collect()
 }

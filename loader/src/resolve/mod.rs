@@ -1,13 +1,14 @@
 //! Gateway API semantics: from the objects in a [`Store`] to the [`Ir`] and each policy's status.
 //!
 //! Order of work: BackendTLSPolicies first (validate, resolve CA refs, settle conflicts), then
-//! Gateways and the HTTPRoutes and GRPCRoutes attached to them; each backendRef becomes a cluster governed by the
-//! policy that targets its Service port, if any.
+//! Gateways and the HTTPRoutes, GRPCRoutes and TLSRoutes attached to them; each backendRef
+//! becomes a cluster governed by the policy that targets its Service port, if any.
 
 mod gateways;
 mod grpc_routes;
 mod policy;
 mod routes;
+mod tls_routes;
 /// Public for the fuzz targets (`fuzz/`): CA bundle and key-pair parsing.
 #[doc(hidden)]
 pub mod trust;

@@ -10,6 +10,8 @@ use super::*;
 pub(super) enum RouteKind {
     Grpc,
     Http,
+    /// TLSRoutes attach only to TLS listeners, so they never share a host with the other two.
+    Tls,
 }
 
 impl RouteKind {
@@ -17,6 +19,7 @@ impl RouteKind {
         match self {
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Http => "HTTPRoute",
+            RouteKind::Tls => "TLSRoute",
         }
     }
 
@@ -37,6 +40,7 @@ pub(super) struct RouteId<'a> {
 pub(super) enum AnyRoute<'a> {
     Http(&'a HttpRoute),
     Grpc(&'a objects::GrpcRoute),
+    Tls(&'a objects::TlsRoute),
 }
 
 impl<'a> AnyRoute<'a> {
@@ -44,6 +48,7 @@ impl<'a> AnyRoute<'a> {
         match self {
             AnyRoute::Http(r) => &r.metadata,
             AnyRoute::Grpc(r) => &r.metadata,
+            AnyRoute::Tls(r) => &r.metadata,
         }
     }
 
@@ -51,6 +56,7 @@ impl<'a> AnyRoute<'a> {
         match self {
             AnyRoute::Http(r) => &r.spec.parent_refs,
             AnyRoute::Grpc(r) => &r.spec.parent_refs,
+            AnyRoute::Tls(r) => &r.spec.parent_refs,
         }
     }
 
@@ -58,11 +64,12 @@ impl<'a> AnyRoute<'a> {
         match self {
             AnyRoute::Http(r) => &r.spec.hostnames,
             AnyRoute::Grpc(r) => &r.spec.hostnames,
+            AnyRoute::Tls(r) => &r.spec.hostnames,
         }
     }
 }
 
-/// Every route in the store: GRPCRoutes, then HTTPRoutes, each by `namespace/name`.
+/// Every route in the store: GRPCRoutes, then HTTPRoutes, then TLSRoutes, each by `namespace/name`.
 pub(super) fn all_routes(store: &Store) -> impl Iterator<Item = (RouteId<'_>, AnyRoute<'_>)> {
     let grpc = store
         .grpc_routes
@@ -72,7 +79,11 @@ pub(super) fn all_routes(store: &Store) -> impl Iterator<Item = (RouteId<'_>, An
         .http_routes
         .iter()
         .map(|(key, route)| (RouteId { kind: RouteKind::Http, key }, AnyRoute::Http(route)));
-    grpc.chain(http)
+    let tls = store
+        .tls_routes
+        .iter()
+        .map(|(key, route)| (RouteId { kind: RouteKind::Tls, key }, AnyRoute::Tls(route)));
+    grpc.chain(http).chain(tls)
 }
 
 /// The route `id` names (it came from [`all_routes`] on the same store).
@@ -80,6 +91,7 @@ pub(super) fn lookup<'a>(store: &'a Store, id: RouteId<'_>) -> AnyRoute<'a> {
     match id.kind {
         RouteKind::Grpc => AnyRoute::Grpc(&store.grpc_routes[id.key]),
         RouteKind::Http => AnyRoute::Http(&store.http_routes[id.key]),
+        RouteKind::Tls => AnyRoute::Tls(&store.tls_routes[id.key]),
     }
 }
 
@@ -92,6 +104,7 @@ pub(super) fn any_route_conditions(
     match route {
         AnyRoute::Http(r) => route_conditions(store, id.key, r),
         AnyRoute::Grpc(r) => super::grpc_routes::route_conditions(store, id.key, r),
+        AnyRoute::Tls(r) => super::tls_routes::route_conditions(store, id.key, r),
     }
 }
 
@@ -111,6 +124,8 @@ pub(super) fn build_routes<'a>(
         AnyRoute::Grpc(r) => {
             super::grpc_routes::build_routes(store, gw, id.key, r, policies, ir, problems)
         }
+        // Not HTTP routes: TLS listeners proxy them (`tls_routes::build_proxy`).
+        AnyRoute::Tls(_) => Vec::new(),
     }
 }
 
@@ -769,20 +784,24 @@ pub(super) fn route_action(
         // The share of invalid backendRefs must fail, not move to the valid ones. Envoy cannot
         // answer locally for part of a weighted split, so that share goes to a cluster without
         // hosts (503).
-        ir.clusters.entry(INVALID_BACKEND_CLUSTER.to_string()).or_insert_with(|| Cluster {
-            name: INVALID_BACKEND_CLUSTER.to_string(),
-            service: ObjectKey::new("", ""),
-            port: 0,
-            endpoints: Endpoints::Static(Vec::new()),
-            tls: None,
-            protocol: UpstreamProtocol::Http1,
-        });
-        forward.push(WeightedCluster {
-            cluster: INVALID_BACKEND_CLUSTER.to_string(),
-            weight: invalid_weight,
-        });
+        forward
+            .push(WeightedCluster { cluster: invalid_backend_cluster(ir), weight: invalid_weight });
     }
     RouteAction::Forward(forward)
+}
+
+/// [`INVALID_BACKEND_CLUSTER`], added to the IR on first use: a cluster without hosts, so what
+/// is sent to it fails (HTTP: 503; TCP: the connection is closed).
+pub(super) fn invalid_backend_cluster(ir: &mut Ir) -> String {
+    ir.clusters.entry(INVALID_BACKEND_CLUSTER.to_string()).or_insert_with(|| Cluster {
+        name: INVALID_BACKEND_CLUSTER.to_string(),
+        service: ObjectKey::new("", ""),
+        port: 0,
+        endpoints: Endpoints::Static(Vec::new()),
+        tls: None,
+        protocol: UpstreamProtocol::Http1,
+    });
+    INVALID_BACKEND_CLUSTER.to_string()
 }
 
 /// The cluster of a backendRef, created on first use. It speaks HTTP/2 when a GRPCRoute uses it

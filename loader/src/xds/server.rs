@@ -1241,6 +1241,7 @@ mod tests {
                 hostname: Some("example.org".into()),
                 certificates: vec![cert.clone()],
             }],
+            tcp_proxies: Vec::new(),
         });
         let resources = super::super::translate::translate(&ir, &Default::default());
         let listener = &resources.listeners[0];

@@ -39,6 +39,7 @@ pub const SERVED: &[(&str, &[&str], &str, &str, bool)] = &[
     ("gateway.networking.k8s.io", &["v1", "v1beta1"], "gateways", "Gateway", true),
     ("gateway.networking.k8s.io", &["v1", "v1beta1"], "httproutes", "HTTPRoute", true),
     ("gateway.networking.k8s.io", &["v1"], "grpcroutes", "GRPCRoute", true),
+    ("gateway.networking.k8s.io", &["v1"], "tlsroutes", "TLSRoute", true),
     (
         "gateway.networking.k8s.io",
         &["v1", "v1beta1", "v1alpha2"],

@@ -136,7 +136,7 @@ fn digest_hex(bytes: &[u8]) -> String {
 /// holds them.
 fn listener_version(l: &ir::Listener, options: &TranslateOptions) -> String {
     if options.delivery == Delivery::Ads {
-        fingerprint(&(&l.name, l.port, &l.tls, options))
+        fingerprint(&(&l.name, l.port, &l.tls, &l.tcp_proxies, options))
     } else {
         fingerprint(&(l, options))
     }
@@ -165,7 +165,8 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
     out
 }
 
-/// A Gateway listener and, for ADS, its route configuration.
+/// A Gateway listener and, for ADS, its route configuration (none for a TLS listener, which
+/// proxies TCP and has no routes).
 fn listener_resources(
     l: &ir::Listener,
     certificates: &Certificates,
@@ -176,7 +177,8 @@ fn listener_resources(
         version: listener_version(l, options),
         resource: gateway_listener(l, certificates, options, &routes),
     };
-    (listener, (options.delivery == Delivery::Ads).then(|| versioned(l, routes)))
+    let with_routes = options.delivery == Delivery::Ads && l.tcp_proxies.is_empty();
+    (listener, with_routes.then(|| versioned(l, routes)))
 }
 
 /// A backend cluster and, for ADS, its endpoints.
@@ -260,6 +262,7 @@ impl Translator {
                     .tls
                     .iter()
                     .flat_map(|chain| &chain.certificates)
+                    .chain(l.tcp_proxies.iter().flat_map(|proxy| &proxy.certificates))
                     .filter_map(|name| ir.listener_certificates.get(name))
                     .map(|c| (c.cert_pem.as_str(), c.key_pem.as_str()))
                     .collect(),
@@ -268,6 +271,7 @@ impl Translator {
                 &l.name,
                 l.port,
                 &l.tls,
+                &l.tcp_proxies,
                 &inline_certificates,
                 &host_digests,
             ));
@@ -281,7 +285,7 @@ impl Translator {
                     }
                     entry
                 }
-                _ if options.delivery == Delivery::Ads => {
+                _ if options.delivery == Delivery::Ads && l.tcp_proxies.is_empty() => {
                     let empty = route::RouteConfiguration::default();
                     let listener = Versioned {
                         version: listener_version(l, options),
