@@ -13,10 +13,11 @@
 //! service ([`grpc`]).
 //!
 //! The servers run on a tokio runtime owned by the [`EchoServer`]; dropping it stops them and
-//! closes their ports.
+//! closes their ports. [`tcp`] is the upstream TCP echo (TLSRoute tests), on the same TLS options.
 
 pub mod grpc;
 pub mod report;
+pub mod tcp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -318,7 +319,7 @@ async fn connection(tcp: TcpStream, port: u16, tls: Option<tls::TlsServer>, shar
     }
 }
 
-async fn first_byte(tcp: &TcpStream) -> Option<u8> {
+pub(crate) async fn first_byte(tcp: &TcpStream) -> Option<u8> {
     let mut byte = [0u8; 1];
     match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut byte)).await {
         Ok(Ok(1)) => Some(byte[0]),
@@ -327,7 +328,7 @@ async fn first_byte(tcp: &TcpStream) -> Option<u8> {
 }
 
 /// The first line of what a plaintext client sent (up to 1 KiB, waiting at most 2 s for it).
-async fn first_line(mut tcp: TcpStream) -> String {
+pub(crate) async fn first_line(mut tcp: TcpStream) -> String {
     let mut buffer = Vec::new();
     let read = async {
         let mut chunk = [0u8; 1024];
