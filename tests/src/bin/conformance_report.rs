@@ -132,8 +132,11 @@ const UPSTREAM: &[Upstream] = &[
         name: "BackendTLSPolicyTLSRouteTerminate",
         profile: "GATEWAY-TLS",
         support: Support::Extended,
-        tests: &[],
-        missing: Some("TLSRoute (and listeners with tls.mode Terminate) is not implemented"),
+        tests: &[
+            "tls_routes::backendtlspolicy_tlsroute_terminate",
+            "tls_routes::tlsroute_fails_closed_and_refuses_passthrough",
+        ],
+        missing: None,
     },
 ];
 
@@ -144,10 +147,11 @@ const SUPPORTED_FEATURES: &[(&str, &[&str])] = &[
         &["BackendTLSPolicy", "BackendTLSPolicySANValidation", "GatewayBackendClientCertificate"],
     ),
     ("GATEWAY-GRPC", &["BackendTLSPolicy"]),
-    ("GATEWAY-TLS", &[]),
+    // TLSRoute on listeners in mode Terminate only: Passthrough listeners are refused
+    // (`Accepted=False`, `UnsupportedValue`), so TLSRoute's Passthrough tests would fail.
+    ("GATEWAY-TLS", &["BackendTLSPolicy", "TLSRoute", "TLSRouteModeTerminate"]),
 ];
-const UNSUPPORTED_FEATURES: &[(&str, &[&str])] =
-    &[("GATEWAY-TLS", &["BackendTLSPolicy", "TLSRoute", "TLSRouteModeTerminate"])];
+const UNSUPPORTED_FEATURES: &[(&str, &[&str])] = &[("GATEWAY-TLS", &["TLSRouteModeMixed"])];
 
 /// What libtest said about one test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
