@@ -657,3 +657,75 @@ fn namespaces_limit_the_watch() {
     });
     assert!(api.writes().is_empty(), "--no-status: the loader writes nothing, not even a Lease");
 }
+
+/// A TLSRoute through the API: watched (at the first version served), resolved, and its
+/// `status.parents` entry written like an HTTPRoute's (Accepted, ResolvedRefs, the listener's
+/// attachedRoutes); a BackendTLSPolicy on its backend names the Gateway as ancestor.
+#[test]
+fn tlsroute_status_through_the_api() {
+    use base64::Engine as _;
+    let api = KubeApi::start();
+    let ca = TestCa::new("backendtls kube tlsroute CA");
+    let cert = ca.issue(&["tls.example.com"]);
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert, namespace: infra}}\n\
+         type: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}}}\n",
+        b64(&cert.cert_pem),
+        b64(&cert.key_pem)
+    ));
+    api.apply_yaml(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: tls, namespace: infra}}\nspec:\n  gatewayClassName: backendtls\n  \
+         listeners:\n  - {{name: tls-terminate, protocol: TLS, port: {}, hostname: tls.example.com, \
+         tls: {{mode: Terminate, certificateRefs: [{{name: cert}}]}}}}\n",
+        free_port()
+    ));
+    api.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: backend, namespace: infra}\n\
+         spec: {ports: [{name: btls, port: 8443}]}\n",
+    );
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca, namespace: infra}}\n\
+         data: {{ca.crt: {}}}\n",
+        serde_json::to_string(ca.cert_pem()).unwrap()
+    ));
+    api.apply_yaml(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
+         metadata: {name: p, namespace: infra}\nspec:\n  \
+         targetRefs: [{group: \"\", kind: Service, name: backend}]\n  \
+         validation: {caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}], hostname: abc.example.com}\n",
+    );
+    api.apply_yaml(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\n\
+         metadata: {name: r, namespace: infra}\nspec:\n  parentRefs: [{name: tls}]\n  \
+         hostnames: [tls.example.com]\n  rules: [{backendRefs: [{name: backend, port: 8443}]}]\n",
+    );
+    let _loader = start_kube_loader(&api, &["--gateway-class", "backendtls"]);
+    let route = wait_until("the TLSRoute's status", TIMEOUT, || {
+        let route = api.get(GATEWAY_GROUP, "tlsroutes", "infra", "r").expect("route");
+        match route["status"]["parents"].as_array() {
+            Some(p) if p.iter().any(|p| p["controllerName"] == CONTROLLER) => Ok(route),
+            _ => Err(route["status"].clone()),
+        }
+    });
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["parentRef"]["name"], "tls", "{route}");
+    assert_eq!(condition(parent, "Accepted").as_deref(), Some("True"), "{route}");
+    assert_eq!(condition(parent, "ResolvedRefs").as_deref(), Some("True"), "{route}");
+    let gateway = wait_until("the Gateway's status", TIMEOUT, || {
+        let gateway = api.get(GATEWAY_GROUP, "gateways", "infra", "tls").expect("gateway");
+        match gateway["status"]["listeners"][0]["attachedRoutes"].as_i64() {
+            Some(1) => Ok(gateway),
+            _ => Err(gateway["status"].clone()),
+        }
+    });
+    assert_eq!(gateway["status"]["listeners"][0]["supportedKinds"][0]["kind"], "TLSRoute");
+    wait_until("the policy's ancestor", TIMEOUT, || {
+        let policy = api.get(GATEWAY_GROUP, "backendtlspolicies", "infra", "p").expect("policy");
+        match policy["status"]["ancestors"].as_array() {
+            Some(a) if a.iter().any(|a| a["ancestorRef"]["name"] == "tls") => Ok(()),
+            _ => Err(policy["status"].clone()),
+        }
+    });
+}
