@@ -8,8 +8,8 @@
 //! Nothing fails open: a missing or refused backendRef's weight goes to
 //! [`INVALID_BACKEND_CLUSTER`] (no hosts: Envoy closes those connections), a backend whose
 //! policy cannot be met has a cluster without hosts too, and a route the loader does not
-//! implement (`useDefaultGateways`, more than one rule) is refused as a whole
-//! (`Accepted=False`, `UnsupportedValue`, naming the field).
+//! implement (`useDefaultGateways`, more than one rule) or a hostname the schema forbids is
+//! refused as a whole (`Accepted=False`, `UnsupportedValue`, naming the field).
 
 use super::routes::{
     backend_cluster, check_backend_ref, invalid_backend_cluster, resolved_refs, RouteId, RouteKind,
@@ -61,6 +61,16 @@ pub fn unsupported(route: &TlsRoute) -> Option<String> {
     if spec.use_default_gateways.is_some() {
         return Some("spec.useDefaultGateways is not supported".into());
     }
+    // The schema's rules (the API server enforces them; files are checked here): an SNI name
+    // Envoy's `server_names` takes as written.
+    for (i, hostname) in spec.hostnames.iter().enumerate() {
+        if !valid_hostname(hostname) {
+            return Some(format!(
+                "spec.hostnames[{i}]: {hostname:?} is not a valid hostname (RFC 1123, lower case, \
+                 optionally with a leading `*.` label; no IP address)"
+            ));
+        }
+    }
     // TLSRoute v1 allows exactly one rule; v1alpha2 allowed up to 16 without saying how they
     // combine (they have no matches), so more than one is refused rather than guessed at.
     if spec.rules.len() > 1 {
@@ -70,6 +80,19 @@ pub fn unsupported(route: &TlsRoute) -> Option<String> {
         ));
     }
     None
+}
+
+/// The TLSRoute schema's hostname rules: lower-case RFC 1123 labels, optionally after one leading
+/// `*.` label, at most 253 characters, and not an IP address.
+fn valid_hostname(hostname: &str) -> bool {
+    let name = hostname.strip_prefix("*.").unwrap_or(hostname);
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    hostname.len() <= 253 && name.split('.').all(label) && name.parse::<std::net::IpAddr>().is_err()
 }
 
 /// `ResolvedRefs` (reasons `ResolvedRefs`, `BackendNotFound`, `RefNotPermitted`, `InvalidKind`)
@@ -297,7 +320,22 @@ mod tests {
             "v1",
             "  parentRefs: [{name: gw}]\n  useDefaultGateways: All\n  hostnames: [tls.example.com]\n  rules: [{backendRefs: [{name: s, port: 8443}]}]\n",
         );
+        for (name, hostname) in
+            [("ip", "10.0.0.1"), ("upper", "TLS.example.com"), ("mid-wildcard", "a.*.example.com")]
+        {
+            text += &tls_route(
+                name,
+                "v1",
+                &format!("  parentRefs: [{{name: gw}}]\n  hostnames: [tls.example.com, \"{hostname}\"]\n  rules: [{{backendRefs: [{{name: s, port: 8443}}]}}]\n"),
+            );
+        }
         let r = resolve_text(&text);
+        for name in ["ip", "upper", "mid-wildcard"] {
+            let c = condition(parent_conditions(&r, name), "Accepted");
+            assert_eq!((c.status, c.reason), (false, "UnsupportedValue"), "{name}");
+            assert!(c.message.starts_with("spec.hostnames[1]:"), "{name}: {}", c.message);
+        }
+        assert!(valid_hostname("*.example.com") && valid_hostname("tls.example.com"));
         assert_eq!(reason(&r, "on-http", "Accepted"), (false, "NotAllowedByListeners"));
         assert_eq!(reason(&r, "on-https", "Accepted"), (false, "NotAllowedByListeners"));
         assert_eq!(reason(&r, "no-section", "Accepted"), (false, "NoMatchingParent"));
