@@ -425,6 +425,23 @@ mod tests {
         assert!(error.contains("v1alpha2"), "{error}");
     }
 
+    /// A ReferenceGrant `from` kind TLSRoute lets a TLSRoute reach a Service in its namespace.
+    #[test]
+    fn a_reference_grant_from_tlsroute_allows_a_cross_namespace_backend() {
+        let mut text = base(&[TERMINATE]);
+        text += "---\napiVersion: v1\nkind: Service\nmetadata: {name: t, namespace: other}\nspec: {ports: [{port: 8443}]}\n";
+        text += "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: other}\nspec: {from: [{group: gateway.networking.k8s.io, kind: TLSRoute, namespace: infra}], to: [{group: \"\", kind: Service, name: t}]}\n";
+        text += &tls_route(
+            "r",
+            "v1",
+            "  parentRefs: [{name: gw}]\n  hostnames: [tls.example.com]\n  rules: [{backendRefs: [{name: t, namespace: other, port: 8443}]}]\n",
+        );
+        let r = resolve_text(&text);
+        assert_eq!(reason(&r, "r", "ResolvedRefs"), (true, "ResolvedRefs"));
+        let proxy = &r.ir.listeners[0].tcp_proxies[0];
+        assert_eq!(proxy.clusters[0].cluster, "kube_other_t_8443");
+    }
+
     /// Two routes for one SNI name on one listener: the older route takes it.
     #[test]
     fn the_older_route_takes_a_hostname() {
