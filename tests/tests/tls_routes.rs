@@ -83,7 +83,7 @@ fn backend_service_yaml(name: &str, echo: &TcpEchoServer) -> String {
 }
 
 struct Stack {
-    _config: ConfigDir,
+    config: ConfigDir,
     loader: Loader,
     envoy: Envoy,
 }
@@ -96,7 +96,7 @@ fn start(node: &str, files: &[(&str, String)]) -> Stack {
     let loader = Loader::start(config.path());
     let admin = free_port();
     let envoy = Envoy::start(&ads_bootstrap(loader.xds_port(), admin, node, Ads::Delta), admin);
-    Stack { _config: config, loader, envoy }
+    Stack { config, loader, envoy }
 }
 
 /// Upstream's checks of one conversation: the welcome line, `PONG`, `IS_TLS` true (the backend
@@ -160,6 +160,28 @@ fn closed_every_time(gateway: SocketAddr, pki: &Pki, sni: &str) -> Vec<String> {
             Err(e) => panic!("SNI {sni}: failed after echo data: {e}"),
         })
         .collect()
+}
+
+/// Like [`closed_every_time`] once the configuration has changed: conversations until
+/// [`FAILURES_IN_A_ROW`] in a row get no echo data, within [`CONVERGE`].
+fn closed_eventually(gateway: SocketAddr, pki: &Pki, sni: &str) {
+    let client = tcp::tls_client(pki.ca.cert_pem());
+    let deadline = Instant::now() + CONVERGE;
+    let mut in_a_row = 0;
+    while in_a_row < FAILURES_IN_A_ROW {
+        assert!(
+            Instant::now() < deadline,
+            "SNI {sni}: not {FAILURES_IN_A_ROW} closed connections in a row within {CONVERGE:?}"
+        );
+        match tcp::converse_tls(gateway, client.clone(), sni, ATTEMPT_TIMEOUT) {
+            Ok(_) => {
+                in_a_row = 0;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) if e.starts_with("welcome:") || e.starts_with("TLS handshake:") => in_a_row += 1,
+            Err(e) => panic!("SNI {sni}: failed after echo data: {e}"),
+        }
+    }
 }
 
 /// BackendTLSPolicyTLSRouteTerminate: the Gateway and the TLSRoute are accepted, the policy is
@@ -419,4 +441,47 @@ fn tlsroute_fails_closed_and_refuses_passthrough() {
     );
     // Nothing listens on the Passthrough listener's port.
     assert!(std::net::TcpStream::connect(local(passthrough_port)).is_err());
+}
+
+/// Live changes, no restart: the policy's CA switched to one that did not sign the backend's
+/// certificate closes every new connection; switched back, they work again; the backend never
+/// saw plaintext.
+#[test]
+fn tlsroute_follows_live_policy_changes() {
+    let pki = Pki::new();
+    let echo = TcpEchoServer::tls(NS, POD, TlsOptions::new(&pki.backend_cert).alpn(&[]));
+    let gateway_port = free_port();
+    let gateway_cert = pki.ca.issue(&[ROUTE_HOST]);
+    let policy = Policy::new(POLICY, SERVICE).section(SERVICE_PORT_NAME);
+    let stack = start(
+        "tlsroute-live",
+        &[
+            (
+                "gateway.yaml",
+                gateway_yaml(
+                    GATEWAY,
+                    &[terminate_listener(LISTENER, gateway_port, ROUTE_HOST, GATEWAY_CERTIFICATE)],
+                ),
+            ),
+            ("certificate.yaml", tls_secret_yaml(GATEWAY_CERTIFICATE, &gateway_cert)),
+            ("route.yaml", tls_route_yaml(ROUTE, GATEWAY, ROUTE_HOST, SERVICE)),
+            ("service.yaml", backend_service_yaml(SERVICE, &echo)),
+            ("policy.yaml", policy.clone().yaml()),
+            (
+                "cas.yaml",
+                documents(&[
+                    ca_config_map_yaml(CA_CONFIG_MAP, pki.ca.cert_pem()),
+                    ca_config_map_yaml(MISMATCH_CA_CONFIG_MAP, pki.mismatch_ca.cert_pem()),
+                ]),
+            ),
+        ],
+    );
+    let gateway = local(gateway_port);
+    converse_eventually(gateway, &pki, ROUTE_HOST);
+
+    stack.config.write("policy.yaml", &policy.clone().ca_config_map(MISMATCH_CA_CONFIG_MAP).yaml());
+    closed_eventually(gateway, &pki, ROUTE_HOST);
+    stack.config.write("policy.yaml", &policy.yaml());
+    converse_eventually(gateway, &pki, ROUTE_HOST);
+    assert!(echo.plaintext_on_tls().is_empty(), "{:?}", echo.plaintext_on_tls());
 }
