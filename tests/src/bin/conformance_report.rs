@@ -445,6 +445,24 @@ test san_validation ... ignored
         assert!(notes.iter().any(|n| n.contains("did not run: policy::san_validation")));
     }
 
+    /// BackendTLSPolicyTLSRouteTerminate passes when both tls_routes tests pass; GATEWAY-TLS
+    /// claims TLSRoute in Terminate mode with BackendTLSPolicy.
+    #[test]
+    fn tlsroute_terminate_comes_from_tls_routes() {
+        let log = "     Running tests/tls_routes.rs (target/debug/deps/tls_routes-3)\n\
+                   test backendtlspolicy_tlsroute_terminate ... ok\n\
+                   test tlsroute_fails_closed_and_refuses_passthrough ... ok\n";
+        let (report, _) = report(&parse_log(log), "2026-01-01T00:00:00Z");
+        let profiles = report["profiles"].as_array().unwrap();
+        let tls = &profiles.iter().find(|p| p["name"] == "GATEWAY-TLS").unwrap()["extended"];
+        assert_eq!(tls["result"], "success", "{tls}");
+        assert_eq!(
+            tls["supportedFeatures"],
+            json!(["BackendTLSPolicy", "TLSRoute", "TLSRouteModeTerminate"])
+        );
+        assert_eq!(tls["unsupportedFeatures"], json!(["TLSRouteModeMixed"]));
+    }
+
     #[test]
     fn dates_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
