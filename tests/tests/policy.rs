@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use backendtls_e2e::conformance::status::wait_for;
 use backendtls_e2e::conformance::{
-    expect_eventually, Expect, Gateway as ConformanceGateway, Request, Want,
+    expect_eventually, Expect, ExpectedListener, Gateway as ConformanceGateway, Request, Want,
 };
 use backendtls_e2e::echo::{EchoReport, EchoServer, TlsOptions};
 use backendtls_e2e::policy_support::{
@@ -204,6 +204,16 @@ fn reencrypt() {
             policy.condition(NS, gateway, Some(1), &Want::true_("ResolvedRefs"))
         });
     }
+    // Beyond upstream: exactly the four listener statuses, the route attached only to `https`
+    // (the one listener whose hostname, none, intersects https-listener.org).
+    wait_for(&loader, "the HTTPS Gateway's four listener statuses", |doc| {
+        doc.gateway(NS, HTTPS_GATEWAY)?.has_listeners(&[
+            ExpectedListener::healthy_http("https", 1),
+            ExpectedListener::healthy_http("https-with-hostname", 0),
+            ExpectedListener::healthy_http("https-with-wildcard-hostname", 0),
+            ExpectedListener::healthy_http("https-with-hostname-matching-wildcard", 0),
+        ])
+    });
     let https = ConformanceGateway::https(
         std::net::SocketAddr::from(([127, 0, 0, 1], https_port)),
         listener_ca.cert_pem(),
