@@ -77,7 +77,7 @@ test: setup lint build unit e2e
 
 ## conformance: the e2e files that adapt the upstream BackendTLSPolicy-related tests (also run by
 ## `make e2e`), then the ConformanceReport from their results; fails when a test failed.
-CONFORMANCE_TESTS := --test policy --test grpc_routes --test tls_routes
+CONFORMANCE_TESTS := --test policy --test grpc_routes --test grpc_conformance --test tls_routes
 CONFORMANCE_LOG   := $(TARGET_DIR)/conformance.log
 CONFORMANCE_REPORT ?= docs/conformance-report.yaml
 conformance: setup build filter

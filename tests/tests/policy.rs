@@ -12,16 +12,23 @@
 
 use std::time::Duration;
 
+use backendtls_e2e::conformance::status::wait_for;
+use backendtls_e2e::conformance::{
+    expect_eventually, Expect, ExpectedListener, Gateway as ConformanceGateway, Request, Want,
+};
+use backendtls_e2e::echo::{EchoReport, EchoServer, TlsOptions};
 use backendtls_e2e::policy_support::{
     btls_service_yaml, ca_config_map_yaml, ca_secret_yaml, cluster, config_map_yaml, documents,
     expect_condition, gateway_yaml, gateway_yaml_with_client_certificate, is_gateway_ref,
     missing_dir, run_check, run_loader_command, service_yaml, tls_secret_yaml,
-    wait_for_gateway_status, write_base, yaml_to_json, BackendRequest, Condition, ConfigDir,
+    wait_for_gateway_status, write_base, yaml_to_json, BackendRequest, Ca, Condition, ConfigDir,
     Fixture, Pki, Policy, PolicyStack, Route, Status, TlsServer, BTLS_PORT, BTLS_PORT_NAME,
     CA_CONFIG_MAP, CLIENT_COMMON_NAME, CONTROLLER_NAME, CONVERGE_TIMEOUT, FAIL_CLOSED_PREFIX,
     GATEWAY, MISMATCH_CA_CONFIG_MAP, NS,
 };
-use backendtls_e2e::{free_port, try_http_get, wait_until, Envoy, Loader, NGINX_BODY};
+use backendtls_e2e::{
+    ads_bootstrap, free_port, try_http_get, wait_until, Ads, Envoy, Loader, NGINX_BODY,
+};
 use serde_json::{json, Value};
 
 const CONFORMANCE_HOSTNAME: &str = "abc.example.com";
@@ -103,6 +110,139 @@ fn normative() {
         assert_accepted_and_resolved(&stack, policy);
     }
     stack.assert_no_plaintext();
+}
+
+/// Conformance `BackendTLSPolicy`, its re-encrypt subtest and the plain-HTTP one on the same
+/// Service: TLS from the client ends at an HTTPS listener (SNI and Host `https-listener.org`) and
+/// TLS starts again to the backend with the policy's hostname `abc.example.com` as SNI, not the
+/// client's SNI or Host. The policy has one ancestor entry per Gateway whose routes use its
+/// Service, Accepted and ResolvedRefs under both. The backend is the in-process echo, so the
+/// namespace, path, Host and SNI it saw are all compared (upstream's rules).
+///
+/// File mode: every Gateway has its own port; the listener certificate is issued by a test CA
+/// (the client trusts it) for `https-listener.org` and `*.wildcard.org` (upstream's self-signed one
+/// has `*.org`, which rustls, like webpki, does not take as an identity).
+#[test]
+fn reencrypt() {
+    const HTTPS_GATEWAY: &str = "same-namespace-with-https-listener";
+    const HTTPS_HOST: &str = "https-listener.org";
+    let pki = Pki::new();
+    let echo = EchoServer::tls(NS, "tls-backend-7c5d9f-h4k2", TlsOptions::new(&pki.backend_cert));
+    let listener_ca = Ca::new("backendtls e2e listener CA");
+    let listener_cert = listener_ca.issue(&[HTTPS_HOST, "*.wildcard.org"]);
+    let config = ConfigDir::new();
+    let (http_port, https_port) = (free_port(), free_port());
+    write_base(&config, &pki, http_port);
+    let https_listener = |name: &str, hostname: Option<&str>| {
+        let hostname = hostname.map(|h| format!("hostname: \"{h}\", ")).unwrap_or_default();
+        format!(
+            "  - {{name: {name}, protocol: HTTPS, port: {https_port}, {hostname}\
+             allowedRoutes: {{namespaces: {{from: Same}}}}, tls: {{certificateRefs: \
+             [{{group: \"\", kind: Secret, name: tls-validity-checks-certificate, \
+             namespace: {NS}}}]}}}}\n"
+        )
+    };
+    config.write(
+        "https-gateway.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: {HTTPS_GATEWAY}, namespace: {NS}}}\n\
+             spec:\n  gatewayClassName: backendtls\n  listeners:\n{}{}{}{}",
+            https_listener("https", None),
+            https_listener("https-with-hostname", Some("second-example.org")),
+            https_listener("https-with-wildcard-hostname", Some("*.wildcard.org")),
+            https_listener(
+                "https-with-hostname-matching-wildcard",
+                Some("fourth-example.wildcard.org")
+            ),
+        ),
+    );
+    config.write(
+        "listener-secret.yaml",
+        &tls_secret_yaml("tls-validity-checks-certificate", &listener_cert),
+    );
+    config.write("service.yaml", &btls_service_yaml("backendtlspolicy-test", echo.port()));
+    let exact_route = |name: &str, gateway: &str, hostname: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {name}, namespace: {NS}}}\n\
+             spec:\n  parentRefs: [{{name: {gateway}, namespace: {NS}}}]\n  \
+             hostnames: [{hostname}]\n  rules:\n  - matches: [{{path: {{type: Exact, \
+             value: /backendtlspolicy}}}}]\n    backendRefs: [{{group: \"\", kind: Service, \
+             name: backendtlspolicy-test, port: {BTLS_PORT}}}]\n"
+        )
+    };
+    config.write(
+        "routes.yaml",
+        &documents(&[
+            exact_route("backendtlspolicy", GATEWAY, CONFORMANCE_HOSTNAME),
+            exact_route("backendtlspolicy-reencrypt", HTTPS_GATEWAY, HTTPS_HOST),
+        ]),
+    );
+    config.write(
+        "policy.yaml",
+        &Policy::new("normative-test", "backendtlspolicy-test").section(BTLS_PORT_NAME).yaml(),
+    );
+    let loader = Loader::start(config.path());
+    let envoy_admin = free_port();
+    let _envoy = Envoy::start(
+        &ads_bootstrap(loader.xds_port(), envoy_admin, "e2e-policy-reencrypt", Ads::Delta),
+        envoy_admin,
+    );
+
+    // Re-encrypt: the HTTPS Gateway (all four listeners ResolvedRefs, Accepted, Programmed) and
+    // its route accepted, the route's refs resolved, the policy Accepted and ResolvedRefs under
+    // that Gateway.
+    for (gateway, route) in
+        [(HTTPS_GATEWAY, "backendtlspolicy-reencrypt"), (GATEWAY, "backendtlspolicy")]
+    {
+        wait_for(&loader, &format!("Gateway {gateway}, route {route} and the policy"), |doc| {
+            doc.gateway_and_routes_accepted((NS, gateway), &[(NS, route)], CONTROLLER_NAME)?;
+            doc.http_route(NS, route)?.condition(NS, gateway, &Want::true_("ResolvedRefs"))?;
+            let policy = doc.policy(NS, "normative-test")?;
+            policy.condition(NS, gateway, Some(1), &Want::true_("Accepted"))?;
+            policy.condition(NS, gateway, Some(1), &Want::true_("ResolvedRefs"))
+        });
+    }
+    // Beyond upstream: exactly the four listener statuses, the route attached only to `https`
+    // (the one listener whose hostname, none, intersects https-listener.org).
+    wait_for(&loader, "the HTTPS Gateway's four listener statuses", |doc| {
+        doc.gateway(NS, HTTPS_GATEWAY)?.has_listeners(&[
+            ExpectedListener::healthy_http("https", 1),
+            ExpectedListener::healthy_http("https-with-hostname", 0),
+            ExpectedListener::healthy_http("https-with-wildcard-hostname", 0),
+            ExpectedListener::healthy_http("https-with-hostname-matching-wildcard", 0),
+        ])
+    });
+    let https = ConformanceGateway::https(
+        std::net::SocketAddr::from(([127, 0, 0, 1], https_port)),
+        listener_ca.cert_pem(),
+    );
+    expect_eventually(
+        &https,
+        &Expect::request(Request::get("/backendtlspolicy").host(HTTPS_HOST).sni(HTTPS_HOST))
+            .sni(CONFORMANCE_HOSTNAME),
+    );
+
+    // The same Service through the HTTP Gateway: Host abc.example.com, SNI the policy hostname.
+    expect_eventually(
+        http_port,
+        &Expect::request(Request::get("/backendtlspolicy").host(CONFORMANCE_HOSTNAME))
+            .sni(CONFORMANCE_HOSTNAME),
+    );
+
+    // Beyond upstream: every request reached the backend over TLS with the policy's SNI, both
+    // Hosts arrived as sent, and nothing came in plaintext.
+    let seen = echo.requests();
+    let sni_of = |r: &EchoReport| r.tls.as_ref().map(|t| t.server_name.clone());
+    assert!(
+        seen.iter().all(|r| sni_of(r).as_deref() == Some(CONFORMANCE_HOSTNAME)),
+        "every backend request should carry SNI {CONFORMANCE_HOSTNAME}: {seen:?}"
+    );
+    for host in [HTTPS_HOST, CONFORMANCE_HOSTNAME] {
+        assert!(seen.iter().any(|r| r.host == host), "no backend request with Host {host}");
+    }
+    assert_eq!(echo.plaintext_on_tls(), vec![], "plaintext reached the TLS backend");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -913,34 +1053,101 @@ fn gateway_client_certificate() {
     stack.assert_no_plaintext();
 }
 
-/// A clientCertificateRef to a Secret that does not exist: the Gateway is still Accepted, and its
-/// ResolvedRefs is False/InvalidClientCertificateRef (spec: GatewayInvalidTLSBackendConfiguration).
+// ---------------------------------------------------------------------------------------------
+// Conformance: GatewayInvalidTLSBackendConfiguration
+
+/// Conformance `GatewayInvalidTLSBackendConfiguration`: five Gateways whose
+/// `spec.tls.backend.clientCertificateRef` cannot be used (a Secret that does not exist, a group
+/// other than core, a kind other than Secret, an `Opaque` Secret without data, a Secret in
+/// another namespace without a ReferenceGrant). Each stays `Accepted=True/Accepted` and
+/// `Programmed=True` (it is not annotated to skip readiness), with `ResolvedRefs=False` and the
+/// spec's reason, every condition at the Gateway's generation; the message names the reference.
 #[test]
-fn gateway_client_certificate_missing_secret() {
+fn gateway_invalid_tls_backend_configuration() {
+    const WEB_NS: &str = "gateway-conformance-web-backend";
     let config = ConfigDir::new();
     let pki = Pki::new();
     write_base(&config, &pki, free_port());
+    // (Gateway, clientCertificateRef as a YAML flow mapping, reason, text the message names)
+    let cases = [
+        (
+            "gateway-client-certificate-nonexistent-secret",
+            "{group: \"\", kind: Secret, name: nonexistent-certificate}".to_string(),
+            "InvalidClientCertificateRef",
+            "nonexistent-certificate",
+        ),
+        (
+            "gateway-client-certificate-unsupported-group",
+            "{group: wrong.group.company.io, kind: Secret, name: tls-validity-checks-certificate}"
+                .to_string(),
+            "InvalidClientCertificateRef",
+            "tls-validity-checks-certificate",
+        ),
+        (
+            "gateway-client-certificate-unsupported-kind",
+            "{group: \"\", kind: WrongKind, name: tls-validity-checks-certificate}".to_string(),
+            "InvalidClientCertificateRef",
+            "tls-validity-checks-certificate",
+        ),
+        (
+            "gateway-client-certificate-malformed-secret",
+            "{group: \"\", kind: Secret, name: malformed-client-certificate}".to_string(),
+            "InvalidClientCertificateRef",
+            "malformed-client-certificate",
+        ),
+        (
+            "gateway-client-certificate-missing-reference-grant",
+            format!("{{group: \"\", kind: Secret, name: certificate, namespace: {WEB_NS}}}"),
+            "RefNotPermitted",
+            "certificate",
+        ),
+    ];
+    let gateways: Vec<String> = cases
+        .iter()
+        .map(|(name, reference, _, _)| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: {name}, namespace: {NS}}}\n\
+                 spec:\n  gatewayClassName: backendtls\n  \
+                 tls: {{backend: {{clientCertificateRef: {reference}}}}}\n  listeners:\n  \
+                 - {{name: http, protocol: HTTP, port: {}, allowedRoutes: {{namespaces: {{from: Same}}}}}}\n",
+                free_port()
+            )
+        })
+        .collect();
+    config.write("gateways.yaml", &documents(&gateways));
+    // The Secrets the refs name exist where they should, so each reason is the ref's own fault:
+    // a usable certificate for the wrong group and kind, an Opaque Secret with empty data, and
+    // a usable certificate in another namespace.
     config.write(
-        "gateway.yaml",
-        &gateway_yaml_with_client_certificate(GATEWAY, free_port(), Some("no-such-client")),
+        "secrets.yaml",
+        &documents(&[
+            tls_secret_yaml("tls-validity-checks-certificate", &pki.client_cert),
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: malformed-client-certificate, \
+                 namespace: {NS}}}\ntype: Opaque\ndata: {{}}\n"
+            ),
+            tls_secret_yaml("certificate", &pki.client_cert)
+                .replace(&format!("namespace: {NS}"), &format!("namespace: {WEB_NS}")),
+        ]),
     );
-    config.write("service.yaml", &btls_service_yaml("mtls", free_port()));
-    config.write("route.yaml", &Route::new("mtls").rule("/mtls", "mtls", BTLS_PORT).yaml());
-    config.write("policy.yaml", &Policy::new("mtls", "mtls").yaml());
     let loader = Loader::start(config.path());
 
-    let resolved = wait_for_gateway_condition(
-        &loader,
-        GATEWAY,
-        "ResolvedRefs",
-        "False",
-        Some("InvalidClientCertificateRef"),
-    );
-    assert!(
-        resolved.message.contains("no-such-client"),
-        "the Gateway's ResolvedRefs message should name the Secret no-such-client: {resolved:?}"
-    );
-    wait_for_gateway_condition(&loader, GATEWAY, "Accepted", "True", None);
+    for (gateway, _, reason, named) in &cases {
+        wait_for(&loader, &format!("Gateway {gateway}: ResolvedRefs=False/{reason}"), |doc| {
+            let status = doc.gateway(NS, gateway)?;
+            status.condition(&Want::false_("ResolvedRefs", reason))?;
+            status.condition(&Want::true_("Accepted"))?;
+            status.condition(&Want::true_any("Programmed"))?;
+            Ok(())
+        });
+        let resolved =
+            wait_for_gateway_condition(&loader, gateway, "ResolvedRefs", "False", Some(reason));
+        assert!(
+            resolved.message.contains(named),
+            "{gateway}: the ResolvedRefs message should name {named}: {resolved:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

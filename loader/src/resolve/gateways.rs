@@ -1495,6 +1495,61 @@ spec:
         );
     }
 
+    /// GatewayInvalidTLSBackendConfiguration and GatewayTLSBackendClientCertificate: an unusable
+    /// `spec.tls.backend.clientCertificateRef` (missing Secret, group or kind other than core
+    /// Secret, an `Opaque` Secret without data, another namespace without a ReferenceGrant) gives
+    /// the Gateway `ResolvedRefs=False` with the spec's reason and no client certificate, and
+    /// leaves it Accepted and Programmed; a usable one (with a grant across namespaces) resolves.
+    #[test]
+    fn backend_client_certificate_refs() {
+        // Each Gateway on its own port (they share the listener address).
+        let gateway_doc = |name: &str, reference: &str, port: usize| {
+            format!("---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: infra, generation: 2}}\nspec:\n  gatewayClassName: x\n  tls: {{backend: {{clientCertificateRef: {reference}}}}}\n  listeners: [{{name: http, protocol: HTTP, port: {}}}]\n", 9080 + port)
+        };
+        let mut text = tls_secret("infra", "client", "client.example");
+        text += &tls_secret("web", "certificate", "client.example");
+        text += "---\napiVersion: v1\nkind: Secret\nmetadata: {name: malformed, namespace: infra}\ntype: Opaque\ndata: {}\n";
+        let cases = [
+            ("nonexistent", "{name: nonexistent}", (false, "InvalidClientCertificateRef")),
+            (
+                "group",
+                "{group: wrong.group.company.io, kind: Secret, name: client}",
+                (false, "InvalidClientCertificateRef"),
+            ),
+            (
+                "kind",
+                "{group: \"\", kind: WrongKind, name: client}",
+                (false, "InvalidClientCertificateRef"),
+            ),
+            (
+                "malformed",
+                "{group: \"\", kind: Secret, name: malformed}",
+                (false, "InvalidClientCertificateRef"),
+            ),
+            ("no-grant", "{name: certificate, namespace: web}", (false, "RefNotPermitted")),
+            ("valid", "{group: \"\", kind: Secret, name: client}", (true, "ResolvedRefs")),
+        ];
+        for (port, (name, reference, _)) in cases.iter().enumerate() {
+            text += &gateway_doc(name, reference, port);
+        }
+        let r = resolve_text(&text);
+        for (name, _, want) in &cases {
+            let gw = gateway(&r, name);
+            let (status, reason, message) = condition(&gw.conditions, "ResolvedRefs");
+            assert_eq!((status, reason), *want, "{name}: {message}");
+            assert_eq!(condition(&gw.conditions, "Accepted").1, "Accepted", "{name}");
+            assert_eq!(condition(&gw.conditions, "Programmed").1, "Programmed", "{name}");
+            assert!(gw.conditions.iter().all(|c| c.observed_generation == 2), "{name}");
+        }
+        assert_eq!(r.ir.client_certificates.len(), 1, "only the usable Secret is served");
+
+        // A grant from Gateways of infra to Secrets in web makes the cross-namespace one usable.
+        text += "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: web}\nspec: {from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}], to: [{group: \"\", kind: Secret}]}\n";
+        let r = resolve_text(&text);
+        let (status, reason, _) = condition(&gateway(&r, "no-grant").conditions, "ResolvedRefs");
+        assert_eq!((status, reason), (true, "ResolvedRefs"));
+    }
+
     /// The first Envoy listener's virtual hosts: each domain with the names of its routes.
     fn first_listener_hosts(r: &Resolution) -> Vec<(&str, Vec<&str>)> {
         r.ir.listeners[0]

@@ -43,10 +43,8 @@ const UPSTREAM: &[Upstream] = &[
         name: "BackendTLSPolicy",
         profile: "GATEWAY-HTTP",
         support: Support::Extended,
-        tests: &["policy::normative", "policy::ca_certificate_ref_reconcile"],
-        missing: Some(
-            "its re-encrypt subtest (HTTPS listener in, BackendTLSPolicy out) needs HTTPS listeners",
-        ),
+        tests: &["policy::normative", "policy::ca_certificate_ref_reconcile", "policy::reencrypt"],
+        missing: None,
     },
     Upstream {
         name: "BackendTLSPolicyConflictResolution",
@@ -94,11 +92,8 @@ const UPSTREAM: &[Upstream] = &[
         name: "GatewayInvalidTLSBackendConfiguration",
         profile: "GATEWAY-HTTP",
         support: Support::Extended,
-        tests: &["policy::gateway_client_certificate_missing_secret"],
-        missing: Some(
-            "only the nonexistent-Secret Gateway of its five is adapted (unsupported group, \
-             unsupported kind, malformed Secret and missing ReferenceGrant are not)",
-        ),
+        tests: &["policy::gateway_invalid_tls_backend_configuration"],
+        missing: None,
     },
     Upstream {
         name: "BackendTLSPolicyGRPCRoute",
@@ -111,22 +106,29 @@ const UPSTREAM: &[Upstream] = &[
         name: "GRPCExactMethodMatching",
         profile: "GATEWAY-GRPC",
         support: Support::Core,
-        tests: &[],
-        missing: Some("GRPCRoute core tests are not adapted yet (grpc_routes::grpcroute_matching_status_and_h2c covers method and header matching in our own terms)"),
+        tests: &["grpc_conformance::grpc_exact_method_matching"],
+        missing: None,
     },
     Upstream {
         name: "GRPCRouteHeaderMatching",
         profile: "GATEWAY-GRPC",
         support: Support::Core,
-        tests: &[],
-        missing: Some("GRPCRoute core tests are not adapted yet"),
+        tests: &["grpc_conformance::grpcroute_header_matching"],
+        missing: None,
     },
     Upstream {
         name: "GRPCRouteListenerHostnameMatching",
         profile: "GATEWAY-GRPC",
         support: Support::Core,
-        tests: &[],
-        missing: Some("GRPCRoute core tests are not adapted yet"),
+        tests: &["grpc_conformance::grpcroute_listener_hostname_matching"],
+        missing: None,
+    },
+    Upstream {
+        name: "GRPCRouteWeight",
+        profile: "GATEWAY-GRPC",
+        support: Support::Core,
+        tests: &["grpc_conformance::grpcroute_weight"],
+        missing: None,
     },
     Upstream {
         name: "BackendTLSPolicyTLSRouteTerminate",
@@ -441,7 +443,9 @@ test san_validation ... ignored
             profile("GATEWAY-TLS")["extended"]["skippedTests"],
             json!(["BackendTLSPolicyTLSRouteTerminate"])
         );
-        assert!(notes.iter().any(|n| n.contains("re-encrypt")));
+        assert!(notes
+            .iter()
+            .any(|n| n.contains("did not run: grpc_conformance::grpc_exact_method_matching")));
         assert!(notes.iter().any(|n| n.contains("did not run: policy::san_validation")));
     }
 
