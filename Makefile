@@ -70,8 +70,12 @@ lint: .setup/rust
 unit:
 	$(CARGO) test --workspace --exclude backendtls-e2e
 
+## The tests use the loader `make build` just built: left to themselves they would run
+## `cargo build -p backendtls-loader`, whose feature resolution differs from the workspace build's
+## and rebuilds the loader while the first tests wait.
+E2E_ENV := BACKENDTLS_LOADER_BIN=$(TARGET_DIR)/debug/backendtls-loader
 e2e: setup build filter
-	$(CARGO) test -p backendtls-e2e -- --test-threads 2
+	$(E2E_ENV) $(CARGO) test -p backendtls-e2e -- --test-threads 2
 
 test: setup lint build unit e2e
 
@@ -82,7 +86,7 @@ CONFORMANCE_LOG   := $(TARGET_DIR)/conformance.log
 CONFORMANCE_REPORT ?= docs/conformance-report.yaml
 conformance: setup build filter
 	@mkdir -p $(TARGET_DIR)
-	set -o pipefail; $(CARGO) test -p backendtls-e2e $(CONFORMANCE_TESTS) -- --test-threads 2 2>&1 \
+	set -o pipefail; $(E2E_ENV) $(CARGO) test -p backendtls-e2e $(CONFORMANCE_TESTS) -- --test-threads 2 2>&1 \
 	  | tee $(CONFORMANCE_LOG); status=$$?; \
 	  $(TARGET_DIR)/debug/backendtls-conformance-report $(CONFORMANCE_LOG) $(CONFORMANCE_REPORT) \
 	  && exit $$status
