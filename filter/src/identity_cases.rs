@@ -10,6 +10,7 @@
 //!
 //! The loader runs the same table through the Envoy SAN matchers it generates
 //! (`loader/tests/identity_cases.rs`).
+#![forbid(unsafe_code)]
 
 use backendtls_contract::identity_cases::{Case, CertNames, San, Verdict, CASES};
 use rcgen::{

@@ -1,4 +1,7 @@
 //! `backendtls-loader`: see README for the full CLI reference.
+//!
+//! The library forbids `unsafe`; here it is denied but for the allocator's tuning at startup.
+#![deny(unsafe_code)]
 
 /// mimalloc rather than glibc's allocator: the loader rebuilds large, short-lived structures on
 /// every change, and glibc's per-thread arenas kept about 70 MB more resident at 10,000 backends.
@@ -13,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// about a fifth of a rebuild's time. The arena option only counts before the first allocation
 /// reserves an arena, so this runs as an ELF constructor, before Rust's runtime allocates.
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[allow(unsafe_code)]
 extern "C" fn tune_allocator() {
     use libmimalloc_sys::{mi_option_set, mi_option_t};
     // Positions in mimalloc v2's `mi_option_e` (libmimalloc-sys 0.1.49 names neither).
@@ -27,6 +31,7 @@ extern "C" fn tune_allocator() {
 }
 
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[allow(unsafe_code)]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
