@@ -279,3 +279,32 @@ pub fn bootstrap_document(
     }
     document
 }
+
+/// Where `serve` reads objects from: the config directory (file mode) or the Kubernetes API
+/// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
+pub trait Input: Send {
+    /// Brings the objects up to date. An error keeps the current configuration.
+    fn reload(&mut self) -> Result<(), String>;
+    /// False until the objects are complete (the API caches synced): nothing is built before.
+    fn ready(&self) -> bool {
+        true
+    }
+    fn resolve(&self, options: &resolve::Options) -> Resolved;
+    /// Inputs that cannot be used and have never been: no first configuration is published.
+    fn unusable(&self) -> Vec<String>;
+    /// Each build's status report, after the snapshot was published.
+    fn built(&mut self, _report: &StatusReport) {}
+}
+
+impl Input for ConfigDir {
+    fn reload(&mut self) -> Result<(), String> {
+        ConfigDir::reload(self)
+            .map_err(|e| format!("cannot read config directory {}: {e}", self.root().display()))
+    }
+    fn resolve(&self, options: &resolve::Options) -> Resolved {
+        resolve(self, options)
+    }
+    fn unusable(&self) -> Vec<String> {
+        ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()
+    }
+}

@@ -1,7 +1,7 @@
 //! `serve`: watch the config directory, rebuild on every change, publish snapshots over ADS.
 
 use crate::admin::{Admin, LoaderStatus};
-use crate::pipeline;
+use crate::pipeline::Input;
 use crate::probe;
 use crate::quarantine::Quarantine;
 use crate::resolve;
@@ -227,35 +227,6 @@ fn watch_dir(
         .watch(dir, notify::RecursiveMode::Recursive)
         .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     Ok(watcher)
-}
-
-/// Where `serve` reads objects from: the config directory (file mode) or the Kubernetes API
-/// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
-pub trait Input: Send {
-    /// Brings the objects up to date. An error keeps the current configuration.
-    fn reload(&mut self) -> Result<(), String>;
-    /// False until the objects are complete (the API caches synced): nothing is built before.
-    fn ready(&self) -> bool {
-        true
-    }
-    fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved;
-    /// Inputs that cannot be used and have never been: no first configuration is published.
-    fn unusable(&self) -> Vec<String>;
-    /// Each build's status report, after the snapshot was published.
-    fn built(&mut self, _report: &pipeline::StatusReport) {}
-}
-
-impl Input for ConfigDir {
-    fn reload(&mut self) -> Result<(), String> {
-        ConfigDir::reload(self)
-            .map_err(|e| format!("cannot read config directory {}: {e}", self.root().display()))
-    }
-    fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved {
-        pipeline::resolve(self, options)
-    }
-    fn unusable(&self) -> Vec<String> {
-        ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()
-    }
 }
 
 /// gRPC request headers from Envoy are a few hundred bytes.

@@ -4,7 +4,7 @@
 //! relisting after `410 Gone` or a lost connection) per kind in [`api::WATCHED`], per watched
 //! namespace. Each object is turned back into JSON and parsed by [`crate::source::parse_file`],
 //! the same code as file mode, so strictness and error reporting are identical. The watchers send
-//! what changed to the rebuild thread ([`KubeInput`], a [`crate::serve::Input`]), which keeps the
+//! what changed to the rebuild thread ([`KubeInput`], a [`crate::pipeline::Input`]), which keeps the
 //! [`Store`] and builds with the same debounce as file mode. Nothing is built before every
 //! watcher has listed once (`/readyz` says 503 until then); while the API server cannot be
 //! reached the last snapshot keeps being served.
@@ -389,7 +389,7 @@ impl KubeInput {
     }
 }
 
-impl crate::serve::Input for KubeInput {
+impl crate::pipeline::Input for KubeInput {
     fn reload(&mut self) -> Result<(), String> {
         while let Ok(delta) = self.rx.try_recv() {
             self.apply(delta);
@@ -432,7 +432,7 @@ impl crate::serve::Input for KubeInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::Input;
+    use crate::pipeline::Input;
 
     fn input() -> (KubeInput, mpsc::Sender<Delta>) {
         let (tx, rx) = mpsc::channel();

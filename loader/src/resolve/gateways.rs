@@ -435,7 +435,7 @@ pub(super) fn route_conditions(
     id: RouteId<'_>,
     route: AnyRoute<'_>,
 ) -> RouteConditions {
-    let (resolved_refs, refusal) = super::routes::any_route_conditions(store, id, route);
+    let (resolved_refs, refusal) = super::any_route_conditions(store, id, route);
     RouteConditions { resolved_refs, refusal }
 }
 

@@ -83,37 +83,6 @@ pub(super) fn lookup<'a>(store: &'a Store, id: RouteId<'_>) -> AnyRoute<'a> {
     }
 }
 
-/// `ResolvedRefs` and a refusal (see [`route_conditions`]) for a route of any kind.
-pub(super) fn any_route_conditions(
-    store: &Store,
-    id: RouteId<'_>,
-    route: AnyRoute<'_>,
-) -> (Condition, Option<Condition>) {
-    match route {
-        AnyRoute::Http(r) => route_conditions(store, id.key, r),
-        AnyRoute::Grpc(r) => super::grpc_routes::route_conditions(store, id.key, r),
-    }
-}
-
-/// Envoy routes for a route of any kind, with their precedence keys.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn build_routes<'a>(
-    store: &Store,
-    gw: &GatewayContext<'_>,
-    id: RouteId<'a>,
-    route: AnyRoute<'a>,
-    policies: &mut PolicyIndex,
-    ir: &mut Ir,
-    problems: &mut Vec<Problem>,
-) -> Vec<(RouteOrder<'a>, Route)> {
-    match route {
-        AnyRoute::Http(r) => build_http_routes(store, gw, id.key, r, policies, ir, problems),
-        AnyRoute::Grpc(r) => {
-            super::grpc_routes::build_routes(store, gw, id.key, r, policies, ir, problems)
-        }
-    }
-}
-
 /// Gateway API route precedence across all rules of all routes on one host. GRPCRoute rules
 /// first (see [`RouteKind`]), ordered as the GRPCRoute spec says: more characters in the
 /// matched service, then in the method, then more header matches. HTTPRoute rules: Exact paths
@@ -196,7 +165,7 @@ impl<'a> RouteOrder<'a> {
 
 /// Envoy routes for one HTTPRoute, with their precedence keys. None at all when the route uses a
 /// field the loader does not implement ([`unsupported`]): a route is never half-programmed.
-fn build_http_routes<'a>(
+pub(super) fn build_http_routes<'a>(
     store: &Store,
     gw: &GatewayContext<'_>,
     route_key: &'a ObjectKey,

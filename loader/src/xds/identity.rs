@@ -16,7 +16,6 @@ use backendtls_contract::Identity;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 
-use super::translate::Validator;
 use crate::ir::{self, SubjectAltName};
 
 /// Envoy refuses a regex whose RE2 program is larger than the runtime value
@@ -26,6 +25,18 @@ use crate::ir::{self, SubjectAltName};
 /// checks it with Envoy at the bound), so a regex of at most
 /// this many bytes is accepted by every Envoy with the default setting.
 pub const ENVOY_REGEX_MAX_LEN: usize = 100;
+
+/// Who verifies backend certificates during the handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Validator {
+    /// Envoy's own validation: the CA bundle (over SDS) and SAN matchers.
+    #[default]
+    Envoy,
+    /// The filter's dynamic module (`envoy.tls.cert_validator.dynamic_modules`, rustls-webpki),
+    /// with the policy's anchors and identities in its config. Envoy finds
+    /// `lib<DYNAMIC_MODULE_NAME>.so` through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    DynamicModule,
+}
 
 /// The identities of a policy (its subjectAltNames, or its hostname), refused with a reason
 /// when Envoy would not accept them: names that are not identities by the contract's rules, a
