@@ -799,8 +799,9 @@ fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
     let ReadJob { path, stamp, previous } = job;
     let text = match read_text(&path, limits::MAX_FILE_BYTES) {
         Ok(text) => text,
-        Err(reason) => {
+        Err(error) => {
             // Vanished between listing and reading, unreadable or too large: keep what we had.
+            let reason = error.to_string();
             let error = SourceError { file: path.clone(), document: None, object: None, reason };
             return (path, FileState::unreadable(stamp, previous, error), None);
         }
@@ -834,36 +835,43 @@ fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
     }
 }
 
+/// Why a file's text cannot be read (each message follows the file's path).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file's type (e.g. `a FIFO`).
+    #[error("is not a regular file ({0})")]
+    NotAFile(&'static str),
+    #[error("is {len} bytes; files larger than {max} bytes are not read (split the file)")]
+    TooLarge { len: u64, max: u64 },
+    /// The offset of the first byte that is not UTF-8.
+    #[error("is not UTF-8 text (invalid byte at offset {0})")]
+    NotUtf8(usize),
+}
+
 /// A file's text, read in bounded time and memory: regular files only (a FIFO would block the
 /// reader, `/dev/zero` never ends), at most `max_bytes` ([`limits::MAX_FILE_BYTES`] for input),
 /// UTF-8.
-pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String, String> {
+pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String, ReadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Non-blocking, so that a file swapped for a FIFO after listing cannot block the open.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let metadata = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let metadata = file.metadata()?;
     if !metadata.is_file() {
-        return Err(format!("is not a regular file ({})", file_type_name(&metadata)));
+        return Err(ReadError::NotAFile(file_type_name(&metadata)));
     }
-    let too_large = |len: u64| {
-        format!("is {len} bytes; files larger than {max_bytes} bytes are not read (split the file)")
-    };
+    let too_large = |len: u64| ReadError::TooLarge { len, max: max_bytes };
     if metadata.len() > max_bytes {
         return Err(too_large(metadata.len()));
     }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {
         return Err(too_large(bytes.len() as u64));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())
-    })
+    String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8(e.utf8_error().valid_up_to()))
 }
 
 fn file_type_name(metadata: &std::fs::Metadata) -> &'static str {
