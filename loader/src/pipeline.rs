@@ -284,7 +284,7 @@ pub fn bootstrap_document(
 /// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
 pub trait Input: Send {
     /// Brings the objects up to date. An error keeps the current configuration.
-    fn reload(&mut self) -> Result<(), String>;
+    fn reload(&mut self) -> Result<(), ReloadError>;
     /// False until the objects are complete (the API caches synced): nothing is built before.
     fn ready(&self) -> bool {
         true
@@ -296,10 +296,18 @@ pub trait Input: Send {
     fn built(&mut self, _report: &StatusReport) {}
 }
 
+/// The config directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read config directory {}: {error}", dir.display())]
+pub struct ReloadError {
+    pub dir: std::path::PathBuf,
+    pub error: std::io::Error,
+}
+
 impl Input for ConfigDir {
-    fn reload(&mut self) -> Result<(), String> {
+    fn reload(&mut self) -> Result<(), ReloadError> {
         ConfigDir::reload(self)
-            .map_err(|e| format!("cannot read config directory {}: {e}", self.root().display()))
+            .map_err(|error| ReloadError { dir: self.root().to_path_buf(), error })
     }
     fn resolve(&self, options: &resolve::Options) -> Resolved {
         resolve(self, options)
