@@ -4,7 +4,7 @@
 //! the loader keeps that file's last good content: a typo while editing never withdraws config that
 //! is already serving.
 
-use crate::kube_names::{shorten, NameRule};
+use crate::kube_names::{shorten, NameError, NameRule};
 use crate::objects::*;
 use crate::store::Store;
 use std::collections::{BTreeSet, HashMap};
@@ -305,7 +305,7 @@ fn parse_document(
     }
     let parsed = match strict_error {
         Some(reason) => Err(reason),
-        None => parse_object(&document, &api_version, &kind, name),
+        None => parse_object(&document, &api_version, &kind, name).map_err(|e| e.to_string()),
     };
     match parsed {
         Ok(Some(parsed)) => out.push(parsed),
@@ -330,16 +330,42 @@ fn parse_document(
     }
 }
 
+/// Why a document of a kind the loader reads cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum ObjectError {
+    #[error("missing apiVersion or kind")]
+    NoKind,
+    /// `supported`: the kind's apiVersions the loader reads.
+    #[error("{kind} at apiVersion {api_version} is not supported (supported: {})", supported.join(", "))]
+    Version { kind: String, api_version: String, supported: Vec<String> },
+    #[error("{0} has no metadata.name")]
+    NoName(String),
+    #[error("metadata.name: {0}")]
+    Name(NameError),
+    #[error("metadata.namespace must be a string")]
+    NamespaceNotAString,
+    #[error("metadata.namespace: {0}")]
+    Namespace(NameError),
+    /// The kind's schema (serde's message).
+    #[error("{0}")]
+    Schema(serde_json::Error),
+}
+
 /// One object of a kind the loader reads, or None for kinds it does not use.
 fn parse_object(
     document: &serde_json::Value,
     api_version: &str,
     kind: &str,
     name: Option<&str>,
-) -> Result<Option<Object>, String> {
+) -> Result<Option<Object>, ObjectError> {
     if kind.is_empty() || api_version.is_empty() {
-        return Err("missing apiVersion or kind".into());
+        return Err(ObjectError::NoKind);
     }
+    let unsupported = |supported: Vec<String>| ObjectError::Version {
+        kind: kind.to_string(),
+        api_version: api_version.to_string(),
+        supported,
+    };
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let supported: &[&str] = match (group, kind) {
         (GATEWAY_GROUP, "Gateway" | "GatewayClass" | "HTTPRoute") => &["v1", "v1beta1"],
@@ -349,9 +375,8 @@ fn parse_object(
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
         ("discovery.k8s.io", "EndpointSlice") => &["v1"],
         (_, "BackendTLSPolicy") => {
-            return Err(format!(
-                "BackendTLSPolicy at apiVersion {api_version} is not supported (supported: {GATEWAY_GROUP}/v1, {GATEWAY_GROUP}/v1alpha3)"
-            ))
+            let supported = ["v1", "v1alpha3"].map(|v| format!("{GATEWAY_GROUP}/{v}"));
+            return Err(unsupported(supported.into()));
         }
         _ => {
             tracing::debug!(%api_version, %kind, "skipping a kind the loader does not use");
@@ -359,32 +384,30 @@ fn parse_object(
         }
     };
     if !supported.contains(&version) {
-        return Err(format!(
-            "{kind} at apiVersion {api_version} is not supported (supported: {})",
+        return Err(unsupported(
             supported
                 .iter()
                 .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect(),
         ));
     }
     let Some(name) = name.filter(|n| !n.is_empty()) else {
-        return Err(format!("{kind} has no metadata.name"));
+        return Err(ObjectError::NoName(kind.to_string()));
     };
     let name_rule = match kind {
         "Namespace" => NameRule::Dns1123Label,
         "Service" => NameRule::Dns1035Label,
         _ => NameRule::Dns1123Subdomain,
     };
-    name_rule.check(name).map_err(|e| format!("metadata.name: {e}"))?;
+    name_rule.check(name).map_err(ObjectError::Name)?;
     if let Some(namespace) = document.get("metadata").and_then(|m| m.get("namespace")) {
-        let namespace = namespace.as_str().ok_or("metadata.namespace must be a string")?;
-        NameRule::Dns1123Label.check(namespace).map_err(|e| format!("metadata.namespace: {e}"))?;
+        let namespace = namespace.as_str().ok_or(ObjectError::NamespaceNotAString)?;
+        NameRule::Dns1123Label.check(namespace).map_err(ObjectError::Namespace)?;
     }
     fn typed<T: serde::de::DeserializeOwned>(
         document: &serde_json::Value,
-    ) -> Result<Arc<T>, String> {
-        T::deserialize(document).map(Arc::new).map_err(|e| e.to_string())
+    ) -> Result<Arc<T>, ObjectError> {
+        T::deserialize(document).map(Arc::new).map_err(ObjectError::Schema)
     }
     Ok(Some(match kind {
         "Gateway" => Object::Gateway(typed(document)?),
@@ -992,6 +1015,41 @@ impl Listing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_objects_say_why() {
+        let reasons = |text: &str| -> Vec<String> {
+            let parsed = parse_file(Path::new("t.yaml"), text);
+            parsed.errors.into_iter().map(|e| e.reason).collect()
+        };
+        assert_eq!(
+            reasons("apiVersion: gateway.networking.k8s.io/v2\nkind: HTTPRoute\nmetadata: {name: r}\n"),
+            ["HTTPRoute at apiVersion gateway.networking.k8s.io/v2 is not supported (supported: gateway.networking.k8s.io/v1, gateway.networking.k8s.io/v1beta1)"]
+        );
+        assert_eq!(
+            reasons("apiVersion: v2\nkind: Service\nmetadata: {name: s}\n"),
+            ["Service at apiVersion v2 is not supported (supported: v1)"]
+        );
+        assert_eq!(
+            reasons("apiVersion: v1\nkind: ConfigMap\nmetadata: {namespace: ns}\n"),
+            ["ConfigMap has no metadata.name"]
+        );
+        assert_eq!(
+            reasons("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: 7}\n"),
+            ["metadata.namespace must be a string"]
+        );
+        let [namespace] =
+            &reasons("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: A_b}\n")[..]
+        else {
+            panic!("one error");
+        };
+        assert!(
+            namespace.starts_with(
+                "metadata.namespace: \"A_b\" is not a valid name: a lowercase RFC 1123 label"
+            ),
+            "{namespace}"
+        );
+    }
 
     /// A file of many objects is indexed once per reload, not scanned once per object (that was
     /// quadratic in the objects of one file). Counted, not timed; both sizes must cost the same
