@@ -570,9 +570,10 @@ impl ConfigDir {
             let previous = self.files.remove(&path);
             let stamp = match entry {
                 Ok(stamp) => stamp,
-                Err(reason) => {
+                Err(error) => {
                     // Listed but not readable as a file (a FIFO, a device, a symlink loop):
                     // reported, never opened; its last good content stays in use.
+                    let reason = error.to_string();
                     let error =
                         SourceError { file: path.clone(), document: None, object: None, reason };
                     let stamp = FileStamp { modified: None, len: 0, inode: 0 };
@@ -935,7 +936,7 @@ pub fn is_input_file(name: &std::ffi::OsStr) -> bool {
 /// The input files under a directory tree, each with its stamp or why it cannot be read.
 #[derive(Default)]
 struct Listing {
-    files: Vec<(PathBuf, Result<FileStamp, String>)>,
+    files: Vec<(PathBuf, Result<FileStamp, ReadError>)>,
     /// Subdirectories that could not be listed.
     unlisted_dirs: Vec<SourceError>,
     /// Directories seen, by device and inode: a symlink back up the tree is listed once.
@@ -1002,10 +1003,10 @@ impl Listing {
                     self.files.push((path, Ok(stamp)));
                 }
                 Ok(metadata) => {
-                    let reason = format!("is not a regular file ({})", file_type_name(&metadata));
-                    self.files.push((path, Err(reason)));
+                    let error = ReadError::NotAFile(file_type_name(&metadata));
+                    self.files.push((path, Err(error)));
                 }
-                Err(e) => self.files.push((path, Err(format!("cannot read: {e}")))),
+                Err(e) => self.files.push((path, Err(ReadError::Io(e)))),
             }
         }
         Ok(())
