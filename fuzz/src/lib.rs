@@ -8,6 +8,7 @@
 //!
 //! Targets are thin wrappers around the public functions of the loader and the filter, so that
 //! they are easy to re-point when those move.
+#![forbid(unsafe_code)]
 
 pub mod fail_closed;
 pub mod filter;

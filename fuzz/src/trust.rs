@@ -57,6 +57,7 @@ pub fn tls_key_pair(data: &[u8]) {
     );
     if let Err(error) = plain {
         // Errors reach logs and /status: never the key material.
+        let error = error.to_string();
         let key = key.trim();
         assert!(key.len() < 16 || !error.contains(key), "the error echoes tls.key: {error}");
     }

@@ -19,7 +19,7 @@ pub enum NameRule {
 
 impl NameRule {
     /// Checks `name`; the error is the API server's wording.
-    pub fn check(self, name: &str) -> Result<(), String> {
+    pub fn check(self, name: &str) -> Result<(), NameError> {
         let ok = match self {
             NameRule::Dns1123Label => is_label(name),
             NameRule::Dns1035Label => {
@@ -32,13 +32,26 @@ impl NameRule {
         if ok {
             return Ok(());
         }
-        let rule = match self {
+        Err(NameError { name: shorten(name), rule: self })
+    }
+
+    /// The rule in the API server's words.
+    pub fn description(self) -> &'static str {
+        match self {
             NameRule::Dns1123Label => "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', start and end with an alphanumeric character, and be at most 63 characters",
             NameRule::Dns1035Label => "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, end with an alphanumeric character, and be at most 63 characters",
             NameRule::Dns1123Subdomain => "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', start and end with an alphanumeric character, and be at most 253 characters",
-        };
-        Err(format!("{:?} is not a valid name: {rule}", shorten(name)))
+        }
     }
+}
+
+/// A name that breaks its rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a valid name: {}", rule.description())]
+pub struct NameError {
+    /// The name, shortened for messages (see [`shorten`]).
+    pub name: String,
+    pub rule: NameRule,
 }
 
 fn is_label(name: &str) -> bool {
@@ -85,7 +98,11 @@ mod tests {
         for bad in ["", "a..b", ".a", "a.", "a_b", "A.b", &"a".repeat(254)] {
             assert!(Dns1123Subdomain.check(bad).is_err(), "{bad}");
         }
-        let long = Dns1123Subdomain.check(&"_".repeat(10_000)).unwrap_err();
+        let long = Dns1123Subdomain.check(&"_".repeat(10_000)).unwrap_err().to_string();
         assert!(long.len() < 400, "{long}");
+        assert_eq!(
+            Dns1035Label.check("y_q").unwrap_err().to_string(),
+            "\"y_q\" is not a valid name: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, end with an alphanumeric character, and be at most 63 characters"
+        );
     }
 }

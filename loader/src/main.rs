@@ -1,4 +1,7 @@
 //! `backendtls-loader`: see README for the full CLI reference.
+//!
+//! The library forbids `unsafe`; here it is denied but for the allocator's tuning at startup.
+#![deny(unsafe_code)]
 
 /// mimalloc rather than glibc's allocator: the loader rebuilds large, short-lived structures on
 /// every change, and glibc's per-thread arenas kept about 70 MB more resident at 10,000 backends.
@@ -13,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// about a fifth of a rebuild's time. The arena option only counts before the first allocation
 /// reserves an arena, so this runs as an ELF constructor, before Rust's runtime allocates.
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[allow(unsafe_code)]
 extern "C" fn tune_allocator() {
     use libmimalloc_sys::{mi_option_set, mi_option_t};
     // Positions in mimalloc v2's `mi_option_e` (libmimalloc-sys 0.1.49 names neither).
@@ -27,6 +31,7 @@ extern "C" fn tune_allocator() {
 }
 
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[allow(unsafe_code)]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
@@ -105,9 +110,43 @@ enum FilterKind {
     DynamicModule,
 }
 
+/// A command line the loader cannot run (exit code 2).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("--config-dir DIR is required")]
+    NoConfigDir,
+    #[error("--filter-path needs --filter wasm or --filter dynamic-module")]
+    FilterPathWithoutFilter,
+    #[error("--filter wasm needs --filter-path FILE.wasm")]
+    WasmWithoutPath,
+    #[error("filter file {} does not exist", .0.display())]
+    NoFilterFile(PathBuf),
+    #[error("{}: {error}", path.display())]
+    Path { path: PathBuf, error: std::io::Error },
+    #[error("--xds-cert, --xds-key and --xds-client-ca go together (or give --xds-certs DIR)")]
+    XdsServerFiles,
+    #[error("xDS limits must be at least 1")]
+    XdsLimits,
+    #[error(
+        "--xds-ca, --xds-client-cert and --xds-client-key go together (or give --xds-certs DIR)"
+    )]
+    XdsClientFiles,
+}
+
+/// A `--probe-timeout` or `--probe-interval` that is not a duration (clap prints it).
+#[derive(Debug, thiserror::Error)]
+enum DurationError {
+    #[error("{0:?}: expected a number and a unit, e.g. 30s")]
+    NoNumber(String),
+    #[error("{0:?}: the unit must be ms, s, m or h")]
+    Unit(String),
+    #[error("{0:?}: must be more than zero")]
+    Zero(String),
+}
+
 impl Translation {
-    fn config_dir(&self) -> Result<&std::path::Path, String> {
-        self.config_dir.as_deref().ok_or_else(|| "--config-dir DIR is required".to_string())
+    fn config_dir(&self) -> Result<&std::path::Path, CliError> {
+        self.config_dir.as_deref().ok_or(CliError::NoConfigDir)
     }
 
     fn resolve_options(&self) -> resolve::Options {
@@ -117,15 +156,11 @@ impl Translation {
             listener_address: Some(self.listener_address.clone()),
         }
     }
-    fn translate_options(&self, delivery: Delivery) -> Result<TranslateOptions, String> {
+    fn translate_options(&self, delivery: Delivery) -> Result<TranslateOptions, CliError> {
         let build = match (self.filter, &self.filter_path) {
             (FilterKind::None, None) => FilterBuild::None,
-            (FilterKind::None, Some(_)) => {
-                return Err("--filter-path needs --filter wasm or --filter dynamic-module".into())
-            }
-            (FilterKind::Wasm, None) => {
-                return Err("--filter wasm needs --filter-path FILE.wasm".into())
-            }
+            (FilterKind::None, Some(_)) => return Err(CliError::FilterPathWithoutFilter),
+            (FilterKind::Wasm, None) => return Err(CliError::WasmWithoutPath),
             (FilterKind::Wasm, Some(path)) => FilterBuild::Wasm { path: absolute(path)? },
             (FilterKind::DynamicModule, path) => {
                 FilterBuild::DynamicModule { path: path.as_deref().map(absolute).transpose()? }
@@ -155,11 +190,11 @@ impl Translation {
 }
 
 /// Envoy resolves relative paths against its own working directory, not ours.
-fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
+fn absolute(path: &std::path::Path) -> Result<PathBuf, CliError> {
     if !path.is_file() {
-        return Err(format!("filter file {} does not exist", path.display()));
+        return Err(CliError::NoFilterFile(path.to_path_buf()));
     }
-    std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
+    std::path::absolute(path).map_err(|error| CliError::Path { path: path.to_path_buf(), error })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -192,20 +227,19 @@ impl ProbeArgs {
 }
 
 /// `250ms`, `5s`, `2m`, `1h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 =
-        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 30s"))?;
+    let number: u64 = number.parse().map_err(|_| DurationError::NoNumber(text.to_string()))?;
     let duration = match unit {
         "ms" => Duration::from_millis(number),
         "s" => Duration::from_secs(number),
         "m" => Duration::from_secs(number * 60),
         "h" => Duration::from_secs(number * 3600),
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+        _ => return Err(DurationError::Unit(text.to_string())),
     };
     if duration.is_zero() {
-        return Err(format!("{text:?}: must be more than zero"));
+        return Err(DurationError::Zero(text.to_string()));
     }
     Ok(duration)
 }
@@ -253,7 +287,7 @@ struct XdsServeArgs {
 }
 
 impl XdsServeArgs {
-    fn options(&self) -> Result<serve::XdsServeOptions, String> {
+    fn options(&self) -> Result<serve::XdsServeOptions, CliError> {
         let tls = match (&self.xds_certs, &self.xds_cert, &self.xds_key, &self.xds_client_ca) {
             (None, None, None, None) => None,
             (Some(dir), cert, key, ca) => {
@@ -267,11 +301,7 @@ impl XdsServeArgs {
             (None, Some(cert), Some(key), Some(ca)) => {
                 Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: ca.clone() })
             }
-            (None, ..) => {
-                return Err("--xds-cert, --xds-key and --xds-client-ca go together (or give \
-                            --xds-certs DIR)"
-                    .into())
-            }
+            (None, ..) => return Err(CliError::XdsServerFiles),
         };
         if self.xds_max_connections == 0
             || self.xds_max_streams_per_connection == 0
@@ -280,7 +310,7 @@ impl XdsServeArgs {
             || self.xds_idle_timeout == 0
             || self.xds_send_timeout == 0
         {
-            return Err("xDS limits must be at least 1".into());
+            return Err(CliError::XdsLimits);
         }
         Ok(serve::XdsServeOptions {
             tls,
@@ -320,7 +350,7 @@ struct XdsClientArgs {
 }
 
 impl XdsClientArgs {
-    fn tls(&self, node_id: &str) -> Result<Option<XdsClientTls>, String> {
+    fn tls(&self, node_id: &str) -> Result<Option<XdsClientTls>, CliError> {
         let files = (&self.xds_ca, &self.xds_client_cert, &self.xds_client_key);
         Ok(match (&self.xds_certs, files) {
             (None, (None, None, None)) => None,
@@ -339,11 +369,7 @@ impl XdsClientArgs {
                 key: key.clone(),
                 server_name: self.xds_server_name.clone(),
             }),
-            (None, _) => {
-                return Err("--xds-ca, --xds-client-cert and --xds-client-key go together (or \
-                            give --xds-certs DIR)"
-                    .into())
-            }
+            (None, _) => return Err(CliError::XdsClientFiles),
         })
     }
 }
@@ -567,7 +593,7 @@ fn exit_without_teardown(code: i32) -> ! {
     std::process::exit(code)
 }
 
-fn usage_error(message: &str) -> ExitCode {
+fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("backendtls-loader: {message}");
     ExitCode::from(2)
 }
@@ -595,7 +621,7 @@ fn main() -> ExitCode {
             let envoy_admin = match envoy_admin.as_deref().map(admin::envoy_stats::parse_address) {
                 None => None,
                 Some(Ok(address)) => Some(address),
-                Some(Err(e)) => return usage_error(&format!("--envoy-admin {e}")),
+                Some(Err(e)) => return usage_error(format!("--envoy-admin {e}")),
             };
             let translate = match translation.translate_options(Delivery::Ads) {
                 Ok(options) => options,
@@ -656,7 +682,7 @@ fn main() -> ExitCode {
                 // Envoy resolves relative paths against its own working directory, not ours.
                 match std::path::absolute(&private_key_dir) {
                     Ok(dir) => PrivateKeys::Files { dir },
-                    Err(e) => return usage_error(&format!("{}: {e}", private_key_dir.display())),
+                    Err(e) => return usage_error(format!("{}: {e}", private_key_dir.display())),
                 }
             };
             let dir = match translation.config_dir() {
@@ -709,7 +735,7 @@ fn main() -> ExitCode {
             };
             let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                return usage_error(&format!("cannot read {}: {e}", dir.display()));
+                return usage_error(format!("cannot read {}: {e}", dir.display()));
             }
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
             if !write_document(&resolved.status_document(), output) {
@@ -731,7 +757,7 @@ fn main() -> ExitCode {
             };
             let mut config = ConfigDir::new(dir);
             if let Err(e) = config.reload() {
-                return usage_error(&format!("cannot read {}: {e}", dir.display()));
+                return usage_error(format!("cannot read {}: {e}", dir.display()));
             }
             let resolved = pipeline::resolve(&config, &translation.resolve_options());
             for error in &resolved.errors {
@@ -745,7 +771,7 @@ fn main() -> ExitCode {
                     .iter()
                     .any(|p| p.namespace == policy.namespace && p.name == policy.name)
                 {
-                    return usage_error(&format!("no BackendTLSPolicy {policy} in the directory"));
+                    return usage_error(format!("no BackendTLSPolicy {policy} in the directory"));
                 }
             }
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -946,28 +946,48 @@ mod secret {
         }
     }
 
-    pub fn from_value(value: Value) -> Result<Secret, String> {
+    /// Why a Secret cannot be read; never quotes a value.
+    #[derive(Debug, thiserror::Error)]
+    pub enum SecretError {
+        /// The shape of what stands there instead (e.g. `a list`).
+        #[error("a Secret must be a map, not {0}")]
+        NotAMap(&'static str),
+        #[error("missing field `metadata`")]
+        NoMetadata,
+        /// serde's message, its quoted values left out.
+        #[error("metadata: {0}")]
+        Metadata(String),
+        #[error("data.{0} is not valid base64 (plain text such as PEM goes in stringData)")]
+        NotBase64(String),
+        #[error("type must be a string, not {0}")]
+        TypeNotAString(&'static str),
+        /// `field` is `data` or `stringData`.
+        #[error("{field} must be a map of strings, not {shape}")]
+        NotAStringMap { field: &'static str, shape: &'static str },
+        #[error("{field}.{key} must be a string, not {shape}")]
+        NotAString { field: &'static str, key: String, shape: &'static str },
+    }
+
+    pub fn from_value(value: Value) -> Result<Secret, SecretError> {
         let Value::Object(mut fields) = value else {
-            return Err(format!("a Secret must be a map, not {}", shape(&value)));
+            return Err(SecretError::NotAMap(shape(&value)));
         };
-        let metadata = fields.remove("metadata").ok_or("missing field `metadata`")?;
+        let metadata = fields.remove("metadata").ok_or(SecretError::NoMetadata)?;
         let metadata = ObjectMeta::deserialize(metadata)
-            .map_err(|e| format!("metadata: {}", without_values(&e.to_string())))?;
+            .map_err(|e| SecretError::Metadata(without_values(&e.to_string())))?;
         let data = string_map(fields.remove("data"), "data", |key, value| {
             use base64::Engine;
             // As the loader decodes it (`resolve::trust::secret_value`).
             match base64::engine::general_purpose::STANDARD.decode(value.trim()) {
                 Ok(_) => Ok(()),
-                Err(_) => Err(format!(
-                    "data.{key} is not valid base64 (plain text such as PEM goes in stringData)"
-                )),
+                Err(_) => Err(SecretError::NotBase64(key.to_string())),
             }
         })?;
         let string_data = string_map(fields.remove("stringData"), "stringData", |_, _| Ok(()))?;
         let kind = match fields.remove("type") {
             None | Some(Value::Null) => None,
             Some(Value::String(kind)) => Some(kind),
-            Some(other) => return Err(format!("type must be a string, not {}", shape(&other))),
+            Some(other) => return Err(SecretError::TypeNotAString(shape(&other))),
         };
         Ok(Secret { metadata, data, string_data, kind })
     }
@@ -976,20 +996,20 @@ mod secret {
     /// passing `check`.
     fn string_map(
         value: Option<Value>,
-        field: &str,
-        check: impl Fn(&str, &str) -> Result<(), String>,
-    ) -> Result<StringMap, String> {
+        field: &'static str,
+        check: impl Fn(&str, &str) -> Result<(), SecretError>,
+    ) -> Result<StringMap, SecretError> {
         let entries = match value {
             None | Some(Value::Null) => return Ok(StringMap::default()),
             Some(Value::Object(entries)) => entries,
             Some(other) => {
-                return Err(format!("{field} must be a map of strings, not {}", shape(&other)))
+                return Err(SecretError::NotAStringMap { field, shape: shape(&other) });
             }
         };
         let mut map = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let Value::String(value) = value else {
-                return Err(format!("{field}.{key} must be a string, not {}", shape(&value)));
+                return Err(SecretError::NotAString { field, key, shape: shape(&value) });
             };
             check(&key, &value)?;
             map.push((key, intern(value)));

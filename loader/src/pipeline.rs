@@ -279,3 +279,40 @@ pub fn bootstrap_document(
     }
     document
 }
+
+/// Where `serve` reads objects from: the config directory (file mode) or the Kubernetes API
+/// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
+pub trait Input: Send {
+    /// Brings the objects up to date. An error keeps the current configuration.
+    fn reload(&mut self) -> Result<(), ReloadError>;
+    /// False until the objects are complete (the API caches synced): nothing is built before.
+    fn ready(&self) -> bool {
+        true
+    }
+    fn resolve(&self, options: &resolve::Options) -> Resolved;
+    /// Inputs that cannot be used and have never been: no first configuration is published.
+    fn unusable(&self) -> Vec<String>;
+    /// Each build's status report, after the snapshot was published.
+    fn built(&mut self, _report: &StatusReport) {}
+}
+
+/// The config directory could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read config directory {}: {error}", dir.display())]
+pub struct ReloadError {
+    pub dir: std::path::PathBuf,
+    pub error: std::io::Error,
+}
+
+impl Input for ConfigDir {
+    fn reload(&mut self) -> Result<(), ReloadError> {
+        ConfigDir::reload(self)
+            .map_err(|error| ReloadError { dir: self.root().to_path_buf(), error })
+    }
+    fn resolve(&self, options: &resolve::Options) -> Resolved {
+        resolve(self, options)
+    }
+    fn unusable(&self) -> Vec<String> {
+        ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()
+    }
+}

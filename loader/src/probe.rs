@@ -120,7 +120,27 @@ pub struct Target {
     /// `ip:port`, or `hostname:port` for an ExternalName Service.
     pub endpoint: String,
     pub sni: String,
-    setup: Result<Arc<Setup>, String>,
+    setup: Result<Arc<Setup>, SetupError>,
+}
+
+/// Why a policy cannot be probed at all (`PolicyInvalid`).
+#[derive(Clone, Debug, thiserror::Error)]
+enum SetupError {
+    /// The policy's own reason ([`Trust::Unusable`]).
+    #[error("{0}")]
+    Unusable(String),
+    #[error("the policy's CA bundle is missing")]
+    NoBundle,
+    #[error(transparent)]
+    Identity(#[from] backendtls_contract::IdentityError),
+    #[error(transparent)]
+    Validator(#[from] backendtls_verify::ConfigError),
+    #[error("the Gateway's client certificate is missing")]
+    NoClientCertificate,
+    #[error("client certificate: {0}")]
+    ClientChain(String),
+    #[error("client certificate: the private key does not parse")]
+    ClientKey,
 }
 
 /// What a handshake needs, shared by the endpoints of one cluster.
@@ -196,12 +216,12 @@ fn endpoints(cluster: &Cluster) -> Vec<String> {
     }
 }
 
-fn setup(ir: &Ir, tls: &BackendTls) -> Result<Setup, String> {
+fn setup(ir: &Ir, tls: &BackendTls) -> Result<Setup, SetupError> {
     let secret = match &tls.trust {
         Trust::Ca { secret } => secret,
-        Trust::Unusable { reason } => return Err(reason.clone()),
+        Trust::Unusable { reason } => return Err(SetupError::Unusable(reason.clone())),
     };
-    let bundle = ir.ca_bundles.get(secret).ok_or("the policy's CA bundle is missing")?;
+    let bundle = ir.ca_bundles.get(secret).ok_or(SetupError::NoBundle)?;
     let identities = tls
         .subject_alt_names
         .iter()
@@ -209,8 +229,7 @@ fn setup(ir: &Ir, tls: &BackendTls) -> Result<Setup, String> {
             SubjectAltName::Hostname(name) => Identity::dns(name),
             SubjectAltName::Uri(uri) => Identity::uri(uri),
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<Result<Vec<_>, _>>()?;
     // The configuration the loader hands the dynamic-module validator, through the same parser.
     let json = serde_json::to_vec(&ValidatorJson {
         policy: tls.policy.to_string(),
@@ -219,19 +238,17 @@ fn setup(ir: &Ir, tls: &BackendTls) -> Result<Setup, String> {
         trust_anchors_pem: bundle.pem.clone(),
     })
     .expect("the validator configuration serializes");
-    let validator = ValidatorConfig::parse(&json).map_err(|e| e.to_string())?;
+    let validator = ValidatorConfig::parse(&json)?;
     let client_certificate = match &tls.client_certificate {
         None => None,
         Some(name) => {
-            let certificate = ir
-                .client_certificates
-                .get(name)
-                .ok_or("the Gateway's client certificate is missing")?;
+            let certificate =
+                ir.client_certificates.get(name).ok_or(SetupError::NoClientCertificate)?;
             let chain = CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("client certificate: {e}"))?;
+                .map_err(|e| SetupError::ClientChain(e.to_string()))?;
             let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
-                .map_err(|_| "client certificate: the private key does not parse".to_string())?;
+                .map_err(|_| SetupError::ClientKey)?;
             Some((chain, key))
         }
     };
@@ -347,7 +364,7 @@ pub async fn probe(target: &Target, timeout: Duration) -> Report {
         Ok(setup) => setup.clone(),
         Err(reason) => {
             report.result = Outcome::PolicyInvalid;
-            report.detail = reason.clone();
+            report.detail = reason.to_string();
             return report;
         }
     };
@@ -389,7 +406,19 @@ enum Failure {
     Handshake(std::io::Error),
     /// A TLS 1.3 server refuses a client certificate after the client's side of the handshake.
     AfterHandshake(std::io::Error),
-    Config(String),
+    Config(ClientConfigError),
+}
+
+/// Why rustls refused the probe's client configuration.
+#[derive(Debug, thiserror::Error)]
+enum ClientConfigError {
+    #[error("{0}")]
+    Versions(rustls::Error),
+    #[error("client certificate: {0}")]
+    ClientCertificate(rustls::Error),
+    /// The policy hostname, as SNI.
+    #[error("{0}")]
+    ServerName(rustls::pki_types::InvalidDnsNameError),
 }
 
 impl Failure {
@@ -398,7 +427,7 @@ impl Failure {
             return (Outcome::of_rejection(rejection.reason), rejection.message);
         }
         match self {
-            Failure::Config(e) => (Outcome::PolicyInvalid, e),
+            Failure::Config(e) => (Outcome::PolicyInvalid, e.to_string()),
             Failure::Connect(e) => (Outcome::Unreachable, e.to_string()),
             Failure::AfterHandshake(e) => match tls_error(&e) {
                 Some(rustls::Error::AlertReceived(alert)) => (
@@ -466,8 +495,8 @@ async fn handshake(
     seen: Arc<Seen>,
 ) -> Result<Negotiated, Failure> {
     let config = client_config(setup, seen).map_err(Failure::Config)?;
-    let server_name =
-        ServerName::try_from(target.sni.clone()).map_err(|e| Failure::Config(e.to_string()))?;
+    let server_name = ServerName::try_from(target.sni.clone())
+        .map_err(|e| Failure::Config(ClientConfigError::ServerName(e)))?;
     let tcp = TcpStream::connect(target.endpoint.as_str()).await.map_err(Failure::Connect)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let mut tls = connector.connect(server_name, tcp).await.map_err(Failure::Handshake)?;
@@ -500,7 +529,10 @@ async fn handshake(
 /// How long a TLS 1.3 probe with a client certificate waits for the backend's verdict on it.
 const CLIENT_CERTIFICATE_VERDICT: Duration = Duration::from_millis(300);
 
-fn client_config(setup: &Arc<Setup>, seen: Arc<Seen>) -> Result<rustls::ClientConfig, String> {
+fn client_config(
+    setup: &Arc<Setup>,
+    seen: Arc<Seen>,
+) -> Result<rustls::ClientConfig, ClientConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         (TlsVersion::Tls12, &rustls::version::TLS12),
@@ -514,14 +546,14 @@ fn client_config(setup: &Arc<Setup>, seen: Arc<Seen>) -> Result<rustls::ClientCo
         Arc::new(PolicyVerifier { setup: setup.clone(), provider: provider.clone(), seen });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)
-        .map_err(|e| e.to_string())?
+        .map_err(ClientConfigError::Versions)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut config = match &setup.client_certificate {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => builder
             .with_client_auth_cert(chain.clone(), key.clone_key())
-            .map_err(|e| format!("client certificate: {e}"))?,
+            .map_err(ClientConfigError::ClientCertificate)?,
     };
     config.alpn_protocols = setup.alpn.clone();
     config.resumption = rustls::client::Resumption::disabled();

@@ -1,7 +1,7 @@
 //! `serve`: watch the config directory, rebuild on every change, publish snapshots over ADS.
 
 use crate::admin::{Admin, LoaderStatus};
-use crate::pipeline;
+use crate::pipeline::{self, Input};
 use crate::probe;
 use crate::quarantine::Quarantine;
 use crate::resolve;
@@ -60,9 +60,33 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 /// still open then is cut. Together with the runtime's own shutdown this keeps a stop under 2 s.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// Why `serve` cannot start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("refusing to serve xDS in plaintext on {0}, which is not a loopback address: xDS carries private keys. Give --xds-certs DIR (see `backendtls-loader certs`), or --insecure-xds to serve plaintext anyway")]
+    PlaintextOnNetwork(SocketAddr),
+    #[error("xDS TLS: {0}")]
+    Tls(#[from] crate::xds::tls::TlsError),
+    #[error(transparent)]
+    Kubernetes(Box<crate::kube::StartError>),
+    #[error(transparent)]
+    ConfigDir(#[from] pipeline::ReloadError),
+    #[error("cannot start the rebuild thread: {0}")]
+    RebuildThread(std::io::Error),
+    #[error("cannot watch: {0}")]
+    Watcher(notify::Error),
+    #[error("cannot watch {}: {error}", dir.display())]
+    Watch { dir: PathBuf, error: notify::Error },
+    /// `what`: `xDS` or `admin`.
+    #[error("cannot listen for {what} on {address}: {error}")]
+    Listen { what: &'static str, address: SocketAddr, error: std::io::Error },
+    #[error("xDS server failed: {0}")]
+    Server(tonic::transport::Error),
+}
+
 /// Refuses plaintext ADS where anything but this machine could reach it: xDS carries the
 /// Gateway's client certificate keys.
-fn check_transport(address: SocketAddr, options: &XdsServeOptions) -> Result<(), String> {
+fn check_transport(address: SocketAddr, options: &XdsServeOptions) -> Result<(), ServeError> {
     if options.tls.is_some() || address.ip().is_loopback() {
         return Ok(());
     }
@@ -74,17 +98,13 @@ fn check_transport(address: SocketAddr, options: &XdsServeOptions) -> Result<(),
         );
         return Ok(());
     }
-    Err(format!(
-        "refusing to serve xDS in plaintext on {address}, which is not a loopback address: xDS \
-         carries private keys. Give --xds-certs DIR (see `backendtls-loader certs`), or \
-         --insecure-xds to serve plaintext anyway"
-    ))
+    Err(ServeError::PlaintextOnNetwork(address))
 }
 
-pub async fn serve(options: ServeOptions) -> Result<(), String> {
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     check_transport(options.xds_address, &options.xds)?;
     let tls = match &options.xds.tls {
-        Some(files) => Some(ServerTls::load(files.clone()).map_err(|e| format!("xDS TLS: {e}"))?),
+        Some(files) => Some(ServerTls::load(files.clone())?),
         None => None,
     };
     // Rebuilds read files and resolve everything: they run on a thread of their own, so that
@@ -94,13 +114,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
         Some(kube) => {
             let changed = events_tx.clone();
             let notify = move || drop(changed.send(Event::FilesChanged));
-            Box::new(crate::kube::start(kube.clone(), Arc::new(notify)).await?)
+            let started = crate::kube::start(kube.clone(), Arc::new(notify)).await;
+            Box::new(started.map_err(|e| ServeError::Kubernetes(Box::new(e)))?)
         }
         None => {
             let mut config = ConfigDir::new(&options.config_dir);
-            config.reload().map_err(|e| {
-                format!("cannot read config directory {}: {e}", options.config_dir.display())
-            })?;
+            Input::reload(&mut config)?;
             Box::new(config)
         }
     };
@@ -151,14 +170,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
                 rebuild.run();
             }
         })
-        .map_err(|e| format!("cannot start the rebuild thread: {e}"))?;
+        .map_err(ServeError::RebuildThread)?;
 
-    let xds_listener = tokio::net::TcpListener::bind(options.xds_address)
-        .await
-        .map_err(|e| format!("cannot listen for xDS on {}: {e}", options.xds_address))?;
-    let admin_listener = tokio::net::TcpListener::bind(options.admin_address)
-        .await
-        .map_err(|e| format!("cannot listen for admin on {}: {e}", options.admin_address))?;
+    let listen = |what, address| async move {
+        let error = |error| ServeError::Listen { what, address, error };
+        tokio::net::TcpListener::bind(address).await.map_err(error)
+    };
+    let xds_listener = listen("xDS", options.xds_address).await?;
+    let admin_listener = listen("admin", options.admin_address).await?;
     tracing::info!(
         xds = %options.xds_address, admin = %options.admin_address, dir = %options.config_dir.display(),
         xds_transport = if tls.is_some() { "mTLS" } else { "plaintext" }, "serving"
@@ -194,7 +213,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
     let mut grpc = std::pin::pin!(grpc);
     let stop = shutdown_signal();
     let result = tokio::select! {
-        result = &mut grpc => result.map_err(|e| format!("xDS server failed: {e}")),
+        result = &mut grpc => result.map_err(ServeError::Server),
         () = stop => {
             // Every stream ends with UNAVAILABLE and tonic stops accepting and sends GOAWAY;
             // clients then close their connections. Whatever is open after the grace period
@@ -214,48 +233,19 @@ pub async fn serve(options: ServeOptions) -> Result<(), String> {
 fn watch_dir(
     dir: &std::path::Path,
     files_tx: std::sync::mpsc::Sender<Event>,
-) -> Result<notify::RecommendedWatcher, String> {
+) -> Result<notify::RecommendedWatcher, ServeError> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the files ourselves raises access events; only changes matter.
         if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = files_tx.send(Event::FilesChanged);
         }
     })
-    .map_err(|e| format!("cannot watch: {e}"))?;
+    .map_err(ServeError::Watcher)?;
     use notify::Watcher;
     watcher
         .watch(dir, notify::RecursiveMode::Recursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        .map_err(|error| ServeError::Watch { dir: dir.to_path_buf(), error })?;
     Ok(watcher)
-}
-
-/// Where `serve` reads objects from: the config directory (file mode) or the Kubernetes API
-/// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
-pub trait Input: Send {
-    /// Brings the objects up to date. An error keeps the current configuration.
-    fn reload(&mut self) -> Result<(), String>;
-    /// False until the objects are complete (the API caches synced): nothing is built before.
-    fn ready(&self) -> bool {
-        true
-    }
-    fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved;
-    /// Inputs that cannot be used and have never been: no first configuration is published.
-    fn unusable(&self) -> Vec<String>;
-    /// Each build's status report, after the snapshot was published.
-    fn built(&mut self, _report: &pipeline::StatusReport) {}
-}
-
-impl Input for ConfigDir {
-    fn reload(&mut self) -> Result<(), String> {
-        ConfigDir::reload(self)
-            .map_err(|e| format!("cannot read config directory {}: {e}", self.root().display()))
-    }
-    fn resolve(&self, options: &resolve::Options) -> pipeline::Resolved {
-        pipeline::resolve(self, options)
-    }
-    fn unusable(&self) -> Vec<String> {
-        ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()
-    }
 }
 
 /// gRPC request headers from Envoy are a few hundred bytes.
@@ -383,14 +373,16 @@ mod tests {
             ..XdsServeOptions::default()
         };
         for loopback in ["127.0.0.1:18000", "127.3.4.5:1", "[::1]:18000"] {
-            assert_eq!(check_transport(loopback.parse().unwrap(), &plaintext), Ok(()));
+            assert!(check_transport(loopback.parse().unwrap(), &plaintext).is_ok());
         }
         for open in ["0.0.0.0:18000", "[::]:18000", "10.1.2.3:18000"] {
             let address = open.parse().unwrap();
             let error = check_transport(address, &plaintext).unwrap_err();
+            assert!(matches!(error, ServeError::PlaintextOnNetwork(a) if a == address));
+            let error = error.to_string();
             assert!(error.contains("--insecure-xds") && error.contains(open), "{error}");
-            assert_eq!(check_transport(address, &insecure), Ok(()));
-            assert_eq!(check_transport(address, &tls), Ok(()));
+            assert!(check_transport(address, &insecure).is_ok());
+            assert!(check_transport(address, &tls).is_ok());
         }
     }
 }

@@ -4,7 +4,7 @@
 //! the loader keeps that file's last good content: a typo while editing never withdraws config that
 //! is already serving.
 
-use crate::kube_names::{shorten, NameRule};
+use crate::kube_names::{shorten, NameError, NameRule};
 use crate::objects::*;
 use crate::store::Store;
 use std::collections::{BTreeSet, HashMap};
@@ -305,7 +305,7 @@ fn parse_document(
     }
     let parsed = match strict_error {
         Some(reason) => Err(reason),
-        None => parse_object(&document, &api_version, &kind, name),
+        None => parse_object(&document, &api_version, &kind, name).map_err(|e| e.to_string()),
     };
     match parsed {
         Ok(Some(parsed)) => out.push(parsed),
@@ -330,16 +330,42 @@ fn parse_document(
     }
 }
 
+/// Why a document of a kind the loader reads cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum ObjectError {
+    #[error("missing apiVersion or kind")]
+    NoKind,
+    /// `supported`: the kind's apiVersions the loader reads.
+    #[error("{kind} at apiVersion {api_version} is not supported (supported: {})", supported.join(", "))]
+    Version { kind: String, api_version: String, supported: Vec<String> },
+    #[error("{0} has no metadata.name")]
+    NoName(String),
+    #[error("metadata.name: {0}")]
+    Name(NameError),
+    #[error("metadata.namespace must be a string")]
+    NamespaceNotAString,
+    #[error("metadata.namespace: {0}")]
+    Namespace(NameError),
+    /// The kind's schema (serde's message).
+    #[error("{0}")]
+    Schema(serde_json::Error),
+}
+
 /// One object of a kind the loader reads, or None for kinds it does not use.
 fn parse_object(
     document: &serde_json::Value,
     api_version: &str,
     kind: &str,
     name: Option<&str>,
-) -> Result<Option<Object>, String> {
+) -> Result<Option<Object>, ObjectError> {
     if kind.is_empty() || api_version.is_empty() {
-        return Err("missing apiVersion or kind".into());
+        return Err(ObjectError::NoKind);
     }
+    let unsupported = |supported: Vec<String>| ObjectError::Version {
+        kind: kind.to_string(),
+        api_version: api_version.to_string(),
+        supported,
+    };
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let supported: &[&str] = match (group, kind) {
         (GATEWAY_GROUP, "Gateway" | "GatewayClass" | "HTTPRoute") => &["v1", "v1beta1"],
@@ -352,9 +378,8 @@ fn parse_object(
         ("", "Service" | "ConfigMap" | "Secret" | "Namespace") => &["v1"],
         ("discovery.k8s.io", "EndpointSlice") => &["v1"],
         (_, "BackendTLSPolicy") => {
-            return Err(format!(
-                "BackendTLSPolicy at apiVersion {api_version} is not supported (supported: {GATEWAY_GROUP}/v1, {GATEWAY_GROUP}/v1alpha3)"
-            ))
+            let supported = ["v1", "v1alpha3"].map(|v| format!("{GATEWAY_GROUP}/{v}"));
+            return Err(unsupported(supported.into()));
         }
         _ => {
             tracing::debug!(%api_version, %kind, "skipping a kind the loader does not use");
@@ -362,32 +387,30 @@ fn parse_object(
         }
     };
     if !supported.contains(&version) {
-        return Err(format!(
-            "{kind} at apiVersion {api_version} is not supported (supported: {})",
+        return Err(unsupported(
             supported
                 .iter()
                 .map(|v| if group.is_empty() { v.to_string() } else { format!("{group}/{v}") })
-                .collect::<Vec<_>>()
-                .join(", ")
+                .collect(),
         ));
     }
     let Some(name) = name.filter(|n| !n.is_empty()) else {
-        return Err(format!("{kind} has no metadata.name"));
+        return Err(ObjectError::NoName(kind.to_string()));
     };
     let name_rule = match kind {
         "Namespace" => NameRule::Dns1123Label,
         "Service" => NameRule::Dns1035Label,
         _ => NameRule::Dns1123Subdomain,
     };
-    name_rule.check(name).map_err(|e| format!("metadata.name: {e}"))?;
+    name_rule.check(name).map_err(ObjectError::Name)?;
     if let Some(namespace) = document.get("metadata").and_then(|m| m.get("namespace")) {
-        let namespace = namespace.as_str().ok_or("metadata.namespace must be a string")?;
-        NameRule::Dns1123Label.check(namespace).map_err(|e| format!("metadata.namespace: {e}"))?;
+        let namespace = namespace.as_str().ok_or(ObjectError::NamespaceNotAString)?;
+        NameRule::Dns1123Label.check(namespace).map_err(ObjectError::Namespace)?;
     }
     fn typed<T: serde::de::DeserializeOwned>(
         document: &serde_json::Value,
-    ) -> Result<Arc<T>, String> {
-        T::deserialize(document).map(Arc::new).map_err(|e| e.to_string())
+    ) -> Result<Arc<T>, ObjectError> {
+        T::deserialize(document).map(Arc::new).map_err(ObjectError::Schema)
     }
     Ok(Some(match kind {
         "Gateway" => Object::Gateway(typed(document)?),
@@ -551,9 +574,10 @@ impl ConfigDir {
             let previous = self.files.remove(&path);
             let stamp = match entry {
                 Ok(stamp) => stamp,
-                Err(reason) => {
+                Err(error) => {
                     // Listed but not readable as a file (a FIFO, a device, a symlink loop):
                     // reported, never opened; its last good content stays in use.
+                    let reason = error.to_string();
                     let error =
                         SourceError { file: path.clone(), document: None, object: None, reason };
                     let stamp = FileStamp { modified: None, len: 0, inode: 0 };
@@ -803,8 +827,9 @@ fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
     let ReadJob { path, stamp, previous } = job;
     let text = match read_text(&path, limits::MAX_FILE_BYTES) {
         Ok(text) => text,
-        Err(reason) => {
+        Err(error) => {
             // Vanished between listing and reading, unreadable or too large: keep what we had.
+            let reason = error.to_string();
             let error = SourceError { file: path.clone(), document: None, object: None, reason };
             return (path, FileState::unreadable(stamp, previous, error), None);
         }
@@ -838,36 +863,43 @@ fn read_one(job: ReadJob) -> (PathBuf, FileState, Option<Vec<Object>>) {
     }
 }
 
+/// Why a file's text cannot be read (each message follows the file's path).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file's type (e.g. `a FIFO`).
+    #[error("is not a regular file ({0})")]
+    NotAFile(&'static str),
+    #[error("is {len} bytes; files larger than {max} bytes are not read (split the file)")]
+    TooLarge { len: u64, max: u64 },
+    /// The offset of the first byte that is not UTF-8.
+    #[error("is not UTF-8 text (invalid byte at offset {0})")]
+    NotUtf8(usize),
+}
+
 /// A file's text, read in bounded time and memory: regular files only (a FIFO would block the
 /// reader, `/dev/zero` never ends), at most `max_bytes` ([`limits::MAX_FILE_BYTES`] for input),
 /// UTF-8.
-pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String, String> {
+pub(crate) fn read_text(path: &Path, max_bytes: u64) -> Result<String, ReadError> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Non-blocking, so that a file swapped for a FIFO after listing cannot block the open.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let metadata = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let metadata = file.metadata()?;
     if !metadata.is_file() {
-        return Err(format!("is not a regular file ({})", file_type_name(&metadata)));
+        return Err(ReadError::NotAFile(file_type_name(&metadata)));
     }
-    let too_large = |len: u64| {
-        format!("is {len} bytes; files larger than {max_bytes} bytes are not read (split the file)")
-    };
+    let too_large = |len: u64| ReadError::TooLarge { len, max: max_bytes };
     if metadata.len() > max_bytes {
         return Err(too_large(metadata.len()));
     }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {
         return Err(too_large(bytes.len() as u64));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        format!("is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())
-    })
+    String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8(e.utf8_error().valid_up_to()))
 }
 
 fn file_type_name(metadata: &std::fs::Metadata) -> &'static str {
@@ -908,7 +940,7 @@ pub fn is_input_file(name: &std::ffi::OsStr) -> bool {
 /// The input files under a directory tree, each with its stamp or why it cannot be read.
 #[derive(Default)]
 struct Listing {
-    files: Vec<(PathBuf, Result<FileStamp, String>)>,
+    files: Vec<(PathBuf, Result<FileStamp, ReadError>)>,
     /// Subdirectories that could not be listed.
     unlisted_dirs: Vec<SourceError>,
     /// Directories seen, by device and inode: a symlink back up the tree is listed once.
@@ -975,10 +1007,10 @@ impl Listing {
                     self.files.push((path, Ok(stamp)));
                 }
                 Ok(metadata) => {
-                    let reason = format!("is not a regular file ({})", file_type_name(&metadata));
-                    self.files.push((path, Err(reason)));
+                    let error = ReadError::NotAFile(file_type_name(&metadata));
+                    self.files.push((path, Err(error)));
                 }
-                Err(e) => self.files.push((path, Err(format!("cannot read: {e}")))),
+                Err(e) => self.files.push((path, Err(ReadError::Io(e)))),
             }
         }
         Ok(())
@@ -988,6 +1020,41 @@ impl Listing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_objects_say_why() {
+        let reasons = |text: &str| -> Vec<String> {
+            let parsed = parse_file(Path::new("t.yaml"), text);
+            parsed.errors.into_iter().map(|e| e.reason).collect()
+        };
+        assert_eq!(
+            reasons("apiVersion: gateway.networking.k8s.io/v2\nkind: HTTPRoute\nmetadata: {name: r}\n"),
+            ["HTTPRoute at apiVersion gateway.networking.k8s.io/v2 is not supported (supported: gateway.networking.k8s.io/v1, gateway.networking.k8s.io/v1beta1)"]
+        );
+        assert_eq!(
+            reasons("apiVersion: v2\nkind: Service\nmetadata: {name: s}\n"),
+            ["Service at apiVersion v2 is not supported (supported: v1)"]
+        );
+        assert_eq!(
+            reasons("apiVersion: v1\nkind: ConfigMap\nmetadata: {namespace: ns}\n"),
+            ["ConfigMap has no metadata.name"]
+        );
+        assert_eq!(
+            reasons("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: 7}\n"),
+            ["metadata.namespace must be a string"]
+        );
+        let [namespace] =
+            &reasons("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: A_b}\n")[..]
+        else {
+            panic!("one error");
+        };
+        assert!(
+            namespace.starts_with(
+                "metadata.namespace: \"A_b\" is not a valid name: a lowercase RFC 1123 label"
+            ),
+            "{namespace}"
+        );
+    }
 
     /// A file of many objects is indexed once per reload, not scanned once per object (that was
     /// quadratic in the objects of one file). Counted, not timed; both sizes must cost the same

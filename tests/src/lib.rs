@@ -1,6 +1,9 @@
 //! End-to-end harness for backendtls: real Envoy 1.40, real NGINX, the real loader binary, all on
 //! 127.0.0.1. Every component is a value that kills its process on drop and, when a test is
 //! failing, prints its log tail so the failure explains itself.
+//!
+//! `unsafe` is denied but in the functions that call libc (signals, `prctl`), each allowing it.
+#![deny(unsafe_code)]
 
 pub mod certs;
 pub mod conformance;

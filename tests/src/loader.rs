@@ -121,12 +121,9 @@ impl Loader {
     /// and how long it took, or None if it still runs (it is then killed).
     pub fn terminate(&mut self, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
         let mut process = self.process.take()?;
-        let pid = libc::pid_t::try_from(process.pid()?).expect("pid fits pid_t");
+        process.pid()?;
         let started = std::time::Instant::now();
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        process.sigterm();
         while started.elapsed() < timeout {
             if let Some(status) = process.exit_status() {
                 return Some((status, started.elapsed()));

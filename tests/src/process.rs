@@ -59,6 +59,13 @@ impl ManagedChild {
         }
     }
 
+    /// Sends SIGTERM while the process runs, without waiting for it to exit.
+    pub fn sigterm(&self) {
+        if let Some(child) = &self.child {
+            terminate(child);
+        }
+    }
+
     /// Asks the process to stop with SIGTERM, then SIGKILLs it if it lingers; reaps it either way.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -116,6 +123,7 @@ pub fn print_tail_if_panicking(label: &str, text: &str, lines: usize) {
     }
 }
 
+#[allow(unsafe_code)]
 fn terminate(child: &Child) {
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own unreaped child.
@@ -126,6 +134,7 @@ fn terminate(child: &Child) {
 
 /// Makes the child receive SIGTERM when the thread that spawned it goes away, so a test run that is
 /// killed (or times out) leaves no NGINX or loader holding ports. Envoy does this to itself anyway.
+#[allow(unsafe_code)]
 fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
     // async-signal-safe and touches no memory of the parent.

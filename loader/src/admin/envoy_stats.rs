@@ -27,13 +27,32 @@ pub struct PolicyCounters {
     pub source: String,
 }
 
+/// An `--envoy-admin` value that is not `http://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected http://HOST:PORT (Envoy's admin address)")]
+pub struct AddressError(pub String);
+
 /// `http://host:port` or `host:port` → `host:port`.
-pub fn parse_address(url: &str) -> Result<String, String> {
+pub fn parse_address(url: &str) -> Result<String, AddressError> {
     let rest = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
     if url.starts_with("https://") || rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-        return Err(format!("{url:?}: expected http://HOST:PORT (Envoy's admin address)"));
+        return Err(AddressError(url.to_string()));
     }
     Ok(rest.to_string())
+}
+
+/// Why Envoy's counters could not be read (shown on the admin page).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("cannot connect to {address}: {error}")]
+    Connect { address: String, error: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a malformed HTTP answer")]
+    Malformed,
+    /// The status line.
+    #[error("Envoy answered {0}")]
+    Status(String),
 }
 
 /// Reads the counters now, then every [`POLL`], into `shared`.
@@ -42,7 +61,7 @@ pub async fn keep_reading(address: String, shared: Arc<RwLock<PolicyCounters>>) 
         let read = tokio::time::timeout(TIMEOUT, read_stats(&address)).await;
         let counters = match read {
             Ok(Ok(text)) => parse(&text),
-            Ok(Err(e)) => PolicyCounters { error: Some(e), ..Default::default() },
+            Ok(Err(e)) => PolicyCounters { error: Some(e.to_string()), ..Default::default() },
             Err(_) => PolicyCounters {
                 error: Some(format!("no answer within {TIMEOUT:?}")),
                 ..Default::default()
@@ -53,21 +72,21 @@ pub async fn keep_reading(address: String, shared: Arc<RwLock<PolicyCounters>>) 
     }
 }
 
-async fn read_stats(address: &str) -> Result<String, String> {
+async fn read_stats(address: &str) -> Result<String, ReadError> {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+        .map_err(|error| ReadError::Connect { address: address.to_string(), error })?;
     let request = format!(
         "GET /stats?filter={}%5C. HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n",
         stats::FAMILY
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
-    stream.take(MAX_BODY).read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+    stream.take(MAX_BODY).read_to_end(&mut response).await?;
     let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("a malformed HTTP answer")?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or(ReadError::Malformed)?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!("Envoy answered {}", head.lines().next().unwrap_or("")));
+        return Err(ReadError::Status(head.lines().next().unwrap_or("").to_string()));
     }
     Ok(body.to_string())
 }

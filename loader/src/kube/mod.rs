@@ -4,7 +4,7 @@
 //! relisting after `410 Gone` or a lost connection) per kind in [`api::WATCHED`], per watched
 //! namespace. Each object is turned back into JSON and parsed by [`crate::source::parse_file`],
 //! the same code as file mode, so strictness and error reporting are identical. The watchers send
-//! what changed to the rebuild thread ([`KubeInput`], a [`crate::serve::Input`]), which keeps the
+//! what changed to the rebuild thread ([`KubeInput`], a [`crate::pipeline::Input`]), which keeps the
 //! [`Store`] and builds with the same debounce as file mode. Nothing is built before every
 //! watcher has listed once (`/readyz` says 503 until then); while the API server cannot be
 //! reached the last snapshot keeps being served.
@@ -85,7 +85,7 @@ enum Delta {
 
 /// Connects, finds the versions served, starts the watchers, leader election and the status
 /// writer. Returns the rebuild thread's side.
-pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, String> {
+pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, StartError> {
     let client = client(&options).await?;
     let mut resources = Vec::new();
     for kind in api::WATCHED {
@@ -164,20 +164,34 @@ pub async fn start(options: KubeOptions, notify: Notify) -> Result<KubeInput, St
     })
 }
 
-async fn client(options: &KubeOptions) -> Result<kube::Client, String> {
+/// Why the Kubernetes source cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("kubeconfig {}: {error}", path.display())]
+    Kubeconfig { path: std::path::PathBuf, error: kube::config::KubeconfigError },
+    #[error("no Kubernetes configuration (kubeconfig or in-cluster): {0}")]
+    NoConfig(kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(kube::Error),
+    #[error("cannot list {api_version} {plural}: {error}")]
+    List { api_version: String, plural: &'static str, error: kube::Error },
+    /// `last_error`: why the last version tried was not served.
+    #[error("{kind} is not served by the API server ({last_error}); install its CRD")]
+    NotServed { kind: &'static str, last_error: String },
+}
+
+async fn client(options: &KubeOptions) -> Result<kube::Client, StartError> {
     let config = match &options.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            let error = |error| StartError::Kubeconfig { path: path.clone(), error };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(error)?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+                .map_err(error)?
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no Kubernetes configuration (kubeconfig or in-cluster): {e}"))?,
+        None => kube::Config::infer().await.map_err(StartError::NoConfig)?,
     };
-    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    kube::Client::try_from(config).map_err(StartError::Client)
 }
 
 /// The first of the kind's versions the API server serves (HTTPRoute at v1, or v1beta1 on a
@@ -185,7 +199,7 @@ async fn client(options: &KubeOptions) -> Result<kube::Client, String> {
 async fn served_resource(
     client: &kube::Client,
     kind: &api::WatchedKind,
-) -> Result<ApiResource, String> {
+) -> Result<ApiResource, StartError> {
     let mut last_error = String::new();
     for version in kind.versions {
         let resource = api_resource(kind, version);
@@ -195,12 +209,13 @@ async fn served_resource(
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 last_error = format!("{} not served", resource.api_version);
             }
-            Err(e) => {
-                return Err(format!("cannot list {} {}: {e}", resource.api_version, kind.plural))
+            Err(error) => {
+                let api_version = resource.api_version;
+                return Err(StartError::List { api_version, plural: kind.plural, error });
             }
         }
     }
-    Err(format!("{} is not served by the API server ({last_error}); install its CRD", kind.kind))
+    Err(StartError::NotServed { kind: kind.kind, last_error })
 }
 
 pub(crate) fn api_resource(kind: &api::WatchedKind, version: &str) -> ApiResource {
@@ -392,8 +407,8 @@ impl KubeInput {
     }
 }
 
-impl crate::serve::Input for KubeInput {
-    fn reload(&mut self) -> Result<(), String> {
+impl crate::pipeline::Input for KubeInput {
+    fn reload(&mut self) -> Result<(), crate::pipeline::ReloadError> {
         while let Ok(delta) = self.rx.try_recv() {
             self.apply(delta);
         }
@@ -435,7 +450,7 @@ impl crate::serve::Input for KubeInput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::Input;
+    use crate::pipeline::Input;
 
     fn input() -> (KubeInput, mpsc::Sender<Delta>) {
         let (tx, rx) = mpsc::channel();

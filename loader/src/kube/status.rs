@@ -228,7 +228,7 @@ impl Writer {
         field: &str,
         ours: &[Value],
         leader: &Leader,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, WriteError> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, resource);
         for attempt in 0..5u32 {
@@ -236,7 +236,7 @@ impl Writer {
                 Ok(live) => live,
                 // Deleted meanwhile: nothing to write.
                 Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
             let entries = live.data["status"][field].as_array().cloned().unwrap_or_default();
             let mine = |e: &Value| e["controllerName"].as_str() == Some(&self.controller_name);
@@ -285,10 +285,10 @@ impl Writer {
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
-        Err("conflicts on every attempt".into())
+        Err(WriteError::Conflicts)
     }
 
     async fn write_gateway(
@@ -297,14 +297,14 @@ impl Writer {
         name: &str,
         status: &Value,
         leader: &Leader,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, WriteError> {
         let resource = &self.gateways;
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, resource);
         let live = match api.get_status(name).await {
             Ok(live) => live,
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         let mut status = status.clone();
         let before = &live.data["status"];
@@ -333,9 +333,18 @@ impl Writer {
             "status": status,
         });
         let params = PatchParams::apply(super::FIELD_MANAGER).force();
-        api.patch_status(name, &params, &Patch::Apply(&patch)).await.map_err(|e| e.to_string())?;
+        api.patch_status(name, &params, &Patch::Apply(&patch)).await?;
         Ok(true)
     }
+}
+
+/// Why a status could not be written (logged; the next build tries again).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("conflicts on every attempt")]
+    Conflicts,
 }
 
 /// Sets each condition's `lastTransitionTime` (required by the API): the previous one when the

@@ -229,7 +229,7 @@ pub(super) fn serve_gateway<'a>(
             match listener_certificates(store, key, tls, ir) {
                 Ok(names) => listener.certificates = names,
                 // A bad certificate outranks a bad route kind: both leave ResolvedRefs False.
-                Err(problem) => listener.unresolved = Some(problem),
+                Err(problem) => listener.unresolved = Some((problem.reason(), problem.to_string())),
             }
         }
     }
@@ -321,6 +321,31 @@ fn tls_refusal(spec: &objects::GatewayListener) -> Option<String> {
     None
 }
 
+/// Why an HTTPS listener's `certificateRefs` cannot be used; [`CertificateRefError::reason`] is
+/// the listener's `ResolvedRefs` reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum CertificateRefError {
+    #[error("tls.certificateRefs is empty: a listener that terminates TLS needs a certificate")]
+    Empty,
+    #[error("certificateRef {name} is a {group}/{kind}; only core Secrets are supported")]
+    NotASecret { name: String, group: String, kind: String },
+    #[error("certificateRef Secret {0} is in another namespace and no ReferenceGrant allows it")]
+    NotPermitted(ObjectKey),
+    #[error("certificateRef Secret {0} not found")]
+    NotFound(ObjectKey),
+    #[error("certificateRef Secret {secret} {error}")]
+    KeyPair { secret: ObjectKey, error: trust::KeyPairError },
+}
+
+impl CertificateRefError {
+    fn reason(&self) -> &'static str {
+        match self {
+            CertificateRefError::NotPermitted(_) => "RefNotPermitted",
+            _ => "InvalidCertificateRef",
+        }
+    }
+}
+
 /// An HTTPS listener's `certificateRefs`, each a `kubernetes.io/tls` Secret whose PEM pair
 /// parses (and whose key matches the certificate), put into the IR under their secret names.
 /// The first reference that fails gives the reason: `InvalidCertificateRef` (wrong group or kind,
@@ -331,13 +356,9 @@ fn listener_certificates(
     gateway: &ObjectKey,
     tls: &objects::ListenerTls,
     ir: &mut Ir,
-) -> Result<Vec<String>, (&'static str, String)> {
-    let invalid = |message: String| ("InvalidCertificateRef", message);
+) -> Result<Vec<String>, CertificateRefError> {
     if tls.certificate_refs.is_empty() {
-        return Err(invalid(
-            "tls.certificateRefs is empty: a listener that terminates TLS needs a certificate"
-                .into(),
-        ));
+        return Err(CertificateRefError::Empty);
     }
     let mut pairs = Vec::new();
     for reference in &tls.certificate_refs {
@@ -345,26 +366,27 @@ fn listener_certificates(
         let kind = reference.kind.as_deref().unwrap_or("Secret");
         if !group.is_empty() || kind != "Secret" {
             let group = if group.is_empty() { "core" } else { group };
-            return Err(invalid(format!(
-                "certificateRef {} is a {group}/{kind}; only core Secrets are supported",
-                reference.name
-            )));
+            return Err(CertificateRefError::NotASecret {
+                name: reference.name.clone(),
+                group: group.to_string(),
+                kind: kind.to_string(),
+            });
         }
         let namespace = reference.namespace.as_deref().unwrap_or(&gateway.namespace);
         let secret_key = ObjectKey::new(namespace, &reference.name);
         if namespace != gateway.namespace && !secret_reference_granted(store, gateway, &secret_key)
         {
-            return Err((
-                "RefNotPermitted",
-                format!("certificateRef Secret {secret_key} is in another namespace and no ReferenceGrant allows it"),
-            ));
+            return Err(CertificateRefError::NotPermitted(secret_key));
         }
         let Some(secret) = store.secrets.get(&secret_key) else {
-            return Err(invalid(format!("certificateRef Secret {secret_key} not found")));
+            return Err(CertificateRefError::NotFound(secret_key));
         };
-        let pair = trust::tls_key_pair(secret)
+        let pair = match trust::tls_key_pair(secret)
             .and_then(|pair| key_matches_certificate(&pair).map(|()| pair))
-            .map_err(|e| invalid(format!("certificateRef Secret {secret_key} {e}")))?;
+        {
+            Ok(pair) => pair,
+            Err(error) => return Err(CertificateRefError::KeyPair { secret: secret_key, error }),
+        };
         pairs.push((secret_key, pair));
     }
     let mut names = Vec::new();
@@ -384,7 +406,7 @@ fn listener_certificates(
 
 /// The first certificate of `tls.crt` must carry the public key of `tls.key` (Envoy would refuse
 /// the pair and the listener with it). Keys this check cannot read are left to Envoy.
-fn key_matches_certificate(pair: &trust::KeyPair) -> Result<(), String> {
+fn key_matches_certificate(pair: &trust::KeyPair) -> Result<(), trust::KeyPairError> {
     use rcgen::PublicKeyData as _;
     use rustls_pki_types::pem::PemObject as _;
     let Ok(key) = rcgen::KeyPair::from_pem(&pair.key_pem) else {
@@ -401,7 +423,7 @@ fn key_matches_certificate(pair: &trust::KeyPair) -> Result<(), String> {
     if parsed.tbs_certificate.subject_pki.raw == key.subject_public_key_info().as_slice() {
         Ok(())
     } else {
-        Err("tls.key does not match the certificate in tls.crt".into())
+        Err(trust::KeyPairError::KeyMismatch)
     }
 }
 
@@ -457,7 +479,7 @@ pub(super) fn route_conditions(
     id: RouteId<'_>,
     route: AnyRoute<'_>,
 ) -> RouteConditions {
-    let (resolved_refs, refusal) = super::routes::any_route_conditions(store, id, route);
+    let (resolved_refs, refusal) = super::any_route_conditions(store, id, route);
     RouteConditions { resolved_refs, refusal }
 }
 

@@ -242,7 +242,7 @@ pub fn route_conditions(
     let generation = route.metadata.generation();
     let refusal = unsupported(route)
         .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
-    let failures: Vec<(&'static str, String)> = route
+    let failures: Vec<_> = route
         .spec
         .rules
         .iter()

@@ -128,6 +128,40 @@ struct GatewayContext<'a> {
     client_certificate: Option<String>,
 }
 
+/// `ResolvedRefs` and a refusal (see [`routes::route_conditions`]) for a route of any kind.
+fn any_route_conditions(
+    store: &Store,
+    id: RouteId<'_>,
+    route: AnyRoute<'_>,
+) -> (Condition, Option<Condition>) {
+    match route {
+        AnyRoute::Http(r) => routes::route_conditions(store, id.key, r),
+        AnyRoute::Grpc(r) => grpc_routes::route_conditions(store, id.key, r),
+        AnyRoute::Tls(r) => tls_routes::route_conditions(store, id.key, r),
+    }
+}
+
+/// Envoy routes for a route of any kind, with their precedence keys.
+#[allow(clippy::too_many_arguments)]
+fn build_routes<'a>(
+    store: &Store,
+    gw: &GatewayContext<'_>,
+    id: RouteId<'a>,
+    route: AnyRoute<'a>,
+    policies: &mut PolicyIndex,
+    ir: &mut Ir,
+    problems: &mut Vec<Problem>,
+) -> Vec<(RouteOrder<'a>, Route)> {
+    match route {
+        AnyRoute::Http(r) => build_http_routes(store, gw, id.key, r, policies, ir, problems),
+        AnyRoute::Grpc(r) => {
+            grpc_routes::build_routes(store, gw, id.key, r, policies, ir, problems)
+        }
+        // Not HTTP routes: TLS listeners proxy them (`tls_routes::build_proxy`).
+        AnyRoute::Tls(_) => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,8 +221,8 @@ fn resolve_policy(
         let message = format!("the policy cannot be read as written: {reason}");
         return invalid(resolved, "Invalid", message);
     }
-    if let Err(message) = validate_spec(policy) {
-        return invalid(resolved, "Invalid", message);
+    if let Err(error) = validate_spec(policy) {
+        return invalid(resolved, "Invalid", error.to_string());
     }
     resolved.subject_alt_names = validation
         .subject_alt_names
@@ -237,7 +237,7 @@ fn resolve_policy(
             resolved.params = params;
             unknown
         }
-        Err(message) => return invalid(resolved, "Invalid", message),
+        Err(error) => return invalid(resolved, "Invalid", error.to_string()),
     };
 
     if let Some(well_known) = &validation.well_known_ca_certificates {
@@ -255,14 +255,15 @@ fn resolve_policy(
 
     // Trust: the system bundle, or every usable caCertificateRef bundled together.
     let mut pems = Vec::new();
-    let mut failures = Vec::new();
+    let mut failures: Vec<RefError> = Vec::new();
     let mut skipped = Vec::new();
-    let mut invalid_kind = false;
     if validation.well_known_ca_certificates.is_some() {
         let path = &options.system_ca_bundle;
-        match crate::source::read_text(path, trust::MAX_CA_BUNDLE_BYTES as u64)
-            .and_then(|pem| trust::ca_bundle(&pem))
-        {
+        let system_bundle = || -> Result<_, Box<dyn std::error::Error>> {
+            let pem = crate::source::read_text(path, trust::MAX_CA_BUNDLE_BYTES as u64)?;
+            Ok(trust::ca_bundle(&pem)?)
+        };
+        match system_bundle() {
             Ok(bundle) => pems.push(bundle),
             Err(e) => {
                 let message =
@@ -277,22 +278,24 @@ fn resolve_policy(
                 skipped.extend(bundle.skipped.iter().cloned());
                 pems.push(bundle);
             }
-            Err(RefError::Kind(message)) => {
-                invalid_kind = true;
-                failures.push(message);
-            }
-            Err(RefError::Invalid(message)) => failures.push(message),
+            Err(failure) => failures.push(failure),
         }
     }
+    let failures_text = || failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
     if !failures.is_empty() {
-        let reason = if invalid_kind { "InvalidKind" } else { "InvalidCACertificateRef" };
-        resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures.join("; "));
+        // InvalidKind first, as the spec orders them.
+        let reason = failures
+            .iter()
+            .map(RefError::reason)
+            .find(|&reason| reason == "InvalidKind")
+            .unwrap_or("InvalidCACertificateRef");
+        resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures_text());
     } else if !skipped.is_empty() {
         resolved.resolved_refs.message =
             format!("All CA certificate references are resolved; left out: {}", skipped.join("; "));
     }
     if pems.is_empty() {
-        let message = format!("no valid CA certificate: {}", failures.join("; "));
+        let message = format!("no valid CA certificate: {}", failures_text());
         resolved.accepted =
             Condition::new("Accepted", false, "NoValidCACertificate", message.clone());
         resolved.trust = Trust::Unusable { reason: message };
@@ -381,28 +384,70 @@ fn targets(
     Ok(Attachment { targets: attached, notes })
 }
 
+/// Why a policy is `Accepted=False` `Invalid` as written: what the API server's schema and CEL
+/// rules would reject (with the same wording where it has one) and options this implementation
+/// cannot apply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum SpecError {
+    #[error("must not contain both CACertificateRefs and WellKnownCACertificates")]
+    BothCaSources,
+    #[error("must specify either CACertificateRefs or WellKnownCACertificates")]
+    NoCaSource,
+    #[error("targetRefs must have at least 1 entry")]
+    NoTargetRefs,
+    #[error("{what} has {len} entries; at most {max} are allowed")]
+    TooMany { what: &'static str, len: usize, max: usize },
+    #[error("sectionName must be specified when targetRefs includes 2 or more references to the same target")]
+    SectionNameMissing,
+    #[error("sectionName must be unique when targetRefs includes 2 or more references to the same target")]
+    SectionNameRepeated,
+    #[error("hostname {0:?} is not a valid lowercase DNS name (no wildcards, no IP addresses)")]
+    Hostname(String),
+    #[error("subjectAltNames hostname {0:?} is not a valid DNS name")]
+    SanHostname(String),
+    #[error("subjectAltNames uri {0:?} is not an absolute URI (scheme://...)")]
+    SanUri(String),
+    #[error("SubjectAltName element must contain Hostname, if Type is set to Hostname, and only Hostname")]
+    SanHostnameShape,
+    #[error("SubjectAltName element must contain URI, if Type is set to URI, and only URI")]
+    SanUriShape,
+    #[error("subjectAltNames type {0:?} is not Hostname or URI")]
+    SanType(String),
+    /// A name the certificate name rules ([`backendtls_contract::Identity`]) refuse.
+    #[error("hostname: {0}")]
+    HostnameIdentity(backendtls_contract::IdentityError),
+    #[error("subjectAltNames: {0}")]
+    SanIdentity(backendtls_contract::IdentityError),
+    #[error("options {0}: value longer than 4096 characters")]
+    OptionTooLong(String),
+    #[error("options {key}: {value:?} is not a supported TLS version (1.2 or 1.3)")]
+    TlsVersion { key: String, value: String },
+    #[error("options {key}: {suite:?} is not a cipher suite Envoy knows (one of {})", CIPHER_SUITES.join(", "))]
+    CipherSuite { key: String, suite: String },
+    #[error("options {key}: {protocol:?} is not h2 or http/1.1")]
+    Alpn { key: String, protocol: String },
+    #[error("options: {} is above {}", option_keys::MIN_TLS_VERSION, option_keys::MAX_TLS_VERSION)]
+    VersionRange,
+}
+
 /// What the API server's schema and CEL rules would reject, with the same wording where it has one.
-fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
+fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), SpecError> {
     let spec = &policy.spec;
     let v = &spec.validation;
     match (v.ca_certificate_refs.is_empty(), v.well_known_ca_certificates.is_some()) {
-        (false, true) => {
-            return Err("must not contain both CACertificateRefs and WellKnownCACertificates".into())
-        }
-        (true, false) => {
-            return Err("must specify either CACertificateRefs or WellKnownCACertificates".into())
-        }
+        (false, true) => return Err(SpecError::BothCaSources),
+        (true, false) => return Err(SpecError::NoCaSource),
         _ => {}
     }
-    let limit = |what: &str, len: usize, max: usize| {
+    let limit = |what: &'static str, len: usize, max: usize| {
         if len > max {
-            Err(format!("{what} has {len} entries; at most {max} are allowed"))
+            Err(SpecError::TooMany { what, len, max })
         } else {
             Ok(())
         }
     };
     if spec.target_refs.is_empty() {
-        return Err("targetRefs must have at least 1 entry".into());
+        return Err(SpecError::NoTargetRefs);
     }
     limit("targetRefs", spec.target_refs.len(), 16)?;
     limit("caCertificateRefs", v.ca_certificate_refs.len(), 8)?;
@@ -414,41 +459,38 @@ fn validate_spec(policy: &BackendTlsPolicy) -> Result<(), String> {
                 continue;
             }
             if a.section_name.is_none() || b.section_name.is_none() {
-                return Err("sectionName must be specified when targetRefs includes 2 or more references to the same target".into());
+                return Err(SpecError::SectionNameMissing);
             }
             if a.section_name == b.section_name {
-                return Err("sectionName must be unique when targetRefs includes 2 or more references to the same target".into());
+                return Err(SpecError::SectionNameRepeated);
             }
         }
     }
     if !is_hostname(&v.hostname, false) {
-        return Err(format!(
-            "hostname {:?} is not a valid lowercase DNS name (no wildcards, no IP addresses)",
-            v.hostname
-        ));
+        return Err(SpecError::Hostname(v.hostname.clone()));
     }
     for san in &v.subject_alt_names {
         match (san.kind.as_str(), &san.hostname, &san.uri) {
             ("Hostname", Some(h), None) if is_hostname(h, true) => {}
             ("URI", None, Some(u)) if is_absolute_uri(u) => {}
-            ("Hostname", Some(h), None) => return Err(format!("subjectAltNames hostname {h:?} is not a valid DNS name")),
-            ("URI", None, Some(u)) => return Err(format!("subjectAltNames uri {u:?} is not an absolute URI (scheme://...)")),
-            ("Hostname", _, _) => return Err("SubjectAltName element must contain Hostname, if Type is set to Hostname, and only Hostname".into()),
-            ("URI", _, _) => return Err("SubjectAltName element must contain URI, if Type is set to URI, and only URI".into()),
-            (other, _, _) => return Err(format!("subjectAltNames type {other:?} is not Hostname or URI")),
+            ("Hostname", Some(h), None) => return Err(SpecError::SanHostname(h.clone())),
+            ("URI", None, Some(u)) => return Err(SpecError::SanUri(u.clone())),
+            ("Hostname", _, _) => return Err(SpecError::SanHostnameShape),
+            ("URI", _, _) => return Err(SpecError::SanUriShape),
+            (other, _, _) => return Err(SpecError::SanType(other.to_string())),
         }
     }
     // The certificate name rules the filter, the validator and the SAN matchers apply
     // (backendtls_contract::Identity): a name they would refuse is refused here, with status.
     use backendtls_contract::Identity;
-    Identity::hostname(&v.hostname).map_err(|e| format!("hostname: {e}"))?;
+    Identity::hostname(&v.hostname).map_err(SpecError::HostnameIdentity)?;
     for san in &v.subject_alt_names {
         let value = san.hostname.as_deref().or(san.uri.as_deref()).unwrap_or_default();
-        Identity::from_san(&san.kind, value).map_err(|e| format!("subjectAltNames: {e}"))?;
+        Identity::from_san(&san.kind, value).map_err(SpecError::SanIdentity)?;
     }
     for (key, value) in &spec.options {
         if value.len() > 4096 {
-            return Err(format!("options {key}: value longer than 4096 characters"));
+            return Err(SpecError::OptionTooLong(key.clone()));
         }
     }
     Ok(())
@@ -490,15 +532,13 @@ fn is_absolute_uri(uri: &str) -> bool {
 }
 
 /// The TLS parameters in `spec.options`, and the keys this implementation does not know.
-fn tls_params(options: &BTreeMap<String, String>) -> Result<(TlsParams, Vec<String>), String> {
+fn tls_params(options: &BTreeMap<String, String>) -> Result<(TlsParams, Vec<String>), SpecError> {
     let mut params = TlsParams::default();
     let mut unknown = Vec::new();
     let version = |key: &str, value: &str| match value {
         "1.2" => Ok(TlsVersion::Tls12),
         "1.3" => Ok(TlsVersion::Tls13),
-        other => {
-            Err(format!("options {key}: {other:?} is not a supported TLS version (1.2 or 1.3)"))
-        }
+        other => Err(SpecError::TlsVersion { key: key.to_string(), value: other.to_string() }),
     };
     for (key, value) in options {
         match key.as_str() {
@@ -507,7 +547,8 @@ fn tls_params(options: &BTreeMap<String, String>) -> Result<(TlsParams, Vec<Stri
             option_keys::CIPHER_SUITES => {
                 for suite in value.split(',').map(str::trim) {
                     if !CIPHER_SUITES.contains(&suite) {
-                        return Err(format!("options {key}: {suite:?} is not a cipher suite Envoy knows (one of {})", CIPHER_SUITES.join(", ")));
+                        let (key, suite) = (key.clone(), suite.to_string());
+                        return Err(SpecError::CipherSuite { key, suite });
                     }
                     params.cipher_suites.push(suite.to_string());
                 }
@@ -515,7 +556,8 @@ fn tls_params(options: &BTreeMap<String, String>) -> Result<(TlsParams, Vec<Stri
             option_keys::ALPN => {
                 for protocol in value.split(',').map(str::trim) {
                     if protocol != "h2" && protocol != "http/1.1" {
-                        return Err(format!("options {key}: {protocol:?} is not h2 or http/1.1"));
+                        let (key, protocol) = (key.clone(), protocol.to_string());
+                        return Err(SpecError::Alpn { key, protocol });
                     }
                     params.alpn.push(protocol.to_string());
                 }
@@ -524,11 +566,7 @@ fn tls_params(options: &BTreeMap<String, String>) -> Result<(TlsParams, Vec<Stri
         }
     }
     if params.min_version > params.max_version {
-        return Err(format!(
-            "options: {} is above {}",
-            option_keys::MIN_TLS_VERSION,
-            option_keys::MAX_TLS_VERSION
-        ));
+        return Err(SpecError::VersionRange);
     }
     Ok((params, unknown))
 }
@@ -569,6 +607,6 @@ mod tests {
         assert_eq!(unknown, ["example.com/foo"]);
         let bad: BTreeMap<String, String> =
             [(option_keys::MIN_TLS_VERSION.to_string(), "1.0".to_string())].into();
-        assert!(tls_params(&bad).unwrap_err().contains("1.0"));
+        assert!(tls_params(&bad).unwrap_err().to_string().contains("1.0"));
     }
 }

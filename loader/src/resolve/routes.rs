@@ -95,40 +95,6 @@ pub(super) fn lookup<'a>(store: &'a Store, id: RouteId<'_>) -> AnyRoute<'a> {
     }
 }
 
-/// `ResolvedRefs` and a refusal (see [`route_conditions`]) for a route of any kind.
-pub(super) fn any_route_conditions(
-    store: &Store,
-    id: RouteId<'_>,
-    route: AnyRoute<'_>,
-) -> (Condition, Option<Condition>) {
-    match route {
-        AnyRoute::Http(r) => route_conditions(store, id.key, r),
-        AnyRoute::Grpc(r) => super::grpc_routes::route_conditions(store, id.key, r),
-        AnyRoute::Tls(r) => super::tls_routes::route_conditions(store, id.key, r),
-    }
-}
-
-/// Envoy routes for a route of any kind, with their precedence keys.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn build_routes<'a>(
-    store: &Store,
-    gw: &GatewayContext<'_>,
-    id: RouteId<'a>,
-    route: AnyRoute<'a>,
-    policies: &mut PolicyIndex,
-    ir: &mut Ir,
-    problems: &mut Vec<Problem>,
-) -> Vec<(RouteOrder<'a>, Route)> {
-    match route {
-        AnyRoute::Http(r) => build_http_routes(store, gw, id.key, r, policies, ir, problems),
-        AnyRoute::Grpc(r) => {
-            super::grpc_routes::build_routes(store, gw, id.key, r, policies, ir, problems)
-        }
-        // Not HTTP routes: TLS listeners proxy them (`tls_routes::build_proxy`).
-        AnyRoute::Tls(_) => Vec::new(),
-    }
-}
-
 /// Gateway API route precedence across all rules of all routes on one host. GRPCRoute rules
 /// first (see [`RouteKind`]), ordered as the GRPCRoute spec says: more characters in the
 /// matched service, then in the method, then more header matches. HTTPRoute rules: Exact paths
@@ -211,7 +177,7 @@ impl<'a> RouteOrder<'a> {
 
 /// Envoy routes for one HTTPRoute, with their precedence keys. None at all when the route uses a
 /// field the loader does not implement ([`unsupported`]): a route is never half-programmed.
-fn build_http_routes<'a>(
+pub(super) fn build_http_routes<'a>(
     store: &Store,
     gw: &GatewayContext<'_>,
     route_key: &'a ObjectKey,
@@ -477,10 +443,22 @@ pub fn unsupported(route: &HttpRoute) -> Option<String> {
 /// configuration (its default `re2.max_program_size.error_level`).
 const RE2_MAX_PROGRAM_SIZE: usize = 100;
 
-pub(super) fn valid_regex(pattern: &str) -> Result<(), String> {
+/// Why Envoy would refuse a regular expression.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum RegexError {
+    /// `detail`: the last line of the regex crate's message.
+    #[error("{pattern:?} is not a valid RE2 regular expression ({detail})")]
+    Invalid { pattern: String, detail: String },
+    #[error("{0:?} is not a valid RE2 regular expression")]
+    Unparsable(String),
+    #[error("{pattern:?} is too large for Envoy's RE2 (program size about {size}, limit {limit})", limit = RE2_MAX_PROGRAM_SIZE)]
+    TooLarge { pattern: String, size: usize },
+}
+
+pub(super) fn valid_regex(pattern: &str) -> Result<(), RegexError> {
     regex::Regex::new(pattern).map_err(|e| {
-        let first = e.to_string().lines().last().unwrap_or_default().to_string();
-        format!("{pattern:?} is not a valid RE2 regular expression ({first})")
+        let detail = e.to_string().lines().last().unwrap_or_default().to_string();
+        RegexError::Invalid { pattern: pattern.to_string(), detail }
     })?;
     // RE2's `\w`, `\d`, `\s` and `\b` are ASCII: parsed so when the pattern allows it.
     let hir = regex_syntax::ParserBuilder::new()
@@ -490,12 +468,10 @@ pub(super) fn valid_regex(pattern: &str) -> Result<(), String> {
         .parse(pattern)
         .ok()
         .or_else(|| regex_syntax::Parser::new().parse(pattern).ok())
-        .ok_or_else(|| format!("{pattern:?} is not a valid RE2 regular expression"))?;
+        .ok_or_else(|| RegexError::Unparsable(pattern.to_string()))?;
     let size = program_size(&hir);
     if size > RE2_MAX_PROGRAM_SIZE {
-        return Err(format!(
-            "{pattern:?} is too large for Envoy's RE2 (program size about {size}, limit {RE2_MAX_PROGRAM_SIZE})"
-        ));
+        return Err(RegexError::TooLarge { pattern: pattern.to_string(), size });
     }
     Ok(())
 }
@@ -660,7 +636,7 @@ pub fn route_conditions(
     let generation = route.metadata.generation();
     let refusal = unsupported(route)
         .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
-    let mut failures: Vec<(&'static str, String)> = Vec::new();
+    let mut failures: Vec<BackendRefError> = Vec::new();
     for rule in &route.spec.rules {
         let mirrors = rule.filters.iter().filter_map(|f| f.request_mirror.as_ref());
         let backends = rule.backend_refs.iter().chain(mirrors.map(|m| &m.backend_ref));
@@ -675,7 +651,7 @@ pub fn route_conditions(
 
 /// A route parent's `ResolvedRefs`: True, or False with the first failure's reason and every
 /// failure's message.
-pub(super) fn resolved_refs(failures: &[(&'static str, String)]) -> Condition {
+pub(super) fn resolved_refs(failures: &[BackendRefError]) -> Condition {
     match failures.first() {
         None => Condition::new(
             "ResolvedRefs",
@@ -683,47 +659,70 @@ pub(super) fn resolved_refs(failures: &[(&'static str, String)]) -> Condition {
             "ResolvedRefs",
             "All references are resolved".into(),
         ),
-        Some((reason, _)) => {
-            let message = failures.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ");
-            Condition::new("ResolvedRefs", false, reason, message)
+        Some(first) => {
+            let message = failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            Condition::new("ResolvedRefs", false, first.reason(), message)
+        }
+    }
+}
+
+/// Why a backendRef names no usable Service port; [`BackendRefError::reason`] is the spec's
+/// `ResolvedRefs` reason for it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BackendRefError {
+    #[error("backendRef {kind} {name} is not a Service")]
+    NotAService { kind: String, name: String },
+    #[error("backendRef Service {0} is in another namespace and no ReferenceGrant allows it")]
+    NotPermitted(ObjectKey),
+    #[error("backendRef Service {0} has no port")]
+    NoPort(ObjectKey),
+    #[error("Service {0} not found")]
+    ServiceNotFound(ObjectKey),
+    #[error("Service {service} has no port {port}")]
+    PortNotFound { service: ObjectKey, port: u16 },
+}
+
+impl BackendRefError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendRefError::NotAService { .. } => "InvalidKind",
+            BackendRefError::NotPermitted(_) => "RefNotPermitted",
+            BackendRefError::NoPort(_)
+            | BackendRefError::ServiceNotFound(_)
+            | BackendRefError::PortNotFound { .. } => "BackendNotFound",
         }
     }
 }
 
 /// The Service a backendRef names, checked as far as the route alone decides (kind, namespace
-/// and ReferenceGrant, existence, port): `Err((reason, message))` with the spec's reason.
+/// and ReferenceGrant, existence, port).
 pub(super) fn check_backend_ref(
     store: &Store,
     route_kind: RouteKind,
     route_key: &ObjectKey,
     backend: &objects::BackendRef,
-) -> Result<(ObjectKey, u16), (&'static str, String)> {
+) -> Result<(ObjectKey, u16), BackendRefError> {
     let group = backend.group.as_deref().unwrap_or("");
     let kind = backend.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
-        return Err((
-            "InvalidKind",
-            format!("backendRef {kind} {} is not a Service", backend.name),
-        ));
+        let (kind, name) = (kind.to_string(), backend.name.clone());
+        return Err(BackendRefError::NotAService { kind, name });
     }
     let namespace = backend.namespace.as_deref().unwrap_or(&route_key.namespace);
     let service_key = ObjectKey::new(namespace, &backend.name);
     if namespace != route_key.namespace
         && !reference_granted(store, route_kind, route_key, &service_key)
     {
-        return Err(("RefNotPermitted", format!("backendRef Service {service_key} is in another namespace and no ReferenceGrant allows it")));
+        return Err(BackendRefError::NotPermitted(service_key));
     }
     let Some(port_number) = backend.port else {
-        return Err(("BackendNotFound", format!("backendRef Service {service_key} has no port")));
+        return Err(BackendRefError::NoPort(service_key));
     };
     let Some(service) = store.services.get(&service_key) else {
-        return Err(("BackendNotFound", format!("Service {service_key} not found")));
+        return Err(BackendRefError::ServiceNotFound(service_key));
     };
     if !service.spec.ports.iter().any(|p| p.port == port_number) {
-        return Err((
-            "BackendNotFound",
-            format!("Service {service_key} has no port {port_number}"),
-        ));
+        return Err(BackendRefError::PortNotFound { service: service_key, port: port_number });
     }
     Ok((service_key, port_number))
 }
@@ -757,9 +756,9 @@ pub(super) fn route_action(
                 }
                 forward.push(WeightedCluster { cluster, weight });
             }
-            Err(reason) => {
+            Err(error) => {
                 invalid_weight += weight;
-                invalid.push(reason);
+                invalid.push(error.to_string());
             }
         }
     }
@@ -804,6 +803,17 @@ pub(super) fn invalid_backend_cluster(ir: &mut Ir) -> String {
     INVALID_BACKEND_CLUSTER.to_string()
 }
 
+/// Why a backendRef gets no cluster.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum ClusterError {
+    #[error(transparent)]
+    Ref(#[from] BackendRefError),
+    #[error(
+        "Service {service} port {port} would share Envoy cluster {cluster} with Service {other}"
+    )]
+    Shared { service: ObjectKey, port: u16, cluster: String, other: ObjectKey },
+}
+
 /// The cluster of a backendRef, created on first use. It speaks HTTP/2 when a GRPCRoute uses it
 /// or its Service port's appProtocol is `kubernetes.io/h2c` (GEP-1911); one cluster serves every
 /// route to that port, so a port any GRPCRoute uses speaks HTTP/2 to all of them.
@@ -815,9 +825,8 @@ pub(super) fn backend_cluster(
     policies: &mut PolicyIndex,
     ir: &mut Ir,
     problems: &mut Vec<Problem>,
-) -> Result<String, String> {
-    let (service_key, port_number) =
-        check_backend_ref(store, route.kind, route.key, backend).map_err(|(_, message)| message)?;
+) -> Result<String, ClusterError> {
+    let (service_key, port_number) = check_backend_ref(store, route.kind, route.key, backend)?;
     let namespace = service_key.namespace.as_str();
     let service = &store.services[&service_key];
     let port = service.spec.ports.iter().find(|p| p.port == port_number).expect("checked");
@@ -839,10 +848,12 @@ pub(super) fn backend_cluster(
         // Checked object names make this impossible (see `kube_names`); should it happen anyway,
         // the route fails rather than sending one Service's traffic to another's cluster.
         Some(existing) if existing.service != service_key => {
-            return Err(format!(
-                "Service {service_key} port {port_number} would share Envoy cluster {name} with Service {}",
-                existing.service
-            ));
+            return Err(ClusterError::Shared {
+                service: service_key,
+                port: port_number,
+                cluster: name,
+                other: existing.service.clone(),
+            });
         }
         None => {
             let endpoints = if service.spec.kind.as_deref() == Some("ExternalName") {
@@ -1107,8 +1118,12 @@ mod tests {
             assert!(valid_regex(ok).is_ok(), "{ok}: {:?}", valid_regex(ok));
         }
         for too_large in ["[a-z]{1,64}", "/api/v[0-9]+/users/[a-z0-9-]{1,30}"] {
-            assert!(valid_regex(too_large).unwrap_err().contains("too large"), "{too_large}");
+            let err = valid_regex(too_large).unwrap_err();
+            assert!(matches!(err, RegexError::TooLarge { .. }), "{too_large}: {err:?}");
+            assert!(err.to_string().contains("is too large for Envoy's RE2 (program size about"));
         }
-        assert!(valid_regex("(").unwrap_err().contains("not a valid"));
+        let err = valid_regex("(").unwrap_err();
+        assert!(matches!(err, RegexError::Invalid { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("\"(\" is not a valid RE2 regular expression ("));
     }
 }

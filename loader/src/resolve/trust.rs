@@ -12,13 +12,87 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Why a caCertificateRef cannot be used, in the spec's two kinds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a caCertificateRef cannot be used; [`RefError::reason`] is the spec's reason for it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefError {
-    /// Unsupported group/kind: `ResolvedRefs=False` `InvalidKind`.
-    Kind(String),
-    /// Missing object, missing key or unusable content: `InvalidCACertificateRef`.
-    Invalid(String),
+    #[error("caCertificateRef {kind} {name} (group {group}) is not a supported kind (ConfigMap or Secret in the core group)")]
+    UnsupportedKind { kind: String, name: String, group: String },
+    /// `kind` is `ConfigMap` or `Secret`.
+    #[error("{kind} {key} not found")]
+    NotFound { kind: &'static str, key: ObjectKey },
+    #[error("ConfigMap {0} has no key ca.crt")]
+    NoCaKey(ObjectKey),
+    #[error("Secret {key}: {error}")]
+    SecretValue { key: ObjectKey, error: SecretValueError },
+    #[error("{kind} {key}: ca.crt {error}")]
+    Bundle { kind: &'static str, key: ObjectKey, error: Box<BundleError> },
+}
+
+impl RefError {
+    /// `ResolvedRefs=False` reason: `InvalidKind` for an unsupported group/kind, else (missing
+    /// object, missing key, unusable content) `InvalidCACertificateRef`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RefError::UnsupportedKind { .. } => "InvalidKind",
+            _ => "InvalidCACertificateRef",
+        }
+    }
+}
+
+/// Why a CA bundle cannot be used (each message follows "ca.crt" or the bundle's path).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("is {0} bytes; CA bundles of at most {max} bytes are read", max = MAX_CA_BUNDLE_BYTES)]
+    TooLarge(usize),
+    #[error("holds more than {max} certificates; at most {max} are read", max = MAX_CA_BUNDLE_CERTIFICATES)]
+    TooManyCertificates,
+    /// `index` counts from 1.
+    #[error("certificate {index}: is not valid PEM: {detail}")]
+    Pem { index: usize, detail: String },
+    #[error("certificate {index}: is not a valid X.509 certificate: {detail}")]
+    X509 { index: usize, detail: String },
+    /// `label` is `certificate N (subject)`.
+    #[error("{label}: cannot be used as a trust anchor: {error:?}")]
+    NotTrustAnchor { label: String, error: webpki::Error },
+    #[error("is empty")]
+    Empty,
+    #[error("contains no PEM CERTIFICATE block")]
+    NoCertificate,
+    /// Every certificate is expired or not yet valid: why, for each.
+    #[error("has no usable certificate: {}", .0.join("; "))]
+    NoUsableCertificate(Vec<String>),
+}
+
+/// Why a Secret value cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretValueError {
+    #[error("has no key {0}")]
+    Missing(&'static str),
+    #[error("{key} is not valid base64: {error}")]
+    Base64 { key: &'static str, error: base64::DecodeError },
+    #[error("{0} is not UTF-8 PEM")]
+    NotUtf8(&'static str),
+}
+
+/// Why a Secret is not a usable `kubernetes.io/tls` key pair.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyPairError {
+    #[error("has type {0}, not kubernetes.io/tls")]
+    Type(String),
+    #[error(transparent)]
+    Value(#[from] SecretValueError),
+    #[error("tls.crt is not valid PEM: {0}")]
+    CertificatePem(String),
+    #[error("tls.crt is not a valid X.509 certificate: {0}")]
+    CertificateX509(String),
+    #[error("tls.crt holds no certificate")]
+    NoCertificate,
+    /// The parser's error quotes the offending bytes, which are the key's: never shown.
+    #[error("tls.key is not a PEM private key (it needs a PRIVATE KEY block, one base64 line after another; YAML's folded `>` style joins the lines and breaks it)")]
+    Key,
+    /// Checked for listener certificates only (the Gateway's `tls.certificateRefs`).
+    #[error("tls.key does not match the certificate in tls.crt")]
+    KeyMismatch,
 }
 
 /// A usable CA bundle and what was left out of it.
@@ -39,43 +113,42 @@ pub fn ca_ref(
     r: &LocalObjectRef,
 ) -> Result<CaCertificates, RefError> {
     let key = ObjectKey::new(namespace, &r.name);
-    let pem = match (r.group.as_str(), r.kind.as_str()) {
+    let (pem, kind) = match (r.group.as_str(), r.kind.as_str()) {
         ("", "ConfigMap") => {
-            let cm = store
-                .config_maps
-                .get(&key)
-                .ok_or_else(|| RefError::Invalid(format!("ConfigMap {key} not found")))?;
-            let pem = cm.data.get("ca.crt");
-            Cow::Borrowed(
-                pem.ok_or_else(|| RefError::Invalid(format!("ConfigMap {key} has no key ca.crt")))?,
-            )
+            let Some(cm) = store.config_maps.get(&key) else {
+                return Err(RefError::NotFound { kind: "ConfigMap", key });
+            };
+            let Some(pem) = cm.data.get("ca.crt") else {
+                return Err(RefError::NoCaKey(key));
+            };
+            (Cow::Borrowed(pem), "ConfigMap")
         }
         ("", "Secret") => {
-            let secret = store
-                .secrets
-                .get(&key)
-                .ok_or_else(|| RefError::Invalid(format!("Secret {key} not found")))?;
-            Cow::Owned(
-                secret_value(secret, "ca.crt")
-                    .map_err(|e| RefError::Invalid(format!("Secret {key}: {e}")))?,
-            )
+            let Some(secret) = store.secrets.get(&key) else {
+                return Err(RefError::NotFound { kind: "Secret", key });
+            };
+            match secret_value(secret, "ca.crt") {
+                Ok(pem) => (Cow::Owned(pem), "Secret"),
+                Err(error) => return Err(RefError::SecretValue { key, error }),
+            }
         }
         (group, kind) => {
             let group = if group.is_empty() { "core" } else { group };
-            return Err(RefError::Kind(format!(
-                "caCertificateRef {kind} {} (group {group}) is not a supported kind (ConfigMap or Secret in the core group)",
-                r.name
-            )));
+            return Err(RefError::UnsupportedKind {
+                kind: kind.to_string(),
+                name: r.name.clone(),
+                group: group.to_string(),
+            });
         }
     };
-    ca_bundle(&pem).map_err(|e| RefError::Invalid(format!("{} {key}: ca.crt {e}", r.kind)))
+    ca_bundle(&pem).map_err(|error| RefError::Bundle { kind, key, error: Box::new(error) })
 }
 
 /// Checks a PEM bundle certificate by certificate: it must parse as X.509, be usable as a trust
 /// anchor and be within its validity period. Expired or not-yet-valid certificates are left out
 /// (a bundle mid-rotation keeps working); a bundle with no usable certificate is an error that says
 /// which check failed.
-pub fn ca_bundle(pem: &str) -> Result<CaCertificates, String> {
+pub fn ca_bundle(pem: &str) -> Result<CaCertificates, BundleError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let parsed = parse_bundle_cached(pem);
     let parsed = parsed.as_ref().as_ref().map_err(Clone::clone)?;
@@ -91,7 +164,7 @@ pub fn ca_bundle(pem: &str) -> Result<CaCertificates, String> {
         }
     }
     if usable.is_empty() {
-        return Err(format!("has no usable certificate: {}", skipped.join("; ")));
+        return Err(BundleError::NoUsableCertificate(skipped));
     }
     if skipped.is_empty() {
         let (pem, secret_name) = (parsed.pem.clone(), parsed.secret_name.clone());
@@ -121,7 +194,7 @@ struct ParsedCertificate {
 
 /// Parsing X.509 is the costliest part of resolving policies, and thousands of policies commonly
 /// share a few CA bundles, so parses are kept by content (bounded: cleared when it grows large).
-type Parsed = Arc<Result<ParsedBundle, String>>;
+type Parsed = Arc<Result<ParsedBundle, BundleError>>;
 
 fn parse_bundle_cached(pem: &str) -> Parsed {
     /// The cached bundles and the bytes of their keys.
@@ -150,27 +223,23 @@ fn parse_bundle_cached(pem: &str) -> Parsed {
 pub const MAX_CA_BUNDLE_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_CA_BUNDLE_CERTIFICATES: usize = 1000;
 
-fn parse_bundle(pem: &str) -> Result<ParsedBundle, String> {
+fn parse_bundle(pem: &str) -> Result<ParsedBundle, BundleError> {
     if pem.len() > MAX_CA_BUNDLE_BYTES {
-        return Err(format!(
-            "is {} bytes; CA bundles of at most {MAX_CA_BUNDLE_BYTES} bytes are read",
-            pem.len()
-        ));
+        return Err(BundleError::TooLarge(pem.len()));
     }
     let mut certificates = Vec::new();
     for (index, der) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
         if index == MAX_CA_BUNDLE_CERTIFICATES {
-            return Err(format!(
-                "holds more than {MAX_CA_BUNDLE_CERTIFICATES} certificates; at most {MAX_CA_BUNDLE_CERTIFICATES} are read"
-            ));
+            return Err(BundleError::TooManyCertificates);
         }
-        let der = der.map_err(|e| format!("certificate {}: is not valid PEM: {e}", index + 1))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
-            format!("certificate {}: is not a valid X.509 certificate: {e}", index + 1)
-        })?;
-        let label = format!("certificate {} ({})", index + 1, cert.subject());
-        webpki::anchor_from_trusted_cert(&der)
-            .map_err(|e| format!("{label}: cannot be used as a trust anchor: {e:?}"))?;
+        let index = index + 1;
+        let der = der.map_err(|e| BundleError::Pem { index, detail: e.to_string() })?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| BundleError::X509 { index, detail: e.to_string() })?;
+        let label = format!("certificate {index} ({})", cert.subject());
+        if let Err(error) = webpki::anchor_from_trusted_cert(&der) {
+            return Err(BundleError::NotTrustAnchor { label, error });
+        }
         let validity = cert.validity();
         certificates.push(ParsedCertificate {
             label,
@@ -183,9 +252,9 @@ fn parse_bundle(pem: &str) -> Result<ParsedBundle, String> {
     }
     if certificates.is_empty() {
         return Err(if pem.trim().is_empty() {
-            "is empty".into()
+            BundleError::Empty
         } else {
-            "contains no PEM CERTIFICATE block".into()
+            BundleError::NoCertificate
         });
     }
     let pem = to_pem(&certificates.iter().map(|c| c.der.clone()).collect::<Vec<_>>());
@@ -208,16 +277,16 @@ fn to_pem(certs: &[CertificateDer<'_>]) -> String {
 }
 
 /// A Secret value: `stringData` as written, else `data` base64-decoded (as the API server stores it).
-pub fn secret_value(secret: &Secret, key: &str) -> Result<String, String> {
+pub fn secret_value(secret: &Secret, key: &'static str) -> Result<String, SecretValueError> {
     use base64::Engine;
     if let Some(value) = secret.string_data.get(key) {
         return Ok(value.to_string());
     }
-    let encoded = secret.data.get(key).ok_or_else(|| format!("has no key {key}"))?;
+    let encoded = secret.data.get(key).ok_or(SecretValueError::Missing(key))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
-        .map_err(|e| format!("{key} is not valid base64: {e}"))?;
-    String::from_utf8(bytes).map_err(|_| format!("{key} is not UTF-8 PEM"))
+        .map_err(|error| SecretValueError::Base64 { key, error })?;
+    String::from_utf8(bytes).map_err(|_| SecretValueError::NotUtf8(key))
 }
 
 /// A `kubernetes.io/tls` Secret's certificate chain and key, checked to parse.
@@ -236,30 +305,25 @@ impl std::fmt::Debug for KeyPair {
     }
 }
 
-pub fn tls_key_pair(secret: &Secret) -> Result<KeyPair, String> {
+pub fn tls_key_pair(secret: &Secret) -> Result<KeyPair, KeyPairError> {
     if let Some(kind) = &secret.kind {
         if kind != "kubernetes.io/tls" {
-            return Err(format!("has type {kind}, not kubernetes.io/tls"));
+            return Err(KeyPairError::Type(kind.clone()));
         }
     }
     let cert_pem = secret_value(secret, "tls.crt")?;
     let key_pem = secret_value(secret, "tls.key")?;
     let mut certs = 0;
     for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-        let der = cert.map_err(|e| format!("tls.crt is not valid PEM: {e}"))?;
+        let der = cert.map_err(|e| KeyPairError::CertificatePem(e.to_string()))?;
         x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| format!("tls.crt is not a valid X.509 certificate: {e}"))?;
+            .map_err(|e| KeyPairError::CertificateX509(e.to_string()))?;
         certs += 1;
     }
     if certs == 0 {
-        return Err("tls.crt holds no certificate".into());
+        return Err(KeyPairError::NoCertificate);
     }
-    // The parser's error quotes the offending bytes, which are the key's: never shown.
-    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
-        "tls.key is not a PEM private key (it needs a PRIVATE KEY block, one base64 line after \
-         another; YAML's folded `>` style joins the lines and breaks it)"
-            .to_string()
-    })?;
+    PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| KeyPairError::Key)?;
     Ok(KeyPair { cert_pem, key_pem })
 }
 
@@ -274,10 +338,15 @@ mod tests {
         let bundle = ca_bundle(GOLDEN_CA).unwrap();
         assert!(bundle.skipped.is_empty());
         assert!(bundle.pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
-        assert_eq!(ca_bundle("").unwrap_err(), "is empty");
-        assert_eq!(ca_bundle("hello").unwrap_err(), "contains no PEM CERTIFICATE block");
+        assert_eq!(ca_bundle("").unwrap_err().to_string(), "is empty");
+        assert_eq!(
+            ca_bundle("hello").unwrap_err().to_string(),
+            "contains no PEM CERTIFICATE block"
+        );
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(ca_bundle(garbage).unwrap_err().contains("not a valid X.509 certificate"));
+        let err = ca_bundle(garbage).unwrap_err();
+        assert!(matches!(err, BundleError::X509 { index: 1, .. }), "{err:?}");
+        assert!(err.to_string().starts_with("certificate 1: is not a valid X.509 certificate: "));
     }
 
     /// 10,000 certificates or 50 MB: refused in bounded time, before parsing them all.
@@ -286,11 +355,14 @@ mod tests {
         let many = GOLDEN_CA.repeat(MAX_CA_BUNDLE_CERTIFICATES + 1);
         assert!(many.len() < MAX_CA_BUNDLE_BYTES, "the count limit is what this case checks");
         let started = std::time::Instant::now();
-        let err = ca_bundle(&many).unwrap_err();
-        assert!(err.contains("more than 1000 certificates"), "{err}");
+        let err = ca_bundle(&many).unwrap_err().to_string();
+        assert_eq!(err, "holds more than 1000 certificates; at most 1000 are read");
         let huge = GOLDEN_CA.repeat(50 * 1024 * 1024 / GOLDEN_CA.len());
-        let err = ca_bundle(&huge).unwrap_err();
-        assert!(err.contains("at most 2097152 bytes"), "{err}");
+        let err = ca_bundle(&huge).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("is {} bytes; CA bundles of at most 2097152 bytes are read", huge.len())
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     }
 
@@ -307,10 +379,10 @@ mod tests {
     fn expired_and_future_certificates_are_left_out_and_named() {
         let expired = ca_valid_between((2000, 1, 1), (2001, 1, 1));
         let future = ca_valid_between((2999, 1, 1), (3000, 1, 1));
-        let err = ca_bundle(&expired).unwrap_err();
+        let err = ca_bundle(&expired).unwrap_err().to_string();
         assert!(err.starts_with("has no usable certificate: certificate 1 (CN=ca (2000"), "{err}");
         assert!(err.contains("expired on"), "{err}");
-        assert!(ca_bundle(&future).unwrap_err().contains("is not valid before"));
+        assert!(ca_bundle(&future).unwrap_err().to_string().contains("is not valid before"));
         let mixed = format!("{expired}{GOLDEN_CA}");
         let bundle = ca_bundle(&mixed).unwrap();
         assert_eq!(bundle.skipped.len(), 1);

@@ -3,16 +3,17 @@
 //! leaves private keys out unless asked ([`PrivateKeys`]).
 
 use super::translate::{ads_config_source, pack, socket_address, Resources};
+pub use super::translate::{
+    private_key_path, static_client_certificate, PrivateKeys, DEFAULT_PRIVATE_KEY_DIR,
+};
 use envoy_types::pb::envoy::config::bootstrap::v3 as bootstrap;
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::google::protobuf::Duration;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 
 /// The name of the static cluster through which Envoy reaches the loader.
 pub const XDS_CLUSTER: &str = "backendtls_xds";
@@ -238,54 +239,6 @@ pub fn static_bootstrap(resources: &Resources, admin_address: SocketAddr) -> boo
             clusters: resources.clusters.iter().map(|c| c.resource.clone()).collect(),
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-/// Where a static bootstrap takes the private keys of client certificates from. A rendered
-/// bootstrap is a file people copy, commit and paste into tickets, so by default it names a file
-/// for each key instead of holding the key.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum PrivateKeys {
-    /// In the bootstrap itself (`render --include-private-keys`).
-    Inline,
-    /// Envoy reads each key when it starts, from [`private_key_path`] under this directory.
-    Files { dir: PathBuf },
-}
-
-/// `render`'s default `--private-key-dir`.
-pub const DEFAULT_PRIVATE_KEY_DIR: &str = "/etc/backendtls/private-keys";
-
-impl Default for PrivateKeys {
-    fn default() -> Self {
-        PrivateKeys::Files { dir: DEFAULT_PRIVATE_KEY_DIR.into() }
-    }
-}
-
-/// `DIR/<namespace>/<name>/tls.key`: the layout of Secrets mounted as volumes, one directory per
-/// Secret holding its keys as files.
-pub fn private_key_path(dir: &Path, secret: &crate::objects::ObjectKey) -> PathBuf {
-    dir.join(&secret.namespace).join(&secret.name).join("tls.key")
-}
-
-/// A client certificate inline in a static bootstrap, its key as [`PrivateKeys`] says.
-pub fn static_client_certificate(
-    certificate: &crate::ir::ClientCertificate,
-    keys: &PrivateKeys,
-) -> tls::TlsCertificate {
-    use core::data_source::Specifier;
-    let private_key = match keys {
-        PrivateKeys::Inline => Specifier::InlineString(certificate.key_pem.clone()),
-        PrivateKeys::Files { dir } => Specifier::Filename(
-            private_key_path(dir, &certificate.source).to_string_lossy().into_owned(),
-        ),
-    };
-    tls::TlsCertificate {
-        certificate_chain: Some(core::DataSource {
-            specifier: Some(Specifier::InlineString(certificate.cert_pem.clone())),
-            ..Default::default()
-        }),
-        private_key: Some(core::DataSource { specifier: Some(private_key), ..Default::default() }),
         ..Default::default()
     }
 }

@@ -16,7 +16,6 @@ use backendtls_contract::Identity;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 
-use super::translate::Validator;
 use crate::ir::{self, SubjectAltName};
 
 /// Envoy refuses a regex whose RE2 program is larger than the runtime value
@@ -27,6 +26,29 @@ use crate::ir::{self, SubjectAltName};
 /// this many bytes is accepted by every Envoy with the default setting.
 pub const ENVOY_REGEX_MAX_LEN: usize = 100;
 
+/// Who verifies backend certificates during the handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Validator {
+    /// Envoy's own validation: the CA bundle (over SDS) and SAN matchers.
+    #[default]
+    Envoy,
+    /// The filter's dynamic module (`envoy.tls.cert_validator.dynamic_modules`, rustls-webpki),
+    /// with the policy's anchors and identities in its config. Envoy finds
+    /// `lib<DYNAMIC_MODULE_NAME>.so` through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+    DynamicModule,
+}
+
+/// Why a policy's identities cannot be checked as asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentitiesError {
+    /// A name the contract's rules refuse.
+    #[error(transparent)]
+    Name(#[from] backendtls_contract::IdentityError),
+    /// A DNS identity whose SAN matcher regex (`regex_len` bytes) Envoy's default RE2 limit refuses.
+    #[error("identity \"{name}\" needs a SAN matcher ({regex_len} bytes of regex) larger than Envoy's default RE2 program size limit allows; DNS names of up to about 85 characters fit, or use --validator dynamic-module, which has no such limit")]
+    TooLongForEnvoy { name: String, regex_len: usize },
+}
+
 /// The identities of a policy (its subjectAltNames, or its hostname), refused with a reason
 /// when Envoy would not accept them: names that are not identities by the contract's rules, a
 /// hostname (the SNI) that is not an exact DNS name, or a DNS identity too long for Envoy's
@@ -34,27 +56,22 @@ pub const ENVOY_REGEX_MAX_LEN: usize = 100;
 pub fn checked_identities(
     policy: &ir::BackendTls,
     validator: Validator,
-) -> Result<Vec<Identity>, String> {
-    let unusable = |e: backendtls_contract::IdentityError| e.to_string();
+) -> Result<Vec<Identity>, IdentitiesError> {
     // The hostname is the SNI whatever the identities are.
-    Identity::hostname(&policy.hostname).map_err(unusable)?;
+    Identity::hostname(&policy.hostname)?;
     let sans = policy.subject_alt_names.iter().map(|san| match san {
         SubjectAltName::Hostname(name) => (backendtls_contract::san_types::HOSTNAME, name.as_str()),
         SubjectAltName::Uri(uri) => (backendtls_contract::san_types::URI, uri.as_str()),
     });
-    let identities = Identity::of_policy(&policy.hostname, sans).map_err(unusable)?;
+    let identities = Identity::of_policy(&policy.hostname, sans)?;
     if validator == Validator::Envoy {
         for identity in &identities {
             let Identity::Dns(name) = identity else { continue };
             if let Some(regex) =
                 dns_regexes(name).into_iter().find(|r| r.len() > ENVOY_REGEX_MAX_LEN)
             {
-                return Err(format!(
-                    "identity \"{name}\" needs a SAN matcher ({} bytes of regex) larger than \
-                     Envoy's default RE2 program size limit allows; DNS names of up to about 85 \
-                     characters fit, or use --validator dynamic-module, which has no such limit",
-                    regex.len()
-                ));
+                let (name, regex_len) = (name.to_string(), regex.len());
+                return Err(IdentitiesError::TooLongForEnvoy { name, regex_len });
             }
         }
     }
@@ -149,6 +166,8 @@ mod tests {
         let long = format!("{}.{}.example.com", "a".repeat(63), "b".repeat(20));
         let error = checked_identities(&policy("example.com", &[&long]), Validator::Envoy)
             .expect_err("too long for Envoy's default RE2 limit");
+        assert!(matches!(&error, IdentitiesError::TooLongForEnvoy { name, .. } if *name == long));
+        let error = error.to_string();
         assert!(error.contains("RE2 program size") && error.contains(&long), "{error}");
         let identities =
             checked_identities(&policy("example.com", &[&long]), Validator::DynamicModule)
@@ -160,7 +179,8 @@ mod tests {
     fn the_sni_must_be_an_exact_dns_name_whatever_the_sans() {
         for hostname in ["10.0.0.5", "*.example.com", "bücher.example"] {
             let error = checked_identities(&policy(hostname, &["a.example.com"]), Validator::Envoy)
-                .expect_err(hostname);
+                .expect_err(hostname)
+                .to_string();
             assert!(error.contains(hostname), "{error}");
         }
         assert!(checked_identities(&policy("example.com", &["*.com"]), Validator::Envoy).is_err());

@@ -16,6 +16,7 @@
 //! Environment: ROUNDS, DURATION (s), CONNECTIONS, THREADS (wrk), CONCURRENCY (Envoy workers);
 //! BACKENDTLS_FILTER_SO and BACKENDTLS_FILTER_WASM name the builds (default: the release builds
 //! under the Cargo target directory).
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

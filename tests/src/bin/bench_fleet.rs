@@ -9,6 +9,7 @@
 //! changes the time from rewriting a CA ConfigMap until each client holds the new CA secret
 //! (p50, p99, max over all clients and changes). The client that never reads must not change any
 //! of this, and is cut off after `--xds-send-timeout`. Results: stdout and docs/scaling.md.
+#![forbid(unsafe_code)]
 
 use backendtls_e2e::scale::{self, ScaleSpec};
 use backendtls_e2e::xds_client::memory_mb;

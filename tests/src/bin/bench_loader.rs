@@ -8,6 +8,7 @@
 //! convergence with ADS in plaintext and over mutual TLS, alternating, three times each. Results go
 //! to `target/bench-loader/results.csv` and between the markers in BENCHMARKS.md (rows for sizes
 //! not measured in a run are kept from the previous run).
+#![deny(unsafe_code)]
 
 use backendtls_e2e::loader::create_xds_certs;
 use backendtls_e2e::scale::{self, ScaleSpec};
@@ -317,6 +318,7 @@ fn timed(loader_bin: &str, args: &[&str], dir: &Path) -> (f64, f64) {
 }
 
 /// Waits for a child with wait4 and returns its peak RSS in KB (`ru_maxrss`).
+#[allow(unsafe_code)]
 fn wait_for_rss(pid: u32) -> f64 {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.

@@ -11,6 +11,7 @@
 //! Usage: `backendtls-conformance-report <cargo test log> <report.yaml>`.
 //! `CONFORMANCE_URL` and `CONFORMANCE_CONTACT` (comma-separated) fill the implementation's
 //! `url` and `contact`.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;

@@ -5,6 +5,7 @@
 //! `ca.yaml` this writes there) and serves ADS over mutual TLS with the certificates
 //! `backendtls-loader certs` creates once in `.demo/xds/`, and Envoy runs `envoy/bootstrap.yaml`
 //! (which reads its client certificate from there). Ctrl-C stops all three.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 //! hand. LAYOUT is `per<N>` (N backends per namespace; default `per100`) or `ns<N>` (backend i in
 //! namespace i mod N: `ns1` puts everything in one namespace). `--file-per-namespace` writes each
 //! namespace's backends into one multi-document file `DIR/<namespace>.yaml`.
+#![forbid(unsafe_code)]
 
 use backendtls_e2e::scale::{write, Layout, ScaleSpec};
 use backendtls_e2e::TestCa;

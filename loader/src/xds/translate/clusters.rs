@@ -121,7 +121,8 @@ pub(super) fn checked_policy(
     }
     match checked_identities(policy, validator) {
         Ok(identities) => (Cow::Borrowed(policy), identities),
-        Err(reason) => {
+        Err(error) => {
+            let reason = error.to_string();
             let unusable = ir::BackendTls { trust: Trust::Unusable { reason }, ..policy.clone() };
             (Cow::Owned(unusable), Vec::new())
         }

@@ -3,7 +3,7 @@
 //! Two shapes come out of the same code: resources for ADS (clusters with EDS endpoints and CA
 //! bundles as SDS secrets) and a static bootstrap for `render` (endpoints and CAs inline).
 
-use super::bootstrap::{static_client_certificate, PrivateKeys};
+pub use super::identity::Validator;
 use super::identity::{checked_identities, san_matchers};
 use super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
 use crate::ir::{self, Ir, PathMatch, RouteAction, SubjectAltName, TlsVersion, Trust};
@@ -32,6 +32,9 @@ use clusters::*;
 use listeners::*;
 use routes::*;
 use secrets::*;
+pub use secrets::{
+    private_key_path, static_client_certificate, PrivateKeys, DEFAULT_PRIVATE_KEY_DIR,
+};
 
 /// Where endpoints and CA bundles go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -53,18 +56,6 @@ pub struct TranslateOptions {
     /// Where a static bootstrap takes client certificates' private keys from (`Inline` delivery
     /// only; over ADS they travel as SDS secrets).
     pub private_keys: PrivateKeys,
-}
-
-/// Who verifies backend certificates during the handshake.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub enum Validator {
-    /// Envoy's own validation: the CA bundle (over SDS) and SAN matchers.
-    #[default]
-    Envoy,
-    /// The filter's dynamic module (`envoy.tls.cert_validator.dynamic_modules`, rustls-webpki),
-    /// with the policy's anchors and identities in its config. Envoy finds
-    /// `lib<DYNAMIC_MODULE_NAME>.so` through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
-    DynamicModule,
 }
 
 impl Default for TranslateOptions {

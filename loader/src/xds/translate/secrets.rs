@@ -1,6 +1,7 @@
 //! SDS secrets: CA bundles, the Gateway's client certificates and listener certificates.
 
 use super::*;
+use std::path::{Path, PathBuf};
 
 /// CA bundles and client certificates as SDS secrets. Their names are content-addressed, so the
 /// name is the version.
@@ -43,6 +44,54 @@ pub(super) fn client_tls_certificate(certificate: &ir::ClientCertificate) -> tls
     tls::TlsCertificate {
         certificate_chain: Some(inline_string(&certificate.cert_pem)),
         private_key: Some(inline_string(&certificate.key_pem)),
+        ..Default::default()
+    }
+}
+
+/// Where a static bootstrap takes the private keys of client certificates from. A rendered
+/// bootstrap is a file people copy, commit and paste into tickets, so by default it names a file
+/// for each key instead of holding the key.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum PrivateKeys {
+    /// In the bootstrap itself (`render --include-private-keys`).
+    Inline,
+    /// Envoy reads each key when it starts, from [`private_key_path`] under this directory.
+    Files { dir: PathBuf },
+}
+
+/// `render`'s default `--private-key-dir`.
+pub const DEFAULT_PRIVATE_KEY_DIR: &str = "/etc/backendtls/private-keys";
+
+impl Default for PrivateKeys {
+    fn default() -> Self {
+        PrivateKeys::Files { dir: DEFAULT_PRIVATE_KEY_DIR.into() }
+    }
+}
+
+/// `DIR/<namespace>/<name>/tls.key`: the layout of Secrets mounted as volumes, one directory per
+/// Secret holding its keys as files.
+pub fn private_key_path(dir: &Path, secret: &crate::objects::ObjectKey) -> PathBuf {
+    dir.join(&secret.namespace).join(&secret.name).join("tls.key")
+}
+
+/// A client certificate inline in a static bootstrap, its key as [`PrivateKeys`] says.
+pub fn static_client_certificate(
+    certificate: &crate::ir::ClientCertificate,
+    keys: &PrivateKeys,
+) -> tls::TlsCertificate {
+    use super::core::data_source::Specifier;
+    let private_key = match keys {
+        PrivateKeys::Inline => Specifier::InlineString(certificate.key_pem.clone()),
+        PrivateKeys::Files { dir } => Specifier::Filename(
+            private_key_path(dir, &certificate.source).to_string_lossy().into_owned(),
+        ),
+    };
+    tls::TlsCertificate {
+        certificate_chain: Some(core::DataSource {
+            specifier: Some(Specifier::InlineString(certificate.cert_pem.clone())),
+            ..Default::default()
+        }),
+        private_key: Some(core::DataSource { specifier: Some(private_key), ..Default::default() }),
         ..Default::default()
     }
 }
