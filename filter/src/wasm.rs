@@ -203,6 +203,9 @@ impl Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        if cfg!(feature = "bench-empty") {
+            return Action::Continue;
+        }
         let Some(metadata) = property(&["xds", "cluster_metadata"]) else {
             return Action::Continue;
         };
@@ -225,6 +228,9 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if cfg!(feature = "bench-empty") {
+            return Action::Continue;
+        }
         let Some(entry) = self.entry.take() else {
             return Action::Continue;
         };
