@@ -8,6 +8,8 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 use backendtls_contract::{self as contract, stats, Verification};
 pub use backendtls_contract::{RejectReason, VerifyFailure as FailureClass};
@@ -191,14 +193,14 @@ impl Counter {
 /// into the current generation, so only keys idle for a whole generation are forgotten.
 #[derive(Debug)]
 pub struct RecentSet {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
+    current: HashSet<u64, KeyHasher>,
+    previous: HashSet<u64, KeyHasher>,
     capacity: usize,
 }
 
 impl RecentSet {
     pub fn new(capacity: usize) -> RecentSet {
-        RecentSet { current: HashSet::new(), previous: HashSet::new(), capacity }
+        RecentSet { current: HashSet::default(), previous: HashSet::default(), capacity }
     }
 
     /// Records `key`; true when it had not been seen (or was forgotten).
@@ -215,16 +217,64 @@ impl RecentSet {
     }
 }
 
-/// FNV-1a over several byte strings (with separators), for cache keys.
+/// A 64-bit hash over several byte strings (each part's length is mixed in, so parts cannot
+/// run together), for cache keys. Eight bytes per step: it runs on every request, over the
+/// metadata and the upstream's address and certificate digest.
 pub fn hash_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
-        for &b in *part {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = part.chunks_exact(8);
+        for chunk in &mut chunks {
+            h = mix(h, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
         }
-        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = mix(h, u64::from_le_bytes(tail));
+        h = mix(h, part.len() as u64);
     }
-    h
+    finish(h)
+}
+
+fn mix(h: u64, word: u64) -> u64 {
+    (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+}
+
+/// The final avalanche (splitmix64's), so that every input bit reaches the low bits that pick a
+/// hash-table bucket.
+fn finish(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Hash tables keyed by [`hash_parts`] values use them as they are, rather than hashing the
+/// hash again (SipHash, the default, costs more than the rest of a cache hit).
+pub type KeyHasher = BuildHasherDefault<KeyIsHash>;
+
+/// A hash table keyed by [`hash_parts`] values.
+pub type HashedMap<V> = HashMap<u64, V, KeyHasher>;
+
+/// Policies by the hash of the metadata bytes they were read from; the bytes are kept to rule
+/// out collisions (both adapters, which read the metadata differently).
+pub type PolicyCache = HashedMap<(Vec<u8>, Option<Rc<PolicyEntry>>)>;
+
+/// The [`Hasher`] of [`KeyHasher`]: takes a `u64` key as its hash.
+#[derive(Default)]
+pub struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u64 keys; kept correct for any other key all the same.
+        self.0 = hash_parts(&[&self.0.to_le_bytes(), bytes]);
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
 }
 
 /// What the filter remembers about one policy in one worker (Wasm VM or dynamic-module thread).
@@ -233,8 +283,9 @@ pub struct PolicyEntry {
     pub policy: Policy,
     /// Adapter-owned metric handles, one per [`Counter::index`] (None = not defined yet).
     pub metric_ids: [Cell<Option<u32>>; Counter::COUNT],
-    /// Leaf verdicts by certificate digest (hex SHA-256, as Envoy reports it).
-    verdicts: RefCell<HashMap<Box<[u8]>, bool>>,
+    /// Leaf verdicts by the hash of the certificate digest (hex SHA-256, as Envoy reports
+    /// it); the digest is kept to rule out collisions.
+    verdicts: RefCell<HashedMap<(Box<[u8]>, bool)>>,
     /// Serialized tags (Wasm filter state) by (TLS version, verification).
     tag_json: [OnceCell<String>; TAG_SLOTS],
 }
@@ -249,7 +300,7 @@ impl PolicyEntry {
         PolicyEntry {
             policy,
             metric_ids: std::array::from_fn(|_| Cell::new(None)),
-            verdicts: RefCell::new(HashMap::new()),
+            verdicts: RefCell::new(HashMap::default()),
             tag_json: std::array::from_fn(|_| OnceCell::new()),
         }
     }
@@ -270,16 +321,19 @@ impl PolicyEntry {
         })
     }
 
-    fn cached_verdict(&self, digest: &[u8]) -> Option<bool> {
-        self.verdicts.borrow().get(digest).copied()
+    fn cached_verdict(&self, digest_hash: u64, digest: &[u8]) -> Option<bool> {
+        match self.verdicts.borrow().get(&digest_hash) {
+            Some((seen, ok)) if **seen == *digest => Some(*ok),
+            _ => None,
+        }
     }
 
-    fn remember_verdict(&self, digest: &[u8], ok: bool) {
+    fn remember_verdict(&self, digest_hash: u64, digest: &[u8], ok: bool) {
         let mut verdicts = self.verdicts.borrow_mut();
         if verdicts.len() >= VERDICT_CAPACITY {
             verdicts.clear();
         }
-        verdicts.insert(digest.into(), ok);
+        verdicts.insert(digest_hash, (digest.into(), ok));
     }
 }
 
@@ -374,9 +428,10 @@ pub fn on_response(
         return ResponseDecision { tls: None, verification, reject: None };
     };
     metrics.increment(entry, Counter::TlsRequests(tls));
-    let (new_connection, cached) = upstream.with_connection_key(|local, digest| {
-        let new = worker.connections.insert(hash_parts(&[local, digest]));
-        (new, entry.cached_verdict(digest).ok_or_else(|| digest.to_vec()))
+    let (new_connection, digest_hash, cached) = upstream.with_connection_key(|local, digest| {
+        let digest_hash = hash_parts(&[digest]);
+        let new = worker.connections.insert(hash_parts(&[local, &digest_hash.to_le_bytes()]));
+        (new, digest_hash, entry.cached_verdict(digest_hash, digest).ok_or_else(|| digest.to_vec()))
     });
     if new_connection {
         metrics.increment(entry, Counter::Handshakes);
@@ -387,7 +442,7 @@ pub fn on_response(
             let ok = upstream.leaf_satisfies(&entry.policy);
             // Without a digest there is nothing to key the verdict by: decide every time.
             if !digest.is_empty() {
-                entry.remember_verdict(&digest, ok);
+                entry.remember_verdict(digest_hash, &digest, ok);
             }
             ok
         }
@@ -601,6 +656,29 @@ mod tests {
             assert!(c.index() < Counter::COUNT && seen.insert(c.index()));
         }
         assert_eq!(seen.len(), Counter::COUNT);
+    }
+
+    #[test]
+    fn hashed_parts_do_not_run_together() {
+        let h = |parts: &[&[u8]]| hash_parts(parts);
+        assert_ne!(h(&[b"ab", b"c"]), h(&[b"a", b"bc"]));
+        assert_ne!(h(&[b"", b"x"]), h(&[b"x", b""]));
+        assert_ne!(h(&[b"abcdefgh"]), h(&[b"abcdefgh\0"]), "a zero byte is not padding");
+        assert_ne!(h(&[b"abcdefghi"]), h(&[b"abcdefghj"]));
+        assert_eq!(h(&[b"same"]), h(&[b"same"]));
+    }
+
+    #[test]
+    fn verdicts_are_kept_per_digest() {
+        let e = entry("valid");
+        let (a, b) = (b"aa11".as_slice(), b"bb22".as_slice());
+        e.remember_verdict(hash_parts(&[a]), a, true);
+        e.remember_verdict(hash_parts(&[b]), b, false);
+        assert_eq!(e.cached_verdict(hash_parts(&[a]), a), Some(true));
+        assert_eq!(e.cached_verdict(hash_parts(&[b]), b), Some(false));
+        // A hash that matches but a digest that does not (a collision) is not a verdict.
+        assert_eq!(e.cached_verdict(hash_parts(&[a]), b), None);
+        assert_eq!(e.cached_verdict(hash_parts(&[b"cc33"]), b"cc33"), None);
     }
 
     #[test]
