@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
@@ -188,32 +188,38 @@ impl Counter {
     }
 }
 
-/// A bounded set of recently seen keys, in two generations: when the current one fills up it
+/// A bounded map of recently seen keys, in two generations: when the current one fills up it
 /// becomes the previous one and the oldest generation is dropped. Keys in use keep being moved
 /// into the current generation, so only keys idle for a whole generation are forgotten.
 #[derive(Debug)]
-pub struct RecentSet {
-    current: HashSet<u64, KeyHasher>,
-    previous: HashSet<u64, KeyHasher>,
+pub struct RecentMap<V> {
+    current: HashedMap<V>,
+    previous: HashedMap<V>,
     capacity: usize,
 }
 
-impl RecentSet {
-    pub fn new(capacity: usize) -> RecentSet {
-        RecentSet { current: HashSet::default(), previous: HashSet::default(), capacity }
+impl<V: Copy> RecentMap<V> {
+    pub fn new(capacity: usize) -> RecentMap<V> {
+        RecentMap { current: HashedMap::default(), previous: HashedMap::default(), capacity }
     }
 
-    /// Records `key`; true when it had not been seen (or was forgotten).
-    pub fn insert(&mut self, key: u64) -> bool {
-        if self.current.contains(&key) {
-            return false;
+    /// The value remembered for `key`, if it was seen and not forgotten (the key then moves to
+    /// the current generation).
+    pub fn get(&mut self, key: u64) -> Option<V> {
+        if let Some(value) = self.current.get(&key) {
+            return Some(*value);
         }
-        let seen = self.previous.remove(&key);
-        if self.current.len() >= self.capacity {
+        let value = self.previous.remove(&key)?;
+        self.insert(key, value);
+        Some(value)
+    }
+
+    /// Remembers `value` for `key`.
+    pub fn insert(&mut self, key: u64, value: V) {
+        if self.current.len() >= self.capacity && !self.current.contains_key(&key) {
             self.previous = std::mem::take(&mut self.current);
         }
-        self.current.insert(key);
-        !seen
+        self.current.insert(key, value);
     }
 }
 
@@ -340,18 +346,19 @@ impl PolicyEntry {
 /// Per-worker state that outlives requests.
 #[derive(Debug)]
 pub struct Worker {
-    /// Upstream connections seen, by (local address, peer digest): a new one is a handshake.
-    connections: RecentSet,
+    /// Upstream TLS connections seen, by (local address, peer digest), with the TLS version they
+    /// negotiated: a new one is a handshake, and a known one's version needs no host call.
+    connections: RecentMap<TlsVersion>,
 }
 
 impl Default for Worker {
     fn default() -> Self {
-        Worker { connections: RecentSet::new(4096) }
+        Worker { connections: RecentMap::new(4096) }
     }
 }
 
 /// What the filter needs to know about the upstream side of a request, read lazily (each read
-/// is a host call; the happy path makes three).
+/// is a host call; the happy path makes two on a known connection, three on a new one).
 pub trait Upstream {
     /// Envoy's `upstream.tls_version`; None when the upstream connection had no TLS (or none
     /// was made).
@@ -407,7 +414,19 @@ pub fn on_response(
     upstream: &mut impl Upstream,
     metrics: &mut impl Metrics,
 ) -> ResponseDecision {
-    let Some(tls) = upstream.tls_version() else {
+    // The connection first: on a known one the TLS version is already known (it cannot change
+    // within a connection), which saves a host call on most requests (a costly one in Wasm).
+    let (key, has_digest, digest_hash, cached) = upstream.with_connection_key(|local, digest| {
+        let digest_hash = hash_parts(&[digest]);
+        let key = hash_parts(&[local, &digest_hash.to_le_bytes()]);
+        let cached = entry.cached_verdict(digest_hash, digest).ok_or_else(|| digest.to_vec());
+        (key, !digest.is_empty(), digest_hash, cached)
+    });
+    let known = worker.connections.get(key);
+    // Without a digest (no TLS, or no peer certificate) the key names no connection for sure:
+    // read the version.
+    let remembered = known.filter(|_| has_digest);
+    let Some(tls) = remembered.or_else(|| upstream.tls_version()) else {
         if upstream.response_from_upstream() {
             // The backend answered over a connection without TLS: never hand that to the client.
             metrics.increment(entry, Counter::Rejections(RejectReason::Plaintext));
@@ -428,12 +447,8 @@ pub fn on_response(
         return ResponseDecision { tls: None, verification, reject: None };
     };
     metrics.increment(entry, Counter::TlsRequests(tls));
-    let (new_connection, digest_hash, cached) = upstream.with_connection_key(|local, digest| {
-        let digest_hash = hash_parts(&[digest]);
-        let new = worker.connections.insert(hash_parts(&[local, &digest_hash.to_le_bytes()]));
-        (new, digest_hash, entry.cached_verdict(digest_hash, digest).ok_or_else(|| digest.to_vec()))
-    });
-    if new_connection {
+    worker.connections.insert(key, tls);
+    if known.is_none() {
         metrics.increment(entry, Counter::Handshakes);
     }
     let ok = match cached {
@@ -486,6 +501,8 @@ pub fn sans_satisfy(policy: &Policy, sans: &SubjectAltNames) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
     use crate::policy::Fields;
 
@@ -509,6 +526,7 @@ mod tests {
 
     struct FakeUpstream {
         tls: Option<TlsVersion>,
+        tls_reads: usize,
         via_upstream: bool,
         failure: Option<&'static str>,
         local: &'static str,
@@ -521,6 +539,7 @@ mod tests {
         fn tls(local: &'static str, dns: &[&str]) -> FakeUpstream {
             FakeUpstream {
                 tls: Some(TlsVersion::Tls1_3),
+                tls_reads: 0,
                 via_upstream: true,
                 failure: None,
                 local,
@@ -536,6 +555,7 @@ mod tests {
 
     impl Upstream for FakeUpstream {
         fn tls_version(&mut self) -> Option<TlsVersion> {
+            self.tls_reads += 1;
             self.tls
         }
         fn response_from_upstream(&mut self) -> bool {
@@ -570,6 +590,28 @@ mod tests {
         assert_eq!(count(Counter::TlsRequests(TlsVersion::Tls1_3)), 4);
         assert_eq!(count(Counter::Handshakes), 2);
         assert_eq!(up.leaf_checks, 1, "the verdict is cached per certificate digest");
+        assert_eq!(up.tls_reads, 2, "the version is read once per connection");
+    }
+
+    #[test]
+    fn a_known_connection_keeps_its_version_and_one_without_digest_is_read_every_time() {
+        let (e, mut w, mut m) = (entry("valid"), Worker::default(), Counted::default());
+        let mut up = FakeUpstream::tls("127.0.0.1:40000", &["example.com"]);
+        up.tls = Some(TlsVersion::Tls1_2);
+        on_response(&mut w, &e, &mut up, &mut m);
+        up.tls = Some(TlsVersion::Tls1_3); // not asked again for the same connection
+        assert_eq!(on_response(&mut w, &e, &mut up, &mut m).tls, Some(TlsVersion::Tls1_2));
+        up.digest = "ab02"; // another certificate: another connection
+        assert_eq!(on_response(&mut w, &e, &mut up, &mut m).tls, Some(TlsVersion::Tls1_3));
+        assert_eq!(up.tls_reads, 2);
+
+        let mut bare = FakeUpstream { digest: "", ..FakeUpstream::tls("127.0.0.1:40001", &[]) };
+        for _ in 0..2 {
+            on_response(&mut w, &e, &mut bare, &mut m);
+        }
+        assert_eq!(bare.tls_reads, 2);
+        let count = |c: Counter| m.0.iter().filter(|x| **x == c).count();
+        assert_eq!(count(Counter::Handshakes), 3, "two connections with digests, one without");
     }
 
     #[test]
@@ -683,14 +725,19 @@ mod tests {
 
     #[test]
     fn recent_set_forgets_only_idle_keys() {
-        let mut s = RecentSet::new(2);
-        assert!(s.insert(1));
-        assert!(!s.insert(1));
-        assert!(s.insert(2));
-        assert!(s.insert(3)); // generation turns over: {1, 2} become previous
-        assert!(!s.insert(1)); // still remembered, moved forward
-        assert!(s.insert(4)); // turns over again: 2 is dropped
-        assert!(s.insert(2));
+        let mut s = RecentMap::new(2);
+        let mut seen = |key: u64| {
+            let known = s.get(key).is_some();
+            s.insert(key, ());
+            known
+        };
+        assert!(!seen(1));
+        assert!(seen(1));
+        assert!(!seen(2));
+        assert!(!seen(3)); // generation turns over: {1, 2} become previous
+        assert!(seen(1)); // still remembered, moved forward
+        assert!(!seen(4)); // turns over again: 2 is dropped
+        assert!(!seen(2));
     }
 
     #[test]
