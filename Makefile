@@ -22,7 +22,8 @@ help:
 	@echo "make filter  both builds of the filter: target/release/libbackendtls_filter.so and"
 	@echo "             target/wasm32-wasip1/release/backendtls_filter.wasm"
 	@echo "make compose-test  docker compose up -d --wait on a private Docker engine, the guide's checks, down (root)"
-	@echo "make bench-filter  (Rust harness) wrk through Envoy: no filter vs wasm vs dynamic module, interleaved;"
+	@echo "make bench-filter  (Rust harness) wrk through Envoy: no filter vs wasm vs dynamic module (each"
+	@echo "                   beside an empty build of the same ABI), interleaved;"
 	@echo "                   then new-connection rate with Envoy's validator vs the module's"
 	@echo "make bench-loader  loader scale benchmark at 100, 1,000 and 10,000 backends -> BENCHMARKS.md"
 	@echo "make bench-fleet   one loader, 10,000 backends, a real Envoy + 100 simulated delta-ADS clients"
@@ -96,11 +97,19 @@ compose-test: setup filter
 	bash compose/test.sh
 
 ## bench-filter: both benchmarks of tests/src/bin/bench_filter.rs (ROUNDS, DURATION, CONNECTIONS,
-## THREADS, CONCURRENCY override the defaults; BENCH_FILTER=throughput or validator runs one).
+## THREADS, CONCURRENCY, BENCH_VARIANTS override the defaults; BENCH_FILTER=throughput or validator
+## runs one). The empty baselines are the filter with feature bench-empty, built in a profile of
+## their own (target/bench-empty/) so that the release artifacts stay the production build.
+BENCH_EMPTY := CARGO_PROFILE_BENCH_EMPTY_INHERITS=release $(CARGO) build --profile bench-empty \
+  -p backendtls-filter --features bench-empty
 bench-filter: setup filter
+	$(BENCH_EMPTY)
+	$(BENCH_EMPTY) --target wasm32-wasip1
 	$(CARGO) build -p backendtls-e2e --bin backendtls-bench-filter
 	BACKENDTLS_FILTER_SO=$(TARGET_DIR)/release/libbackendtls_filter.so \
 	  BACKENDTLS_FILTER_WASM=$(TARGET_DIR)/wasm32-wasip1/release/backendtls_filter.wasm \
+	  BACKENDTLS_FILTER_SO_EMPTY=$(TARGET_DIR)/bench-empty/libbackendtls_filter.so \
+	  BACKENDTLS_FILTER_WASM_EMPTY=$(TARGET_DIR)/wasm32-wasip1/bench-empty/backendtls_filter.wasm \
 	  $(TARGET_DIR)/debug/backendtls-bench-filter $(BENCH_FILTER)
 
 ## bench-loader: BENCH_SIZES (default 100,1000,10000) backends; writes BENCHMARKS.md and its plot.

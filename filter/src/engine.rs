@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 use backendtls_contract::{self as contract, stats, Verification};
 pub use backendtls_contract::{RejectReason, VerifyFailure as FailureClass};
@@ -186,45 +188,99 @@ impl Counter {
     }
 }
 
-/// A bounded set of recently seen keys, in two generations: when the current one fills up it
+/// A bounded map of recently seen keys, in two generations: when the current one fills up it
 /// becomes the previous one and the oldest generation is dropped. Keys in use keep being moved
 /// into the current generation, so only keys idle for a whole generation are forgotten.
 #[derive(Debug)]
-pub struct RecentSet {
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
+pub struct RecentMap<V> {
+    current: HashedMap<V>,
+    previous: HashedMap<V>,
     capacity: usize,
 }
 
-impl RecentSet {
-    pub fn new(capacity: usize) -> RecentSet {
-        RecentSet { current: HashSet::new(), previous: HashSet::new(), capacity }
+impl<V: Copy> RecentMap<V> {
+    pub fn new(capacity: usize) -> RecentMap<V> {
+        RecentMap { current: HashedMap::default(), previous: HashedMap::default(), capacity }
     }
 
-    /// Records `key`; true when it had not been seen (or was forgotten).
-    pub fn insert(&mut self, key: u64) -> bool {
-        if self.current.contains(&key) {
-            return false;
+    /// The value remembered for `key`, if it was seen and not forgotten (the key then moves to
+    /// the current generation).
+    pub fn get(&mut self, key: u64) -> Option<V> {
+        if let Some(value) = self.current.get(&key) {
+            return Some(*value);
         }
-        let seen = self.previous.remove(&key);
-        if self.current.len() >= self.capacity {
+        let value = self.previous.remove(&key)?;
+        self.insert(key, value);
+        Some(value)
+    }
+
+    /// Remembers `value` for `key`.
+    pub fn insert(&mut self, key: u64, value: V) {
+        if self.current.len() >= self.capacity && !self.current.contains_key(&key) {
             self.previous = std::mem::take(&mut self.current);
         }
-        self.current.insert(key);
-        !seen
+        self.current.insert(key, value);
     }
 }
 
-/// FNV-1a over several byte strings (with separators), for cache keys.
+/// A 64-bit hash over several byte strings (each part's length is mixed in, so parts cannot
+/// run together), for cache keys. Eight bytes per step: it runs on every request, over the
+/// metadata and the upstream's address and certificate digest.
 pub fn hash_parts(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
-        for &b in *part {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = part.chunks_exact(8);
+        for chunk in &mut chunks {
+            h = mix(h, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
         }
-        h = (h ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = mix(h, u64::from_le_bytes(tail));
+        h = mix(h, part.len() as u64);
     }
-    h
+    finish(h)
+}
+
+fn mix(h: u64, word: u64) -> u64 {
+    (h ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+}
+
+/// The final avalanche (splitmix64's), so that every input bit reaches the low bits that pick a
+/// hash-table bucket.
+fn finish(mut h: u64) -> u64 {
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Hash tables keyed by [`hash_parts`] values use them as they are, rather than hashing the
+/// hash again (SipHash, the default, costs more than the rest of a cache hit).
+pub type KeyHasher = BuildHasherDefault<KeyIsHash>;
+
+/// A hash table keyed by [`hash_parts`] values.
+pub type HashedMap<V> = HashMap<u64, V, KeyHasher>;
+
+/// Policies by the hash of the metadata bytes they were read from; the bytes are kept to rule
+/// out collisions (both adapters, which read the metadata differently).
+pub type PolicyCache = HashedMap<(Vec<u8>, Option<Rc<PolicyEntry>>)>;
+
+/// The [`Hasher`] of [`KeyHasher`]: takes a `u64` key as its hash.
+#[derive(Default)]
+pub struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u64 keys; kept correct for any other key all the same.
+        self.0 = hash_parts(&[&self.0.to_le_bytes(), bytes]);
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
 }
 
 /// What the filter remembers about one policy in one worker (Wasm VM or dynamic-module thread).
@@ -233,8 +289,9 @@ pub struct PolicyEntry {
     pub policy: Policy,
     /// Adapter-owned metric handles, one per [`Counter::index`] (None = not defined yet).
     pub metric_ids: [Cell<Option<u32>>; Counter::COUNT],
-    /// Leaf verdicts by certificate digest (hex SHA-256, as Envoy reports it).
-    verdicts: RefCell<HashMap<Box<[u8]>, bool>>,
+    /// Leaf verdicts by the hash of the certificate digest (hex SHA-256, as Envoy reports
+    /// it); the digest is kept to rule out collisions.
+    verdicts: RefCell<HashedMap<(Box<[u8]>, bool)>>,
     /// Serialized tags (Wasm filter state) by (TLS version, verification).
     tag_json: [OnceCell<String>; TAG_SLOTS],
 }
@@ -249,7 +306,7 @@ impl PolicyEntry {
         PolicyEntry {
             policy,
             metric_ids: std::array::from_fn(|_| Cell::new(None)),
-            verdicts: RefCell::new(HashMap::new()),
+            verdicts: RefCell::new(HashMap::default()),
             tag_json: std::array::from_fn(|_| OnceCell::new()),
         }
     }
@@ -270,34 +327,38 @@ impl PolicyEntry {
         })
     }
 
-    fn cached_verdict(&self, digest: &[u8]) -> Option<bool> {
-        self.verdicts.borrow().get(digest).copied()
+    fn cached_verdict(&self, digest_hash: u64, digest: &[u8]) -> Option<bool> {
+        match self.verdicts.borrow().get(&digest_hash) {
+            Some((seen, ok)) if **seen == *digest => Some(*ok),
+            _ => None,
+        }
     }
 
-    fn remember_verdict(&self, digest: &[u8], ok: bool) {
+    fn remember_verdict(&self, digest_hash: u64, digest: &[u8], ok: bool) {
         let mut verdicts = self.verdicts.borrow_mut();
         if verdicts.len() >= VERDICT_CAPACITY {
             verdicts.clear();
         }
-        verdicts.insert(digest.into(), ok);
+        verdicts.insert(digest_hash, (digest.into(), ok));
     }
 }
 
 /// Per-worker state that outlives requests.
 #[derive(Debug)]
 pub struct Worker {
-    /// Upstream connections seen, by (local address, peer digest): a new one is a handshake.
-    connections: RecentSet,
+    /// Upstream TLS connections seen, by (local address, peer digest), with the TLS version they
+    /// negotiated: a new one is a handshake, and a known one's version needs no host call.
+    connections: RecentMap<TlsVersion>,
 }
 
 impl Default for Worker {
     fn default() -> Self {
-        Worker { connections: RecentSet::new(4096) }
+        Worker { connections: RecentMap::new(4096) }
     }
 }
 
 /// What the filter needs to know about the upstream side of a request, read lazily (each read
-/// is a host call; the happy path makes three).
+/// is a host call; the happy path makes two on a known connection, three on a new one).
 pub trait Upstream {
     /// Envoy's `upstream.tls_version`; None when the upstream connection had no TLS (or none
     /// was made).
@@ -353,7 +414,19 @@ pub fn on_response(
     upstream: &mut impl Upstream,
     metrics: &mut impl Metrics,
 ) -> ResponseDecision {
-    let Some(tls) = upstream.tls_version() else {
+    // The connection first: on a known one the TLS version is already known (it cannot change
+    // within a connection), which saves a host call on most requests (a costly one in Wasm).
+    let (key, has_digest, digest_hash, cached) = upstream.with_connection_key(|local, digest| {
+        let digest_hash = hash_parts(&[digest]);
+        let key = hash_parts(&[local, &digest_hash.to_le_bytes()]);
+        let cached = entry.cached_verdict(digest_hash, digest).ok_or_else(|| digest.to_vec());
+        (key, !digest.is_empty(), digest_hash, cached)
+    });
+    let known = worker.connections.get(key);
+    // Without a digest (no TLS, or no peer certificate) the key names no connection for sure:
+    // read the version.
+    let remembered = known.filter(|_| has_digest);
+    let Some(tls) = remembered.or_else(|| upstream.tls_version()) else {
         if upstream.response_from_upstream() {
             // The backend answered over a connection without TLS: never hand that to the client.
             metrics.increment(entry, Counter::Rejections(RejectReason::Plaintext));
@@ -374,11 +447,8 @@ pub fn on_response(
         return ResponseDecision { tls: None, verification, reject: None };
     };
     metrics.increment(entry, Counter::TlsRequests(tls));
-    let (new_connection, cached) = upstream.with_connection_key(|local, digest| {
-        let new = worker.connections.insert(hash_parts(&[local, digest]));
-        (new, entry.cached_verdict(digest).ok_or_else(|| digest.to_vec()))
-    });
-    if new_connection {
+    worker.connections.insert(key, tls);
+    if known.is_none() {
         metrics.increment(entry, Counter::Handshakes);
     }
     let ok = match cached {
@@ -387,7 +457,7 @@ pub fn on_response(
             let ok = upstream.leaf_satisfies(&entry.policy);
             // Without a digest there is nothing to key the verdict by: decide every time.
             if !digest.is_empty() {
-                entry.remember_verdict(&digest, ok);
+                entry.remember_verdict(digest_hash, &digest, ok);
             }
             ok
         }
@@ -431,6 +501,8 @@ pub fn sans_satisfy(policy: &Policy, sans: &SubjectAltNames) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
     use crate::policy::Fields;
 
@@ -454,6 +526,7 @@ mod tests {
 
     struct FakeUpstream {
         tls: Option<TlsVersion>,
+        tls_reads: usize,
         via_upstream: bool,
         failure: Option<&'static str>,
         local: &'static str,
@@ -466,6 +539,7 @@ mod tests {
         fn tls(local: &'static str, dns: &[&str]) -> FakeUpstream {
             FakeUpstream {
                 tls: Some(TlsVersion::Tls1_3),
+                tls_reads: 0,
                 via_upstream: true,
                 failure: None,
                 local,
@@ -481,6 +555,7 @@ mod tests {
 
     impl Upstream for FakeUpstream {
         fn tls_version(&mut self) -> Option<TlsVersion> {
+            self.tls_reads += 1;
             self.tls
         }
         fn response_from_upstream(&mut self) -> bool {
@@ -515,6 +590,28 @@ mod tests {
         assert_eq!(count(Counter::TlsRequests(TlsVersion::Tls1_3)), 4);
         assert_eq!(count(Counter::Handshakes), 2);
         assert_eq!(up.leaf_checks, 1, "the verdict is cached per certificate digest");
+        assert_eq!(up.tls_reads, 2, "the version is read once per connection");
+    }
+
+    #[test]
+    fn a_known_connection_keeps_its_version_and_one_without_digest_is_read_every_time() {
+        let (e, mut w, mut m) = (entry("valid"), Worker::default(), Counted::default());
+        let mut up = FakeUpstream::tls("127.0.0.1:40000", &["example.com"]);
+        up.tls = Some(TlsVersion::Tls1_2);
+        on_response(&mut w, &e, &mut up, &mut m);
+        up.tls = Some(TlsVersion::Tls1_3); // not asked again for the same connection
+        assert_eq!(on_response(&mut w, &e, &mut up, &mut m).tls, Some(TlsVersion::Tls1_2));
+        up.digest = "ab02"; // another certificate: another connection
+        assert_eq!(on_response(&mut w, &e, &mut up, &mut m).tls, Some(TlsVersion::Tls1_3));
+        assert_eq!(up.tls_reads, 2);
+
+        let mut bare = FakeUpstream { digest: "", ..FakeUpstream::tls("127.0.0.1:40001", &[]) };
+        for _ in 0..2 {
+            on_response(&mut w, &e, &mut bare, &mut m);
+        }
+        assert_eq!(bare.tls_reads, 2);
+        let count = |c: Counter| m.0.iter().filter(|x| **x == c).count();
+        assert_eq!(count(Counter::Handshakes), 3, "two connections with digests, one without");
     }
 
     #[test]
@@ -604,15 +701,43 @@ mod tests {
     }
 
     #[test]
+    fn hashed_parts_do_not_run_together() {
+        let h = |parts: &[&[u8]]| hash_parts(parts);
+        assert_ne!(h(&[b"ab", b"c"]), h(&[b"a", b"bc"]));
+        assert_ne!(h(&[b"", b"x"]), h(&[b"x", b""]));
+        assert_ne!(h(&[b"abcdefgh"]), h(&[b"abcdefgh\0"]), "a zero byte is not padding");
+        assert_ne!(h(&[b"abcdefghi"]), h(&[b"abcdefghj"]));
+        assert_eq!(h(&[b"same"]), h(&[b"same"]));
+    }
+
+    #[test]
+    fn verdicts_are_kept_per_digest() {
+        let e = entry("valid");
+        let (a, b) = (b"aa11".as_slice(), b"bb22".as_slice());
+        e.remember_verdict(hash_parts(&[a]), a, true);
+        e.remember_verdict(hash_parts(&[b]), b, false);
+        assert_eq!(e.cached_verdict(hash_parts(&[a]), a), Some(true));
+        assert_eq!(e.cached_verdict(hash_parts(&[b]), b), Some(false));
+        // A hash that matches but a digest that does not (a collision) is not a verdict.
+        assert_eq!(e.cached_verdict(hash_parts(&[a]), b), None);
+        assert_eq!(e.cached_verdict(hash_parts(&[b"cc33"]), b"cc33"), None);
+    }
+
+    #[test]
     fn recent_set_forgets_only_idle_keys() {
-        let mut s = RecentSet::new(2);
-        assert!(s.insert(1));
-        assert!(!s.insert(1));
-        assert!(s.insert(2));
-        assert!(s.insert(3)); // generation turns over: {1, 2} become previous
-        assert!(!s.insert(1)); // still remembered, moved forward
-        assert!(s.insert(4)); // turns over again: 2 is dropped
-        assert!(s.insert(2));
+        let mut s = RecentMap::new(2);
+        let mut seen = |key: u64| {
+            let known = s.get(key).is_some();
+            s.insert(key, ());
+            known
+        };
+        assert!(!seen(1));
+        assert!(seen(1));
+        assert!(!seen(2));
+        assert!(!seen(3)); // generation turns over: {1, 2} become previous
+        assert!(seen(1)); // still remembered, moved forward
+        assert!(!seen(4)); // turns over again: 2 is dropped
+        assert!(!seen(2));
     }
 
     #[test]

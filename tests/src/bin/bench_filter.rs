@@ -1,10 +1,14 @@
 //! `make bench-filter`: what the backendtls filter costs, on the test harness (real Envoy 1.40,
 //! NGINX and wrk on loopback). Replaces `filter/bench/run.sh` and `filter/bench/validator.sh`.
 //!
-//! - `throughput`: wrk -> Envoy -> NGINX over TLS, keep-alive on both sides; three Envoys side by
-//!   side, identical but for the HTTP filter (none, the Wasm build, the dynamic module), measured
-//!   in interleaved rounds (the order rotates) so machine noise hits all three alike. Medians of
-//!   req/s, p50, p99 and Envoy's CPU time per request, each with its ratio to "none".
+//! - `throughput`: wrk -> Envoy -> NGINX over TLS, keep-alive on both sides; five Envoys side by
+//!   side, identical but for the HTTP filter (none; an empty Wasm filter and the Wasm build; an
+//!   empty dynamic module and the dynamic module), measured in interleaved rounds (the order
+//!   rotates) so machine noise hits all alike. "Empty" is the filter crate built with feature
+//!   `bench-empty`: the same hooks, loaded the same way, doing nothing per request. Medians of
+//!   req/s, p50, p99 and Envoy's CPU time per request, each with its ratio to "none", and the
+//!   CPU per request against "none" and against the empty build of the same ABI (medians of the
+//!   per-round ratios). `BENCH_VARIANTS=none,dynamic-module-empty,dynamic-module` runs a subset.
 //! - `validator`: the rate of new upstream TLS connections (wrk sends `Connection: close`, the
 //!   cluster allows one request per upstream connection) with Envoy's default validator vs the
 //!   module's, with TLS session resumption (`resumed`, Envoy's default) and without (`full`,
@@ -15,7 +19,8 @@
 //! Usage: `backendtls-bench-filter [throughput] [validator]` (both when none is named).
 //! Environment: ROUNDS, DURATION (s), CONNECTIONS, THREADS (wrk), CONCURRENCY (Envoy workers);
 //! BACKENDTLS_FILTER_SO and BACKENDTLS_FILTER_WASM name the builds (default: the release builds
-//! under the Cargo target directory).
+//! under the Cargo target directory), BACKENDTLS_FILTER_SO_EMPTY and BACKENDTLS_FILTER_WASM_EMPTY
+//! the empty ones (default: the `bench-empty` profile's, which `make bench-filter` builds).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -193,26 +198,59 @@ fn wait_for_200(listener: u16, path: &str) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The throughput variants: (name, the empty baseline it is compared with).
+const VARIANTS: [(&str, Option<&str>); 5] = [
+    ("none", None),
+    ("wasm-empty", None),
+    ("wasm", Some("wasm-empty")),
+    ("dynamic-module-empty", None),
+    ("dynamic-module", Some("dynamic-module-empty")),
+];
+
 fn throughput(settings: &Settings) {
-    let so = artifact("BACKENDTLS_FILTER_SO", "release/libbackendtls_filter.so");
-    let wasm = artifact("BACKENDTLS_FILTER_WASM", "wasm32-wasip1/release/backendtls_filter.wasm");
+    // BENCH_VARIANTS=none,dynamic-module-empty,dynamic-module runs a subset (in that order).
+    let wanted: Vec<String> = std::env::var("BENCH_VARIANTS")
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_else(|_| VARIANTS.iter().map(|(name, _)| (*name).to_owned()).collect());
+    for name in &wanted {
+        assert!(VARIANTS.iter().any(|(n, _)| n == name), "unknown variant {name:?}");
+    }
+    let filter_config = r#"{"request_header": null}"#;
+    let filter = |name: &str| match name {
+        "none" => None,
+        "wasm" => Some(config::wasm_filter(
+            &artifact("BACKENDTLS_FILTER_WASM", "wasm32-wasip1/release/backendtls_filter.wasm"),
+            filter_config,
+        )),
+        "wasm-empty" => Some(config::wasm_filter(
+            &artifact(
+                "BACKENDTLS_FILTER_WASM_EMPTY",
+                "wasm32-wasip1/bench-empty/backendtls_filter.wasm",
+            ),
+            filter_config,
+        )),
+        "dynamic-module" => Some(config::dynamic_module_filter(
+            "backendtls_filter",
+            &artifact("BACKENDTLS_FILTER_SO", "release/libbackendtls_filter.so"),
+            filter_config,
+        )),
+        "dynamic-module-empty" => Some(config::dynamic_module_filter(
+            "backendtls_filter",
+            &artifact("BACKENDTLS_FILTER_SO_EMPTY", "bench-empty/libbackendtls_filter.so"),
+            filter_config,
+        )),
+        other => unreachable!("variant {other}"),
+    };
     let ca = TestCa::new("backendtls bench CA");
     let nginx = Backend::start(&[TlsServer::new(&ca.issue(&[HOST])).for_benchmark()]);
     let dir = tempfile::tempdir().expect("temp dir");
     let ca_path = dir.path().join("ca.crt");
     std::fs::write(&ca_path, ca.cert_pem()).expect("write ca.crt");
-    let filter_config = r#"{"request_header": null}"#;
-    let variants = [
-        ("none", None),
-        ("wasm", Some(config::wasm_filter(&wasm, filter_config))),
-        (
-            "dynamic-module",
-            Some(config::dynamic_module_filter("backendtls_filter", &so, filter_config)),
-        ),
-    ];
-    let envoys: Vec<(&str, Envoy, u16)> = variants
-        .into_iter()
-        .map(|(name, filter)| {
+    let envoys: Vec<(&str, Envoy, u16)> = VARIANTS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| wanted.iter().any(|w| w == name))
+        .map(|name| {
             let (listener, admin) = (free_port(), free_port());
             let mut cluster = config::static_cluster("kube_default_nginx_8443", nginx.port(0));
             cluster["metadata"] = config::backendtls_metadata(POLICY, HOST, "valid", json!({}));
@@ -222,7 +260,7 @@ fn throughput(settings: &Settings) {
             let mut bootstrap = StaticBootstrap::new(admin, listener, "")
                 .route("/", "kube_default_nginx_8443")
                 .cluster(cluster);
-            if let Some(filter) = filter {
+            if let Some(filter) = filter(name) {
                 bootstrap = bootstrap.http_filter(filter);
             }
             let envoy = Envoy::start_with_workers(&bootstrap.yaml(), admin, settings.concurrency);
@@ -242,7 +280,7 @@ fn throughput(settings: &Settings) {
             let url = format!("http://127.0.0.1:{listener}/");
             let run = wrk(settings, envoy, &url, &[&format!("host: {HOST}")]);
             eprintln!(
-                "round {} {name}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, Envoy CPU {:.1} us/req",
+                "round {} {name}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, Envoy CPU {:.2} us/req",
                 round + 1,
                 run.rps,
                 run.p50_ms,
@@ -252,23 +290,47 @@ fn throughput(settings: &Settings) {
             runs.entry(name).or_default().push(run);
         }
     }
+    // The filters did their work: their request counters cover what wrk completed.
+    for (name, envoy, _) in &envoys {
+        let prefix = match *name {
+            "wasm" => "wasmcustom.",
+            "dynamic-module" => "",
+            _ => continue,
+        };
+        let counted = envoy.stat(&format!("{prefix}backendtls.requests.policy.{POLICY}"));
+        let completed: u64 = runs[name].iter().map(|r| r.requests).sum();
+        eprintln!(
+            "{name}: backendtls.requests {counted} (wrk completed {completed} in the rounds)"
+        );
+        assert!(counted >= completed, "{name} counted fewer requests than wrk completed");
+    }
     let med = |name: &str, f: fn(&Run) -> f64| median(runs[name].iter().map(f).collect());
+    // CPU per request of `name` against `base`: the median of the per-round ratios, in percent.
+    let cpu_vs = |name: &str, base: &str| -> Option<f64> {
+        let (these, bases) = (runs.get(name)?, runs.get(base)?);
+        let ratios = these.iter().zip(bases).map(|(t, b)| t.cpu_us / b.cpu_us).collect();
+        Some((median(ratios) - 1.0) * 100.0)
+    };
+    let percent = |value: Option<f64>| value.map_or("".to_owned(), |v| format!("{v:+.1}%"));
     let metrics: [fn(&Run) -> f64; 4] = [|r| r.rps, |r| r.p50_ms, |r| r.p99_ms, |r| r.cpu_us];
-    let base: Vec<f64> = metrics.iter().map(|f| med("none", *f)).collect();
+    let base_name = if runs.contains_key("none") { "none" } else { envoys[0].0 };
+    let base: Vec<f64> = metrics.iter().map(|f| med(base_name, *f)).collect();
     println!(
-        "{}, keep-alive, {} interleaved rounds, medians\n",
+        "{}, keep-alive, {} interleaved rounds, medians; ratios to {base_name}; CPU +% are medians \
+         of the per-round ratios\n",
         settings.describe(),
         settings.rounds
     );
     println!(
         "| variant | req/s | ratio | p50 ms | p50 ratio | p99 ms | p99 ratio | Envoy CPU us/req \
-         | no-filter CPU / this |"
+         | CPU vs {base_name} | CPU vs empty |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, _, _) in &envoys {
         let m: Vec<f64> = metrics.iter().map(|f| med(name, *f)).collect();
+        let empty = VARIANTS.iter().find(|(n, _)| n == name).and_then(|(_, empty)| *empty);
         println!(
-            "| {name} | {:.0} | {:.3} | {:.3} | {:.2} | {:.3} | {:.2} | {:.1} | {:.3} |",
+            "| {name} | {:.0} | {:.3} | {:.3} | {:.2} | {:.3} | {:.2} | {:.2} | {} | {} |",
             m[0],
             m[0] / base[0],
             m[1],
@@ -276,7 +338,8 @@ fn throughput(settings: &Settings) {
             m[2],
             m[2] / base[2],
             m[3],
-            base[3] / m[3]
+            percent(cpu_vs(name, base_name)),
+            percent(empty.and_then(|empty| cpu_vs(name, empty))),
         );
     }
     let errors: u64 = runs.values().flatten().map(|r| r.non2xx).sum();
