@@ -15,17 +15,65 @@ use super::snapshot::{PackedResource, Snapshot};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use prost::Name;
+use prost::Name as _;
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
+
+/// A resource name, shared by the snapshot and every stream that refers to it: one pointer
+/// wide, since each stream keeps tens of thousands of them (its subscriptions, its secrets).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<Box<str>>);
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(name: &str) -> Self {
+        Name(Arc::new(name.into()))
+    }
+}
+
+impl From<String> for Name {
+    fn from(name: String) -> Self {
+        Name(Arc::new(name.into_boxed_str()))
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self.0, f)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// One resource as streams hold and send it.
 #[derive(Debug)]
 pub struct Entry {
-    pub name: Arc<str>,
+    pub name: Name,
     pub resource: Arc<PackedResource>,
     /// The SDS secrets it references (clusters and listeners; empty for other types), sorted.
-    pub secrets: Arc<[Arc<str>]>,
+    pub secrets: Arc<[Name]>,
 }
 
 impl Entry {
@@ -35,11 +83,11 @@ impl Entry {
 }
 
 /// One type's resources by name.
-pub type Table = BTreeMap<Arc<str>, Arc<Entry>>;
+pub type Table = BTreeMap<Name, Arc<Entry>>;
 
 /// Per table (a type URL, or [`super::snapshot::VHDS_ROUTE_CONFIGURATIONS`]), the names whose
 /// resource was added, changed (new version) or removed between two snapshots, sorted.
-pub type Changes = BTreeMap<String, Vec<Arc<str>>>;
+pub type Changes = BTreeMap<String, Vec<Name>>;
 
 static EMPTY: LazyLock<Table> = LazyLock::new(Table::new);
 
@@ -113,7 +161,7 @@ fn build_table(
     previous: &Table,
     secrets: &Table,
     referrer: Option<authz::Referrer>,
-) -> (Table, Vec<Arc<str>>) {
+) -> (Table, Vec<Name>) {
     let mut touched = Vec::new();
     let mut entries = Vec::with_capacity(resources.len());
     let mut old = previous.iter().peekable();
@@ -131,8 +179,7 @@ fn build_table(
                 secrets: e.secrets.clone(),
             }),
             _ => {
-                let name: Arc<str> =
-                    before.map_or_else(|| name.as_str().into(), |e| e.name.clone());
+                let name: Name = before.map_or_else(|| name.as_str().into(), |e| e.name.clone());
                 touched.push(name.clone());
                 Arc::new(Entry {
                     secrets: referenced_secrets(referrer, resource, secrets),
@@ -152,7 +199,7 @@ fn referenced_secrets(
     referrer: Option<authz::Referrer>,
     resource: &PackedResource,
     secrets: &Table,
-) -> Arc<[Arc<str>]> {
+) -> Arc<[Name]> {
     let names = match referrer {
         None => return Arc::new([]),
         Some(authz::Referrer::Cluster) => authz::secrets_of_encoded(&resource.resource.value),

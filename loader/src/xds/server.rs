@@ -21,7 +21,7 @@
 use super::authz::{self, PeerIdentity};
 use super::limits::{Limits, MAX_NAME_BYTES, MAX_NAME_BYTES_PER_STREAM};
 use super::listener::{ConnectionInfo, ConnectionMetrics, StreamSlot};
-use super::served::{Changes, Entry, Served, Table};
+use super::served::{Changes, Entry, Name, Served, Table};
 use super::snapshot::{
     is_named_type, short_name, type_urls, PackedResource, Snapshot, VHDS_ROUTE_CONFIGURATIONS,
 };
@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use prost::Name;
+use prost::Name as _;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -371,7 +371,7 @@ impl Protocol {
 /// Names, sorted: a stream's subscriptions of one type, or the secrets it was granted. A name the
 /// snapshot holds shares the snapshot's copy.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct NameSet(Vec<Arc<str>>);
+struct NameSet(Vec<Name>);
 
 impl NameSet {
     fn find(&self, name: &str) -> Result<usize, usize> {
@@ -387,7 +387,7 @@ impl NameSet {
     }
 
     /// Adds `names` (any order, any repeats) in one merge.
-    fn extend(&mut self, mut names: Vec<Arc<str>>) {
+    fn extend(&mut self, mut names: Vec<Name>) {
         names.sort_unstable();
         names.dedup();
         names.retain(|n| !self.contains(n));
@@ -398,7 +398,7 @@ impl NameSet {
         self.0 = merge_sorted(old, names, |a, b| a.cmp(b));
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+    fn iter(&self) -> impl Iterator<Item = &Name> {
         self.0.iter()
     }
 
@@ -462,7 +462,7 @@ impl Held {
 
     /// Records `sent` (sorted by name, replacing what was held of the same names) and forgets
     /// `removed` (sorted), in one merge.
-    fn apply(&mut self, sent: &[Arc<Entry>], removed: &[Arc<str>]) {
+    fn apply(&mut self, sent: &[Arc<Entry>], removed: &[Name]) {
         let mut fresh = Vec::new();
         for entry in sent {
             match self.find(&entry.name) {
@@ -500,12 +500,13 @@ struct TypeState {
     known: Held,
     /// The response awaiting ACK: its nonce and the snapshot version it came from.
     pending: Option<(String, u64)>,
-    /// The names in that response, for delta (a state-of-the-world response holds `known`).
-    pending_names: Vec<Arc<str>>,
+    /// The names in that response, for delta (a state-of-the-world response holds `known`);
+    /// dropped once it is acknowledged.
+    pending_names: Vec<Name>,
     acked_version: Option<u64>,
     /// Names whose resource, scope or permission changed since this type was last answered:
     /// the only ones the next response looks at (unless `rescan`).
-    dirty: Vec<Arc<str>>,
+    dirty: Vec<Name>,
     /// Look at every resource and every held name next time (a new subscription, a wildcard
     /// change, or a stream too far behind for the remembered changes).
     rescan: bool,
@@ -518,7 +519,7 @@ impl TypeState {
 
     /// Marks `names` for the next response; past the size of what is to compare anyway, a
     /// rescan is cheaper.
-    fn touch<'a>(&mut self, names: impl IntoIterator<Item = &'a Arc<str>>, table_len: usize) {
+    fn touch<'a>(&mut self, names: impl IntoIterator<Item = &'a Name>, table_len: usize) {
         if !self.subscribed || self.rescan {
             return;
         }
@@ -530,7 +531,7 @@ impl TypeState {
     }
 
     /// What to look at for the next response (None: everything), consuming it.
-    fn take_candidates(&mut self) -> Option<Vec<Arc<str>>> {
+    fn take_candidates(&mut self) -> Option<Vec<Name>> {
         let dirty = std::mem::take(&mut self.dirty);
         if std::mem::take(&mut self.rescan) {
             return None;
@@ -551,8 +552,8 @@ fn delta_diff(
     granted: &NameSet,
     type_url: &str,
     table: &Table,
-    candidates: Option<&[Arc<str>]>,
-) -> (Vec<Arc<Entry>>, Vec<Arc<str>>) {
+    candidates: Option<&[Name]>,
+) -> (Vec<Arc<Entry>>, Vec<Name>) {
     let wanted = |name: &str, entry: &Entry| {
         st.in_scope(name)
             && may_send(granted, type_url, name)
@@ -607,7 +608,7 @@ fn sotw_differs(
     granted: &NameSet,
     type_url: &str,
     table: &Table,
-    candidates: Option<&[Arc<str>]>,
+    candidates: Option<&[Name]>,
 ) -> bool {
     match candidates {
         None => {
@@ -670,7 +671,7 @@ struct Session {
     granted_secrets: NameSet,
     /// Granted secrets that may have left the snapshot or the subscriptions since the last
     /// grant: the next grant forgets those that did.
-    ungrant_candidates: Vec<Arc<str>>,
+    ungrant_candidates: Vec<Name>,
     /// A secret the Envoy subscribed to was granted after its SDS answer: answer SDS again.
     sds_follow_up: bool,
     /// The client left a response waiting for `Limits::send_timeout`: the stream is ending.
@@ -715,7 +716,7 @@ impl Session {
     }
 
     /// `name` as the snapshot holds it (shared), or a new copy when it holds no such resource.
-    fn intern(&self, type_url: &str, name: &str) -> Arc<str> {
+    fn intern(&self, type_url: &str, name: &str) -> Name {
         match self.at.table(self.protocol.table_key(type_url)).get_key_value(name) {
             Some((shared, _)) => shared.clone(),
             None => name.into(),
@@ -840,6 +841,8 @@ impl Session {
             Some((pending, version)) if pending == nonce => {
                 let version = *version;
                 st.pending = None;
+                // Only a NACK needs them; a stream's first answers name every resource.
+                let pending_names = std::mem::take(&mut st.pending_names);
                 match error {
                     None => {
                         st.acked_version = Some(version);
@@ -854,7 +857,7 @@ impl Session {
                         let rejection = Rejection {
                             node,
                             type_url: type_url.to_string(),
-                            resources: rejected_resources(st, message),
+                            resources: rejected_resources(st, &pending_names, message),
                             message: message.to_string(),
                         };
                         if let Some(sink) = self.state.rejections.get() {
@@ -902,7 +905,7 @@ impl Session {
     /// the next SDS response.
     fn grant_secrets_of<'a>(&mut self, sent: impl IntoIterator<Item = &'a Arc<Entry>>) {
         let sds = Secret::type_url();
-        let mut new: Vec<Arc<str>> = Vec::new();
+        let mut new: Vec<Name> = Vec::new();
         for entry in sent {
             new.extend(entry.secrets.iter().filter(|s| !self.granted_secrets.contains(s)).cloned());
         }
@@ -1269,10 +1272,8 @@ impl Session {
         let st = self.types.entry(type_url.clone()).or_default();
         let first = !st.subscribed;
         let changed = first || names != st.names || wildcard != st.wildcard;
-        let added: Vec<Arc<str>> =
-            names.iter().filter(|n| !st.names.contains(n)).cloned().collect();
-        let removed: Vec<Arc<str>> =
-            st.names.iter().filter(|n| !names.contains(n)).cloned().collect();
+        let added: Vec<Name> = names.iter().filter(|n| !st.names.contains(n)).cloned().collect();
+        let removed: Vec<Name> = st.names.iter().filter(|n| !names.contains(n)).cloned().collect();
         st.subscribed = true;
         st.wildcard = wildcard;
         st.names = names;
@@ -1333,11 +1334,15 @@ impl Session {
 
 /// What a NACK rejected: the resources of the pending response that Envoy's message names (it
 /// names the cluster or secret it could not use), or all of them when it names none.
-fn rejected_resources(st: &TypeState, message: &str) -> Vec<(String, String)> {
-    let sent: Vec<&str> = if st.pending_names.is_empty() {
+fn rejected_resources(
+    st: &TypeState,
+    pending_names: &[Name],
+    message: &str,
+) -> Vec<(String, String)> {
+    let sent: Vec<&str> = if pending_names.is_empty() {
         st.known.iter().map(|e| e.name.as_ref()).collect()
     } else {
-        st.pending_names.iter().map(|n| n.as_ref()).collect()
+        pending_names.iter().map(|n| n.as_ref()).collect()
     };
     let with_version =
         |name: &str| st.known.version(name).map(|v| (name.to_string(), v.to_string()));
@@ -1365,7 +1370,7 @@ mod tests {
     };
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status as RpcStatus;
-    use prost::{Message, Name};
+    use prost::Message;
     use std::collections::BTreeSet;
 
     fn snapshot(version: u64, resources: &[(&str, &str, &str)]) -> Snapshot {
@@ -1872,7 +1877,7 @@ mod tests {
         dirty.sort_unstable();
         dirty.dedup();
         let candidates = (!st.rescan).then_some(&dirty[..]);
-        let key = |(changed, removed): (Vec<Arc<Entry>>, Vec<Arc<str>>)| {
+        let key = |(changed, removed): (Vec<Arc<Entry>>, Vec<Name>)| {
             let changed: Vec<(String, String)> =
                 changed.iter().map(|e| (e.name.to_string(), e.version().to_string())).collect();
             (changed, removed)

@@ -7,7 +7,7 @@
 //! those prost writes for the envoy-types messages (tests compare them), and a stream's queue
 //! holds pointers, not copies.
 
-use super::served::Entry;
+use super::served::{Entry, Name};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use prost::bytes::BufMut;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
@@ -32,7 +32,7 @@ pub struct DeltaResponse {
     pub system_version_info: String,
     pub resources: Vec<Arc<Entry>>,
     pub type_url: String,
-    pub removed_resources: Vec<Arc<str>>,
+    pub removed_resources: Vec<Name>,
     pub nonce: String,
 }
 
