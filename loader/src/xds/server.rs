@@ -405,6 +405,10 @@ impl NameSet {
     fn len(&self) -> usize {
         self.0.len()
     }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Merges two sorted vectors with no key in both.
@@ -758,6 +762,11 @@ impl Session {
                             })
                             .cloned(),
                     );
+                }
+                // A stream that is sent no cluster for a long time collects repeats.
+                if self.ungrant_candidates.len() > self.granted_secrets.len() {
+                    self.ungrant_candidates.sort_unstable();
+                    self.ungrant_candidates.dedup();
                 }
             }
         }
@@ -1268,7 +1277,7 @@ impl Session {
         for name in names.iter() {
             self.budget.add(name);
         }
-        let wildcard = !is_named_type(&type_url) && (names.len() == 0 || names.contains("*"));
+        let wildcard = !is_named_type(&type_url) && (names.is_empty() || names.contains("*"));
         let st = self.types.entry(type_url.clone()).or_default();
         let first = !st.subscribed;
         let changed = first || names != st.names || wildcard != st.wildcard;
