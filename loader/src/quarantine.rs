@@ -234,8 +234,10 @@ mod tests {
         let resources = names
             .iter()
             .map(|(name, version)| {
-                let resource =
-                    VersionedResource { version: version.to_string(), resource: Any::default() };
+                let resource = VersionedResource {
+                    version: version.to_string(),
+                    resource: Any::default().into(),
+                };
                 (name.to_string(), Arc::new(resource))
             })
             .collect();

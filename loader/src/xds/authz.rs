@@ -20,10 +20,6 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context::ValidationContextType, DownstreamTlsContext, UpstreamTlsContext,
 };
 use prost::{Message, Name};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-
-use super::snapshot::VersionedResource;
 
 /// The names in a client certificate that can identify an Envoy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -138,71 +134,16 @@ pub fn truncated(text: &str) -> String {
 }
 
 /// What references secrets: clusters (CA bundles, client certificates) and listeners (their
-/// certificates).
+/// certificates). Which secrets a resource references is decoded once per resource version
+/// ([`super::served::Entry::secrets`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Referrer {
     Cluster,
     Listener,
 }
 
-/// Which SDS secrets each cluster and listener references, kept up to date with the snapshots:
-/// only resources whose version changed are decoded again.
-#[derive(Debug, Default)]
-pub struct SecretIndex {
-    /// The snapshot version this index describes.
-    snapshot: u64,
-    by_resource: HashMap<(Referrer, String), IndexedSecrets>,
-}
-
-/// A resource's version and the secrets it references at that version.
-type IndexedSecrets = (String, Arc<[String]>);
-
-impl SecretIndex {
-    /// Brings the index to `clusters` and `listeners` of snapshot `version` (a no-op when it is
-    /// there already).
-    pub fn update(
-        &mut self,
-        version: u64,
-        clusters: &BTreeMap<String, Arc<VersionedResource>>,
-        listeners: &BTreeMap<String, Arc<VersionedResource>>,
-    ) {
-        if self.snapshot == version && version != 0 {
-            return;
-        }
-        self.by_resource.retain(|(referrer, name), _| match referrer {
-            Referrer::Cluster => clusters.contains_key(name),
-            Referrer::Listener => listeners.contains_key(name),
-        });
-        let all = clusters
-            .iter()
-            .map(|(n, r)| (Referrer::Cluster, n, r))
-            .chain(listeners.iter().map(|(n, r)| (Referrer::Listener, n, r)));
-        for (referrer, name, resource) in all {
-            let key = (referrer, name.clone());
-            let current = self.by_resource.get(&key).is_some_and(|(v, _)| *v == resource.version);
-            if !current {
-                let secrets = match referrer {
-                    Referrer::Cluster => secrets_of_encoded(&resource.resource.value),
-                    Referrer::Listener => secrets_of_encoded_listener(&resource.resource.value),
-                };
-                self.by_resource.insert(key, (resource.version.clone(), secrets.into()));
-            }
-        }
-        self.snapshot = version;
-    }
-
-    /// The secrets cluster or listener `name` references, if it is in the snapshot at `version`.
-    pub fn secrets_of(&self, referrer: Referrer, name: &str, version: &str) -> Option<&[String]> {
-        // A lookup by (referrer, &str) would need a borrowed key type; names are short.
-        self.by_resource
-            .get(&(referrer, name.to_string()))
-            .filter(|(v, _)| v == version)
-            .map(|(_, s)| &s[..])
-    }
-}
-
 /// SDS names in a listener's TLS filter chains: its certificates.
-fn secrets_of_encoded_listener(listener: &[u8]) -> Vec<String> {
+pub(crate) fn secrets_of_encoded_listener(listener: &[u8]) -> Vec<String> {
     Listener::decode(listener).map(|l| listener_secrets(&l)).unwrap_or_default()
 }
 
@@ -235,7 +176,8 @@ struct ClusterTransportSockets {
     transport_socket_matches: Vec<TransportSocketMatch>,
 }
 
-fn secrets_of_encoded(cluster: &[u8]) -> Vec<String> {
+/// SDS names in an encoded cluster's TLS transport sockets.
+pub(crate) fn secrets_of_encoded(cluster: &[u8]) -> Vec<String> {
     ClusterTransportSockets::decode(cluster)
         .map(|c| secrets_in(c.transport_socket.as_ref(), &c.transport_socket_matches))
         .unwrap_or_default()

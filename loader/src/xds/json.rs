@@ -29,13 +29,37 @@ pub fn to_yaml(value: &serde_json::Value) -> String {
     serde_norway::to_string(value).expect("JSON values serialize to YAML")
 }
 
+/// A packed message: envoy-types' `Any`, or a snapshot's [`super::snapshot::EncodedAny`].
+pub trait Packed {
+    fn type_url(&self) -> &str;
+    fn value(&self) -> &[u8];
+}
+
+impl Packed for envoy_types::pb::google::protobuf::Any {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn value(&self) -> &[u8] {
+        &self.value
+    }
+}
+
+impl Packed for super::snapshot::EncodedAny {
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
+    fn value(&self) -> &[u8] {
+        &self.value
+    }
+}
+
 /// The JSON form of a packed resource, whatever its type (for comparing snapshots).
-pub fn any_to_json(any: &envoy_types::pb::google::protobuf::Any) -> serde_json::Value {
-    let name = any.type_url.rsplit('/').next().unwrap_or_default();
+pub fn any_to_json(any: &impl Packed) -> serde_json::Value {
+    let name = any.type_url().rsplit('/').next().unwrap_or_default();
     let descriptor = POOL
         .get_message_by_name(name)
         .unwrap_or_else(|| panic!("{name} is in envoy-types' descriptors"));
-    let dynamic = DynamicMessage::decode(descriptor, any.value.as_slice())
+    let dynamic = DynamicMessage::decode(descriptor, any.value())
         .expect("a packed resource decodes with its descriptor");
     let options = SerializeOptions::new().use_proto_field_name(true);
     dynamic

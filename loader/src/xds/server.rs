@@ -1,9 +1,16 @@
 //! The Aggregated Discovery Service: state-of-the-world and delta, any number of Envoys.
 //!
-//! Each stream keeps, per resource type, what the Envoy subscribed to, which resource versions it
-//! holds, and the nonce of the response it has not acknowledged yet. A NACK is logged with Envoy's
-//! reason; the loader does not resend the rejected resources (Envoy keeps its previous good ones)
-//! and sends again only when the resource changes.
+//! Each stream keeps, per resource type, what the Envoy subscribed to, which resources it holds
+//! (pointers to the snapshot's shared [`Entry`]s, see [`super::served`]), and the nonce of the
+//! response it has not acknowledged yet. A NACK is logged with Envoy's reason; the loader does not
+//! resend the rejected resources (Envoy keeps its previous good ones) and sends again only when
+//! the resource changes.
+//!
+//! A new snapshot is compared with the previous one once ([`Served::build`]); each stream then
+//! looks only at the names that changed, among those it subscribed to or holds, so a change costs
+//! each stream in proportion to the change, however many resources there are. Responses hold the
+//! snapshot's encoded resources and are written to the wire without copying them first
+//! ([`super::wire`]).
 //!
 //! Every request is checked before it changes anything: its type URL must be one the loader
 //! serves, its node must be the one the client certificate names ([`super::authz`]), and the
@@ -11,26 +18,27 @@
 //! gRPC status saying why. SDS secrets are sent only to streams that were sent a cluster
 //! referencing them.
 
-use super::authz::{self, PeerIdentity, SecretIndex};
+use super::authz::{self, PeerIdentity};
 use super::limits::{Limits, MAX_NAME_BYTES, MAX_NAME_BYTES_PER_STREAM};
 use super::listener::{ConnectionInfo, ConnectionMetrics, StreamSlot};
-use super::snapshot::{is_named_type, short_name, type_urls, Snapshot, VersionedResource};
+use super::served::{Changes, Entry, Name, Served, Table};
+use super::snapshot::{
+    is_named_type, short_name, type_urls, PackedResource, Snapshot, VHDS_ROUTE_CONFIGURATIONS,
+};
+use super::wire::{DeltaCodec, DeltaResponse, SotwCodec, SotwResponse};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-};
-use prost::Name;
-use std::collections::{BTreeMap, BTreeSet};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use prost::Name as _;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Counters for `/metrics`.
@@ -89,15 +97,25 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// How many snapshot changes the server remembers for streams that fall behind; a stream further
+/// behind compares everything it subscribed to once.
+const CHANGES_KEPT: usize = 64;
+
+/// The snapshot being served and the changes that led to it.
+struct ServedState {
+    latest: Arc<Served>,
+    /// `(seq, changes from seq - 1 to seq)`, oldest first, contiguous, ending at `latest.seq`.
+    history: VecDeque<(u64, Arc<Changes>)>,
+}
+
 pub struct XdsState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    served: Mutex<ServedState>,
     sessions: Mutex<BTreeMap<u64, SessionInfo>>,
     next_session: AtomicU64,
     limits: Limits,
     /// Set once, when the loader is asked to stop: every stream ends with UNAVAILABLE.
     shutdown: watch::Sender<bool>,
-    /// Which secrets the snapshot's clusters reference, for the SDS rule.
-    secret_index: Mutex<SecretIndex>,
     pub metrics: XdsMetrics,
     rejections: std::sync::OnceLock<Box<dyn Fn(Rejection) + Send + Sync>>,
     /// Counters of the listener in front of the service.
@@ -110,13 +128,15 @@ impl XdsState {
     }
 
     pub fn with_limits(snapshots: watch::Receiver<Arc<Snapshot>>, limits: Limits) -> Arc<Self> {
+        let first = snapshots.borrow().clone();
+        let (latest, _) = Served::build(0, first, None);
         Arc::new(XdsState {
             snapshots,
+            served: Mutex::new(ServedState { latest: Arc::new(latest), history: VecDeque::new() }),
             sessions: Mutex::new(BTreeMap::new()),
             next_session: AtomicU64::new(1),
             limits,
             shutdown: watch::Sender::new(false),
-            secret_index: Mutex::new(SecretIndex::default()),
             metrics: XdsMetrics::default(),
             rejections: std::sync::OnceLock::new(),
             connections: Arc::default(),
@@ -136,9 +156,8 @@ impl XdsState {
         self.sessions.lock().unwrap().values().cloned().collect()
     }
 
-    pub fn service(self: &Arc<Self>) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(AdsService { state: self.clone() })
-            .max_decoding_message_size(self.limits.max_message_bytes)
+    pub fn service(self: &Arc<Self>) -> AdsService {
+        AdsService { state: self.clone() }
     }
 
     /// Ends every stream with UNAVAILABLE (Envoys reconnect to the next loader) and refuses new
@@ -153,6 +172,35 @@ impl XdsState {
         async move {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
         }
+    }
+
+    /// The newest snapshot as served, and what changed since the one numbered `since` (None when
+    /// the server no longer remembers: then everything may have). The first caller after a new
+    /// snapshot builds it, once for every stream.
+    fn catch_up(&self, since: u64) -> (Arc<Served>, Option<Vec<Arc<Changes>>>) {
+        let mut served = self.served.lock().expect("served lock");
+        let snapshot = self.snapshots.borrow().clone();
+        if !Arc::ptr_eq(&snapshot, &served.latest.snapshot) {
+            let seq = served.latest.seq + 1;
+            let (next, changes) = Served::build(seq, snapshot, Some(&served.latest));
+            served.latest = Arc::new(next);
+            if served.history.len() == CHANGES_KEPT {
+                served.history.pop_front();
+            }
+            served.history.push_back((seq, Arc::new(changes)));
+        }
+        let latest = served.latest.clone();
+        if since == latest.seq {
+            return (latest, Some(Vec::new()));
+        }
+        let missed: Vec<Arc<Changes>> = served
+            .history
+            .iter()
+            .filter(|(seq, _)| *seq > since)
+            .map(|(_, changes)| changes.clone())
+            .collect();
+        let complete = since < latest.seq && missed.len() as u64 == latest.seq - since;
+        (latest, complete.then_some(missed))
     }
 
     /// Whether a new stream may start, and the client it comes from.
@@ -183,50 +231,261 @@ impl XdsState {
         };
         Ok(Peer { address: Some(info.peer), identity: info.identity.clone(), _slot: Some(slot) })
     }
-}
 
-pub struct AdsService {
-    state: Arc<XdsState>,
-}
-
-type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
+    fn open_sotw(
+        self: &Arc<Self>,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = self.state.admit(&request)?;
+    ) -> Result<Response<ResponseStream<SotwResponse>>, Status> {
+        let peer = self.admit(&request)?;
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(self.state.clone(), "sotw", peer);
+        let session = Session::new(self.clone(), Protocol::Sotw, peer);
         tokio::spawn(session.run_sotw(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
+    fn open_delta(
+        self: &Arc<Self>,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = self.state.admit(&request)?;
+    ) -> Result<Response<ResponseStream<DeltaResponse>>, Status> {
+        let peer = self.admit(&request)?;
         let (tx, rx) = mpsc::channel(16);
-        let session = Session::new(self.state.clone(), "delta", peer);
+        let session = Session::new(self.clone(), Protocol::Delta, peer);
         tokio::spawn(session.run_delta(request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
+
+/// `envoy.service.discovery.v3.AggregatedDiscoveryService` over gRPC, with the responses of
+/// [`super::wire`] (envoy-types' generated server would copy every resource into each response).
+#[derive(Clone)]
+pub struct AdsService {
+    state: Arc<XdsState>,
+}
+
+const SERVICE_NAME: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+/// Its methods' paths start with this.
+const SERVICE_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/";
+
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+/// The two ADS methods, as tonic's streaming handlers.
+struct SotwMethod(Arc<XdsState>);
+struct DeltaMethod(Arc<XdsState>);
+
+impl tonic::server::StreamingService<DiscoveryRequest> for SotwMethod {
+    type Response = SotwResponse;
+    type ResponseStream = ResponseStream<SotwResponse>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let result = self.0.open_sotw(request);
+        Box::pin(async move { result })
+    }
+}
+
+impl tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
+    type Response = DeltaResponse;
+    type ResponseStream = ResponseStream<DeltaResponse>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let result = self.0.open_delta(request);
+        Box::pin(async move { result })
+    }
+}
+
+impl<B> Service<http::Request<B>> for AdsService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let state = self.state.clone();
+        let max = Some(state.limits.max_message_bytes);
+        let method = request.uri().path().strip_prefix(SERVICE_PATH);
+        match method {
+            Some("StreamAggregatedResources") => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(SotwCodec::default())
+                    .apply_max_message_size_config(max, None);
+                Ok(grpc.streaming(SotwMethod(state), request).await)
+            }),
+            Some("DeltaAggregatedResources") => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(DeltaCodec::default())
+                    .apply_max_message_size_config(max, None);
+                Ok(grpc.streaming(DeltaMethod(state), request).await)
+            }),
+            _ => {
+                Box::pin(async move { Ok(Status::unimplemented("not an ADS method").into_http()) })
+            }
+        }
+    }
+}
+
 /// The client at the other end of a stream.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Peer {
     address: Option<SocketAddr>,
     /// The names in its client certificate (mTLS only).
     identity: Option<Arc<PeerIdentity>>,
     /// The stream's place on its connection, freed when the session ends.
     _slot: Option<StreamSlot>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Sotw,
+    Delta,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Sotw => "sotw",
+            Protocol::Delta => "delta",
+        }
+    }
+
+    /// Where a type's resources are in a [`Served`]: delta ADS gets route configurations
+    /// without virtual hosts (those come over VHDS).
+    fn table_key(self, type_url: &str) -> &str {
+        if self == Protocol::Delta && type_url == RouteConfiguration::type_url() {
+            VHDS_ROUTE_CONFIGURATIONS
+        } else {
+            type_url
+        }
+    }
+}
+
+/// Names, sorted: a stream's subscriptions of one type, or the secrets it was granted. A name the
+/// snapshot holds shares the snapshot's copy.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct NameSet(Vec<Name>);
+
+impl NameSet {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|n| n.as_ref().cmp(name))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        self.find(name).map(|i| self.0.remove(i)).is_ok()
+    }
+
+    /// Adds `names` (any order, any repeats) in one merge.
+    fn extend(&mut self, mut names: Vec<Name>) {
+        names.sort_unstable();
+        names.dedup();
+        names.retain(|n| !self.contains(n));
+        if names.is_empty() {
+            return;
+        }
+        let old = std::mem::take(&mut self.0);
+        self.0 = merge_sorted(old, names, |a, b| a.cmp(b));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Name> {
+        self.0.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Merges two sorted vectors with no key in both.
+fn merge_sorted<T>(a: Vec<T>, b: Vec<T>, cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if cmp(x, y).is_le() => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    out
+}
+
+/// The resources a stream holds of one type, as far as the loader knows, sorted by name: the
+/// snapshot entries it was sent (or, after a reconnect, the versions the Envoy said it has).
+#[derive(Clone, Debug, Default)]
+struct Held(Vec<Arc<Entry>>);
+
+impl Held {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|e| e.name.as_ref().cmp(name))
+    }
+
+    fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.find(name).ok().map(|i| &self.0[i])
+    }
+
+    fn version(&self, name: &str) -> Option<&str> {
+        self.get(name).map(|e| e.version())
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.0.iter()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Records `sent` (sorted by name, replacing what was held of the same names) and forgets
+    /// `removed` (sorted), in one merge.
+    fn apply(&mut self, sent: &[Arc<Entry>], removed: &[Name]) {
+        let mut fresh = Vec::new();
+        for entry in sent {
+            match self.find(&entry.name) {
+                Ok(i) => self.0[i] = entry.clone(),
+                Err(_) => fresh.push(entry.clone()),
+            }
+        }
+        if !removed.is_empty() {
+            let mut gone = removed.iter().peekable();
+            self.0.retain(|e| {
+                while gone.next_if(|n| n.as_ref() < e.name.as_ref()).is_some() {}
+                gone.peek().is_none_or(|n| n.as_ref() != e.name.as_ref())
+            });
+        }
+        if !fresh.is_empty() {
+            let old = std::mem::take(&mut self.0);
+            self.0 = merge_sorted(old, fresh, |a, b| a.name.cmp(&b.name));
+        }
+    }
 }
 
 /// Per-stream, per-type bookkeeping.
@@ -240,20 +499,143 @@ struct TypeState {
     answered: bool,
     /// All resources of the type, not only `names`.
     wildcard: bool,
-    names: BTreeSet<String>,
-    /// Name -> version the Envoy holds, as far as the loader knows.
-    known: BTreeMap<String, String>,
+    names: NameSet,
+    /// What the Envoy holds, as far as the loader knows.
+    known: Held,
     /// The response awaiting ACK: its nonce and the snapshot version it came from.
     pending: Option<(String, u64)>,
-    /// The names in that response, for delta (a state-of-the-world response holds `known`).
-    pending_names: Vec<String>,
+    /// The names in that response, for delta (a state-of-the-world response holds `known`);
+    /// dropped once it is acknowledged.
+    pending_names: Vec<Name>,
     acked_version: Option<u64>,
+    /// Names whose resource, scope or permission changed since this type was last answered:
+    /// the only ones the next response looks at (unless `rescan`).
+    dirty: Vec<Name>,
+    /// Look at every resource and every held name next time (a new subscription, a wildcard
+    /// change, or a stream too far behind for the remembered changes).
+    rescan: bool,
 }
 
 impl TypeState {
     fn in_scope(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
+
+    /// Marks `names` for the next response; past the size of what is to compare anyway, a
+    /// rescan is cheaper.
+    fn touch<'a>(&mut self, names: impl IntoIterator<Item = &'a Name>, table_len: usize) {
+        if !self.subscribed || self.rescan {
+            return;
+        }
+        self.dirty.extend(names.into_iter().cloned());
+        if self.dirty.len() > table_len + self.known.len() + self.names.len() {
+            self.dirty = Vec::new();
+            self.rescan = true;
+        }
+    }
+
+    /// What to look at for the next response (None: everything), consuming it.
+    fn take_candidates(&mut self) -> Option<Vec<Name>> {
+        let dirty = std::mem::take(&mut self.dirty);
+        if std::mem::take(&mut self.rescan) {
+            return None;
+        }
+        let mut dirty = dirty;
+        dirty.sort_unstable();
+        dirty.dedup();
+        Some(dirty)
+    }
+}
+
+/// What a delta stream is to be sent for one type: the resources in scope (and permitted) whose
+/// version it does not hold, and, for wildcard types, the held names no longer in `table`. Looks
+/// at `candidates` only (sorted, distinct), or at everything when None: both give the same
+/// answer as long as every name whose status changed is among the candidates.
+fn delta_diff(
+    st: &TypeState,
+    granted: &NameSet,
+    type_url: &str,
+    table: &Table,
+    candidates: Option<&[Name]>,
+) -> (Vec<Arc<Entry>>, Vec<Name>) {
+    let wanted = |name: &str, entry: &Entry| {
+        st.in_scope(name)
+            && may_send(granted, type_url, name)
+            && st.known.version(name) != Some(entry.version())
+    };
+    // Removals only for wildcard types: a named resource that disappears is one the Envoy will
+    // stop asking for (its cluster or listener went), and keeping it meanwhile lets the old
+    // cluster keep working while the new one warms.
+    let removals = !is_named_type(type_url);
+    match candidates {
+        None => {
+            let changed = table.values().filter(|e| wanted(&e.name, e)).cloned().collect();
+            let removed = if removals {
+                st.known
+                    .iter()
+                    .filter(|e| !table.contains_key(&e.name))
+                    .map(|e| e.name.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (changed, removed)
+        }
+        Some(names) => {
+            let (mut changed, mut removed) = (Vec::new(), Vec::new());
+            for name in names {
+                match table.get(name) {
+                    Some(entry) if wanted(name, entry) => changed.push(entry.clone()),
+                    Some(_) => {}
+                    None if removals && st.known.contains(name) => removed.push(name.clone()),
+                    None => {}
+                }
+            }
+            (changed, removed)
+        }
+    }
+}
+
+/// What a state-of-the-world stream is in scope for (and permitted) of one type.
+fn sotw_scope(st: &TypeState, granted: &NameSet, type_url: &str, table: &Table) -> Vec<Arc<Entry>> {
+    table
+        .values()
+        .filter(|e| st.in_scope(&e.name) && may_send(granted, type_url, &e.name))
+        .cloned()
+        .collect()
+}
+
+/// Whether a state-of-the-world stream's scope differs from what it holds, looking at
+/// `candidates` only (or at everything when None).
+fn sotw_differs(
+    st: &TypeState,
+    granted: &NameSet,
+    type_url: &str,
+    table: &Table,
+    candidates: Option<&[Name]>,
+) -> bool {
+    match candidates {
+        None => {
+            let scope = sotw_scope(st, granted, type_url, table);
+            scope.len() != st.known.len()
+                || scope
+                    .iter()
+                    .zip(st.known.iter())
+                    .any(|(a, b)| a.name != b.name || a.version() != b.version())
+        }
+        Some(names) => names.iter().any(|name| {
+            let in_scope = table
+                .get(name)
+                .filter(|_| st.in_scope(name) && may_send(granted, type_url, name))
+                .map(|e| e.version());
+            in_scope != st.known.version(name)
+        }),
+    }
+}
+
+/// Whether `name` of `type_url` may be sent on a stream granted `granted`.
+fn may_send(granted: &NameSet, type_url: &str, name: &str) -> bool {
+    type_url != Secret::type_url() || granted.contains(name)
 }
 
 /// How many resource names a stream holds, against [`Limits::max_names_per_stream`] and
@@ -279,13 +661,21 @@ impl NameBudget {
 struct Session {
     id: u64,
     state: Arc<XdsState>,
+    protocol: Protocol,
     peer: Peer,
+    /// The snapshot this stream is at: requests are answered from it, and changes are pushed
+    /// when it moves to a newer one.
+    at: Arc<Served>,
     types: BTreeMap<String, TypeState>,
     next_nonce: u64,
     node: String,
     budget: NameBudget,
-    /// Secrets that a cluster sent on this stream references: the only ones it may be sent.
-    granted_secrets: BTreeSet<String>,
+    /// Secrets that a cluster or listener sent on this stream references: the only ones it may
+    /// be sent.
+    granted_secrets: NameSet,
+    /// Granted secrets that may have left the snapshot or the subscriptions since the last
+    /// grant: the next grant forgets those that did.
+    ungrant_candidates: Vec<Name>,
     /// A secret the Envoy subscribed to was granted after its SDS answer: answer SDS again.
     sds_follow_up: bool,
     /// The client left a response waiting for `Limits::send_timeout`: the stream is ending.
@@ -293,28 +683,32 @@ struct Session {
 }
 
 impl Session {
-    fn new(state: Arc<XdsState>, protocol: &'static str, peer: Peer) -> Self {
+    fn new(state: Arc<XdsState>, protocol: Protocol, peer: Peer) -> Self {
         let id = state.next_session.fetch_add(1, Ordering::Relaxed);
         state.sessions.lock().unwrap().insert(
             id,
             SessionInfo {
                 node: String::new(),
-                protocol,
+                protocol: protocol.name(),
                 acked_version: None,
                 last_nack: None,
                 address: peer.address.map(|a| a.to_string()),
                 identity: peer.identity.as_deref().cloned(),
             },
         );
+        let (at, _) = state.catch_up(0);
         Session {
             id,
             state,
+            protocol,
             peer,
+            at,
             types: BTreeMap::new(),
             next_nonce: 0,
             node: String::new(),
             budget: NameBudget::default(),
-            granted_secrets: BTreeSet::new(),
+            granted_secrets: NameSet::default(),
+            ungrant_candidates: Vec::new(),
             sds_follow_up: false,
             stopped_reading: false,
         }
@@ -323,6 +717,68 @@ impl Session {
     fn nonce(&mut self) -> String {
         self.next_nonce += 1;
         self.next_nonce.to_string()
+    }
+
+    /// `name` as the snapshot holds it (shared), or a new copy when it holds no such resource.
+    fn intern(&self, type_url: &str, name: &str) -> Name {
+        match self.at.table(self.protocol.table_key(type_url)).get_key_value(name) {
+            Some((shared, _)) => shared.clone(),
+            None => name.into(),
+        }
+    }
+
+    /// Moves the stream to `next`: `changes` (None: unknown) are the names to look at again.
+    fn advance(&mut self, next: Arc<Served>, changes: Option<Vec<Arc<Changes>>>) {
+        let sds = Secret::type_url();
+        for (type_url, st) in &mut self.types {
+            let key = self.protocol.table_key(type_url);
+            match &changes {
+                None => {
+                    if st.subscribed {
+                        st.dirty = Vec::new();
+                        st.rescan = true;
+                    }
+                }
+                Some(changes) => {
+                    let table_len = next.table(key).len();
+                    for names in changes.iter().filter_map(|c| c.get(key)) {
+                        st.touch(names, table_len);
+                    }
+                }
+            }
+        }
+        // Granted secrets that left the snapshot are forgotten at the next grant, unless
+        // subscribed.
+        match &changes {
+            None => self.ungrant_candidates = self.granted_secrets.iter().cloned().collect(),
+            Some(changes) => {
+                let secrets = next.table(&sds);
+                for names in changes.iter().filter_map(|c| c.get(&sds)) {
+                    self.ungrant_candidates.extend(
+                        names
+                            .iter()
+                            .filter(|n| {
+                                !secrets.contains_key(*n) && self.granted_secrets.contains(n)
+                            })
+                            .cloned(),
+                    );
+                }
+                // A stream that is sent no cluster for a long time collects repeats.
+                if self.ungrant_candidates.len() > self.granted_secrets.len() {
+                    self.ungrant_candidates.sort_unstable();
+                    self.ungrant_candidates.dedup();
+                }
+            }
+        }
+        self.at = next;
+    }
+
+    /// Catches up with the newest snapshot.
+    fn catch_up(&mut self) {
+        let (next, changes) = self.state.catch_up(self.at.seq);
+        if next.seq != self.at.seq {
+            self.advance(next, changes);
+        }
     }
 
     /// Checks a request's type URL and node before the request changes anything.
@@ -394,6 +850,8 @@ impl Session {
             Some((pending, version)) if pending == nonce => {
                 let version = *version;
                 st.pending = None;
+                // Only a NACK needs them; a stream's first answers name every resource.
+                let pending_names = std::mem::take(&mut st.pending_names);
                 match error {
                     None => {
                         st.acked_version = Some(version);
@@ -408,7 +866,7 @@ impl Session {
                         let rejection = Rejection {
                             node,
                             type_url: type_url.to_string(),
-                            resources: rejected_resources(st, message),
+                            resources: rejected_resources(st, &pending_names, message),
                             message: message.to_string(),
                         };
                         if let Some(sink) = self.state.rejections.get() {
@@ -439,58 +897,49 @@ impl Session {
         }
     }
 
-    fn count_sent(&self, resources: usize, bytes: usize) {
+    fn count_sent(&self, resources: &[Arc<Entry>]) {
+        let bytes: usize = resources.iter().map(|e| e.resource.resource.value.len()).sum();
         let m = &self.state.metrics;
         m.responses_sent.fetch_add(1, Ordering::Relaxed);
-        m.resources_sent.fetch_add(resources as u64, Ordering::Relaxed);
+        m.resources_sent.fetch_add(resources.len() as u64, Ordering::Relaxed);
         m.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     // -----------------------------------------------------------------------------------------
     // Secrets
 
-    /// Grants the secrets that `resources` (name, version) of `snapshot`, clusters or listeners
-    /// as `type_url` says, reference, then forgets granted secrets that are neither in the
-    /// snapshot nor subscribed (so the set stays as small as the snapshot's secrets plus the
-    /// subscriptions). Other types reference no secret.
-    fn grant_secrets_of<'a>(
-        &mut self,
-        type_url: &str,
-        resources: impl IntoIterator<Item = (&'a str, &'a str)>,
-        snapshot: &Snapshot,
-    ) {
-        let referrer = if type_url == Cluster::type_url() {
-            authz::Referrer::Cluster
-        } else if type_url == Listener::type_url() {
-            authz::Referrer::Listener
-        } else {
-            return;
-        };
+    /// Grants the secrets that `sent` (clusters or listeners) reference, then forgets granted
+    /// secrets that are neither in the snapshot nor subscribed (so the set stays as small as the
+    /// snapshot's secrets plus the subscriptions). Newly granted secrets are looked at again by
+    /// the next SDS response.
+    fn grant_secrets_of<'a>(&mut self, sent: impl IntoIterator<Item = &'a Arc<Entry>>) {
         let sds = Secret::type_url();
-        let empty = BTreeMap::new();
-        let cds = snapshot.of_type(&Cluster::type_url()).unwrap_or(&empty);
-        let lds = snapshot.of_type(&Listener::type_url()).unwrap_or(&empty);
-        let mut index = self.state.secret_index.lock().expect("secret index lock");
-        index.update(snapshot.version, cds, lds);
-        let subscribed = self.types.get(&sds).map(|st| &st.names);
-        for (name, version) in resources {
-            for secret in index.secrets_of(referrer, name, version).unwrap_or_default() {
-                if self.granted_secrets.insert(secret.clone())
-                    && subscribed.is_some_and(|names| names.contains(secret))
-                {
-                    self.sds_follow_up = true;
-                }
+        let mut new: Vec<Name> = Vec::new();
+        for entry in sent {
+            new.extend(entry.secrets.iter().filter(|s| !self.granted_secrets.contains(s)).cloned());
+        }
+        new.sort_unstable();
+        new.dedup();
+        let secrets = self.at.table(&sds);
+        let st = self.types.get_mut(&sds);
+        let subscribed = |st: &Option<&mut TypeState>, name: &str| {
+            st.as_ref().is_some_and(|st| st.names.contains(name))
+        };
+        if new.iter().any(|s| subscribed(&st, s)) {
+            self.sds_follow_up = true;
+        }
+        self.granted_secrets.extend(new.clone());
+        let mut candidates = std::mem::take(&mut self.ungrant_candidates);
+        candidates.extend(new.iter().cloned());
+        for name in &candidates {
+            if !secrets.contains_key(name) && !subscribed(&st, name) {
+                self.granted_secrets.remove(name);
             }
         }
-        drop(index);
-        let secrets = snapshot.of_type(&sds).unwrap_or(&empty);
-        self.granted_secrets
-            .retain(|s| secrets.contains_key(s) || subscribed.is_some_and(|n| n.contains(s)));
-    }
-
-    /// Whether `name` of `type_url` may be sent on this stream.
-    fn may_send(granted: &BTreeSet<String>, type_url: &str, name: &str) -> bool {
-        type_url != Secret::type_url() || granted.contains(name)
+        if let Some(st) = st {
+            let len = secrets.len();
+            st.touch(&new, len);
+        }
     }
 
     /// Logs a subscription to a secret this stream has not been granted.
@@ -505,24 +954,27 @@ impl Session {
         }
     }
 
+    /// Unsubscribing a granted secret may end its grant (see [`Session::grant_secrets_of`]).
+    fn unsubscribed(&mut self, type_url: &str, name: &str) {
+        if type_url == Secret::type_url() && self.granted_secrets.contains(name) {
+            self.ungrant_candidates.push(self.intern(type_url, name));
+        }
+    }
+
     // -----------------------------------------------------------------------------------------
     // Delta
 
     async fn run_delta(
         self,
         requests: Streaming<DeltaDiscoveryRequest>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Result<DeltaResponse, Status>>,
     ) {
-        let on_request =
-            |session: &mut Session, request: DeltaDiscoveryRequest, snapshot: &Snapshot| {
-                let type_url = request.type_url.clone();
-                session.on_delta_request(request, snapshot)?;
-                Ok(session.delta_response(&type_url, snapshot))
-            };
-        let on_change = |session: &mut Session, type_url: &str, snapshot: &Snapshot| {
-            session.delta_response(type_url, snapshot)
+        let on_request = |session: &mut Session, request: DeltaDiscoveryRequest| {
+            let type_url = request.type_url.clone();
+            session.on_delta_request(request)?;
+            Ok(session.delta_response(&type_url))
         };
-        self.pump(requests, tx, on_request, on_change).await
+        self.pump(requests, tx, on_request, Session::delta_response).await
     }
 
     /// The stream's event loop, the same for both protocols: answer each request, and push what a
@@ -532,24 +984,28 @@ impl Session {
         mut self,
         mut requests: Streaming<Req>,
         tx: mpsc::Sender<Result<Resp, Status>>,
-        on_request: fn(&mut Session, Req, &Snapshot) -> Result<Option<Resp>, Status>,
-        on_change: fn(&mut Session, &str, &Snapshot) -> Option<Resp>,
+        on_request: fn(&mut Session, Req) -> Result<Option<Resp>, Status>,
+        on_change: fn(&mut Session, &str) -> Option<Resp>,
     ) {
         let mut snapshots = self.state.snapshots.clone();
+        snapshots.borrow_and_update();
+        // A snapshot published between `Session::new` and the line above is caught up with here.
+        self.catch_up();
         let shutting_down = self.state.shutting_down();
         let mut shutting_down = std::pin::pin!(shutting_down);
         let ended: Option<Status> = loop {
             tokio::select! {
                 request = requests.message() => match request {
                     Ok(Some(request)) => {
-                        let snapshot = snapshots.borrow_and_update().clone();
-                        match on_request(&mut self, request, &snapshot) {
+                        // Answered from the snapshot the stream is at; a newer one is pushed
+                        // as a change, to every type.
+                        match on_request(&mut self, request) {
                             Ok(response) => {
                                 if let Some(response) = response {
                                     if let Err(ended) = self.deliver(&tx, response).await { break ended; }
                                 }
                                 if std::mem::take(&mut self.sds_follow_up) {
-                                    if let Some(response) = on_change(&mut self, &Secret::type_url(), &snapshot) {
+                                    if let Some(response) = on_change(&mut self, &Secret::type_url()) {
                                         if let Err(ended) = self.deliver(&tx, response).await { break ended; }
                                     }
                                 }
@@ -564,10 +1020,11 @@ impl Session {
                 },
                 changed = snapshots.changed() => {
                     if changed.is_err() { break None; }
-                    let snapshot = snapshots.borrow_and_update().clone();
+                    snapshots.borrow_and_update();
+                    self.catch_up();
                     let mut ended = None;
                     for type_url in type_urls() {
-                        if let Some(response) = on_change(&mut self, &type_url, &snapshot) {
+                        if let Some(response) = on_change(&mut self, &type_url) {
                             if let Err(end) = self.deliver(&tx, response).await {
                                 ended = Some(end);
                                 break;
@@ -625,11 +1082,7 @@ impl Session {
         }
     }
 
-    fn on_delta_request(
-        &mut self,
-        request: DeltaDiscoveryRequest,
-        snapshot: &Snapshot,
-    ) -> Result<(), Status> {
+    fn on_delta_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
         self.check_request(&request.type_url, request.node.as_ref())?;
         tracing::debug!(
             node = %self.node, r#type = short_name(&request.type_url), nonce = %request.response_nonce,
@@ -658,51 +1111,87 @@ impl Session {
         let type_url = request.type_url;
         let named = is_named_type(&type_url);
         let st = self.types.entry(type_url.clone()).or_default();
+        let mut wanted: Vec<&String> = request
+            .resource_names_subscribe
+            .iter()
+            .filter(|name| *name != "*" && !st.names.contains(name))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut newly_subscribed = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            self.budget.add(name);
+            if self.budget.names > self.state.limits.max_names_per_stream {
+                break; // reported by check_budget below
+            }
+            newly_subscribed.push(self.intern(&type_url, name));
+        }
+        let mut unsubscribed = Vec::new();
+        let st = self.types.entry(type_url.clone()).or_default();
         let first = !st.subscribed;
         if first {
             st.subscribed = true;
+            st.rescan = true;
             // Legacy wildcard: the first request for CDS/LDS names nothing.
             st.wildcard = !named && request.resource_names_subscribe.is_empty();
         }
-        let mut newly_subscribed = Vec::new();
-        for name in request.resource_names_subscribe {
-            if name == "*" {
-                st.wildcard = true;
-            } else if !st.names.contains(&name) {
-                self.budget.add(&name);
-                if self.budget.names > self.state.limits.max_names_per_stream {
-                    break; // reported by check_budget below
-                }
-                st.names.insert(name.clone());
-                newly_subscribed.push(name);
-            }
+        if request.resource_names_subscribe.iter().any(|n| n == "*") {
+            st.rescan |= !st.wildcard;
+            st.wildcard = true;
         }
+        newly_subscribed.sort_unstable();
+        newly_subscribed.dedup();
+        st.names.extend(newly_subscribed.clone());
+        let len = st.names.len();
+        st.touch(&newly_subscribed, len);
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
                 st.wildcard = false;
             } else {
                 if st.names.remove(name) {
                     self.budget.remove(name);
+                    unsubscribed.push(name);
                 }
                 st.known.remove(name);
             }
         }
+        for name in unsubscribed {
+            self.unsubscribed(&type_url, name);
+        }
         if first {
             // What the Envoy already holds (it reconnected): named types only for what it
             // subscribes to, so that `known` never outgrows the subscriptions.
-            let initial: Vec<(String, String)> = request
+            let at = self.at.clone();
+            let table = at.table(self.protocol.table_key(&type_url));
+            let st = self.types.get_mut(&type_url).expect("present");
+            let mut held: Vec<Arc<Entry>> = request
                 .initial_resource_versions
                 .into_iter()
                 .filter(|(name, _)| !named || st.names.contains(name))
+                .map(|(name, version)| match table.get_key_value(name.as_str()) {
+                    // The current version: hold the snapshot's entry.
+                    Some((_, entry)) if entry.version() == version => entry.clone(),
+                    shared => Arc::new(Entry {
+                        name: shared.map_or_else(|| name.into(), |(n, _)| n.clone()),
+                        resource: Arc::new(PackedResource {
+                            version,
+                            resource: Default::default(),
+                        }),
+                        secrets: Arc::new([]),
+                    }),
+                })
                 .collect();
+            held.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            st.known.apply(&held, &[]);
             // Holding a cluster's or listener's current version proves it was sent to this
             // Envoy before.
             if refers_to_secrets(&type_url) {
-                let held: Vec<(&str, &str)> =
-                    initial.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                self.grant_secrets_of(&type_url, held, snapshot);
+                let current: Vec<Arc<Entry>> = held
+                    .into_iter()
+                    .filter(|e| table.get(&e.name).is_some_and(|t| Arc::ptr_eq(t, e)))
+                    .collect();
+                self.grant_secrets_of(&current);
             }
-            self.types.get_mut(&type_url).expect("present").known.extend(initial);
         }
         self.check_budget()?;
         for name in &newly_subscribed {
@@ -711,72 +1200,34 @@ impl Session {
         Ok(())
     }
 
-    fn delta_response(
-        &mut self,
-        type_url: &str,
-        snapshot: &Snapshot,
-    ) -> Option<DeltaDiscoveryResponse> {
-        let empty = BTreeMap::new();
-        let current = snapshot.of_type_for_delta(type_url).unwrap_or(&empty);
-        let granted = &self.granted_secrets;
+    fn delta_response(&mut self, type_url: &str) -> Option<DeltaResponse> {
+        let at = self.at.clone();
+        let table = at.table(self.protocol.table_key(type_url));
         let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
-        let changed: Vec<(&String, &Arc<VersionedResource>)> = current
-            .iter()
-            .filter(|(name, r)| {
-                st.in_scope(name)
-                    && Self::may_send(granted, type_url, name)
-                    && st.known.get(*name) != Some(&r.version)
-            })
-            .collect();
-        // Removals only for wildcard types: a named resource that disappears is one the Envoy
-        // will stop asking for (its cluster or listener went), and keeping it meanwhile lets the
-        // old cluster keep working while the new one warms.
-        let removed: Vec<String> = if is_named_type(type_url) {
-            Vec::new()
-        } else {
-            st.known.keys().filter(|name| !current.contains_key(*name)).cloned().collect()
-        };
+        let candidates = st.take_candidates();
+        let (changed, removed) =
+            delta_diff(st, &self.granted_secrets, type_url, table, candidates.as_deref());
         if changed.is_empty() && removed.is_empty() && st.answered {
-            self.settle(type_url, snapshot.version);
+            self.settle(type_url, at.version());
             return None;
         }
         st.answered = true;
-        let mut bytes = 0;
-        let resources: Vec<Resource> = changed
-            .into_iter()
-            .map(|(name, r)| {
-                st.known.insert(name.clone(), r.version.clone());
-                bytes += r.resource.value.len();
-                Resource {
-                    name: name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.resource.clone()),
-                    ..Default::default()
-                }
-            })
-            .collect();
-        for name in &removed {
-            st.known.remove(name);
-        }
+        st.known.apply(&changed, &removed);
         if refers_to_secrets(type_url) {
-            let sent: Vec<(&str, &str)> =
-                resources.iter().map(|r| (r.name.as_str(), r.version.as_str())).collect();
-            self.grant_secrets_of(type_url, sent, snapshot);
+            self.grant_secrets_of(&changed);
         }
-        let count = resources.len();
         let nonce = self.nonce();
         let st = self.types.get_mut(type_url).expect("present");
-        st.pending = Some((nonce.clone(), snapshot.version));
-        st.pending_names = resources.iter().map(|r| r.name.clone()).collect();
-        self.count_sent(count, bytes);
-        tracing::debug!(node = %self.node, r#type = short_name(type_url), count, removed = removed.len(), snapshot = snapshot.version, "delta push");
-        Some(DeltaDiscoveryResponse {
-            system_version_info: snapshot.version.to_string(),
-            resources,
+        st.pending = Some((nonce.clone(), at.version()));
+        st.pending_names = changed.iter().map(|e| e.name.clone()).collect();
+        self.count_sent(&changed);
+        tracing::debug!(node = %self.node, r#type = short_name(type_url), count = changed.len(), removed = removed.len(), snapshot = at.version(), "delta push");
+        Some(DeltaResponse {
+            system_version_info: at.version().to_string(),
+            resources: changed,
             type_url: type_url.to_string(),
             removed_resources: removed,
             nonce,
-            ..Default::default()
         })
     }
 
@@ -786,18 +1237,17 @@ impl Session {
     async fn run_sotw(
         self,
         requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Result<SotwResponse, Status>>,
     ) {
-        let on_request = |session: &mut Session, request: DiscoveryRequest, snapshot: &Snapshot| {
+        let on_request = |session: &mut Session, request: DiscoveryRequest| {
             let type_url = request.type_url.clone();
             let Some(force) = session.on_sotw_request(request)? else {
                 return Ok(None);
             };
-            Ok(session.sotw_response(&type_url, snapshot, force))
+            Ok(session.sotw_response(&type_url, force))
         };
-        let on_change = |session: &mut Session, type_url: &str, snapshot: &Snapshot| {
-            session.sotw_response(type_url, snapshot, false)
-        };
+        let on_change =
+            |session: &mut Session, type_url: &str| session.sotw_response(type_url, false);
         self.pump(requests, tx, on_request, on_change).await
     }
 
@@ -819,23 +1269,30 @@ impl Session {
         }
         // State of the world: each request lists every name, so the budget is the new list's.
         let previous = self.types.get(&type_url).map(|st| &st.names);
-        for name in previous.into_iter().flatten() {
+        for name in previous.into_iter().flat_map(|n| n.iter()) {
             self.budget.remove(name);
         }
-        let names: BTreeSet<String> = request.resource_names.into_iter().collect();
-        for name in &names {
+        let mut names = NameSet::default();
+        names.extend(request.resource_names.iter().map(|n| self.intern(&type_url, n)).collect());
+        for name in names.iter() {
             self.budget.add(name);
         }
-        let st = self.types.entry(type_url.clone()).or_default();
         let wildcard = !is_named_type(&type_url) && (names.is_empty() || names.contains("*"));
+        let st = self.types.entry(type_url.clone()).or_default();
         let first = !st.subscribed;
         let changed = first || names != st.names || wildcard != st.wildcard;
-        let added: Vec<String> = names.difference(&st.names).cloned().collect();
+        let added: Vec<Name> = names.iter().filter(|n| !st.names.contains(n)).cloned().collect();
+        let removed: Vec<Name> = st.names.iter().filter(|n| !names.contains(n)).cloned().collect();
         st.subscribed = true;
         st.wildcard = wildcard;
         st.names = names;
         if changed {
-            st.known.clear();
+            st.known = Held::default();
+            st.dirty = Vec::new();
+            st.rescan = true;
+        }
+        for name in &removed {
+            self.unsubscribed(&type_url, name);
         }
         self.check_budget()?;
         for name in &added {
@@ -844,46 +1301,31 @@ impl Session {
         Ok(Some(changed))
     }
 
-    fn sotw_response(
-        &mut self,
-        type_url: &str,
-        snapshot: &Snapshot,
-        force: bool,
-    ) -> Option<DiscoveryResponse> {
-        let empty = BTreeMap::new();
-        let current = snapshot.of_type(type_url).unwrap_or(&empty);
-        let granted = &self.granted_secrets;
+    fn sotw_response(&mut self, type_url: &str, force: bool) -> Option<SotwResponse> {
+        let at = self.at.clone();
+        let table = at.table(type_url);
         let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
-        let scope: BTreeMap<String, String> = current
-            .iter()
-            .filter(|(name, _)| st.in_scope(name) && Self::may_send(granted, type_url, name))
-            .map(|(name, r)| (name.clone(), r.version.clone()))
-            .collect();
-        if !force && scope == st.known {
-            self.settle(type_url, snapshot.version);
+        let candidates = st.take_candidates();
+        let granted = &self.granted_secrets;
+        if !force && !sotw_differs(st, granted, type_url, table, candidates.as_deref()) {
+            self.settle(type_url, at.version());
             return None;
         }
-        let resources: Vec<_> = scope.keys().map(|name| current[name].resource.clone()).collect();
-        let bytes = resources.iter().map(|r| r.value.len()).sum();
+        let scope = sotw_scope(st, granted, type_url, table);
+        st.known = Held(scope.clone());
         if refers_to_secrets(type_url) {
-            let sent: Vec<(&str, &str)> =
-                scope.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-            self.grant_secrets_of(type_url, sent, snapshot);
+            self.grant_secrets_of(&scope);
         }
-        let st = self.types.get_mut(type_url).expect("present");
-        st.known = scope;
-        let count = resources.len();
         let nonce = self.nonce();
         let st = self.types.get_mut(type_url).expect("present");
-        st.pending = Some((nonce.clone(), snapshot.version));
-        self.count_sent(count, bytes);
-        tracing::debug!(node = %self.node, r#type = short_name(type_url), count, snapshot = snapshot.version, "sotw push");
-        Some(DiscoveryResponse {
-            version_info: snapshot.version.to_string(),
-            resources,
+        st.pending = Some((nonce.clone(), at.version()));
+        self.count_sent(&scope);
+        tracing::debug!(node = %self.node, r#type = short_name(type_url), count = scope.len(), snapshot = at.version(), "sotw push");
+        Some(SotwResponse {
+            version_info: at.version().to_string(),
+            resources: scope,
             type_url: type_url.to_string(),
             nonce,
-            ..Default::default()
         })
     }
 
@@ -901,16 +1343,21 @@ impl Session {
 
 /// What a NACK rejected: the resources of the pending response that Envoy's message names (it
 /// names the cluster or secret it could not use), or all of them when it names none.
-fn rejected_resources(st: &TypeState, message: &str) -> Vec<(String, String)> {
-    let sent: Vec<&String> = if st.pending_names.is_empty() {
-        st.known.keys().collect()
+fn rejected_resources(
+    st: &TypeState,
+    pending_names: &[Name],
+    message: &str,
+) -> Vec<(String, String)> {
+    let sent: Vec<&str> = if pending_names.is_empty() {
+        st.known.iter().map(|e| e.name.as_ref()).collect()
     } else {
-        st.pending_names.iter().collect()
+        pending_names.iter().map(|n| n.as_ref()).collect()
     };
-    let with_version = |name: &String| st.known.get(name).map(|v| (name.clone(), v.clone()));
+    let with_version =
+        |name: &str| st.known.version(name).map(|v| (name.to_string(), v.to_string()));
     let named: Vec<_> = sent
         .iter()
-        .filter(|name| message.contains(name.as_str()))
+        .filter(|name| message.contains(**name))
         .filter_map(|n| with_version(n))
         .collect();
     if named.is_empty() {
@@ -922,14 +1369,18 @@ fn rejected_resources(st: &TypeState, message: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::snapshot::VHDS_ROUTE_CONFIGURATIONS;
+    use super::super::wire::WireMessage;
     use super::*;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse,
+    };
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status as RpcStatus;
-    use prost::Name;
+    use prost::Message;
+    use std::collections::BTreeSet;
 
     fn snapshot(version: u64, resources: &[(&str, &str, &str)]) -> Snapshot {
         let mut snapshot = Snapshot { version, resources: BTreeMap::new() };
@@ -940,9 +1391,10 @@ mod tests {
         for (type_url, name, v) in resources {
             snapshot.resources.get_mut(*type_url).unwrap().insert(
                 name.to_string(),
-                Arc::new(VersionedResource {
+                Arc::new(PackedResource {
                     version: v.to_string(),
-                    resource: Any { type_url: type_url.to_string(), value: v.as_bytes().to_vec() },
+                    resource: Any { type_url: type_url.to_string(), value: v.as_bytes().to_vec() }
+                        .into(),
                 }),
             );
         }
@@ -950,8 +1402,53 @@ mod tests {
     }
 
     fn session() -> Session {
+        session_of(Protocol::Delta)
+    }
+
+    fn sotw_session() -> Session {
+        session_of(Protocol::Sotw)
+    }
+
+    fn session_of(protocol: Protocol) -> Session {
         let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        Session::new(XdsState::new(rx), "test", Peer::default())
+        Session::new(XdsState::new(rx), protocol, Peer::default())
+    }
+
+    /// Moves `s` to `snapshot`, as a published change would (with the changes computed once).
+    fn goto(s: &mut Session, snapshot: &Snapshot) {
+        let (next, changes) = Served::build(s.at.seq + 1, Arc::new(snapshot.clone()), Some(&s.at));
+        s.advance(Arc::new(next), Some(vec![Arc::new(changes)]));
+    }
+
+    fn delta_req(
+        s: &mut Session,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<(), Status> {
+        goto(s, snapshot);
+        s.on_delta_request(request)
+    }
+
+    /// The response at `snapshot`, as the client decodes it.
+    fn delta_resp(
+        s: &mut Session,
+        type_url: &str,
+        snapshot: &Snapshot,
+    ) -> Option<DeltaDiscoveryResponse> {
+        goto(s, snapshot);
+        let response = s.delta_response(type_url)?;
+        Some(DeltaDiscoveryResponse::decode(&response.encode_to_vec()[..]).unwrap())
+    }
+
+    fn sotw_resp(
+        s: &mut Session,
+        type_url: &str,
+        snapshot: &Snapshot,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
+        goto(s, snapshot);
+        let response = s.sotw_response(type_url, force)?;
+        Some(DiscoveryResponse::decode(&response.encode_to_vec()[..]).unwrap())
     }
 
     fn delta(
@@ -982,21 +1479,21 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
-        s.on_delta_request(delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
-        let response = s.delta_response(&cds, &v1).unwrap();
+        delta_req(&mut s, delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &cds, &v1).unwrap();
         assert_eq!(names(&response), [("a", "1"), ("b", "1")]);
         assert_eq!(acked(&s), None);
 
-        s.on_delta_request(delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
+        delta_req(&mut s, delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
         assert_eq!(acked(&s), Some(1));
-        assert!(s.delta_response(&cds, &v1).is_none(), "an ACK needs no answer");
+        assert!(delta_resp(&mut s, &cds, &v1).is_none(), "an ACK needs no answer");
 
         let v2 = snapshot(2, &[(&cds, "a", "2")]);
-        let response = s.delta_response(&cds, &v2).unwrap();
+        let response = delta_resp(&mut s, &cds, &v2).unwrap();
         assert_eq!(names(&response), [("a", "2")]);
         assert_eq!(response.removed_resources, ["b"]);
         assert_eq!(response.system_version_info, "2");
-        s.on_delta_request(delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
+        delta_req(&mut s, delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
         assert_eq!(acked(&s), Some(2));
     }
 
@@ -1005,19 +1502,18 @@ mod tests {
         let sds = ClusterLoadAssignment::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&sds, "ca-old", "1"), (&sds, "ca-new", "1")]);
-        s.on_delta_request(delta(&sds, &["ca-old"], &[], ""), &Snapshot::default()).unwrap();
-        let response = s.delta_response(&sds, &v1).unwrap();
+        delta_req(&mut s, delta(&sds, &["ca-old"], &[], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &sds, &v1).unwrap();
         assert_eq!(names(&response), [("ca-old", "1")]);
-        s.on_delta_request(delta(&sds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
+        delta_req(&mut s, delta(&sds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
 
         // The secret disappears from the snapshot while Envoy still uses it: no removal.
         let v2 = snapshot(2, &[(&sds, "ca-new", "1")]);
-        assert!(s.delta_response(&sds, &v2).is_none());
+        assert!(delta_resp(&mut s, &sds, &v2).is_none());
         assert_eq!(acked(&s), Some(2));
 
-        s.on_delta_request(delta(&sds, &["ca-new"], &["ca-old"], ""), &Snapshot::default())
-            .unwrap();
-        let response = s.delta_response(&sds, &v2).unwrap();
+        delta_req(&mut s, delta(&sds, &["ca-new"], &["ca-old"], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &sds, &v2).unwrap();
         assert_eq!(names(&response), [("ca-new", "1")]);
         assert!(response.removed_resources.is_empty());
     }
@@ -1027,17 +1523,17 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let v1 = snapshot(1, &[(&cds, "a", "1")]);
-        s.on_delta_request(delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
-        let response = s.delta_response(&cds, &v1).unwrap();
+        delta_req(&mut s, delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &cds, &v1).unwrap();
         let mut nack = delta(&cds, &[], &[], &response.nonce);
         nack.error_detail =
             Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] });
-        s.on_delta_request(nack, &Snapshot::default()).unwrap();
+        delta_req(&mut s, nack, &Snapshot::default()).unwrap();
         assert_eq!(s.state.sessions()[0].last_nack.as_deref(), Some("bad cluster"));
         assert_eq!(s.state.metrics.nacks.load(Ordering::Relaxed), 1);
-        assert!(s.delta_response(&cds, &v1).is_none());
+        assert!(delta_resp(&mut s, &cds, &v1).is_none());
         let v2 = snapshot(2, &[(&cds, "a", "2")]);
-        assert_eq!(names(&s.delta_response(&cds, &v2).unwrap()), [("a", "2")]);
+        assert_eq!(names(&delta_resp(&mut s, &cds, &v2).unwrap()), [("a", "2")]);
     }
 
     #[test]
@@ -1047,9 +1543,9 @@ mod tests {
         let mut request = delta(&cds, &[], &[], "");
         request.initial_resource_versions.insert("a".into(), "1".into());
         request.initial_resource_versions.insert("b".into(), "old".into());
-        s.on_delta_request(request, &Snapshot::default()).unwrap();
+        delta_req(&mut s, request, &Snapshot::default()).unwrap();
         let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
-        assert_eq!(names(&s.delta_response(&cds, &v1).unwrap()), [("b", "1")]);
+        assert_eq!(names(&delta_resp(&mut s, &cds, &v1).unwrap()), [("b", "1")]);
     }
 
     fn sotw(type_url: &str, names: &[&str], nonce: &str) -> DiscoveryRequest {
@@ -1067,16 +1563,16 @@ mod tests {
         let mut s = session();
         let v1 = snapshot(1, &[(&sds, "x", "1"), (&sds, "y", "1")]);
         let force = s.on_sotw_request(sotw(&sds, &["x"], "")).unwrap().unwrap();
-        let first = s.sotw_response(&sds, &v1, force).unwrap();
+        let first = sotw_resp(&mut s, &sds, &v1, force).unwrap();
         assert_eq!(first.resources.len(), 1);
         assert_eq!(first.version_info, "1");
 
         let force = s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap().unwrap();
-        assert!(s.sotw_response(&sds, &v1, force).is_none(), "an ACK needs no answer");
+        assert!(sotw_resp(&mut s, &sds, &v1, force).is_none(), "an ACK needs no answer");
         assert_eq!(acked(&s), Some(1));
 
         let force = s.on_sotw_request(sotw(&sds, &["x", "y"], &first.nonce)).unwrap().unwrap();
-        let second = s.sotw_response(&sds, &v1, force).unwrap();
+        let second = sotw_resp(&mut s, &sds, &v1, force).unwrap();
         assert_eq!(second.resources.len(), 2, "a new name means the whole scope again");
         assert!(
             s.on_sotw_request(sotw(&sds, &["x"], &first.nonce)).unwrap().is_none(),
@@ -1097,18 +1593,18 @@ mod tests {
             ],
         );
         let mut s = session();
-        s.on_delta_request(delta(&rds, &["rc"], &[], ""), &Snapshot::default()).unwrap();
-        let response = s.delta_response(&rds, &v1).unwrap();
+        delta_req(&mut s, delta(&rds, &["rc"], &[], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &rds, &v1).unwrap();
         assert_eq!(
             names(&response),
             [("rc", "base")],
             "delta gets the route configuration for VHDS"
         );
         // Envoy's VHDS subscription names nothing: it takes every virtual host.
-        s.on_delta_request(delta(&vhds, &[], &[], ""), &Snapshot::default()).unwrap();
-        let response = s.delta_response(&vhds, &v1).unwrap();
+        delta_req(&mut s, delta(&vhds, &[], &[], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &vhds, &v1).unwrap();
         assert_eq!(names(&response), [("rc/a.example", "1"), ("rc/b.example", "1")]);
-        s.on_delta_request(delta(&vhds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
+        delta_req(&mut s, delta(&vhds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
 
         // A host goes and another changes: the route configuration stays, VHDS sends the
         // difference and the removal (the host must stop routing).
@@ -1120,15 +1616,15 @@ mod tests {
                 (&vhds, "rc/a.example", "2"),
             ],
         );
-        assert!(s.delta_response(&rds, &v2).is_none());
-        let response = s.delta_response(&vhds, &v2).unwrap();
+        assert!(delta_resp(&mut s, &rds, &v2).is_none());
+        let response = delta_resp(&mut s, &vhds, &v2).unwrap();
         assert_eq!(names(&response), [("rc/a.example", "2")]);
         assert_eq!(response.removed_resources, ["rc/b.example"]);
 
         // State of the world has no VHDS: it gets the route configuration with hosts inline.
-        let mut sotw_session = session();
+        let mut sotw_session = sotw_session();
         let force = sotw_session.on_sotw_request(sotw(&rds, &["rc"], "")).unwrap().unwrap();
-        let response = sotw_session.sotw_response(&rds, &v2, force).unwrap();
+        let response = sotw_resp(&mut sotw_session, &rds, &v2, force).unwrap();
         assert_eq!(response.resources[0].value, b"inline-2");
     }
 
@@ -1137,11 +1633,11 @@ mod tests {
         let cds = Cluster::type_url();
         let mut s = session();
         let empty = snapshot(1, &[]);
-        s.on_delta_request(delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
-        let response = s.delta_response(&cds, &empty).expect("Envoy waits for a first answer");
+        delta_req(&mut s, delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
+        let response = delta_resp(&mut s, &cds, &empty).expect("Envoy waits for a first answer");
         assert!(response.resources.is_empty() && response.removed_resources.is_empty());
-        s.on_delta_request(delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
-        assert!(s.delta_response(&cds, &empty).is_none(), "then only changes");
+        delta_req(&mut s, delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
+        assert!(delta_resp(&mut s, &cds, &empty).is_none(), "then only changes");
         assert_eq!(acked(&s), Some(1));
     }
 
@@ -1184,9 +1680,9 @@ mod tests {
         };
         snapshot.resources.get_mut(&Cluster::type_url()).unwrap().insert(
             name.into(),
-            Arc::new(VersionedResource {
+            Arc::new(PackedResource {
                 version: version.into(),
-                resource: super::super::translate::pack(&cluster),
+                resource: super::super::translate::pack(&cluster).into(),
             }),
         );
     }
@@ -1203,26 +1699,29 @@ mod tests {
 
         // A client that never asked for clusters asks for the client certificate by name.
         let mut thief = session();
-        thief.on_delta_request(delta(&sds, &["client-cert"], &[], ""), &v1).unwrap();
-        let response = thief.delta_response(&sds, &v1).expect("answered, with nothing");
+        delta_req(&mut thief, delta(&sds, &["client-cert"], &[], ""), &v1).unwrap();
+        let response = delta_resp(&mut thief, &sds, &v1).expect("answered, with nothing");
         assert!(response.resources.is_empty(), "withheld: {:?}", sent_names(&response));
         assert_eq!(thief.state.metrics.secrets_withheld.load(Ordering::Relaxed), 1);
 
         // An Envoy: clusters first, then the secrets they name.
         let mut envoy = session();
-        envoy.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
-        assert_eq!(sent_names(&envoy.delta_response(&cds, &v1).unwrap()), ["backend"]);
-        envoy.on_delta_request(delta(&sds, &["client-cert", "ca-1"], &[], ""), &v1).unwrap();
-        assert_eq!(sent_names(&envoy.delta_response(&sds, &v1).unwrap()), ["ca-1", "client-cert"]);
+        delta_req(&mut envoy, delta(&cds, &[], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&delta_resp(&mut envoy, &cds, &v1).unwrap()), ["backend"]);
+        delta_req(&mut envoy, delta(&sds, &["client-cert", "ca-1"], &[], ""), &v1).unwrap();
+        assert_eq!(
+            sent_names(&delta_resp(&mut envoy, &sds, &v1).unwrap()),
+            ["ca-1", "client-cert"]
+        );
         assert_eq!(envoy.state.metrics.secrets_withheld.load(Ordering::Relaxed), 0);
 
         // State of the world follows the same rule.
-        let mut sotw_thief = session();
+        let mut sotw_thief = sotw_session();
         let force = sotw_thief.on_sotw_request(sotw(&sds, &["client-cert"], "")).unwrap().unwrap();
-        assert!(sotw_thief.sotw_response(&sds, &v1, force).unwrap().resources.is_empty());
+        assert!(sotw_resp(&mut sotw_thief, &sds, &v1, force).unwrap().resources.is_empty());
         let force = sotw_thief.on_sotw_request(sotw(&cds, &[], "")).unwrap().unwrap();
-        assert_eq!(sotw_thief.sotw_response(&cds, &v1, force).unwrap().resources.len(), 1);
-        assert_eq!(sotw_thief.sotw_response(&sds, &v1, false).unwrap().resources.len(), 1);
+        assert_eq!(sotw_resp(&mut sotw_thief, &cds, &v1, force).unwrap().resources.len(), 1);
+        assert_eq!(sotw_resp(&mut sotw_thief, &sds, &v1, false).unwrap().resources.len(), 1);
     }
 
     /// An HTTPS listener's certificate (and key) goes only to streams that were sent that
@@ -1249,42 +1748,45 @@ mod tests {
         let mut v1 = snapshot(1, &[(&sds, &cert, "k")]);
         v1.resources.get_mut(&lds).unwrap().insert(
             listener.resource.name.clone(),
-            Arc::new(VersionedResource {
+            Arc::new(PackedResource {
                 version: listener.version.clone(),
-                resource: super::super::translate::pack(&listener.resource),
+                resource: super::super::translate::pack(&listener.resource).into(),
             }),
         );
         put_cluster(&mut v1, "backend", "1", "client-cert", "ca-1");
 
         // Clusters only, or nothing: the certificate is withheld.
         let mut other = session();
-        other.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
-        other.delta_response(&cds, &v1).unwrap();
-        other.on_delta_request(delta(&sds, &[&cert], &[], ""), &v1).unwrap();
-        assert!(other.delta_response(&sds, &v1).unwrap().resources.is_empty());
+        delta_req(&mut other, delta(&cds, &[], &[], ""), &v1).unwrap();
+        delta_resp(&mut other, &cds, &v1).unwrap();
+        delta_req(&mut other, delta(&sds, &[&cert], &[], ""), &v1).unwrap();
+        assert!(delta_resp(&mut other, &sds, &v1).unwrap().resources.is_empty());
         assert_eq!(other.state.metrics.secrets_withheld.load(Ordering::Relaxed), 1);
 
         // The listener first, then its certificate.
         let mut edge = session();
-        edge.on_delta_request(delta(&lds, &[], &[], ""), &v1).unwrap();
-        assert_eq!(sent_names(&edge.delta_response(&lds, &v1).unwrap()), ["gateway_infra_gw_8443"]);
-        edge.on_delta_request(delta(&sds, &[&cert], &[], ""), &v1).unwrap();
-        assert_eq!(sent_names(&edge.delta_response(&sds, &v1).unwrap()), [cert.as_str()]);
+        delta_req(&mut edge, delta(&lds, &[], &[], ""), &v1).unwrap();
+        assert_eq!(
+            sent_names(&delta_resp(&mut edge, &lds, &v1).unwrap()),
+            ["gateway_infra_gw_8443"]
+        );
+        delta_req(&mut edge, delta(&sds, &[&cert], &[], ""), &v1).unwrap();
+        assert_eq!(sent_names(&delta_resp(&mut edge, &sds, &v1).unwrap()), [cert.as_str()]);
 
         // State of the world, and a reconnect that names the listener's current version.
-        let mut sotw_edge = session();
+        let mut sotw_edge = sotw_session();
         let force = sotw_edge.on_sotw_request(sotw(&sds, &[&cert], "")).unwrap().unwrap();
-        assert!(sotw_edge.sotw_response(&sds, &v1, force).unwrap().resources.is_empty());
+        assert!(sotw_resp(&mut sotw_edge, &sds, &v1, force).unwrap().resources.is_empty());
         let force = sotw_edge.on_sotw_request(sotw(&lds, &[], "")).unwrap().unwrap();
-        sotw_edge.sotw_response(&lds, &v1, force).unwrap();
-        assert_eq!(sotw_edge.sotw_response(&sds, &v1, false).unwrap().resources.len(), 1);
+        sotw_resp(&mut sotw_edge, &lds, &v1, force).unwrap();
+        assert_eq!(sotw_resp(&mut sotw_edge, &sds, &v1, false).unwrap().resources.len(), 1);
         for (claimed, granted) in [(listener.version.as_str(), true), ("forged", false)] {
             let mut s = session();
             let mut request = delta(&lds, &[], &[], "");
             request
                 .initial_resource_versions
                 .insert("gateway_infra_gw_8443".into(), claimed.into());
-            s.on_delta_request(request, &v1).unwrap();
+            delta_req(&mut s, request, &v1).unwrap();
             assert_eq!(s.granted_secrets.contains(&cert), granted, "claimed version {claimed}");
         }
     }
@@ -1295,12 +1797,12 @@ mod tests {
         let mut v1 = snapshot(1, &[(&sds, "ca-2", "c")]);
         put_cluster(&mut v1, "backend", "1", "none", "ca-2");
         let mut s = session();
-        s.on_delta_request(delta(&sds, &["ca-2"], &[], ""), &v1).unwrap();
-        assert!(s.delta_response(&sds, &v1).unwrap().resources.is_empty());
-        s.on_delta_request(delta(&cds, &[], &[], ""), &v1).unwrap();
-        s.delta_response(&cds, &v1).unwrap();
+        delta_req(&mut s, delta(&sds, &["ca-2"], &[], ""), &v1).unwrap();
+        assert!(delta_resp(&mut s, &sds, &v1).unwrap().resources.is_empty());
+        delta_req(&mut s, delta(&cds, &[], &[], ""), &v1).unwrap();
+        delta_resp(&mut s, &cds, &v1).unwrap();
         assert!(std::mem::take(&mut s.sds_follow_up), "SDS is answered again");
-        assert_eq!(sent_names(&s.delta_response(&sds, &v1).unwrap()), ["ca-2"]);
+        assert_eq!(sent_names(&delta_resp(&mut s, &sds, &v1).unwrap()), ["ca-2"]);
 
         // After a loader restart Envoy names the cluster version it holds: only the current
         // version counts as proof.
@@ -1308,7 +1810,7 @@ mod tests {
             let mut s = session();
             let mut request = delta(&cds, &[], &[], "");
             request.initial_resource_versions.insert("backend".into(), claimed.into());
-            s.on_delta_request(request, &v1).unwrap();
+            delta_req(&mut s, request, &v1).unwrap();
             assert_eq!(s.granted_secrets.contains("ca-2"), granted, "claimed version {claimed}");
         }
     }
@@ -1316,12 +1818,8 @@ mod tests {
     #[test]
     fn unknown_types_and_oversized_subscriptions_end_the_stream() {
         let mut s = session();
-        let error = s
-            .on_delta_request(
-                delta("type.googleapis.com/x.Unknown", &[], &[], ""),
-                &Snapshot::default(),
-            )
-            .unwrap_err();
+        let error =
+            s.on_delta_request(delta("type.googleapis.com/x.Unknown", &[], &[], "")).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(error.message().contains("x.Unknown"), "{}", error.message());
 
@@ -1330,23 +1828,19 @@ mod tests {
         let names: Vec<String> = (0..=max).map(|i| format!("c{i}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut s = session();
-        s.on_delta_request(delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
-        let error = s
-            .on_delta_request(delta(&eds, &names[max..], &[], ""), &Snapshot::default())
-            .unwrap_err();
+        delta_req(&mut s, delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
+        let error = s.on_delta_request(delta(&eds, &names[max..], &[], "")).unwrap_err();
         assert_eq!(error.code(), tonic::Code::ResourceExhausted, "{error:?}");
         // Unsubscribing frees the budget.
         let mut s = session();
-        s.on_delta_request(delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
-        s.on_delta_request(delta(&eds, &names[max..], &names[..1], ""), &Snapshot::default())
+        delta_req(&mut s, delta(&eds, &names[..max], &[], ""), &Snapshot::default()).unwrap();
+        delta_req(&mut s, delta(&eds, &names[max..], &names[..1], ""), &Snapshot::default())
             .unwrap();
         let error = s.on_sotw_request(sotw(&eds, &names, "")).unwrap_err();
         assert_eq!(error.code(), tonic::Code::ResourceExhausted);
 
         let long = "n".repeat(MAX_NAME_BYTES + 1);
-        let error = session()
-            .on_delta_request(delta(&eds, &[&long], &[], ""), &Snapshot::default())
-            .unwrap_err();
+        let error = session().on_delta_request(delta(&eds, &[&long], &[], "")).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
     }
 
@@ -1355,18 +1849,305 @@ mod tests {
         let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
         let identity = PeerIdentity { dns_names: vec!["edge-1".into()], uris: vec![] };
         let peer = Peer { identity: Some(Arc::new(identity)), ..Peer::default() };
-        let mut s = Session::new(XdsState::new(rx), "test", peer);
+        let mut s = Session::new(XdsState::new(rx), Protocol::Delta, peer);
         let mut request = delta(&Cluster::type_url(), &[], &[], "");
         request.node = Some(envoy_types::pb::envoy::config::core::v3::Node {
             id: "edge-2".into(),
             cluster: "backendtls".into(),
             ..Default::default()
         });
-        let error = s.on_delta_request(request.clone(), &Snapshot::default()).unwrap_err();
+        let error = delta_req(&mut s, request.clone(), &Snapshot::default()).unwrap_err();
         assert_eq!(error.code(), tonic::Code::PermissionDenied);
         assert!(error.message().contains("edge-2"), "{}", error.message());
         request.node.as_mut().unwrap().id = "edge-1".into();
-        s.on_delta_request(request, &Snapshot::default()).unwrap();
+        delta_req(&mut s, request, &Snapshot::default()).unwrap();
         assert_eq!(s.node, "edge-1");
+    }
+
+    /// A tiny deterministic generator (xorshift) for the generated changes below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// What the next response of `type_url` would send, computed from the stream's candidate
+    /// names (the shared diff) and by a full scan of the snapshot against what it holds: they
+    /// must agree.
+    /// Returns whether the shared diff was used (not a rescan).
+    fn check_shared_diff_is_the_truth(s: &Session, type_url: &str, context: &str) -> bool {
+        let Some(st) = s.types.get(type_url).filter(|st| st.subscribed) else { return false };
+        let table = s.at.table(s.protocol.table_key(type_url));
+        let mut dirty = st.dirty.clone();
+        dirty.sort_unstable();
+        dirty.dedup();
+        let candidates = (!st.rescan).then_some(&dirty[..]);
+        let key = |(changed, removed): (Vec<Arc<Entry>>, Vec<Name>)| {
+            let changed: Vec<(String, String)> =
+                changed.iter().map(|e| (e.name.to_string(), e.version().to_string())).collect();
+            (changed, removed)
+        };
+        match s.protocol {
+            Protocol::Delta => assert_eq!(
+                key(delta_diff(st, &s.granted_secrets, type_url, table, candidates)),
+                key(delta_diff(st, &s.granted_secrets, type_url, table, None)),
+                "{context}: {}",
+                short_name(type_url)
+            ),
+            Protocol::Sotw => assert_eq!(
+                sotw_differs(st, &s.granted_secrets, type_url, table, candidates),
+                sotw_differs(st, &s.granted_secrets, type_url, table, None),
+                "{context}: {}",
+                short_name(type_url)
+            ),
+        }
+        candidates.is_some()
+    }
+
+    /// What a client holds, from the responses it was sent.
+    #[derive(Default)]
+    struct Client(BTreeMap<String, BTreeMap<String, String>>);
+
+    impl Client {
+        fn take_delta(&mut self, response: &DeltaDiscoveryResponse) {
+            let held = self.0.entry(response.type_url.clone()).or_default();
+            for r in &response.resources {
+                held.insert(r.name.clone(), r.version.clone());
+            }
+            for name in &response.removed_resources {
+                held.remove(name);
+            }
+        }
+    }
+
+    /// Generated snapshot changes, subscriptions, ACKs and streams that fall behind: before every
+    /// response, the diff from the shared changes equals a full scan of the snapshot against
+    /// what the stream holds; after answering every type, the client holds exactly the current
+    /// version of everything in its scope (and, for wildcard types, nothing else).
+    #[test]
+    fn the_shared_diff_equals_a_full_scan_on_generated_changes() {
+        let (cds, eds, sds, vhds) = (
+            Cluster::type_url(),
+            ClusterLoadAssignment::type_url(),
+            Secret::type_url(),
+            VirtualHost::type_url(),
+        );
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            // (type, name) -> version; clusters reference secret "cert" and "ca-<version>".
+            let mut model: BTreeMap<(String, String), String> = BTreeMap::new();
+            let mut version = 0;
+            let build = |model: &BTreeMap<(String, String), String>, version: u64| {
+                let mut snap = snapshot(version, &[]);
+                for ((type_url, name), v) in model {
+                    if *type_url == cds {
+                        put_cluster(&mut snap, name, v, "cert", &format!("ca-{v}"));
+                    } else {
+                        snap.resources.get_mut(type_url).unwrap().insert(
+                            name.clone(),
+                            Arc::new(PackedResource {
+                                version: v.clone(),
+                                resource: Any {
+                                    type_url: type_url.clone(),
+                                    value: v.clone().into_bytes(),
+                                }
+                                .into(),
+                            }),
+                        );
+                    }
+                }
+                snap
+            };
+            let mut delta_s = session();
+            let mut sotw_s = sotw_session();
+            let mut client = Client::default();
+            let mut shared = 0;
+            // Wildcard CDS and VHDS from the start, named EDS and SDS as the steps go.
+            delta_s.on_delta_request(delta(&cds, &[], &[], "")).unwrap();
+            delta_s.on_delta_request(delta(&vhds, &[], &[], "")).unwrap();
+            sotw_s.on_sotw_request(sotw(&cds, &[], "")).unwrap();
+            for step in 0..150 {
+                let context = format!("seed {seed}, step {step}");
+                match rng.below(4) {
+                    0 | 1 => {
+                        // A new snapshot: a few resources added, changed or removed.
+                        for _ in 0..1 + rng.below(3) {
+                            let type_url = [&cds, &eds, &sds, &vhds][rng.below(4)].clone();
+                            let name = if type_url == sds {
+                                if rng.below(2) == 0 {
+                                    "cert".to_string()
+                                } else {
+                                    format!("ca-{}", rng.below(4))
+                                }
+                            } else {
+                                format!("r{}", rng.below(6))
+                            };
+                            if rng.below(4) == 0 {
+                                model.remove(&(type_url, name));
+                            } else {
+                                model.insert((type_url, name), rng.below(4).to_string());
+                            }
+                        }
+                        version += 1;
+                        let snap = build(&model, version);
+                        goto(&mut delta_s, &snap);
+                        goto(&mut sotw_s, &snap);
+                    }
+                    2 => {
+                        // Subscribe or unsubscribe some endpoints or secrets.
+                        let (type_url, pool): (&String, Vec<String>) = if rng.below(2) == 0 {
+                            (&eds, (0..6).map(|i| format!("r{i}")).collect())
+                        } else {
+                            (
+                                &sds,
+                                ["cert", "ca-0", "ca-1", "ca-2", "ca-3"].map(String::from).to_vec(),
+                            )
+                        };
+                        let picked: Vec<&str> = (0..rng.below(3))
+                            .map(|_| pool[rng.below(pool.len())].as_str())
+                            .collect();
+                        let (sub, unsub): (&[&str], &[&str]) =
+                            if rng.below(3) == 0 { (&[], &picked) } else { (&picked, &[]) };
+                        delta_s.on_delta_request(delta(type_url, sub, unsub, "")).unwrap();
+                        let mut names: BTreeSet<String> = sotw_s
+                            .types
+                            .get(type_url)
+                            .map(|st| st.names.iter().map(|n| n.to_string()).collect())
+                            .unwrap_or_default();
+                        for n in sub {
+                            names.insert(n.to_string());
+                        }
+                        for n in unsub {
+                            names.remove(*n);
+                        }
+                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let nonce = sotw_s
+                            .types
+                            .get(type_url)
+                            .and_then(|st| st.pending.clone())
+                            .map(|p| p.0)
+                            .unwrap_or_default();
+                        if let Some(force) =
+                            sotw_s.on_sotw_request(sotw(type_url, &names, &nonce)).unwrap()
+                        {
+                            check_shared_diff_is_the_truth(&sotw_s, type_url, &context);
+                            sotw_s.sotw_response(type_url, force);
+                        }
+                        check_shared_diff_is_the_truth(&delta_s, type_url, &context);
+                        if let Some(r) = delta_s.delta_response(type_url) {
+                            client.take_delta(
+                                &DeltaDiscoveryResponse::decode(&r.encode_to_vec()[..]).unwrap(),
+                            );
+                        }
+                        if std::mem::take(&mut delta_s.sds_follow_up) {
+                            check_shared_diff_is_the_truth(&delta_s, &sds, &context);
+                            if let Some(r) = delta_s.delta_response(&sds) {
+                                client.take_delta(
+                                    &DeltaDiscoveryResponse::decode(&r.encode_to_vec()[..])
+                                        .unwrap(),
+                                );
+                            }
+                        }
+                    }
+                    _ => {
+                        // The stream pushes what changed, type by type; sometimes it falls
+                        // behind instead (the next push covers several snapshots).
+                        if rng.below(3) == 0 {
+                            continue;
+                        }
+                        for type_url in type_urls() {
+                            shared += usize::from(check_shared_diff_is_the_truth(
+                                &delta_s, &type_url, &context,
+                            ));
+                            if let Some(r) = delta_s.delta_response(&type_url) {
+                                client.take_delta(
+                                    &DeltaDiscoveryResponse::decode(&r.encode_to_vec()[..])
+                                        .unwrap(),
+                                );
+                                if rng.below(2) == 0 {
+                                    delta_s
+                                        .on_delta_request(delta(&type_url, &[], &[], &r.nonce))
+                                        .unwrap();
+                                }
+                            }
+                            check_shared_diff_is_the_truth(&sotw_s, &type_url, &context);
+                            sotw_s.sotw_response(&type_url, false);
+                        }
+                        delta_s.sds_follow_up = false;
+                        // In sync: exactly what is in scope, at its current version.
+                        for type_url in [&cds, &eds, &vhds] {
+                            let Some(st) = delta_s.types.get(type_url.as_str()) else { continue };
+                            let expected: BTreeMap<String, String> = model
+                                .iter()
+                                .filter(|((t, n), _)| t == type_url && st.in_scope(n))
+                                .map(|((_, n), v)| (n.clone(), v.clone()))
+                                .collect();
+                            let held = client.0.get(type_url.as_str()).cloned().unwrap_or_default();
+                            if is_named_type(type_url) {
+                                for (n, v) in &expected {
+                                    assert_eq!(held.get(n), Some(v), "{context}: {n}");
+                                }
+                            } else {
+                                assert_eq!(held, expected, "{context}: {}", short_name(type_url));
+                            }
+                        }
+                        if let Some(st) = delta_s.types.get(&sds) {
+                            for ((t, n), v) in &model {
+                                if *t == sds
+                                    && st.in_scope(n)
+                                    && delta_s.granted_secrets.contains(n)
+                                {
+                                    assert_eq!(
+                                        client.0[&sds].get(n),
+                                        Some(v),
+                                        "{context}: secret {n}"
+                                    );
+                                }
+                            }
+                        }
+                        let st = &sotw_s.types[&cds];
+                        let held: Vec<(&str, &str)> =
+                            st.known.iter().map(|e| (e.name.as_ref(), e.version())).collect();
+                        let expected: Vec<(&str, &str)> = model
+                            .iter()
+                            .filter(|((t, _), _)| *t == cds)
+                            .map(|((_, n), v)| (n.as_str(), v.as_str()))
+                            .collect();
+                        assert_eq!(held, expected, "{context}: state of the world");
+                    }
+                }
+            }
+            assert!(shared > 20, "seed {seed}: the shared diff was used {shared} times");
+        }
+    }
+
+    /// A stream that falls behind catches up with the changes the server remembers, or with a
+    /// full comparison once it is further behind than that.
+    #[test]
+    fn streams_behind_get_every_missed_change_or_a_rescan() {
+        let cds = Cluster::type_url();
+        let (tx, rx) = watch::channel(Arc::new(snapshot(1, &[(&cds, "a", "1")])));
+        let state = XdsState::new(rx);
+        let (first, _) = state.catch_up(0);
+        for v in 2..=4 {
+            tx.send_replace(Arc::new(snapshot(v, &[(&cds, "a", &v.to_string())])));
+            state.catch_up(first.seq + v - 2);
+        }
+        let (latest, changes) = state.catch_up(first.seq);
+        assert_eq!(latest.version(), 4);
+        let changes = changes.expect("remembered");
+        assert_eq!(changes.len(), 3);
+        assert!(changes.iter().all(|c| c[&cds].iter().map(|n| n.as_ref()).eq(["a"])));
+        assert_eq!(state.catch_up(latest.seq).1.map(|c| c.len()), Some(0));
+        for v in 5..5 + CHANGES_KEPT as u64 {
+            tx.send_replace(Arc::new(snapshot(v, &[(&cds, "a", &v.to_string())])));
+            state.catch_up(latest.seq);
+        }
+        assert!(state.catch_up(first.seq).1.is_none(), "forgotten: everything is compared");
     }
 }

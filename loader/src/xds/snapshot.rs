@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
+use prost::bytes::Bytes;
 use prost::Name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,31 @@ use std::sync::Arc;
 pub struct PackedResource {
     /// Changes exactly when the resource does (see [`super::translate::Versioned`]).
     pub version: String,
-    pub resource: Any,
+    pub resource: EncodedAny,
+}
+
+/// A `google.protobuf.Any` whose value is shared: cloning it, or sending it to any number of
+/// Envoys, never copies the encoded resource (the ADS server writes these bytes straight into
+/// each response, see [`super::wire`]). Same wire format as `Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EncodedAny {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+}
+
+impl From<Any> for EncodedAny {
+    fn from(any: Any) -> Self {
+        EncodedAny { type_url: any.type_url, value: any.value.into() }
+    }
+}
+
+impl EncodedAny {
+    /// A copy as envoy-types' `Any` (tests and tools; the server never copies).
+    pub fn to_any(&self) -> Any {
+        Any { type_url: self.type_url.clone(), value: self.value.to_vec() }
+    }
 }
 
 /// Encoded resources by type URL and name: what a snapshot holds.

@@ -27,7 +27,7 @@ mod listeners;
 mod routes;
 mod secrets;
 
-pub use super::snapshot::{Packed, PackedResource};
+pub use super::snapshot::{EncodedAny, Packed, PackedResource};
 use clusters::*;
 use listeners::*;
 use routes::*;
@@ -187,7 +187,7 @@ fn cluster_resources(
 }
 
 fn pack_versioned<T: Message + Name>(v: Versioned<T>) -> Arc<PackedResource> {
-    Arc::new(PackedResource { resource: pack(&v.resource), version: v.version })
+    Arc::new(PackedResource { resource: pack(&v.resource).into(), version: v.version })
 }
 
 /// What one listener translated to, and the digest of the IR it came from.
@@ -290,9 +290,9 @@ impl Translator {
                     );
                     let routes = PackedResource {
                         version: digest_hex(&bytes),
-                        resource: Any {
+                        resource: EncodedAny {
                             type_url: route::RouteConfiguration::type_url(),
-                            value: bytes,
+                            value: bytes.into(),
                         },
                     };
                     ListenerEntry {

@@ -48,7 +48,7 @@ pub(super) fn vhds_placeholder(route_configuration: &str) -> Arc<PackedResource>
 
 /// Encoded, with a digest of the encoding as its version.
 pub(super) fn pack_by_content<T: Message + Name>(message: &T) -> Arc<PackedResource> {
-    let resource = pack(message);
+    let resource = EncodedAny::from(pack(message));
     Arc::new(PackedResource { version: digest_hex(&resource.value), resource })
 }
 
@@ -74,7 +74,7 @@ pub(super) fn encode_route_configuration(
             _ => {
                 let resource = PackedResource {
                     version: crate::digest::hex(&source[..12]),
-                    resource: pack(&virtual_host(vh)),
+                    resource: pack(&virtual_host(vh)).into(),
                 };
                 VirtualHostEntry { source, resource: Arc::new(resource) }
             }
