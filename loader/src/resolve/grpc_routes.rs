@@ -7,10 +7,7 @@
 //! filters, `useDefaultGateways`) refuses the route as a whole (`Accepted=False`,
 //! `UnsupportedValue`, naming the field): a route is never half-programmed.
 
-use super::routes::{
-    check_backend_ref, header_edits, resolved_refs, route_action, valid_regex, RouteId, RouteKind,
-    RouteOrder,
-};
+use super::routes::{header_edits, route_action, valid_regex, RouteId, RouteKind, RouteOrder};
 use super::*;
 use crate::objects::{GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule};
 
@@ -239,17 +236,16 @@ pub fn route_conditions(
     route_key: &ObjectKey,
     route: &GrpcRoute,
 ) -> (Condition, Option<Condition>) {
+    let backends = route.spec.rules.iter().flat_map(|rule| &rule.backend_refs);
     let generation = route.metadata.generation();
-    let refusal = unsupported(route)
-        .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
-    let failures: Vec<_> = route
-        .spec
-        .rules
-        .iter()
-        .flat_map(|rule| &rule.backend_refs)
-        .filter_map(|backend| check_backend_ref(store, RouteKind::Grpc, route_key, backend).err())
-        .collect();
-    (resolved_refs(&failures).observed(generation), refusal)
+    super::routes::conditions(
+        store,
+        RouteKind::Grpc,
+        route_key,
+        generation,
+        unsupported(route),
+        backends,
+    )
 }
 
 #[cfg(test)]

@@ -633,19 +633,30 @@ pub fn route_conditions(
     route_key: &ObjectKey,
     route: &HttpRoute,
 ) -> (Condition, Option<Condition>) {
-    let generation = route.metadata.generation();
-    let refusal = unsupported(route)
-        .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
-    let mut failures: Vec<BackendRefError> = Vec::new();
-    for rule in &route.spec.rules {
+    let backends = route.spec.rules.iter().flat_map(|rule| {
         let mirrors = rule.filters.iter().filter_map(|f| f.request_mirror.as_ref());
-        let backends = rule.backend_refs.iter().chain(mirrors.map(|m| &m.backend_ref));
-        for backend in backends {
-            if let Err(failure) = check_backend_ref(store, RouteKind::Http, route_key, backend) {
-                failures.push(failure);
-            }
-        }
-    }
+        rule.backend_refs.iter().chain(mirrors.map(|m| &m.backend_ref))
+    });
+    let generation = route.metadata.generation();
+    conditions(store, RouteKind::Http, route_key, generation, unsupported(route), backends)
+}
+
+/// The conditions of a route of any kind: `ResolvedRefs` from every backend it references, and
+/// `Accepted=False UnsupportedValue` when it uses what the loader does not implement.
+pub(super) fn conditions<'a>(
+    store: &Store,
+    kind: RouteKind,
+    route_key: &ObjectKey,
+    generation: i64,
+    unsupported: Option<String>,
+    backends: impl IntoIterator<Item = &'a objects::BackendRef>,
+) -> (Condition, Option<Condition>) {
+    let refusal = unsupported
+        .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
+    let failures: Vec<BackendRefError> = backends
+        .into_iter()
+        .filter_map(|backend| check_backend_ref(store, kind, route_key, backend).err())
+        .collect();
     (resolved_refs(&failures).observed(generation), refusal)
 }
 

@@ -11,9 +11,7 @@
 //! implement (`useDefaultGateways`, more than one rule) or a hostname the schema forbids is
 //! refused as a whole (`Accepted=False`, `UnsupportedValue`, naming the field).
 
-use super::routes::{
-    backend_cluster, check_backend_ref, invalid_backend_cluster, resolved_refs, RouteId, RouteKind,
-};
+use super::routes::{backend_cluster, invalid_backend_cluster, RouteId, RouteKind};
 use super::*;
 use crate::objects::TlsRoute;
 
@@ -103,17 +101,16 @@ pub fn route_conditions(
     route_key: &ObjectKey,
     route: &TlsRoute,
 ) -> (Condition, Option<Condition>) {
+    let backends = route.spec.rules.iter().flat_map(|rule| &rule.backend_refs);
     let generation = route.metadata.generation();
-    let refusal = unsupported(route)
-        .map(|why| Condition::new("Accepted", false, "UnsupportedValue", why).observed(generation));
-    let failures: Vec<_> = route
-        .spec
-        .rules
-        .iter()
-        .flat_map(|rule| &rule.backend_refs)
-        .filter_map(|backend| check_backend_ref(store, RouteKind::Tls, route_key, backend).err())
-        .collect();
-    (resolved_refs(&failures).observed(generation), refusal)
+    super::routes::conditions(
+        store,
+        RouteKind::Tls,
+        route_key,
+        generation,
+        unsupported(route),
+        backends,
+    )
 }
 
 #[cfg(test)]
