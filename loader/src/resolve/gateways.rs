@@ -991,14 +991,8 @@ mod tests {
     use super::*;
 
     fn resolve_text(text: &str) -> Resolution {
-        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        let mut store = Store::default();
-        parsed.objects.into_iter().for_each(|o| store.put(o));
-        resolve(
-            &store,
-            &Options { listener_address: Some("127.0.0.2".into()), ..Default::default() },
-        )
+        let options = Options { listener_address: Some("127.0.0.2".into()), ..Default::default() };
+        super::super::resolve_text(text, &options)
     }
 
     fn condition<'a>(conditions: &'a [Condition], kind: &str) -> (bool, &'static str, &'a str) {

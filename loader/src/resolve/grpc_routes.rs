@@ -253,11 +253,7 @@ mod tests {
     use super::*;
 
     fn resolve_text(text: &str) -> Resolution {
-        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        let mut store = Store::default();
-        parsed.objects.into_iter().for_each(|o| store.put(o));
-        super::super::resolve(&store, &Default::default())
+        super::super::resolve_text(text, &Default::default())
     }
 
     const BASE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {gatewayClassName: x, listeners: [{name: http, protocol: HTTP, port: 8080}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";

@@ -162,6 +162,17 @@ fn build_routes<'a>(
     }
 }
 
+/// Parses one manifest text and resolves it (for the resolve modules' tests); a parse error fails
+/// the test.
+#[cfg(test)]
+fn resolve_text(text: &str, options: &Options) -> Resolution {
+    let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let mut store = Store::default();
+    parsed.objects.into_iter().for_each(|o| store.put(o));
+    resolve(&store, options)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,11 +118,7 @@ mod tests {
     use super::*;
 
     fn resolve_text(text: &str) -> Resolution {
-        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        let mut store = Store::default();
-        parsed.objects.into_iter().for_each(|o| store.put(o));
-        super::super::resolve(&store, &Default::default())
+        super::super::resolve_text(text, &Default::default())
     }
 
     /// A `kubernetes.io/tls` Secret `cert` in `infra` for `hostname`.
