@@ -3,13 +3,14 @@
 //! §4.10, §4.20, §4.21, §4.28), in file mode, plus several Gateways sharing one port.
 
 use backendtls_e2e::conformance::status::wait_for;
+use backendtls_e2e::conformance::Stack;
 use backendtls_e2e::conformance::{
     expect_eventually, expect_failure, BackendRequest, Expect, ExpectedListener, Request, Want,
     INFRA_NS,
 };
 use backendtls_e2e::echo::EchoServer;
-use backendtls_e2e::policy_support::{documents, ConfigDir};
-use backendtls_e2e::{ads_bootstrap, free_port, Ads, Envoy, Loader};
+use backendtls_e2e::free_port;
+use backendtls_e2e::policy_support::documents;
 
 const CONTROLLER: &str = "backendtls.dev/loader";
 const PODS: [&str; 3] = [
@@ -81,22 +82,6 @@ fn route(
          backendRefs: [{{name: {backend}, namespace: {INFRA_NS}, port: 8080}}]\n",
         hostnames.join(", ")
     )
-}
-
-struct Stack {
-    _config: ConfigDir,
-    loader: Loader,
-    _envoy: Envoy,
-}
-
-fn start(node: &str, manifests: &str) -> Stack {
-    let config = ConfigDir::new();
-    config.write("manifests.yaml", manifests);
-    let loader = Loader::start(config.path());
-    let admin_port = free_port();
-    let envoy =
-        Envoy::start(&ads_bootstrap(loader.xds_port(), admin_port, node, Ads::Delta), admin_port);
-    Stack { _config: config, loader, _envoy: envoy }
 }
 
 fn get(host: &str, path: &str, backend: &str) -> Expect {
@@ -181,7 +166,7 @@ fn listener_and_route_hostnames_intersect() {
             "infra-backend-v3",
         ),
     ]);
-    let stack = start("e2e-gateways-hostnames", &manifests);
+    let stack = Stack::start("e2e-gateways-hostnames", &[("manifests.yaml", manifests)]);
     wait_for(&stack.loader, "listener status", |doc| {
         let routes =
             [(INFRA_NS, "specific-host"), (INFRA_NS, "wildcard-listener"), (INFRA_NS, "narrowed")];
@@ -267,7 +252,7 @@ fn parents_that_reach_no_listener_and_gateways_that_share_a_port() {
         route(INFRA_NS, "first-route", "[{name: same-namespace}]", &[], "/", "infra-backend-v1"),
         route(INFRA_NS, "second-route", "[{name: second}]", &[], "/", "infra-backend-v2"),
     ]);
-    let stack = start("e2e-gateways-parents", &manifests);
+    let stack = Stack::start("e2e-gateways-parents", &[("manifests.yaml", manifests)]);
     wait_for(&stack.loader, "route parents and listeners", |doc| {
         let cross = doc.http_route("web", "invalid-cross-namespace-parent-ref")?;
         cross.condition(

@@ -17,12 +17,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use backendtls_e2e::conformance::status::wait_for;
+use backendtls_e2e::conformance::Stack;
 use backendtls_e2e::conformance::{StatusDocument, Want};
 use backendtls_e2e::echo::{grpc, EchoServer};
-use backendtls_e2e::policy_support::{
-    documents, gateway_yaml, ConfigDir, CONTROLLER_NAME, GATEWAY, NS,
-};
-use backendtls_e2e::{ads_bootstrap, free_port, Ads, Envoy, Loader};
+use backendtls_e2e::free_port;
+use backendtls_e2e::policy_support::{documents, gateway_yaml, CONTROLLER_NAME, GATEWAY, NS};
 
 const MATCHING_IN_A_ROW: usize = 3;
 const MAX_TIME_TO_CONSISTENCY: Duration = Duration::from_secs(30);
@@ -66,26 +65,6 @@ impl Backends {
             service("grpc-infra-backend-v2", &self.v2),
             service("grpc-infra-backend-v3", &self.v3),
         ])
-    }
-}
-
-/// The loader on `files` and an Envoy fed by it.
-struct Stack {
-    loader: Loader,
-    _envoy: Envoy,
-    _config: ConfigDir,
-}
-
-impl Stack {
-    fn start(node: &str, files: &[(&str, String)]) -> Stack {
-        let config = ConfigDir::new();
-        for (name, contents) in files {
-            config.write(name, contents);
-        }
-        let loader = Loader::start(config.path());
-        let admin = free_port();
-        let envoy = Envoy::start(&ads_bootstrap(loader.xds_port(), admin, node, Ads::Delta), admin);
-        Stack { loader, _envoy: envoy, _config: config }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use backendtls_e2e::certs::{CertifiedKey, TestCa};
 use backendtls_e2e::conformance::status::wait_for;
+use backendtls_e2e::conformance::Stack;
 use backendtls_e2e::conformance::{
     expect_eventually, expect_failure, send, BackendRequest, Expect, ExpectedListener, Gateway,
     Request, Want, INFRA_NS,
@@ -13,7 +14,7 @@ use backendtls_e2e::conformance::{
 use backendtls_e2e::echo::tls::TlsOptions;
 use backendtls_e2e::echo::EchoServer;
 use backendtls_e2e::policy_support::{documents, ConfigDir};
-use backendtls_e2e::{ads_bootstrap, free_port, wait_until, Ads, Envoy, Loader};
+use backendtls_e2e::{free_port, wait_until, Loader};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -86,24 +87,6 @@ fn route(name: &str, parent: &str, hostnames: &str, backend: &str) -> String {
     )
 }
 
-struct Stack {
-    config: ConfigDir,
-    loader: Loader,
-    envoy: Envoy,
-}
-
-fn start(node: &str, files: &[(&str, String)]) -> Stack {
-    let config = ConfigDir::new();
-    for (name, contents) in files {
-        config.write(name, contents);
-    }
-    let loader = Loader::start(config.path());
-    let admin_port = free_port();
-    let envoy =
-        Envoy::start(&ads_bootstrap(loader.xds_port(), admin_port, node, Ads::Delta), admin_port);
-    Stack { config, loader, envoy }
-}
-
 fn get(host: &str, path: &str, backend: &str) -> Expect {
     Expect::request(Request::get(path).host(host)).backend(backend)
 }
@@ -167,7 +150,7 @@ fn https_listeners_serve_each_hostname_its_certificate() {
         ),
         route("sni-only", "{name: sni-only}", "[]", "infra-backend-v2"),
     ]);
-    let stack = start("https-listeners", &[("manifests.yaml", manifests)]);
+    let stack = Stack::start("https-listeners", &[("manifests.yaml", manifests)]);
     wait_for(&stack.loader, "the HTTPS Gateway and its routes accepted", |doc| {
         doc.gateway_and_routes_accepted(
             (INFRA_NS, "same-namespace-with-https-listener"),
@@ -236,7 +219,7 @@ fn certificates_in_other_namespaces_need_a_reference_grant() {
         ),
         route("to-v1", "{name: gateway-secret-reference-grant}", "[]", "infra-backend-v1"),
     ]);
-    let stack = start("https-reference-grants", &[("manifests.yaml", manifests)]);
+    let stack = Stack::start("https-reference-grants", &[("manifests.yaml", manifests)]);
     let listener_is = |attached_routes: i32, want: Want, programmed: Want, step: &str| {
         wait_for(&stack.loader, step, |doc| {
             doc.gateway(INFRA_NS, "gateway-secret-reference-grant")?.has_listeners(&[
@@ -497,7 +480,7 @@ fn a_rewritten_secret_rotates_the_certificate_without_touching_the_listener() {
         route("to-v1", "{name: rotating}", "[]", "infra-backend-v1"),
     ]);
     let host = "rotate.example.org";
-    let stack = start(
+    let stack = Stack::start(
         "https-rotation",
         &[
             ("manifests.yaml", manifests),
@@ -554,7 +537,7 @@ fn an_https_listener_re_encrypts_to_a_backend_with_a_policy() {
              validation: {{hostname: backend.example, caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: backend-ca}}]}}\n"
         ),
     ]);
-    let _stack = start("https-re-encrypt", &[("manifests.yaml", manifests)]);
+    let _stack = Stack::start("https-re-encrypt", &[("manifests.yaml", manifests)]);
     let gateway = Gateway::https(address(port), listener_ca.cert_pem());
     expect_eventually(
         &gateway,

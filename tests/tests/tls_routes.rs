@@ -12,14 +12,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use backendtls_e2e::conformance::status::wait_for;
+use backendtls_e2e::conformance::Stack;
 use backendtls_e2e::conformance::{ExpectedListener, Want};
 use backendtls_e2e::echo::tcp::{self, TcpEchoServer, WELCOME_MESSAGE};
 use backendtls_e2e::echo::TlsOptions;
+use backendtls_e2e::free_port;
 use backendtls_e2e::policy_support::{
-    ca_config_map_yaml, cluster, documents, service_yaml, tls_secret_yaml, ConfigDir, Pki, Policy,
+    ca_config_map_yaml, cluster, documents, service_yaml, tls_secret_yaml, Pki, Policy,
     CA_CONFIG_MAP, CONTROLLER_NAME, MISMATCH_CA_CONFIG_MAP, NS,
 };
-use backendtls_e2e::{ads_bootstrap, free_port, Ads, Envoy, Loader};
 
 const GATEWAY: &str = "gateway-btls-tlsroute-terminate";
 const LISTENER: &str = "tls-terminate";
@@ -80,23 +81,6 @@ fn tls_route_yaml(name: &str, gateway: &str, hostname: &str, service: &str) -> S
 /// The test's Service: port `btls` 8443 (TCP), its endpoint the echo's port on loopback.
 fn backend_service_yaml(name: &str, echo: &TcpEchoServer) -> String {
     service_yaml(name, &[(SERVICE_PORT_NAME, SERVICE_PORT)], Some(echo.port()))
-}
-
-struct Stack {
-    config: ConfigDir,
-    loader: Loader,
-    envoy: Envoy,
-}
-
-fn start(node: &str, files: &[(&str, String)]) -> Stack {
-    let config = ConfigDir::new();
-    for (name, contents) in files {
-        config.write(name, contents);
-    }
-    let loader = Loader::start(config.path());
-    let admin = free_port();
-    let envoy = Envoy::start(&ads_bootstrap(loader.xds_port(), admin, node, Ads::Delta), admin);
-    Stack { config, loader, envoy }
 }
 
 /// Upstream's checks of one conversation: the welcome line, `PONG`, `IS_TLS` true (the backend
@@ -197,7 +181,7 @@ fn backendtlspolicy_tlsroute_terminate() {
     let echo = TcpEchoServer::tls(NS, POD, TlsOptions::new(&pki.backend_cert).alpn(&[]));
     let gateway_port = free_port();
     let gateway_cert = pki.ca.issue(&[ROUTE_HOST]);
-    let stack = start(
+    let stack = Stack::start(
         "tlsroute-terminate",
         &[
             (
@@ -316,7 +300,7 @@ fn tlsroute_fails_closed_and_refuses_passthrough() {
             .ca_config_map("nonexistent-ca-certificate")
             .yaml(),
     ]);
-    let stack = start(
+    let stack = Stack::start(
         "tlsroute-fail-closed",
         &[
             (
@@ -453,7 +437,7 @@ fn tlsroute_follows_live_policy_changes() {
     let gateway_port = free_port();
     let gateway_cert = pki.ca.issue(&[ROUTE_HOST]);
     let policy = Policy::new(POLICY, SERVICE).section(SERVICE_PORT_NAME);
-    let stack = start(
+    let stack = Stack::start(
         "tlsroute-live",
         &[
             (

@@ -25,3 +25,27 @@ pub use status::{
     ExpectedListener, GatewayStatus, ListenerStatus, PolicyStatus, RouteStatus, StatusDocument,
     Want,
 };
+
+use crate::policy_support::ConfigDir;
+use crate::{ads_bootstrap, free_port, Ads, Envoy, Loader};
+
+/// A Gateway as these tests run it: a config directory holding `files`, the loader serving it,
+/// and an Envoy fed by that loader over delta ADS.
+pub struct Stack {
+    pub config: ConfigDir,
+    pub loader: Loader,
+    pub envoy: Envoy,
+}
+
+impl Stack {
+    pub fn start(node: &str, files: &[(&str, String)]) -> Stack {
+        let config = ConfigDir::new();
+        for (name, contents) in files {
+            config.write(name, contents);
+        }
+        let loader = Loader::start(config.path());
+        let admin = free_port();
+        let envoy = Envoy::start(&ads_bootstrap(loader.xds_port(), admin, node, Ads::Delta), admin);
+        Stack { config, loader, envoy }
+    }
+}
