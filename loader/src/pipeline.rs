@@ -5,6 +5,7 @@ use crate::quarantine::RejectionReport;
 use crate::resolve::{self, Problem, Resolution};
 use crate::source::{ConfigDir, SourceError};
 use crate::status::{GatewayClassReport, GatewayReport, PolicyReport, RouteReport};
+use crate::store::Store;
 use crate::xds::translate::{translate, Resources, TranslateOptions};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -34,18 +35,9 @@ impl Resolved {
         )
     }
 
-    /// Keeps only what status reports need (`serve` renders `/status` on request, not per build).
-    pub fn into_status(self) -> StatusReport {
-        let r = self.resolution;
-        StatusReport {
-            policies: r.policies,
-            gateway_classes: r.gateway_classes,
-            gateways: r.gateways,
-            routes: r.routes,
-            errors: self.errors,
-            problems: r.problems,
-            rejected: Vec::new(),
-        }
+    /// What status reports need, borrowed.
+    pub fn status(&self) -> StatusReport<'_> {
+        StatusReport::of(&self.resolution, self.errors.clone())
     }
 
     /// True when everything parsed, every policy is Accepted and ResolvedRefs, and every route
@@ -58,27 +50,40 @@ impl Resolved {
     }
 }
 
+/// The reports of one build, as `/status` and the Kubernetes status writer see them.
 #[derive(Default)]
-pub struct StatusReport {
-    pub policies: Vec<PolicyReport>,
-    pub gateway_classes: Vec<GatewayClassReport>,
-    pub gateways: Vec<GatewayReport>,
-    pub routes: Vec<RouteReport>,
+pub struct StatusReport<'a> {
+    pub policies: &'a [PolicyReport],
+    pub gateway_classes: &'a [GatewayClassReport],
+    pub gateways: &'a [GatewayReport],
+    pub routes: &'a [RouteReport],
     pub errors: Vec<SourceError>,
-    pub problems: Vec<Problem>,
+    pub problems: &'a [Problem],
     /// Resources Envoy refused (`serve` only).
     pub rejected: Vec<RejectionReport>,
 }
 
-impl StatusReport {
+impl<'a> StatusReport<'a> {
+    pub fn of(resolution: &'a Resolution, errors: Vec<SourceError>) -> Self {
+        StatusReport {
+            policies: &resolution.policies,
+            gateway_classes: &resolution.gateway_classes,
+            gateways: &resolution.gateways,
+            routes: &resolution.routes,
+            errors,
+            problems: &resolution.problems,
+            rejected: Vec::new(),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         status_json(
-            &self.policies,
-            &self.gateway_classes,
-            &self.gateways,
-            &self.routes,
+            self.policies,
+            self.gateway_classes,
+            self.gateways,
+            self.routes,
             &self.errors,
-            &self.problems,
+            self.problems,
         )
     }
 
@@ -99,12 +104,12 @@ impl StatusReport {
             snapshot_version: u64,
         }
         let document = Document {
-            policies: &self.policies,
-            gateway_classes: &self.gateway_classes,
-            gateways: &self.gateways,
-            routes: &self.routes,
+            policies: self.policies,
+            gateway_classes: self.gateway_classes,
+            gateways: self.gateways,
+            routes: self.routes,
             errors: &self.errors,
-            problems: &self.problems,
+            problems: self.problems,
             rejected: &self.rejected,
             snapshot_version,
         };
@@ -290,10 +295,13 @@ pub trait Input: Send {
         true
     }
     fn resolve(&self, options: &resolve::Options) -> Resolved;
+    /// The objects, to resolve in place (`serve` resolves incrementally: [`resolve::Incremental`]
+    /// takes the changes the store recorded), and the input's errors.
+    fn objects(&mut self) -> (&mut Store, Vec<SourceError>);
     /// Inputs that cannot be used and have never been: no first configuration is published.
     fn unusable(&self) -> Vec<String>;
     /// Each build's status report, after the snapshot was published.
-    fn built(&mut self, _report: &StatusReport) {}
+    fn built(&mut self, _report: &StatusReport<'_>) {}
 }
 
 /// The config directory could not be read.
@@ -311,6 +319,9 @@ impl Input for ConfigDir {
     }
     fn resolve(&self, options: &resolve::Options) -> Resolved {
         resolve(self, options)
+    }
+    fn objects(&mut self) -> (&mut Store, Vec<SourceError>) {
+        ConfigDir::objects(self)
     }
     fn unusable(&self) -> Vec<String> {
         ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()

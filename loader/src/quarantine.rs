@@ -68,6 +68,11 @@ impl Quarantine {
 
     /// Fails closed, in a freshly resolved `ir`, every cluster Envoy rejected in the form the
     /// `published` snapshot holds. A cluster whose IR changed since is released (tried again).
+    /// Nothing refused and nothing failed closed: [`Self::apply`] would change nothing.
+    pub fn is_idle(&self) -> bool {
+        self.incoming.is_empty() && self.clusters.is_empty()
+    }
+
     pub fn apply(&mut self, ir: &mut Ir, published: &Snapshot) {
         for rejection in std::mem::take(&mut self.incoming) {
             self.admit(rejection, ir, published);

@@ -1,7 +1,7 @@
 //! `serve`: watch the config directory, rebuild on every change, publish snapshots over ADS.
 
 use crate::admin::{Admin, LoaderStatus};
-use crate::pipeline::{self, Input};
+use crate::pipeline::{self, Input, StatusReport};
 use crate::probe;
 use crate::quarantine::Quarantine;
 use crate::resolve;
@@ -135,7 +135,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         probe_plan: options.probe.is_some().then_some(probe_plan_tx),
         config,
         quarantine: Quarantine::default(),
-        resolve: options.resolve.clone(),
+        resolver: resolve::Incremental::new(options.resolve.clone()),
         translate: options.translate.clone(),
         translator: Translator::default(),
         snapshot_tx,
@@ -271,7 +271,8 @@ enum Event {
 struct Rebuilder {
     config: Box<dyn Input>,
     quarantine: Quarantine,
-    resolve: resolve::Options,
+    /// Keeps the last resolution, and re-resolves only what each change touches.
+    resolver: resolve::Incremental,
     translate: TranslateOptions,
     translator: Translator,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
@@ -293,10 +294,22 @@ impl Rebuilder {
             return;
         }
         let reloaded = started.elapsed();
-        let mut resolved = self.config.resolve(&self.resolve);
+        let (store, errors) = self.config.objects();
+        let build = self.resolver.update(store);
+        let resolution = self.resolver.resolution();
         let resolved_at = started.elapsed();
         let current = self.snapshot_tx.borrow().clone();
-        self.quarantine.apply(&mut resolved.resolution.ir, &current);
+        // Failing clusters closed that Envoy refused changes the IR: a copy, so that the
+        // resolver's own stays what the objects say (the quarantine is rarely in use).
+        let quarantined;
+        let ir = if self.quarantine.is_idle() {
+            &resolution.ir
+        } else {
+            let mut ir = resolution.ir.clone();
+            self.quarantine.apply(&mut ir, &current);
+            quarantined = ir;
+            &quarantined
+        };
         if current.version == 0 {
             let unusable = self.config.unusable();
             if !unusable.is_empty() {
@@ -307,7 +320,7 @@ impl Rebuilder {
                     files = ?unusable,
                     "not serving a first configuration while files cannot be read (see /status); fix or remove them"
                 );
-                let report = resolved.into_status();
+                let report = StatusReport::of(resolution, errors);
                 for error in &report.errors {
                     tracing::warn!(%error, "input problem");
                 }
@@ -317,13 +330,12 @@ impl Rebuilder {
                 return;
             }
         }
-        let resources = self.translator.translate(&resolved.resolution.ir, &self.translate);
+        let resources = self.translator.translate(ir, &self.translate);
         if let Some(plan) = &self.probe_plan {
             // What Envoy is told is what gets probed (quarantined clusters included, as served).
-            plan.send_replace(Arc::new(probe::targets(&resolved.resolution.ir, None)));
+            plan.send_replace(Arc::new(probe::targets(ir, None)));
         }
-        // The IR is translated: free it before the snapshot is built.
-        let mut report = resolved.into_status();
+        let mut report = StatusReport::of(resolution, errors);
         report.rejected = self.quarantine.reports();
         let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
@@ -336,14 +348,14 @@ impl Rebuilder {
         if changed {
             self.snapshot_tx.send_replace(Arc::new(next));
         }
-        tracing::debug!(?reloaded, ?resolved_at, ?elapsed, "rebuild phases");
+        tracing::debug!(?reloaded, ?resolved_at, ?elapsed, ?build, "rebuild phases");
         if changed {
             tracing::info!(version, seconds = elapsed.as_secs_f64(), "new snapshot");
         }
         for error in &report.errors {
             tracing::warn!(%error, "input problem (the file's last good content stays in use)");
         }
-        for problem in &report.problems {
+        for problem in report.problems {
             tracing::warn!(object = %problem.object, reason = %problem.reason, "not served as written");
         }
         let rendered = Arc::new(report.render(version));

@@ -720,6 +720,14 @@ impl ConfigDir {
         }
     }
 
+    /// [`Self::store`], to be resolved in place ([`crate::resolve::Incremental`]), with the
+    /// parse errors too.
+    pub fn objects(&mut self) -> (&mut Store, Vec<SourceError>) {
+        let (_, mut errors) = self.store();
+        errors.extend(self.errors());
+        (&mut self.store, errors)
+    }
+
     /// All objects. An object defined in several files is reported and the definition in the
     /// first file (by path) is used.
     pub fn store(&self) -> (&Store, Vec<SourceError>) {

@@ -23,12 +23,29 @@ pub struct Store {
     /// kept with `endpoint_slices`: scanning a namespace's slices per Service made resolving
     /// quadratic in the Services per namespace.
     slices_by_service: BTreeMap<ObjectKey, BTreeSet<String>>,
+    /// What changed since [`Store::take_changes`] last asked; `None` until it first does (a
+    /// first load records nothing: it is resolved in full anyway).
+    changes: Option<Changes>,
+}
+
+/// The objects that changed between two builds: what [`crate::resolve::Incremental`] re-resolves.
+/// An object put again with equal content is not a change.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Added, replaced or removed, by kind (as [`Object::kind`] names it) and key.
+    pub objects: BTreeSet<(&'static str, ObjectKey)>,
+    /// Services whose EndpointSlices changed: those of each changed slice before and after.
+    pub slice_services: BTreeSet<ObjectKey>,
 }
 
 impl Store {
     /// Adds or replaces an object.
     pub fn put(&mut self, object: Object) {
         let key = object.key();
+        // Equal content keeps the stored object (and its `Arc`), and is no change.
+        if self.changes.is_some() && !self.record(&key, &object) {
+            return;
+        }
         match object {
             Object::Gateway(o) => drop(self.gateways.insert(key, o)),
             Object::GatewayClass(o) => drop(self.gateway_classes.insert(key.name, o)),
@@ -52,7 +69,13 @@ impl Store {
     }
 
     /// Removes the object of `kind` (as [`Object::kind`] names it) and `key`.
-    pub fn remove(&mut self, kind: &str, key: &ObjectKey) {
+    pub fn remove(&mut self, kind: &'static str, key: &ObjectKey) {
+        if let Some(changes) = &mut self.changes {
+            changes.objects.insert((kind, key.clone()));
+            if let Some(old) = self.endpoint_slices.get(key).filter(|_| kind == "EndpointSlice") {
+                changes.slice_services.extend(service_of(key, old));
+            }
+        }
         match kind {
             "Gateway" => drop(self.gateways.remove(key)),
             "GatewayClass" => drop(self.gateway_classes.remove(&key.name)),
@@ -71,6 +94,53 @@ impl Store {
             "Secret" => drop(self.secrets.remove(key)),
             "Namespace" => drop(self.namespaces.remove(&key.name)),
             other => unreachable!("no such kind {other}"),
+        }
+    }
+
+    /// The changes since the last call, and from now on records them. `None` the first time:
+    /// nothing was recorded yet.
+    pub fn take_changes(&mut self) -> Option<Changes> {
+        self.changes.replace(Changes::default())
+    }
+
+    /// Records `object` as a change, unless it equals the stored one; says whether it was one.
+    fn record(&mut self, key: &ObjectKey, object: &Object) -> bool {
+        if self.same_as_stored(key, object) {
+            return false;
+        }
+        let old_service = match object {
+            Object::EndpointSlice(_) => {
+                self.endpoint_slices.get(key).and_then(|o| service_of(key, o))
+            }
+            _ => None,
+        };
+        let Some(changes) = &mut self.changes else { return true };
+        changes.objects.insert((object.kind(), key.clone()));
+        if let Object::EndpointSlice(slice) = object {
+            changes.slice_services.extend(service_of(key, slice));
+            changes.slice_services.extend(old_service);
+        }
+        true
+    }
+
+    /// `object` equals the stored object of its kind and key.
+    fn same_as_stored(&self, key: &ObjectKey, object: &Object) -> bool {
+        fn same<T: PartialEq>(stored: Option<&Arc<T>>, new: &Arc<T>) -> bool {
+            stored.is_some_and(|old| Arc::ptr_eq(old, new) || **old == **new)
+        }
+        match object {
+            Object::Gateway(o) => same(self.gateways.get(key), o),
+            Object::GatewayClass(o) => same(self.gateway_classes.get(&key.name), o),
+            Object::HttpRoute(o) => same(self.http_routes.get(key), o),
+            Object::GrpcRoute(o) => same(self.grpc_routes.get(key), o),
+            Object::TlsRoute(o) => same(self.tls_routes.get(key), o),
+            Object::BackendTlsPolicy(o) => same(self.policies.get(key), o),
+            Object::ReferenceGrant(o) => same(self.reference_grants.get(key), o),
+            Object::Service(o) => same(self.services.get(key), o),
+            Object::EndpointSlice(o) => same(self.endpoint_slices.get(key), o),
+            Object::ConfigMap(o) => same(self.config_maps.get(key), o),
+            Object::Secret(o) => same(self.secrets.get(key), o),
+            Object::Namespace(o) => same(self.namespaces.get(&key.name), o),
         }
     }
 
@@ -99,10 +169,7 @@ impl Store {
 
     /// Adds (`linked`) or removes a slice in its Service's entry of `slices_by_service`.
     fn link_slice(&mut self, key: &ObjectKey, slice: &EndpointSlice, linked: bool) {
-        let Some(service) = slice.metadata.labels.get("kubernetes.io/service-name") else {
-            return;
-        };
-        let service = ObjectKey::new(&key.namespace, service);
+        let Some(service) = service_of(key, slice) else { return };
         if linked {
             self.slices_by_service.entry(service).or_default().insert(key.name.clone());
         } else if let Some(names) = self.slices_by_service.get_mut(&service) {
@@ -114,9 +181,64 @@ impl Store {
     }
 }
 
+/// The Service of the EndpointSlice `key` (its `kubernetes.io/service-name` label).
+fn service_of(key: &ObjectKey, slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.metadata.labels.get("kubernetes.io/service-name")?;
+    Some(ObjectKey::new(&key.namespace, name))
+}
+
 /// Serialized as `"namespace/name"`, as people write it.
 impl serde::Serialize for ObjectKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(text: &str) -> Vec<Object> {
+        let parsed = crate::source::parse_file(std::path::Path::new("t.yaml"), text);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.objects
+    }
+
+    fn slice(name: &str, service: &str, address: &str) -> Object {
+        objects(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{address}\"]}}]\n"
+        ))
+        .remove(0)
+    }
+
+    #[test]
+    fn changes_are_recorded_once_asked_for_and_equal_content_is_none() {
+        let mut store = Store::default();
+        let config_map =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ca}\ndata: {ca.crt: x}\n";
+        objects(config_map).into_iter().for_each(|o| store.put(o));
+        store.put(slice("s", "a", "127.0.0.1"));
+        assert!(store.take_changes().is_none(), "nothing recorded before the first ask");
+
+        // Put again as it was: no change, and the stored object stays.
+        let stored = store.config_maps[&ObjectKey::new("default", "ca")].clone();
+        objects(config_map).into_iter().for_each(|o| store.put(o));
+        store.put(slice("s", "a", "127.0.0.1"));
+        let changes = store.take_changes().unwrap();
+        assert!(changes.objects.is_empty() && changes.slice_services.is_empty(), "{changes:?}");
+        assert!(Arc::ptr_eq(&stored, &store.config_maps[&ObjectKey::new("default", "ca")]));
+
+        // A slice moving from Service a to b changes both; a removal is a change.
+        store.put(slice("s", "b", "127.0.0.1"));
+        store.remove("ConfigMap", &ObjectKey::new("default", "ca"));
+        let changes = store.take_changes().unwrap();
+        let key = |name: &str| ObjectKey::new("default", name);
+        assert_eq!(
+            changes.objects.into_iter().collect::<Vec<_>>(),
+            [("ConfigMap", key("ca")), ("EndpointSlice", key("s"))]
+        );
+        assert_eq!(changes.slice_services.into_iter().collect::<Vec<_>>(), [key("a"), key("b")]);
+        assert_eq!(store.endpoint_slices_of(&key("b")).count(), 1);
+        assert_eq!(store.endpoint_slices_of(&key("a")).count(), 0);
     }
 }

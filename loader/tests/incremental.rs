@@ -1,8 +1,11 @@
-//! `serve` reuses work between builds (unchanged files are not re-read, translations and encoded
-//! resources are kept per cluster and listener). This checks, on random edit sequences, that the
-//! snapshot it keeps is exactly what a fresh loader builds from the same directory.
+//! `serve` reuses work between builds: unchanged files are not re-read, a change to slices or CA
+//! certificates is resolved on its own ([`Incremental`]), translations and encoded resources are
+//! kept per cluster and listener. This checks, on random edit sequences, that after every edit
+//! the resolution (IR and status) and the snapshot it keeps are exactly what a fresh loader
+//! builds from the same directory, and that edits were resolved on their own at all.
 
-use backendtls_loader::pipeline;
+use backendtls_loader::pipeline::{self, StatusReport};
+use backendtls_loader::resolve::{Build, Incremental, Resolution};
 use backendtls_loader::source::ConfigDir;
 use backendtls_loader::xds::json::any_to_json;
 use backendtls_loader::xds::snapshot::Snapshot;
@@ -140,11 +143,22 @@ fn contents(snapshot: &Snapshot) -> BTreeMap<(String, String), (String, serde_js
     out
 }
 
-fn fresh_snapshot(dir: &Path) -> Snapshot {
+/// The IR and the status as JSON: what two resolutions are compared by.
+fn resolution_json(resolution: &Resolution) -> (serde_json::Value, serde_json::Value) {
+    let ir = serde_json::to_value(&resolution.ir).unwrap();
+    (ir, StatusReport::of(resolution, Vec::new()).to_json())
+}
+
+/// What a fresh loader makes of `dir`: its resolution as JSON, and its snapshot.
+fn fresh_build(dir: &Path) -> ((serde_json::Value, serde_json::Value), Snapshot) {
     let mut config = ConfigDir::new(dir);
     config.reload().unwrap();
     let resolved = pipeline::resolve(&config, &Default::default());
-    Snapshot::new(1, Translator::default().translate(&resolved.resolution.ir, &Default::default()))
+    let snapshot = Snapshot::new(
+        1,
+        Translator::default().translate(&resolved.resolution.ir, &Default::default()),
+    );
+    (resolution_json(&resolved.resolution), snapshot)
 }
 
 fn run(seed: u64) {
@@ -180,8 +194,11 @@ fn run(seed: u64) {
         write_backend(&dir, i, b, &cas);
     }
 
-    // The serving side: one ConfigDir, one Translator and the previous snapshot, kept throughout.
+    // The serving side: one ConfigDir, resolver and Translator, and the previous snapshot, kept
+    // throughout.
     let mut config = ConfigDir::new(&dir);
+    let mut resolver = Incremental::new(Default::default());
+    let mut partial_builds = 0;
     let mut translator = Translator::default();
     let mut current = Snapshot::default();
     let mut listener_secret_served = 0;
@@ -226,23 +243,42 @@ fn run(seed: u64) {
         write_backend(&dir, i, b, &cas);
 
         config.reload().unwrap();
-        let resolved = pipeline::resolve(&config, &Default::default());
-        assert!(resolved.errors.is_empty(), "generated files parse: {:?}", resolved.errors);
-        let packed = translator.translate(&resolved.resolution.ir, &Default::default());
+        let (store, errors) = config.objects();
+        assert!(errors.is_empty(), "generated files parse: {errors:?}");
+        let build = resolver.update(store);
+        if matches!(build, Build::Partial { .. }) {
+            partial_builds += 1;
+        }
+        let resolution = resolver.resolution();
+        let packed = translator.translate(&resolution.ir, &Default::default());
         current = Snapshot::new(current.version + 1, packed);
         let incremental = contents(&current);
         if incremental.keys().any(|(_, name)| name == "backendtls_listener_infra_listener-cert") {
             listener_secret_served += 1;
         }
-        let full = contents(&fresh_snapshot(&dir));
+        let (full_resolution, full_snapshot) = fresh_build(&dir);
+        let (ir, status) = resolution_json(resolution);
+        assert!(
+            ir == full_resolution.0,
+            "seed {seed}, edit {edit} ({what} of backend {i}, {build:?}): the IR differs from a full build's:\n incremental: {ir:#}\n full: {:#}",
+            full_resolution.0
+        );
+        assert!(
+            status == full_resolution.1,
+            "seed {seed}, edit {edit} ({what} of backend {i}, {build:?}): the status differs from a full build's:\n incremental: {status:#}\n full: {:#}",
+            full_resolution.1
+        );
+        let full = contents(&full_snapshot);
         assert!(
             incremental == full,
-            "seed {seed}, edit {edit} ({what} of backend {i}): incremental and full snapshots differ:\n incremental-only: {:?}\n full-only: {:?}",
+            "seed {seed}, edit {edit} ({what} of backend {i}, {build:?}): incremental and full snapshots differ:\n incremental-only: {:?}\n full-only: {:?}",
             incremental.iter().filter(|(k, v)| full.get(*k) != Some(v)).map(|(k, _)| k).collect::<Vec<_>>(),
             full.iter().filter(|(k, v)| incremental.get(*k) != Some(v)).map(|(k, _)| k).collect::<Vec<_>>(),
         );
     }
     assert!(listener_secret_served > 0, "seed {seed}: the HTTPS listener was never served");
+    // Slice and CA edits are a third of them.
+    assert!(partial_builds >= EDITS / 10, "seed {seed}: only {partial_builds} partial builds");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

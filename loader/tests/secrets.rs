@@ -172,7 +172,7 @@ fn check_and_status_never_show_private_keys() {
         let check = format!("{:#}", resolved.status_json());
         assert_no_marker(&format!("check output ({case})"), &check);
         assert_no_marker(&format!("the IR ({case})"), &format!("{:?}", resolved.resolution.ir));
-        let status = resolved.into_status().render(1);
+        let status = resolved.status().render(1);
         assert_no_marker(&format!("/status ({case})"), &status);
         let reported =
             status.contains("InvalidClientCertificateRef") || status.contains("\"errors\":[{");

@@ -434,11 +434,16 @@ impl crate::pipeline::Input for KubeInput {
         Resolved { resolution: resolve::resolve(&self.store, options), errors }
     }
 
+    fn objects(&mut self) -> (&mut Store, Vec<SourceError>) {
+        let errors = self.errors.values().flatten().cloned().collect();
+        (&mut self.store, errors)
+    }
+
     fn unusable(&self) -> Vec<String> {
         self.never_good.iter().map(|(kind, key)| format!("{kind} {key}")).collect()
     }
 
-    fn built(&mut self, report: &StatusReport) {
+    fn built(&mut self, report: &StatusReport<'_>) {
         if let Some(status) = &self.status {
             let desired =
                 status::Desired::from_report(report, |ns, name| self.owns_gateway(ns, name));

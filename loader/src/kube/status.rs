@@ -41,7 +41,7 @@ impl Desired {
     /// `owned(namespace, name)`: whether a Gateway is ours (its class is), so that its status,
     /// and the entries naming it in policies and routes, are ours to write. Entries naming a
     /// Service (policies no Gateway reaches) are always ours.
-    pub fn from_report(report: &StatusReport, owned: impl Fn(&str, &str) -> bool) -> Desired {
+    pub fn from_report(report: &StatusReport<'_>, owned: impl Fn(&str, &str) -> bool) -> Desired {
         let ours = |reference: &Value| {
             reference["kind"] != "Gateway"
                 || owned(

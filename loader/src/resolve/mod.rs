@@ -6,6 +6,7 @@
 
 mod gateways;
 mod grpc_routes;
+mod incremental;
 mod policy;
 mod routes;
 mod tls_routes;
@@ -13,6 +14,7 @@ mod tls_routes;
 #[doc(hidden)]
 pub mod trust;
 
+pub use incremental::{Build, Incremental};
 pub use policy::option_keys;
 
 use crate::ir::*;
@@ -77,6 +79,15 @@ pub struct Resolution {
 }
 
 pub fn resolve(store: &Store, options: &Options) -> Resolution {
+    resolve_observed(store, options, |_| {})
+}
+
+/// [`resolve`], showing the resolved policies to `observe` before their reports are made.
+fn resolve_observed(
+    store: &Store,
+    options: &Options,
+    observe: impl FnOnce(&PolicyIndex),
+) -> Resolution {
     let mut policies = PolicyIndex::build(store, options);
     let mut problems = Vec::new();
     let mut ir = Ir::default();
@@ -118,6 +129,7 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
         }
     }
     let gateway_classes = gateway_class_reports(store);
+    observe(&policies);
     Resolution { ir, policies: policies.reports(), gateway_classes, gateways, routes, problems }
 }
 
