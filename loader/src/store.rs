@@ -36,6 +36,8 @@ pub struct Changes {
     pub objects: BTreeSet<(&'static str, ObjectKey)>,
     /// Services whose EndpointSlices changed: those of each changed slice before and after.
     pub slice_services: BTreeSet<ObjectKey>,
+    /// What changed objects were at the last build, where they existed then.
+    pub old: Vec<Object>,
 }
 
 impl Store {
@@ -70,8 +72,11 @@ impl Store {
 
     /// Removes the object of `kind` (as [`Object::kind`] names it) and `key`.
     pub fn remove(&mut self, kind: &'static str, key: &ObjectKey) {
+        let old = self.stored(kind, key);
         if let Some(changes) = &mut self.changes {
-            changes.objects.insert((kind, key.clone()));
+            if changes.objects.insert((kind, key.clone())) {
+                changes.old.extend(old);
+            }
             if let Some(old) = self.endpoint_slices.get(key).filter(|_| kind == "EndpointSlice") {
                 changes.slice_services.extend(service_of(key, old));
             }
@@ -114,13 +119,38 @@ impl Store {
             }
             _ => None,
         };
+        let old = self.stored(object.kind(), key);
         let Some(changes) = &mut self.changes else { return true };
-        changes.objects.insert((object.kind(), key.clone()));
+        if changes.objects.insert((object.kind(), key.clone())) {
+            changes.old.extend(old);
+        }
         if let Object::EndpointSlice(slice) = object {
             changes.slice_services.extend(service_of(key, slice));
             changes.slice_services.extend(old_service);
         }
         true
+    }
+
+    /// The stored object of `kind` and `key` (only while changes are recorded: the copy is for
+    /// [`Changes::old`]).
+    fn stored(&self, kind: &str, key: &ObjectKey) -> Option<Object> {
+        self.changes.as_ref()?;
+        let object = match kind {
+            "Gateway" => Object::Gateway(self.gateways.get(key)?.clone()),
+            "GatewayClass" => Object::GatewayClass(self.gateway_classes.get(&key.name)?.clone()),
+            "HTTPRoute" => Object::HttpRoute(self.http_routes.get(key)?.clone()),
+            "GRPCRoute" => Object::GrpcRoute(self.grpc_routes.get(key)?.clone()),
+            "TLSRoute" => Object::TlsRoute(self.tls_routes.get(key)?.clone()),
+            "BackendTLSPolicy" => Object::BackendTlsPolicy(self.policies.get(key)?.clone()),
+            "ReferenceGrant" => Object::ReferenceGrant(self.reference_grants.get(key)?.clone()),
+            "Service" => Object::Service(self.services.get(key)?.clone()),
+            "EndpointSlice" => Object::EndpointSlice(self.endpoint_slices.get(key)?.clone()),
+            "ConfigMap" => Object::ConfigMap(self.config_maps.get(key)?.clone()),
+            "Secret" => Object::Secret(self.secrets.get(key)?.clone()),
+            "Namespace" => Object::Namespace(self.namespaces.get(&key.name)?.clone()),
+            other => unreachable!("no such kind {other}"),
+        };
+        Some(object)
     }
 
     /// `object` equals the stored object of its kind and key.
@@ -165,6 +195,11 @@ impl Store {
         self.slices_by_service.get(service).into_iter().flatten().filter_map(move |name| {
             self.endpoint_slices.get(&ObjectKey::new(&service.namespace, name)).map(|s| &**s)
         })
+    }
+
+    /// Names of the EndpointSlices of a Service (in its namespace).
+    pub fn endpoint_slice_names_of(&self, service: &ObjectKey) -> impl Iterator<Item = &str> {
+        self.slices_by_service.get(service).into_iter().flatten().map(String::as_str)
     }
 
     /// Adds (`linked`) or removes a slice in its Service's entry of `slices_by_service`.

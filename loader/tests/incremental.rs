@@ -64,28 +64,40 @@ struct Backend {
     routed: bool,
     /// Which of [`RULES`] the route has.
     rule: usize,
+    /// The route's hostnames: its own, one all such routes share, or none (every host).
+    route_host: usize,
+    /// A second, newer policy targets the Service too (and loses the conflict).
+    conflict: bool,
+    /// A GRPCRoute sends to the Service too (its cluster then speaks HTTP/2).
+    grpc: bool,
+    /// The Service exists.
+    service: bool,
 }
 
 /// Route rules, `{name}` and `{mirror}` (the next backend) filled in: matches, filters, a
-/// redirect, a mirror and a field the loader refuses.
-const RULES: [&str; 6] = [
+/// redirect, a mirror, a field the loader refuses and a Service that does not exist.
+const RULES: [&str; 7] = [
     "  - backendRefs: [{name: {name}, port: 443}]\n",
     "  - matches: [{path: {type: Exact, value: /x}, method: GET, headers: [{name: X-A, value: b}], queryParams: [{name: q, type: RegularExpression, value: \"v[0-9]\"}]}]\n    backendRefs: [{name: {name}, port: 443}]\n",
     "  - matches: [{path: {value: /p}}]\n    filters:\n    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-S, value: v}], remove: [X-R]}}\n    - {type: URLRewrite, urlRewrite: {hostname: h.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}\n    backendRefs: [{name: {name}, port: 443}]\n    timeouts: {request: 2s}\n",
     "  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]\n",
     "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: {mirror}, port: 443}}}]\n    backendRefs: [{name: {name}, port: 443}]\n",
     "  - backendRefs: [{name: {name}, port: 443}]\n    sessionPersistence: {type: Cookie}\n",
+    "  - backendRefs: [{name: {name}, port: 443}, {name: nowhere, port: 443}]\n",
 ];
 
 fn write_backend(dir: &Path, i: usize, b: &Backend, cas: &[String]) {
     let ns = format!("ns-{}", i % 3);
     let name = format!("svc-{i}");
-    let mut service = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: https, port: 443}}]\n"
-    );
+    let mut service = String::new();
+    if b.service {
+        service.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: https, port: 443}}]\n---\n"
+        ));
+    }
     if b.endpoints {
         service.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"127.0.0.{}\"]}}]\nports: [{{name: https, port: {}}}]\n",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"127.0.0.{}\"]}}]\nports: [{{name: https, port: {}}}]\n",
             i + 1,
             b.port
         ));
@@ -112,15 +124,44 @@ fn write_backend(dir: &Path, i: usize, b: &Backend, cas: &[String]) {
             let _ = std::fs::remove_file(&policy_path);
         }
     }
+    let second_path = dir.join(format!("{name}-second-policy.yaml"));
+    if b.conflict {
+        std::fs::write(
+            &second_path,
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {{name: {name}-second, namespace: {ns}, creationTimestamp: \"2030-01-01T00:00:00Z\"}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: {name}}}]\n  validation: {{hostname: second.example.com, wellKnownCACertificates: System}}\n"
+            ),
+        )
+        .unwrap();
+    } else {
+        let _ = std::fs::remove_file(&second_path);
+    }
+    let grpc_path = dir.join(format!("{name}-grpc.yaml"));
+    if b.grpc {
+        std::fs::write(
+            &grpc_path,
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [grpc.example]\n  rules: [{{backendRefs: [{{name: {name}, port: 443}}]}}]\n"
+            ),
+        )
+        .unwrap();
+    } else {
+        let _ = std::fs::remove_file(&grpc_path);
+    }
     let route_path = dir.join(format!("{name}-route.yaml"));
     if b.routed {
         // The mirror is in the same namespace (no ReferenceGrant needed).
         let mirror = format!("svc-{}", (i + 3) % BACKENDS);
         let rule = RULES[b.rule].replace("{name}", &name).replace("{mirror}", &mirror);
+        let hostnames = match b.route_host {
+            0 => format!("{name}.example"),
+            1 => "shared.example".to_string(),
+            _ => String::new(),
+        };
         std::fs::write(
             &route_path,
             format!(
-                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [{name}.example]\n  rules:\n{rule}"
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  hostnames: [{hostnames}]\n  rules:\n{rule}"
             ),
         )
         .unwrap();
@@ -188,6 +229,10 @@ fn run(seed: u64) {
         port: 8443,
         routed: true,
         rule: 0,
+        route_host: 0,
+        conflict: false,
+        grpc: false,
+        service: true,
     };
     let mut backends = vec![initial; BACKENDS];
     for (i, b) in backends.iter().enumerate() {
@@ -199,13 +244,30 @@ fn run(seed: u64) {
     let mut config = ConfigDir::new(&dir);
     let mut resolver = Incremental::new(Default::default());
     let mut partial_builds = 0;
+    let mut full_builds = BTreeMap::new();
     let mut translator = Translator::default();
     let mut current = Snapshot::default();
     let mut listener_secret_served = 0;
     for edit in 0..EDITS {
         let i = rng.below(BACKENDS);
         let b = &mut backends[i];
-        let what = match rng.below(9) {
+        let what = match rng.below(13) {
+            9 => {
+                b.route_host = rng.below(3);
+                "route hostnames (own, shared, none)"
+            }
+            10 => {
+                b.conflict = !b.conflict;
+                "second policy present"
+            }
+            11 => {
+                b.grpc = !b.grpc;
+                "GRPCRoute present"
+            }
+            12 => {
+                b.service = !b.service;
+                "Service present"
+            }
             0 => {
                 b.ca = rng.below(4);
                 "CA content (3 = not a certificate)"
@@ -246,8 +308,9 @@ fn run(seed: u64) {
         let (store, errors) = config.objects();
         assert!(errors.is_empty(), "generated files parse: {errors:?}");
         let build = resolver.update(store);
-        if matches!(build, Build::Partial { .. }) {
-            partial_builds += 1;
+        match build {
+            Build::Partial { .. } => partial_builds += 1,
+            Build::Full(why) => *full_builds.entry(why).or_insert(0) += 1,
         }
         let resolution = resolver.resolution();
         let packed = translator.translate(&resolution.ir, &Default::default());
@@ -277,8 +340,11 @@ fn run(seed: u64) {
         );
     }
     assert!(listener_secret_served > 0, "seed {seed}: the HTTPS listener was never served");
-    // Slice and CA edits are a third of them.
-    assert!(partial_builds >= EDITS / 10, "seed {seed}: only {partial_builds} partial builds");
+    // Only the first build and listener certificate edits (1 in 13) need a full build.
+    assert!(
+        partial_builds >= EDITS * 2 / 3,
+        "seed {seed}: only {partial_builds} partial builds; full builds: {full_builds:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -82,11 +82,12 @@ pub fn resolve(store: &Store, options: &Options) -> Resolution {
     resolve_observed(store, options, |_| {})
 }
 
-/// [`resolve`], showing the resolved policies to `observe` before their reports are made.
+/// [`resolve`], showing the served Gateways (with the routes attached to each listener) to
+/// `observe` at the end.
 fn resolve_observed(
     store: &Store,
     options: &Options,
-    observe: impl FnOnce(&PolicyIndex),
+    observe: impl FnOnce(&[ServedGateway<'_>]),
 ) -> Resolution {
     let mut policies = PolicyIndex::build(store, options);
     let mut problems = Vec::new();
@@ -129,7 +130,7 @@ fn resolve_observed(
         }
     }
     let gateway_classes = gateway_class_reports(store);
-    observe(&policies);
+    observe(&served);
     Resolution { ir, policies: policies.reports(), gateway_classes, gateways, routes, problems }
 }
 

@@ -146,11 +146,6 @@ impl PolicyIndex {
         }
     }
 
-    /// Each policy's trust and whether it lost a conflict, for [`super::Incremental`].
-    pub fn outcomes(&self) -> impl Iterator<Item = (&ObjectKey, &Trust, bool)> {
-        self.policies.values().map(|p| (&p.key, &p.trust, p.accepted.reason == "Conflicted"))
-    }
-
     pub fn reports(self) -> Vec<PolicyReport> {
         self.policies
             .into_values()
@@ -181,19 +176,6 @@ impl ResolvedPolicy {
             self.resolved_refs.clone().observed(self.generation),
         ]
     }
-}
-
-/// One policy resolved again on its own, for [`super::Incremental`]: valid only while nothing
-/// but its CA certificate references changed, so that its targets and its standing against the
-/// other policies (validity, precedence) are what they were.
-pub(super) fn resolve_again(
-    store: &Store,
-    options: &Options,
-    key: &ObjectKey,
-    bundles: &mut BTreeMap<String, Arc<str>>,
-) -> Option<ResolvedPolicy> {
-    let policy = store.policies.get(key)?;
-    Some(resolve_policy(store, options, key, policy, bundles).0)
 }
 
 /// Validates and resolves one policy. Returns it with the targets it attaches to. Invalid policies

@@ -95,6 +95,15 @@ pub(super) fn lookup<'a>(store: &'a Store, id: RouteId<'_>) -> AnyRoute<'a> {
     }
 }
 
+/// The route an Envoy route of the IR came from, by its name: `<namespace>/<name>/rule/..` for
+/// HTTPRoutes ([`build_http_routes`]), `<namespace>/<name>/grpc/rule/..` for GRPCRoutes.
+pub(super) fn route_of_name(name: &str) -> Option<(RouteKind, ObjectKey)> {
+    let mut parts = name.splitn(4, '/');
+    let (namespace, route, next) = (parts.next()?, parts.next()?, parts.next()?);
+    let kind = if next == "grpc" { RouteKind::Grpc } else { RouteKind::Http };
+    Some((kind, ObjectKey::new(namespace, route)))
+}
+
 /// Gateway API route precedence across all rules of all routes on one host. GRPCRoute rules
 /// first (see [`RouteKind`]), ordered as the GRPCRoute spec says: more characters in the
 /// matched service, then in the method, then more header matches. HTTPRoute rules: Exact paths
