@@ -336,7 +336,11 @@ impl Kept {
             self.resolution.ir.listeners.iter_mut().zip(&mut sub.ir.listeners)
         {
             let vhosts = &mut listener.virtual_hosts;
-            vhosts.retain(|v| !c.hosts.contains(&v.domains[0]));
+            for host in &c.hosts {
+                if let Ok(at) = vhosts.binary_search_by(|v| v.domains[0].cmp(host)) {
+                    vhosts.remove(at);
+                }
+            }
             for vhost in sub_listener.virtual_hosts.drain(..) {
                 let at = vhosts
                     .binary_search_by(|v| v.domains[0].cmp(&vhost.domains[0]))
@@ -345,39 +349,45 @@ impl Kept {
             }
         }
 
-        // Reports.
-        let route_order = |kind: &str, namespace: &str, name: &str| {
-            let rank = match kind {
-                "GRPCRoute" => 0,
-                "HTTPRoute" => 1,
-                _ => 2,
-            };
-            (rank, namespace.to_string(), name.to_string())
-        };
+        // Reports: route reports are in `all_routes` order (kind, then key).
         let reports = &mut self.resolution.routes;
-        reports.retain(|r| {
-            let kind = if r.kind == "GRPCRoute" { RouteKind::Grpc } else { RouteKind::Http };
-            !c.routes.contains(&(kind, ObjectKey::new(&r.namespace, &r.name)))
-        });
-        for report in sub.routes {
-            let key = route_order(report.kind, &report.namespace, &report.name);
-            let at = reports
-                .binary_search_by(|r| route_order(r.kind, &r.namespace, &r.name).cmp(&key))
-                .expect_err("removed above");
-            reports.insert(at, report);
+        for (kind, key) in &c.routes {
+            let at = reports.binary_search_by(|r| {
+                route_order(r.kind, &r.namespace, &r.name).cmp(&(*kind, &key.namespace, &key.name))
+            });
+            if let Ok(at) = at {
+                reports.remove(at);
+            }
         }
-        let reports = &mut self.resolution.policies;
-        reports.retain(|p| !c.policies.contains(&ObjectKey::new(&p.namespace, &p.name)));
-        for report in sub.policies {
+        for report in sub.routes {
             let at = reports
-                .binary_search_by(|p| {
-                    (&p.namespace, &p.name).cmp(&(&report.namespace, &report.name))
+                .binary_search_by(|r| {
+                    route_order(r.kind, &r.namespace, &r.name).cmp(&route_order(
+                        report.kind,
+                        &report.namespace,
+                        &report.name,
+                    ))
                 })
                 .expect_err("removed above");
             reports.insert(at, report);
         }
+        let reports = &mut self.resolution.policies;
+        let policy_at = |reports: &[crate::status::PolicyReport], namespace: &str, name: &str| {
+            reports.binary_search_by(|p| (&*p.namespace, &*p.name).cmp(&(namespace, name)))
+        };
+        for key in &c.policies {
+            if let Ok(at) = policy_at(reports, &key.namespace, &key.name) {
+                reports.remove(at);
+            }
+        }
+        for report in sub.policies {
+            let at = policy_at(reports, &report.namespace, &report.name).expect_err("removed");
+            reports.insert(at, report);
+        }
         for ((gateway, listener), routes) in &mut self.attached {
-            routes.retain(|r| !c.routes.contains(r));
+            for route in &c.routes {
+                routes.remove(route);
+            }
             if let Some(added) = sub_attached.get(&(gateway.clone(), *listener)) {
                 routes.extend(added.iter().cloned());
             }
@@ -532,6 +542,11 @@ impl Component {
         }
         sub
     }
+}
+
+/// Where a route report sorts (`all_routes` order).
+fn route_order<'a>(kind: &str, namespace: &'a str, name: &'a str) -> (RouteKind, &'a str, &'a str) {
+    (RouteKind::of_name(kind), namespace, name)
 }
 
 /// Secrets the Gateways name: listener certificates and backend client certificates.

@@ -23,6 +23,15 @@ impl RouteKind {
         }
     }
 
+    /// The kind [`Self::name`] names (`TLSRoute` for any other).
+    pub fn of_name(name: &str) -> Self {
+        match name {
+            "GRPCRoute" => RouteKind::Grpc,
+            "HTTPRoute" => RouteKind::Http,
+            _ => RouteKind::Tls,
+        }
+    }
+
     pub fn group_kind(self) -> RouteGroupKind {
         RouteGroupKind { group: GATEWAY_GROUP, kind: self.name() }
     }
