@@ -312,9 +312,11 @@ async fn connection(tcp: TcpStream, port: u16, tls: Option<tls::TlsServer>, shar
             })),
         },
         Some(_) => {
-            let first_line = first_line(tcp).await;
+            let mut tcp = tcp;
+            let first_line = first_line(&mut tcp).await;
             shared.record(Seen::PlaintextOnTls(PlaintextAttempt { port, first_line }));
             // Dropping the stream closes the connection: a plaintext client gets no answer.
+            drop(tcp);
         }
     }
 }
@@ -328,7 +330,10 @@ pub(crate) async fn first_byte(tcp: &TcpStream) -> Option<u8> {
 }
 
 /// The first line of what a plaintext client sent (up to 1 KiB, waiting at most 2 s for it).
-pub(crate) async fn first_line(mut tcp: TcpStream) -> String {
+/// Reads the first line a client sent. Takes the stream by reference: the caller records what it
+/// saw before dropping the stream closes the connection, so a client that saw the close finds it
+/// recorded.
+pub(crate) async fn first_line(tcp: &mut TcpStream) -> String {
     let mut buffer = Vec::new();
     let read = async {
         let mut chunk = [0u8; 1024];

@@ -237,8 +237,10 @@ async fn connection(
             })),
         },
         Some(_) => {
-            let first_line = super::first_line(tcp).await;
+            let mut tcp = tcp;
+            let first_line = super::first_line(&mut tcp).await;
             record(Seen::PlaintextOnTls(PlaintextAttempt { port, first_line }));
+            drop(tcp);
         }
     }
 }
