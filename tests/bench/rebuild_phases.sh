@@ -48,7 +48,8 @@ change() { # what, then the command that makes the change
 import re, sys
 line = sys.stdin.read()
 ms = lambda key: (lambda v, u: float(v) * {"s": 1000, "ms": 1, "µs": 0.001}[u])(*re.search(key + r"=([0-9.]+)(s|ms|µs)", line).groups())
-build = re.search(r"build=(.*)", line).group(1)
+build = re.search(r"build=(.*)", line)
+build = build.group(1) if build else "Full (a loader without incremental resolution)"
 reload, resolved, whole = ms("reloaded"), ms("resolved_at"), ms("elapsed")
 print(f"{sys.argv[1]},{reload:.1f},{resolved - reload:.1f},{whole:.1f},{build}")' "$what"
 }
