@@ -5,7 +5,7 @@
 
 use crate::objects::ObjectKey;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -22,6 +22,18 @@ pub struct Ir {
     /// a rotation changes the secret's content and nothing else).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub listener_certificates: BTreeMap<String, ClientCertificate>,
+}
+
+/// What an incremental resolution changed in the IR ([`crate::resolve::Incremental::changes`]).
+/// Everything else is as the last resolution left it, so the translator neither digests nor
+/// encodes it again. Listener-level fields (ports, TLS chains, certificates) never change in such
+/// a resolution.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IrChanges {
+    /// Clusters added, removed or changed, by name.
+    pub clusters: BTreeSet<String>,
+    /// Hostnames whose virtual hosts were added, removed or changed, on any listener.
+    pub hosts: BTreeSet<String>,
 }
 
 /// One Envoy listener: a port, with every programmed Gateway listener on it.

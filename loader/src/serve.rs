@@ -136,6 +136,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         config,
         quarantine: Quarantine::default(),
         resolver: resolve::Incremental::new(options.resolve.clone()),
+        quarantined: false,
         translate: options.translate.clone(),
         translator: Translator::default(),
         snapshot_tx,
@@ -273,6 +274,9 @@ struct Rebuilder {
     quarantine: Quarantine,
     /// Keeps the last resolution, and re-resolves only what each change touches.
     resolver: resolve::Incremental,
+    /// The last build's IR was changed by the quarantine (so the translator's last input was not
+    /// the resolver's).
+    quarantined: bool,
     translate: TranslateOptions,
     translator: Translator,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
@@ -302,7 +306,8 @@ impl Rebuilder {
         // Failing clusters closed that Envoy refused changes the IR: a copy, so that the
         // resolver's own stays what the objects say (the quarantine is rarely in use).
         let quarantined;
-        let ir = if self.quarantine.is_idle() {
+        let quarantined_now = !self.quarantine.is_idle();
+        let ir = if !quarantined_now {
             &resolution.ir
         } else {
             let mut ir = resolution.ir.clone();
@@ -330,7 +335,10 @@ impl Rebuilder {
                 return;
             }
         }
-        let resources = self.translator.translate(ir, &self.translate);
+        // What the resolution changed, unless a quarantine changed the IR now or last time.
+        let changes = self.resolver.changes().filter(|_| !quarantined_now && !self.quarantined);
+        self.quarantined = quarantined_now;
+        let resources = self.translator.translate_changes(ir, &self.translate, changes);
         if let Some(plan) = &self.probe_plan {
             // What Envoy is told is what gets probed (quarantined clusters included, as served).
             plan.send_replace(Arc::new(probe::targets(ir, None)));

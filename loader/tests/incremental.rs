@@ -313,7 +313,8 @@ fn run(seed: u64) {
             Build::Full(why) => *full_builds.entry(why).or_insert(0) += 1,
         }
         let resolution = resolver.resolution();
-        let packed = translator.translate(&resolution.ir, &Default::default());
+        let changes = resolver.changes();
+        let packed = translator.translate_changes(&resolution.ir, &Default::default(), changes);
         current = Snapshot::new(current.version + 1, packed);
         let incremental = contents(&current);
         if incremental.keys().any(|(_, name)| name == "backendtls_listener_infra_listener-cert") {

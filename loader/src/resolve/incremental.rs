@@ -61,6 +61,8 @@ struct Kept {
     invalid_cluster_users: BTreeSet<RouteKey>,
     /// How many clusters use each CA bundle of `resolution.ir.ca_bundles`.
     bundle_users: HashMap<String, usize>,
+    /// What the last build changed, when it was partial.
+    changes: Option<IrChanges>,
 }
 
 /// Why a change is resolved in full.
@@ -77,6 +79,11 @@ impl Incremental {
     /// Before the first update.
     pub fn resolution(&self) -> &Resolution {
         &self.kept.as_ref().expect("updated before").resolution
+    }
+
+    /// What the last [`Self::update`] changed in the IR, when it was partial.
+    pub fn changes(&self) -> Option<&IrChanges> {
+        self.kept.as_ref()?.changes.as_ref()
     }
 
     /// Brings the resolution up to date with `store` (see [`Self::resolution`]), from the last
@@ -112,6 +119,7 @@ impl Kept {
             attached,
             invalid_cluster_users: invalid_cluster_users(&resolution.ir),
             bundle_users: HashMap::new(),
+            changes: None,
             resolution,
         };
         for cluster in kept.resolution.ir.clusters.values() {
@@ -295,6 +303,7 @@ impl Kept {
         sub_attached: HashMap<(ObjectKey, usize), BTreeSet<RouteKey>>,
     ) {
         let mut sub = sub;
+        let mut changes = IrChanges::default();
         // Clusters: every cluster of the component's Services, and the invalid-backend one.
         for service in &c.services {
             let prefix = backendtls_contract::cluster_name(&service.namespace, &service.name, 0);
@@ -311,6 +320,7 @@ impl Kept {
             for name in names {
                 let cluster = self.resolution.ir.clusters.remove(&name).expect("listed");
                 self.count_bundle(&cluster, -1);
+                changes.clusters.insert(name);
             }
         }
         let mut sub_clusters = std::mem::take(&mut sub.ir.clusters);
@@ -321,8 +331,11 @@ impl Kept {
                 self.resolution.ir.ca_bundles.entry(secret.clone()).or_insert_with(pem);
             }
             self.count_bundle(&cluster, 1);
+            changes.clusters.insert(name.clone());
             self.resolution.ir.clusters.insert(name, cluster);
         }
+        changes.clusters.insert(INVALID_BACKEND_CLUSTER.to_string());
+        changes.hosts = c.hosts.clone();
         self.invalid_cluster_users.retain(|r| !c.routes.contains(r));
         self.invalid_cluster_users.extend(invalid_cluster_users(&sub.ir));
         if self.invalid_cluster_users.is_empty() {
@@ -399,6 +412,7 @@ impl Kept {
                 listener.attached_routes = count as u32;
             }
         }
+        self.changes = Some(changes);
     }
 
     /// Updates the indexes for the changed routes and policies.

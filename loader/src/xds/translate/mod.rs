@@ -232,6 +232,18 @@ pub struct Translator {
 
 impl Translator {
     pub fn translate(&mut self, ir: &Ir, options: &TranslateOptions) -> Packed {
+        self.translate_changes(ir, options, None)
+    }
+
+    /// [`Self::translate`], told what changed in `ir` since the last call (`changes`, from an
+    /// incremental resolution of the IR the last call was given): the rest is known unchanged
+    /// and is not digested again.
+    pub fn translate_changes(
+        &mut self,
+        ir: &Ir,
+        options: &TranslateOptions,
+        changes: Option<&crate::ir::IrChanges>,
+    ) -> Packed {
         let options_key = serde_json::to_string(options).expect("options serialize");
         if self.options.as_ref() != Some(&options_key) {
             *self = Translator { options: Some(options_key), ..Default::default() };
@@ -244,8 +256,15 @@ impl Translator {
         let mut virtual_hosts = HashMap::new();
         for l in &ir.listeners {
             // Per virtual host first: the listener's digest is over theirs.
-            let host_digests: Vec<[u8; 16]> =
-                l.virtual_hosts.iter().map(crate::digest::digest).collect();
+            let host_digests: Vec<[u8; 16]> = l
+                .virtual_hosts
+                .iter()
+                .map(|vh| {
+                    let unchanged = changes.is_some_and(|c| !c.hosts.contains(&vh.domains[0]));
+                    let known = self.virtual_hosts.get(&vh.name).filter(|_| unchanged);
+                    known.map_or_else(|| crate::digest::digest(vh), |entry| entry.source)
+                })
+                .collect();
             // Inline, the listener holds its certificates: their content is part of its source.
             let inline_certificates: Vec<(&str, &str)> = match options.delivery {
                 Delivery::Ads => Vec::new(),
@@ -341,7 +360,9 @@ impl Translator {
         self.virtual_hosts = virtual_hosts;
         let mut clusters = HashMap::with_capacity(ir.clusters.len());
         for c in ir.clusters.values() {
-            let source = crate::digest::digest(c);
+            let unchanged = changes.is_some_and(|changes| !changes.clusters.contains(&c.name));
+            let known = self.clusters.get(&c.name).filter(|_| unchanged);
+            let source = known.map_or_else(|| crate::digest::digest(c), |entry| entry.source);
             let entry = match self.clusters.remove(&c.name) {
                 Some(entry) if entry.source == source => entry,
                 _ => {
