@@ -753,14 +753,14 @@ impl ConfigDir {
             }
             let metadata = std::fs::symlink_metadata(&path);
             let what = match &metadata {
+                // Removed or renamed, or replaced by a file: the files under it are not named.
+                _ if self.dirs.contains(&path) => Some("a directory listed before"),
                 Ok(m) if m.file_type().is_symlink() => Some("a symlink"),
                 Ok(m) if m.is_dir() => Some("a directory"),
                 // Whatever its name: input can be written through it.
                 Ok(m) if m.nlink() > 1 => Some("a hard-linked file"),
                 Ok(_) => None,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.dirs.contains(&path).then_some("a directory that went away")
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             };
             let hidden = |name: &std::ffi::OsStr| name.to_string_lossy().starts_with('.');

@@ -72,7 +72,7 @@ fn operate(root: &Path, rng: &mut Rng, step: usize) -> (Vec<PathBuf>, &'static s
     let some_dir = |rng: &mut Rng| rng.pick(&dirs).clone();
     let new_file = |rng: &mut Rng| some_dir(rng).join(format!("f{step}.yaml"));
     let write = |path: &Path, text: &str| std::fs::write(path, text).unwrap();
-    match rng.below(12) {
+    match rng.below(13) {
         // Write: a new file, or new content in one.
         0 | 1 | 2 => {
             let path = if files.is_empty() || rng.chance(40) {
@@ -139,6 +139,13 @@ fn operate(root: &Path, rng: &mut Rng, step: usize) -> (Vec<PathBuf>, &'static s
             std::fs::rename(&aside, &path).unwrap();
             (vec![aside, path], "save by rename")
         }
+        12 if dirs.len() > 1 => {
+            // A directory replaced by a file of the same name: one path for both.
+            let path = dirs[rng.below(dirs.len() - 1)].clone();
+            std::fs::remove_dir_all(&path).unwrap();
+            write(&path, &content(rng));
+            (vec![path], "replace a directory by a file")
+        }
         _ => {
             let path = new_file(rng);
             write(&path, &content(rng));
@@ -172,11 +179,21 @@ fn reloads_from_event_paths_equal_full_listings() {
             let context = format!("seed {seed} step {step}: {what} {paths:?} ({reload:?})");
             assert_eq!(state(&mut by_events), state(&mut listed), "{context}");
             match (&reload, what) {
-                (Reload::Checked { .. }, "rename a directory" | "create in a new directory") => {
+                (
+                    Reload::Checked { .. },
+                    "rename a directory"
+                    | "create in a new directory"
+                    | "replace a directory by a file",
+                ) => {
                     panic!("{context}: a directory's event must list the tree")
                 }
                 (Reload::Checked { .. }, _) => checked += 1,
-                (Reload::Listed { .. }, "rename a directory" | "create in a new directory") => {}
+                (
+                    Reload::Listed { .. },
+                    "rename a directory"
+                    | "create in a new directory"
+                    | "replace a directory by a file",
+                ) => {}
                 (Reload::Listed { reason }, _) => panic!("{context}: listed ({reason})"),
             }
         }
@@ -282,6 +299,16 @@ fn untrustworthy_events_list_the_tree() {
     };
     let reload = config.reload_events(events([root.join("a.yaml")])).unwrap();
     assert_eq!(reload, Reload::Checked { paths: 1 });
+    // A directory replaced by a file of the same name (one event names both).
+    std::fs::create_dir(root.join("d.yaml")).unwrap();
+    std::fs::write(root.join("d.yaml/in.yaml"), cm("in")).unwrap();
+    config.reload().unwrap();
+    std::fs::remove_dir_all(root.join("d.yaml")).unwrap();
+    std::fs::write(root.join("d.yaml"), "").unwrap();
+    listed(&mut config, vec![root.join("d.yaml")], "directory listed before");
+    assert!(config.errors().is_empty() && config.objects().1.is_empty());
+    let key = backendtls_loader::objects::ObjectKey::new("default", "ca");
+    assert_eq!(&config.objects().0.config_maps[&key].data["ca.crt"], "a");
     listed(&mut config, vec![PathBuf::from("/elsewhere/a.yaml")], "outside");
     listed(&mut config, vec![root.to_path_buf()], "directory itself");
     listed(&mut config, vec![root.join("a.yaml"), root.join("..").join("x.yaml")], "outside");
@@ -334,4 +361,78 @@ fn a_reload_checks_only_the_paths_named() {
     assert_eq!(config.reload_events(events([path])).unwrap(), Reload::Checked { paths: 1 });
     let key = backendtls_loader::objects::ObjectKey::new("default", "c3");
     assert_eq!(&config.objects().0.config_maps[&key].data["v"], "b");
+}
+
+/// An object that moves from one file to another in one reload (a file renamed to a name later
+/// in path order, or the object cut from one file and pasted into another) is looked up only in
+/// its new file. (Updating the store file by file, the file it left was still taken for its
+/// first definition: the reload panicked and `serve`'s rebuild thread with it.)
+#[test]
+fn an_object_moving_between_files_in_one_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cm = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: x}}\n")
+    };
+    std::fs::write(root.join("a.yaml"), cm("moving")).unwrap();
+    std::fs::write(root.join("b.yaml"), cm("staying")).unwrap();
+    let (mut listed, mut by_events) = (ConfigDir::new(root), ConfigDir::new(root));
+    listed.reload().unwrap();
+    by_events.reload().unwrap();
+    let names = |config: &mut ConfigDir| -> Vec<String> {
+        config.objects().0.config_maps.keys().map(|k| k.name.clone()).collect()
+    };
+    std::fs::rename(root.join("a.yaml"), root.join("c.yaml")).unwrap();
+    listed.reload().unwrap();
+    by_events.reload_events(events([root.join("a.yaml"), root.join("c.yaml")])).unwrap();
+    // Cut from b and pasted into a.
+    std::fs::write(root.join("a.yaml"), cm("staying")).unwrap();
+    std::fs::write(root.join("b.yaml"), "").unwrap();
+    listed.reload().unwrap();
+    by_events.reload_events(events([root.join("b.yaml"), root.join("a.yaml")])).unwrap();
+    for config in [&mut listed, &mut by_events] {
+        assert_eq!(names(config), ["moving", "staying"]);
+        assert!(config.objects().1.is_empty());
+    }
+}
+
+/// `serve`'s reloads ([`ConfigDir::reload_pending`]): without a watcher, every one lists the
+/// tree; with one, only what its events name is checked, and after a reload that failed (the
+/// directory was gone) the next one lists the tree again.
+#[test]
+fn pending_events_and_failed_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("config");
+    std::fs::create_dir(&root).unwrap();
+    let cm = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
+    let has = |config: &mut ConfigDir, name: &str| {
+        let key = backendtls_loader::objects::ObjectKey::new("default", name);
+        config.objects().0.config_maps.contains_key(&key)
+    };
+    let mut unwatched = ConfigDir::new(&root);
+    unwatched.reload_pending().unwrap();
+    std::fs::write(root.join("a.yaml"), cm("a")).unwrap();
+    unwatched.reload_pending().unwrap();
+    assert!(has(&mut unwatched, "a"));
+
+    let mut watched = ConfigDir::new(&root);
+    watched.watch_events();
+    watched.reload_pending().unwrap();
+    assert!(has(&mut watched, "a"));
+    // Unreported changes stay unseen (the watcher reports every one)...
+    std::fs::write(root.join("b.yaml"), cm("b")).unwrap();
+    watched.reload_pending().unwrap();
+    assert!(!has(&mut watched, "b"));
+    watched.add_events(events([root.join("b.yaml")]));
+    watched.reload_pending().unwrap();
+    assert!(has(&mut watched, "b"));
+    // ...but after a failed reload, the next one lists everything.
+    let aside = dir.path().join("aside");
+    std::fs::rename(&root, &aside).unwrap();
+    watched.add_events(events([root.clone()]));
+    assert!(watched.reload_pending().is_err());
+    std::fs::rename(&aside, &root).unwrap();
+    std::fs::write(root.join("c.yaml"), cm("c")).unwrap();
+    watched.reload_pending().unwrap();
+    assert!(has(&mut watched, "c") && has(&mut watched, "b"));
 }
