@@ -121,10 +121,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
         None => {
             // The watcher starts before the first listing, so that no change falls between
             // them: from then on a reload checks only the paths events name.
-            watcher = Some(watch_dir(&options.config_dir, events_tx.clone())?);
+            let watching = watch_dir(&options.config_dir, events_tx.clone());
             let mut config = ConfigDir::new(&options.config_dir);
             config.watch_events();
+            // A directory that cannot be read is reported as such, before the watcher's error.
             Input::reload(&mut config)?;
+            watcher = Some(watching?);
             Box::new(config)
         }
     };
