@@ -74,7 +74,7 @@ fn operate(root: &Path, rng: &mut Rng, step: usize) -> (Vec<PathBuf>, &'static s
     let write = |path: &Path, text: &str| std::fs::write(path, text).unwrap();
     match rng.below(13) {
         // Write: a new file, or new content in one.
-        0 | 1 | 2 => {
+        0..=2 => {
             let path = if files.is_empty() || rng.chance(40) {
                 new_file(rng)
             } else {
