@@ -517,6 +517,9 @@ pub struct ConfigDir {
     /// Changes a watcher reported since the last reload, when one watches the directory (see
     /// [`ConfigDir::watch_events`]); `None` when none does: every reload lists the tree.
     pending: Option<FileEvents>,
+    /// The watcher's error, once it reported one: it may miss changes since, so every reload
+    /// lists the tree.
+    watcher_failed: Option<String>,
 }
 
 /// What identifies a file's version without reading it.
@@ -653,9 +656,14 @@ impl ConfigDir {
     /// thousand files. Files that could not be read are read again too (as a full listing
     /// does). The whole tree is listed instead whenever the events cannot say which files
     /// changed: see [`Self::check_paths`]. Returns an error only when the directory itself
-    /// cannot be read.
+    /// cannot be read. The reload's debug line counts the paths events named (`event_paths`)
+    /// and those checked (`checked_paths`: input files among them, and unreadable files).
     pub fn reload_events(&mut self, events: FileEvents) -> std::io::Result<Reload> {
         let started = std::time::Instant::now();
+        if events.watcher_failed && self.watcher_failed.is_none() {
+            self.watcher_failed = events.everything.clone();
+        }
+        let named = events.paths.len();
         let checks = match self.check_paths(events) {
             Ok(checks) => checks,
             Err(reason) => {
@@ -693,6 +701,7 @@ impl ConfigDir {
             elapsed = ?started.elapsed(),
             files = self.files.len(),
             read_files,
+            event_paths = named,
             checked_paths = checked,
             listed = "events",
             "reload"
@@ -703,7 +712,7 @@ impl ConfigDir {
     /// The files that events on `events`' paths may have changed, each with its stamp (or why it
     /// cannot be read), or None when it is gone; or why the events cannot be trusted to name
     /// every change, so that the tree must be listed: the events said so (the watcher lost
-    /// events or failed), nothing was listed yet, the tree holds symlinks or hard links (a
+    /// events or failed, now or earlier), nothing was listed yet, the tree holds symlinks or hard links (a
     /// change through one name raises events on that name only), a directory could not be
     /// listed, or an event named a directory (created, removed, renamed: what is under it is
     /// not named), a symlink, a hard-linked file, the root itself or a path outside it.
@@ -715,6 +724,9 @@ impl ConfigDir {
         use std::os::unix::fs::MetadataExt;
         if let Some(reason) = events.everything {
             return Err(reason);
+        }
+        if let Some(reason) = &self.watcher_failed {
+            return Err(format!("the watcher failed ({reason}): it may miss changes"));
         }
         if self.last_scan.is_none() {
             return Err("first load".into());
@@ -1001,6 +1013,9 @@ pub struct FileEvents {
     paths: HashSet<PathBuf>,
     /// Why the events cannot name every change, when they cannot: the tree is listed.
     everything: Option<String>,
+    /// The watcher failed (e.g. it could not watch a new directory: too many watches): it may
+    /// miss changes from now on, so every later reload lists the tree.
+    watcher_failed: bool,
 }
 
 /// More changed paths than this between two reloads (a checkout, a copy of the whole tree) are
@@ -1010,7 +1025,7 @@ pub const MAX_EVENT_PATHS: usize = 65_536;
 impl FileEvents {
     /// Events that cannot say what changed, and why.
     pub fn everything(reason: impl Into<String>) -> Self {
-        FileEvents { paths: HashSet::new(), everything: Some(reason.into()) }
+        FileEvents { paths: HashSet::new(), everything: Some(reason.into()), watcher_failed: false }
     }
 
     pub fn add_path(&mut self, path: PathBuf) {
@@ -1019,14 +1034,19 @@ impl FileEvents {
         }
         self.paths.insert(path);
         if self.paths.len() > MAX_EVENT_PATHS {
-            *self = FileEvents::everything(format!("more than {MAX_EVENT_PATHS} paths changed"));
+            self.paths = HashSet::new();
+            self.everything = Some(format!("more than {MAX_EVENT_PATHS} paths changed"));
         }
     }
 
     pub fn merge(&mut self, other: FileEvents) {
+        self.watcher_failed |= other.watcher_failed;
         match other.everything {
             Some(_) if self.everything.is_some() => {}
-            Some(reason) => *self = FileEvents::everything(reason),
+            Some(reason) => {
+                self.paths = HashSet::new();
+                self.everything = Some(reason);
+            }
             None => other.paths.into_iter().for_each(|path| self.add_path(path)),
         }
     }
@@ -1040,7 +1060,11 @@ impl FileEvents {
     pub fn from_notify(event: notify::Result<notify::Event>) -> Option<FileEvents> {
         let event = match event {
             Ok(event) => event,
-            Err(error) => return Some(FileEvents::everything(format!("watcher error: {error}"))),
+            Err(error) => {
+                let mut events = FileEvents::everything(format!("watcher error: {error}"));
+                events.watcher_failed = true;
+                return Some(events);
+            }
         };
         if event.need_rescan() {
             // inotify's queue overflowed: events were lost.
