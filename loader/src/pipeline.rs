@@ -3,7 +3,7 @@
 
 use crate::quarantine::RejectionReport;
 use crate::resolve::{self, Problem, Resolution};
-use crate::source::{ConfigDir, SourceError};
+use crate::source::{ConfigDir, FileEvents, SourceError};
 use crate::status::{GatewayClassReport, GatewayReport, PolicyReport, RouteReport};
 use crate::store::Store;
 use crate::xds::translate::{translate, Resources, TranslateOptions};
@@ -302,6 +302,8 @@ pub trait Input: Send {
     fn unusable(&self) -> Vec<String>;
     /// Each build's status report, after the snapshot was published.
     fn built(&mut self, _report: &StatusReport<'_>) {}
+    /// What a watcher saw change since the last reload (file mode), for the next reload.
+    fn files_changed(&mut self, _events: FileEvents) {}
 }
 
 /// The config directory could not be read.
@@ -314,8 +316,11 @@ pub struct ReloadError {
 
 impl Input for ConfigDir {
     fn reload(&mut self) -> Result<(), ReloadError> {
-        ConfigDir::reload(self)
+        ConfigDir::reload_pending(self)
             .map_err(|error| ReloadError { dir: self.root().to_path_buf(), error })
+    }
+    fn files_changed(&mut self, events: FileEvents) {
+        self.add_events(events);
     }
     fn resolve(&self, options: &resolve::Options) -> Resolved {
         resolve(self, options)

@@ -5,7 +5,7 @@ use crate::pipeline::{self, Input, StatusReport};
 use crate::probe;
 use crate::quarantine::Quarantine;
 use crate::resolve;
-use crate::source::ConfigDir;
+use crate::source::{ConfigDir, FileEvents};
 use crate::xds::limits::Limits;
 use crate::xds::listener;
 use crate::xds::server::{Rejection, XdsState};
@@ -110,6 +110,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     // Rebuilds read files and resolve everything: they run on a thread of their own, so that
     // neither a slow disk nor a large directory ever holds up the tasks serving xDS and admin.
     let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let mut watcher = None;
     let config: Box<dyn Input> = match &options.kubernetes {
         Some(kube) => {
             let changed = events_tx.clone();
@@ -118,8 +119,14 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
             Box::new(started.map_err(|e| ServeError::Kubernetes(Box::new(e)))?)
         }
         None => {
+            // The watcher starts before the first listing, so that no change falls between
+            // them: from then on a reload checks only the paths events name.
+            let watching = watch_dir(&options.config_dir, events_tx.clone());
             let mut config = ConfigDir::new(&options.config_dir);
+            config.watch_events();
+            // A directory that cannot be read is reported as such, before the watcher's error.
             Input::reload(&mut config)?;
+            watcher = Some(watching?);
             Box::new(config)
         }
     };
@@ -148,26 +155,24 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     xds.report_rejections_to(move |rejection| {
         let _ = rejections_tx.lock().unwrap().send(Event::Rejected(rejection));
     });
-    let files_tx = events_tx;
-    let watcher = if options.kubernetes.is_some() {
-        None
-    } else {
-        Some(watch_dir(&options.config_dir, files_tx)?)
-    };
+    drop(events_tx);
     std::thread::Builder::new()
         .name("rebuild".into())
         .spawn(move || {
-            let on_event = |rebuild: &mut Rebuilder, event: Event| {
-                if let Event::Rejected(rejection) = event {
-                    rebuild.quarantine.add(rejection);
-                }
+            // The paths file events named since the last rebuild.
+            let mut files = FileEvents::default();
+            let on_event = |rebuild: &mut Rebuilder, files: &mut FileEvents, event| match event {
+                Event::Rejected(rejection) => rebuild.quarantine.add(rejection),
+                Event::FilesChanged => {}
+                Event::Files(events) => files.merge(events),
             };
             while let Ok(event) = events_rx.recv() {
-                on_event(&mut rebuild, event);
+                on_event(&mut rebuild, &mut files, event);
                 // Debounce: wait until the directory has been quiet for a moment.
                 while let Ok(event) = events_rx.recv_timeout(DEBOUNCE) {
-                    on_event(&mut rebuild, event);
+                    on_event(&mut rebuild, &mut files, event);
                 }
+                rebuild.config.files_changed(std::mem::take(&mut files));
                 rebuild.run();
             }
         })
@@ -230,15 +235,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     result
 }
 
-/// Watches the config directory: every change wakes the rebuild thread.
+/// Watches the config directory: every change wakes the rebuild thread with the paths it named
+/// (or word that the events cannot be trusted to name every change: see [`FileEvents`]).
 fn watch_dir(
     dir: &std::path::Path,
     files_tx: std::sync::mpsc::Sender<Event>,
 ) -> Result<notify::RecommendedWatcher, ServeError> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the files ourselves raises access events; only changes matter.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-            let _ = files_tx.send(Event::FilesChanged);
+        if let Some(events) = FileEvents::from_notify(event) {
+            let _ = files_tx.send(Event::Files(events));
         }
     })
     .map_err(ServeError::Watcher)?;
@@ -264,7 +270,10 @@ async fn shutdown_signal() {
 
 /// What wakes the rebuild thread.
 enum Event {
+    /// The Kubernetes objects changed (`--source kubernetes`).
     FilesChanged,
+    /// The watcher saw these changes in the config directory.
+    Files(FileEvents),
     /// Envoy refused resources: fail the clusters affected closed.
     Rejected(Rejection),
 }

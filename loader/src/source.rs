@@ -7,7 +7,7 @@
 use crate::kube_names::{shorten, NameError, NameRule};
 use crate::objects::*;
 use crate::store::Store;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -504,6 +504,22 @@ pub struct ConfigDir {
     owners: HashMap<u128, Vec<Arc<Path>>>,
     /// Objects defined in more than one file.
     duplicated: BTreeSet<(&'static str, ObjectKey)>,
+    /// The directories the last full listing went through (the root included): an event on one
+    /// of these paths is a directory's, even once the directory is gone.
+    dirs: HashSet<PathBuf>,
+    /// Whether the last full listing found a path an event on another path can change: a
+    /// symlink, a hard-linked file, a directory reached twice. Events then cannot say which
+    /// files changed: every reload lists the tree.
+    aliased: bool,
+    /// Files that could not be read: a full listing reads them again every time, so a reload
+    /// after events does too.
+    retry: HashSet<PathBuf>,
+    /// Changes a watcher reported since the last reload, when one watches the directory (see
+    /// [`ConfigDir::watch_events`]); `None` when none does: every reload lists the tree.
+    pending: Option<FileEvents>,
+    /// The watcher's error, once it reported one: it may miss changes since, so every reload
+    /// lists the tree.
+    watcher_failed: Option<String>,
 }
 
 /// What identifies a file's version without reading it.
@@ -572,25 +588,10 @@ impl ConfigDir {
         let mut to_read = Vec::new();
         for (path, entry) in listing.files {
             let previous = self.files.remove(&path);
-            let stamp = match entry {
-                Ok(stamp) => stamp,
-                Err(error) => {
-                    // Listed but not readable as a file (a FIFO, a device, a symlink loop):
-                    // reported, never opened; its last good content stays in use.
-                    let reason = error.to_string();
-                    let error =
-                        SourceError { file: path.clone(), document: None, object: None, reason };
-                    let stamp = FileStamp { modified: None, len: 0, inode: 0 };
-                    next.insert(path, FileState::unreadable(stamp, previous, error));
-                    continue;
-                }
-            };
-            let settled = matches!((stamp.modified, settled_before), (Some(m), Some(s)) if m < s);
-            if settled && previous.as_ref().is_some_and(|state| state.stamp == stamp) {
-                next.insert(path, previous.expect("checked above"));
-                continue;
+            match next_state(path, entry, previous, settled_before) {
+                Next::Keep(path, state) => drop(next.insert(path, state)),
+                Next::Read(job) => to_read.push(job),
             }
-            to_read.push(ReadJob { path, stamp, previous });
         }
         // Files under a directory that could not be listed are kept as they were.
         for dir in &listing.unlisted_dirs {
@@ -602,26 +603,233 @@ impl ConfigDir {
             }
         }
         self.unlisted_dirs = listing.unlisted_dirs;
+        self.dirs = listing.dirs;
+        self.aliased = listing.aliased;
         let read_files = to_read.len();
+        let removed = std::mem::replace(&mut self.files, next);
+        self.apply(to_read, removed.into_iter().map(|(path, state)| (path, state.good)).collect());
+        self.retry = self
+            .files
+            .iter()
+            .filter(|(_, state)| state.stamp.modified.is_none())
+            .map(|(path, _)| path.clone())
+            .collect();
+        tracing::debug!(
+            elapsed = ?started.elapsed(),
+            files = self.files.len(),
+            read_files,
+            listed = "all",
+            "reload"
+        );
+        Ok(())
+    }
+
+    /// From now on [`Self::reload_pending`] checks only the paths given to
+    /// [`Self::add_events`]. Call it once the watcher runs, before the first reload: a change
+    /// between the first listing and the watcher's start would otherwise go unseen.
+    pub fn watch_events(&mut self) {
+        self.pending = Some(FileEvents::default());
+    }
+
+    /// Changes a watcher reported, for the next [`Self::reload_pending`].
+    pub fn add_events(&mut self, events: FileEvents) {
+        if let Some(pending) = &mut self.pending {
+            pending.merge(events);
+        }
+    }
+
+    /// What `serve` calls: [`Self::reload_events`] with the changes reported since the last
+    /// reload when a watcher reports them ([`Self::watch_events`]), [`Self::reload`] otherwise.
+    pub fn reload_pending(&mut self) -> std::io::Result<()> {
+        let Some(pending) = &mut self.pending else { return self.reload() };
+        let events = std::mem::take(pending);
+        let result = self.reload_events(events);
+        if result.is_err() {
+            // What the failed reload should have checked is not kept: list everything next.
+            self.pending = Some(FileEvents::everything("the previous reload failed"));
+        }
+        result.map(drop)
+    }
+
+    /// Brings the files that `events` name up to date, leaving the result [`Self::reload`]
+    /// would give, without listing the tree: a change costs the same at ten or a hundred
+    /// thousand files. Files that could not be read are read again too (as a full listing
+    /// does). The whole tree is listed instead whenever the events cannot say which files
+    /// changed: see [`Self::check_paths`]. Returns an error only when the directory itself
+    /// cannot be read. The reload's debug line counts the paths events named (`event_paths`)
+    /// and those checked (`checked_paths`: input files among them, and unreadable files).
+    pub fn reload_events(&mut self, events: FileEvents) -> std::io::Result<Reload> {
+        let started = std::time::Instant::now();
+        if events.watcher_failed && self.watcher_failed.is_none() {
+            self.watcher_failed = events.everything.clone();
+        }
+        let named = events.paths.len();
+        let checks = match self.check_paths(events) {
+            Ok(checks) => checks,
+            Err(reason) => {
+                tracing::debug!(%reason, "listing the whole config directory");
+                self.reload()?;
+                return Ok(Reload::Listed { reason });
+            }
+        };
+        let checked = checks.len();
+        let mut to_read = Vec::new();
+        let mut removed = Vec::new();
+        let mut paths = Vec::with_capacity(checked);
+        for (path, entry) in checks {
+            paths.push(path.clone());
+            let previous = self.files.remove(&path);
+            match entry {
+                None => removed.extend(previous.map(|state| (path, state.good))),
+                // Always read: the event says the file changed, whatever its stamp.
+                Some(entry) => match next_state(path, entry, previous, None) {
+                    Next::Keep(path, state) => drop(self.files.insert(path, state)),
+                    Next::Read(job) => to_read.push(job),
+                },
+            }
+        }
+        let read_files = to_read.len();
+        self.apply(to_read, removed);
+        for path in paths {
+            if self.files.get(&path).is_some_and(|state| state.stamp.modified.is_none()) {
+                self.retry.insert(path);
+            } else {
+                self.retry.remove(&path);
+            }
+        }
+        tracing::debug!(
+            elapsed = ?started.elapsed(),
+            files = self.files.len(),
+            read_files,
+            event_paths = named,
+            checked_paths = checked,
+            listed = "events",
+            "reload"
+        );
+        Ok(Reload::Checked { paths: checked })
+    }
+
+    /// The files that events on `events`' paths may have changed, each with its stamp (or why it
+    /// cannot be read), or None when it is gone; or why the events cannot be trusted to name
+    /// every change, so that the tree must be listed: the events said so (the watcher lost
+    /// events or failed, now or earlier), nothing was listed yet, the tree holds symlinks or hard links (a
+    /// change through one name raises events on that name only), a directory could not be
+    /// listed, or an event named a directory (created, removed, renamed: what is under it is
+    /// not named), a symlink, a hard-linked file, the root itself or a path outside it.
+    #[allow(clippy::type_complexity)]
+    fn check_paths(
+        &self,
+        events: FileEvents,
+    ) -> Result<Vec<(PathBuf, Option<Result<FileStamp, ReadError>>)>, String> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(reason) = events.everything {
+            return Err(reason);
+        }
+        if let Some(reason) = &self.watcher_failed {
+            return Err(format!("the watcher failed ({reason}): it may miss changes"));
+        }
+        if self.last_scan.is_none() {
+            return Err("first load".into());
+        }
+        if self.aliased {
+            return Err("the tree holds symlinks or hard links: a change through one name raises events on that name only".into());
+        }
+        if !self.unlisted_dirs.is_empty() {
+            return Err("a directory could not be listed".into());
+        }
+        // Watchers report paths under the absolute form of the directory they were given.
+        let absolute = std::path::absolute(&self.root)
+            .map_err(|e| format!("cannot tell the directory's absolute path: {e}"))?;
+        let mut seen = HashSet::new();
+        let mut checks = Vec::new();
+        for event_path in events.paths.iter().chain(self.retry.iter()) {
+            let outside = || format!("an event outside the directory: {}", event_path.display());
+            let relative = event_path
+                .strip_prefix(&absolute)
+                .or_else(|_| event_path.strip_prefix(&self.root))
+                .map_err(|_| outside())?;
+            let mut names = Vec::new();
+            for component in relative.components() {
+                match component {
+                    std::path::Component::Normal(name) => names.push(name),
+                    _ => return Err(outside()),
+                }
+            }
+            let Some((name, dirs)) = names.split_last() else {
+                return Err("an event on the directory itself".into());
+            };
+            // The path the listing would give the file.
+            let path = self.root.join(relative);
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            let metadata = std::fs::symlink_metadata(&path);
+            let what = match &metadata {
+                // Removed or renamed, or replaced by a file: the files under it are not named.
+                _ if self.dirs.contains(&path) => Some("a directory listed before"),
+                Ok(m) if m.file_type().is_symlink() => Some("a symlink"),
+                Ok(m) if m.is_dir() => Some("a directory"),
+                // Whatever its name: input can be written through it.
+                Ok(m) if m.nlink() > 1 => Some("a hard-linked file"),
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            let hidden = |name: &std::ffi::OsStr| name.to_string_lossy().starts_with('.');
+            // Never listed, nor anything under them (and none of them is the target of a
+            // symlink or another name of a file, or the tree would be aliased).
+            if hidden(name)
+                || dirs.iter().any(|dir| hidden(dir) || dir.to_string_lossy().ends_with('~'))
+            {
+                if what == Some("a hard-linked file") {
+                    return Err(format!("an event on {}: a hard-linked file", path.display()));
+                }
+                continue;
+            }
+            if let Some(what) = what {
+                return Err(format!("an event on {}: {what}", path.display()));
+            }
+            if dirs.len() > limits::MAX_DIRECTORY_DEPTH {
+                return Err(format!("an event deeper than {} levels", limits::MAX_DIRECTORY_DEPTH));
+            }
+            match metadata {
+                Err(_) => checks.push((path, None)),
+                Ok(metadata) => match classify(name, Ok(metadata)) {
+                    Entry::File(entry) => checks.push((path, Some(entry))),
+                    Entry::Skip => {}
+                    Entry::Dir => unreachable!("directories were sent to the full listing"),
+                },
+            }
+        }
+        Ok(checks)
+    }
+
+    /// Reads `to_read` and brings the store up to date for them and for the files `removed`
+    /// (with the objects they had).
+    fn apply(&mut self, to_read: Vec<ReadJob>, removed: Vec<(PathBuf, Vec<Object>)>) {
         // Files whose objects may change, with the objects they had.
-        let mut touched: Vec<(PathBuf, Vec<Object>)> = Vec::new();
+        let mut touched = removed;
         for (path, state, replaced) in read_all(to_read) {
             if let Some(old) = replaced {
                 touched.push((path.clone(), old));
             }
-            next.insert(path, state);
+            self.files.insert(path, state);
         }
-        for (path, removed) in std::mem::take(&mut self.files) {
-            touched.push((path, removed.good));
+        // Every touched file first gives up what it defined: an object that moved from one
+        // file to another in this reload must never be looked up in the file it left.
+        for (path, old) in &touched {
+            for object in old {
+                let id = (object.kind(), object.key());
+                if let Some(paths) = self.owners.get_mut(&owner_key(&id)) {
+                    paths.retain(|p| **p != **path);
+                }
+            }
         }
-        self.files = next;
         let mut indexes = FileIndexes::new();
         for (path, old) in touched {
             self.update_store(&path, &old, &mut indexes);
         }
         crate::objects::release_unused_values();
-        tracing::debug!(elapsed = ?started.elapsed(), files = self.files.len(), read_files, "reload");
-        Ok(())
     }
 
     /// Problems in the current files (each file's last good content is still in the store).
@@ -651,18 +859,16 @@ impl ConfigDir {
         paths
     }
 
-    /// Brings `store` up to date for one file whose objects were `old`.
+    /// Brings `store` up to date for one file whose objects were `old`, once every file touched
+    /// in this reload gave up the objects it had.
     fn update_store(&mut self, path: &Path, old: &[Object], indexes: &mut FileIndexes) {
         let new = self.files.get(path).map(|f| f.good.as_slice()).unwrap_or_default();
         // One allocation for the path, shared by its objects' entries.
         let shared_path: Arc<Path> = path.into();
         let mut affected = BTreeSet::new();
+        // (`path` no longer owns them: see `apply`.)
         for object in old {
-            let id = (object.kind(), object.key());
-            if let Some(paths) = self.owners.get_mut(&owner_key(&id)) {
-                paths.retain(|p| **p != *path);
-            }
-            affected.insert(id);
+            affected.insert((object.kind(), object.key()));
         }
         for object in new {
             let id = (object.kind(), object.key());
@@ -798,6 +1004,125 @@ fn count_indexed(_objects: usize) {
 /// A 128-bit digest of an object's kind and key, standing for them in [`ConfigDir`]'s owners.
 fn owner_key((kind, key): &(&'static str, ObjectKey)) -> u128 {
     u128::from_be_bytes(crate::digest::digest(&(kind, &key.namespace, &key.name)))
+}
+
+/// Paths a watcher reported changed under the config directory, gathered between two reloads
+/// for [`ConfigDir::reload_events`].
+#[derive(Debug, Default)]
+pub struct FileEvents {
+    paths: HashSet<PathBuf>,
+    /// Why the events cannot name every change, when they cannot: the tree is listed.
+    everything: Option<String>,
+    /// The watcher failed (e.g. it could not watch a new directory: too many watches): it may
+    /// miss changes from now on, so every later reload lists the tree.
+    watcher_failed: bool,
+}
+
+/// More changed paths than this between two reloads (a checkout, a copy of the whole tree) are
+/// not checked one by one: the tree is listed.
+pub const MAX_EVENT_PATHS: usize = 65_536;
+
+impl FileEvents {
+    /// Events that cannot say what changed, and why.
+    pub fn everything(reason: impl Into<String>) -> Self {
+        FileEvents { paths: HashSet::new(), everything: Some(reason.into()), watcher_failed: false }
+    }
+
+    pub fn add_path(&mut self, path: PathBuf) {
+        if self.everything.is_some() {
+            return;
+        }
+        self.paths.insert(path);
+        if self.paths.len() > MAX_EVENT_PATHS {
+            self.paths = HashSet::new();
+            self.everything = Some(format!("more than {MAX_EVENT_PATHS} paths changed"));
+        }
+    }
+
+    pub fn merge(&mut self, other: FileEvents) {
+        self.watcher_failed |= other.watcher_failed;
+        match other.everything {
+            Some(_) if self.everything.is_some() => {}
+            Some(reason) => {
+                self.paths = HashSet::new();
+                self.everything = Some(reason);
+            }
+            None => other.paths.into_iter().for_each(|path| self.add_path(path)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.everything.is_none()
+    }
+
+    /// What one event of a `notify` watcher on the directory says: None for an event that
+    /// changes nothing (reading a file, as the loader does, raises access events).
+    pub fn from_notify(event: notify::Result<notify::Event>) -> Option<FileEvents> {
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                let mut events = FileEvents::everything(format!("watcher error: {error}"));
+                events.watcher_failed = true;
+                return Some(events);
+            }
+        };
+        if event.need_rescan() {
+            // inotify's queue overflowed: events were lost.
+            return Some(FileEvents::everything("the watcher lost events (rescan)"));
+        }
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return None;
+        }
+        if event.paths.is_empty() {
+            return Some(FileEvents::everything(format!("an event without a path: {event:?}")));
+        }
+        let mut events = FileEvents::default();
+        event.paths.into_iter().for_each(|path| events.add_path(path));
+        Some(events)
+    }
+}
+
+/// What [`ConfigDir::reload_events`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Checked only these many paths (those events named, and unreadable files).
+    Checked { paths: usize },
+    /// Listed the whole tree, for this reason.
+    Listed { reason: String },
+}
+
+/// What a reload does with one file it found.
+enum Next {
+    /// The state stays (its stamp is trusted), or the file cannot be read (its last good
+    /// content stays in use).
+    Keep(PathBuf, FileState),
+    Read(ReadJob),
+}
+
+/// A file's next state, given its stamp (or why it cannot be read) and its state before: a file
+/// whose stamp is unchanged and was modified before `settled_before` is not read again.
+fn next_state(
+    path: PathBuf,
+    entry: Result<FileStamp, ReadError>,
+    previous: Option<FileState>,
+    settled_before: Option<SystemTime>,
+) -> Next {
+    let stamp = match entry {
+        Ok(stamp) => stamp,
+        Err(error) => {
+            // Listed but not readable as a file (a FIFO, a device, a symlink loop):
+            // reported, never opened; its last good content stays in use.
+            let reason = error.to_string();
+            let error = SourceError { file: path.clone(), document: None, object: None, reason };
+            let stamp = FileStamp { modified: None, len: 0, inode: 0 };
+            return Next::Keep(path, FileState::unreadable(stamp, previous, error));
+        }
+    };
+    let settled = matches!((stamp.modified, settled_before), (Some(m), Some(s)) if m < s);
+    if settled && previous.as_ref().is_some_and(|state| state.stamp == stamp) {
+        return Next::Keep(path, previous.expect("checked above"));
+    }
+    Next::Read(ReadJob { path, stamp, previous })
 }
 
 /// A file that is new or may have changed since the previous reload.
@@ -953,6 +1278,42 @@ struct Listing {
     unlisted_dirs: Vec<SourceError>,
     /// Directories seen, by device and inode: a symlink back up the tree is listed once.
     visited: std::collections::HashSet<(u64, u64)>,
+    /// The directories listed, by path.
+    dirs: HashSet<PathBuf>,
+    /// Whether some input file or directory can be reached by another name: a symlink, a
+    /// hard-linked file, a directory reached twice (see [`ConfigDir::check_paths`]).
+    aliased: bool,
+}
+
+/// What the listing makes of one entry that is not hidden, given its metadata (symlinks
+/// followed).
+enum Entry {
+    Dir,
+    /// Not input.
+    Skip,
+    /// An input file: its stamp, or why it cannot be read.
+    File(Result<FileStamp, ReadError>),
+}
+
+fn classify(name: &std::ffi::OsStr, metadata: std::io::Result<std::fs::Metadata>) -> Entry {
+    use std::os::unix::fs::MetadataExt;
+    match metadata {
+        Ok(metadata) if metadata.is_dir() => {
+            if name.to_string_lossy().ends_with('~') {
+                Entry::Skip
+            } else {
+                Entry::Dir
+            }
+        }
+        _ if !is_input_file(name) => Entry::Skip,
+        Ok(metadata) if metadata.is_file() => Entry::File(Ok(FileStamp {
+            modified: metadata.modified().ok(),
+            len: metadata.len(),
+            inode: metadata.ino(),
+        })),
+        Ok(metadata) => Entry::File(Err(ReadError::NotAFile(file_type_name(&metadata)))),
+        Err(e) => Entry::File(Err(ReadError::Io(e))),
+    }
 }
 
 impl Listing {
@@ -967,8 +1328,10 @@ impl Listing {
         };
         let metadata = std::fs::metadata(dir)?;
         if !self.visited.insert((metadata.dev(), metadata.ino())) {
+            self.aliased = true;
             return Ok(()); // a symlink to a directory already listed
         }
+        self.dirs.insert(dir.to_path_buf());
         if depth > limits::MAX_DIRECTORY_DEPTH {
             let reason = format!(
                 "directories nested deeper than {} levels are not read (limit MAX_DIRECTORY_DEPTH)",
@@ -998,27 +1361,20 @@ impl Listing {
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
+            let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
             // Follows symlinks: a symlink is read as what it points to.
-            match std::fs::metadata(&path) {
-                Ok(metadata) if metadata.is_dir() => {
-                    if !name.to_string_lossy().ends_with('~') {
-                        self.collect(&path, depth + 1)?;
-                    }
+            let metadata = std::fs::metadata(&path);
+            let hard_linked = metadata.as_ref().is_ok_and(|m| !m.is_dir() && m.nlink() > 1);
+            match classify(&name, metadata) {
+                Entry::Skip => {}
+                Entry::Dir => {
+                    self.aliased |= symlink;
+                    self.collect(&path, depth + 1)?;
                 }
-                _ if !is_input_file(&name) => {}
-                Ok(metadata) if metadata.is_file() => {
-                    let stamp = FileStamp {
-                        modified: metadata.modified().ok(),
-                        len: metadata.len(),
-                        inode: metadata.ino(),
-                    };
-                    self.files.push((path, Ok(stamp)));
+                Entry::File(file) => {
+                    self.aliased |= symlink || hard_linked;
+                    self.files.push((path, file));
                 }
-                Ok(metadata) => {
-                    let error = ReadError::NotAFile(file_type_name(&metadata));
-                    self.files.push((path, Err(error)));
-                }
-                Err(e) => self.files.push((path, Err(ReadError::Io(e)))),
             }
         }
         Ok(())
