@@ -8,11 +8,11 @@ pub mod http;
 pub mod ui;
 
 use crate::probe;
-use crate::xds::server::XdsState;
+use crate::xds::server::{TypeSent, XdsMetrics, XdsState, SENT_TYPES};
 use http::{Limits, Reply};
 use hyper::Method;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 
@@ -183,10 +183,63 @@ impl Admin {
         ] {
             metric(name, "counter", help, value.load(Ordering::Relaxed).to_string());
         }
+        sent_by_type_metrics(&mut out, m);
         if let Some(probes) = &self.probes {
             probe_metrics(&mut out, &probes.read().unwrap());
         }
         out
+    }
+}
+
+/// `backendtls_loader_xds_*` by resource type (`type="CDS"`, ...): what was sent of each, the
+/// time spent answering its requests, and when its last response was (a benchmark reads when the
+/// loader finished an initial sync).
+fn sent_by_type_metrics(out: &mut String, m: &XdsMetrics) {
+    let seconds = |micros: &AtomicU64| {
+        let micros = micros.load(Ordering::Relaxed);
+        format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+    };
+    let count = |n: &AtomicU64| n.load(Ordering::Relaxed).to_string();
+    type Series<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&TypeSent) -> String);
+    let series: [Series; 5] = [
+        (
+            "backendtls_loader_xds_pushes_by_type_total",
+            "counter",
+            "xDS responses sent, by resource type.",
+            &|t| count(&t.responses),
+        ),
+        (
+            "backendtls_loader_xds_resources_sent_by_type_total",
+            "counter",
+            "Resources sent in xDS responses, by resource type.",
+            &|t| count(&t.resources),
+        ),
+        (
+            "backendtls_loader_xds_bytes_sent_by_type_total",
+            "counter",
+            "Encoded resource bytes sent in xDS responses, by resource type.",
+            &|t| count(&t.bytes),
+        ),
+        (
+            "backendtls_loader_xds_answering_seconds_total",
+            "counter",
+            "Time spent answering xDS requests that got a response, from the decoded request \
+             until its response was built, by resource type.",
+            &|t| seconds(&t.answering_micros),
+        ),
+        (
+            "backendtls_loader_xds_last_push_timestamp_seconds",
+            "gauge",
+            "When the last xDS response of the type was built and queued for its stream \
+             (Unix seconds; 0: none yet).",
+            &|t| seconds(&t.last_sent_unix_micros),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (short, sent) in SENT_TYPES.iter().zip(&m.sent_by_type) {
+            let _ = writeln!(out, "{name}{{type=\"{short}\"}} {}", value(sent));
+        }
     }
 }
 

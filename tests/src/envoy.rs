@@ -32,6 +32,17 @@ impl Envoy {
 
     /// As [`Envoy::start`], with `workers` worker threads (`--concurrency`).
     pub fn start_with_workers(bootstrap_yaml: &str, admin_port: u16, workers: u32) -> Envoy {
+        Envoy::start_with_ready_timeout(bootstrap_yaml, admin_port, workers, READY_TIMEOUT)
+    }
+
+    /// As [`Envoy::start_with_workers`], waiting up to `ready_timeout` for `/ready` (benchmarks
+    /// with more resources than Envoy initializes in the usual 30 s).
+    pub fn start_with_ready_timeout(
+        bootstrap_yaml: &str,
+        admin_port: u16,
+        workers: u32,
+        ready_timeout: Duration,
+    ) -> Envoy {
         let dir = tempfile::Builder::new().prefix("btls-envoy-").tempdir().expect("envoy temp dir");
         let bootstrap_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&bootstrap_path, bootstrap_yaml).expect("write envoy bootstrap");
@@ -45,7 +56,7 @@ impl Envoy {
             .args(["--file-flush-interval-msec", "200"]);
         let process = ManagedChild::spawn("envoy", command, &dir.path().join("envoy.log"));
         let mut envoy = Envoy { dir, admin_port, process };
-        envoy.wait_until_ready();
+        envoy.wait_until_ready(ready_timeout);
         envoy
     }
 
@@ -114,10 +125,10 @@ impl Envoy {
             .collect()
     }
 
-    fn wait_until_ready(&mut self) {
+    fn wait_until_ready(&mut self, timeout: Duration) {
         let port = self.admin_port;
         let process = &mut self.process;
-        wait_until("envoy /ready to answer 200", READY_TIMEOUT, || {
+        wait_until("envoy /ready to answer 200", timeout, || {
             process.assert_running();
             match try_http_get(port, "127.0.0.1", "/ready") {
                 Ok((200, _)) => Ok(()),

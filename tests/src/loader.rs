@@ -31,6 +31,8 @@ pub struct Loader {
     extra_args: Vec<String>,
     /// Whether starting waits for `/readyz` (else only for `/healthz`).
     wait_for_ready: bool,
+    /// How long starting waits for it.
+    ready_timeout: Duration,
 }
 
 impl Loader {
@@ -62,6 +64,18 @@ impl Loader {
         Loader::launch(config_dir, xds_port, admin_port, extra_args, true)
     }
 
+    /// Like [`Loader::start_with_args`], waiting up to `ready_timeout` for `/readyz` (benchmarks
+    /// at sizes where the first snapshot takes longer than the usual 30 s).
+    pub fn start_with_ready_timeout(
+        config_dir: &Path,
+        xds_port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+        ready_timeout: Duration,
+    ) -> Loader {
+        Loader::launch_with(config_dir, xds_port, admin_port, extra_args, true, ready_timeout)
+    }
+
     /// Starts the loader on free ports and waits only until it answers `/healthz`: for inputs
     /// on which it must not become ready.
     pub fn start_unready(config_dir: &Path) -> Loader {
@@ -75,6 +89,24 @@ impl Loader {
         extra_args: &[&str],
         wait_for_ready: bool,
     ) -> Loader {
+        Loader::launch_with(
+            config_dir,
+            xds_port,
+            admin_port,
+            extra_args,
+            wait_for_ready,
+            READY_TIMEOUT,
+        )
+    }
+
+    fn launch_with(
+        config_dir: &Path,
+        xds_port: u16,
+        admin_port: u16,
+        extra_args: &[&str],
+        wait_for_ready: bool,
+        ready_timeout: Duration,
+    ) -> Loader {
         let log_dir =
             tempfile::Builder::new().prefix("btls-loader-").tempdir().expect("loader temp dir");
         let mut loader = Loader {
@@ -85,6 +117,7 @@ impl Loader {
             process: None,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             wait_for_ready,
+            ready_timeout,
         };
         loader.start_again();
         loader
@@ -149,7 +182,7 @@ impl Loader {
         let mut process = ManagedChild::spawn("loader", command, &self.log_path());
         let port = self.admin_port;
         let path = if self.wait_for_ready { "/readyz" } else { "/healthz" };
-        wait_until(&format!("loader {path} to answer 200"), READY_TIMEOUT, || {
+        wait_until(&format!("loader {path} to answer 200"), self.ready_timeout, || {
             process.assert_running();
             match try_http_get(port, "127.0.0.1", path) {
                 Ok((200, _)) => Ok(()),

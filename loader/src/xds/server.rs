@@ -59,6 +59,55 @@ pub struct XdsMetrics {
     pub unknown_types: AtomicU64,
     /// Secret names asked for by a stream that was sent no cluster referencing them.
     pub secrets_withheld: AtomicU64,
+    /// The same counters per resource type, in [`SENT_TYPES`] order, with when the type's last
+    /// response was sent (so that a benchmark can tell when the loader finished an initial sync).
+    pub sent_by_type: [TypeSent; SENT_TYPES.len()],
+}
+
+/// The resource types of [`XdsMetrics::sent_by_type`], by [`short_name`].
+pub const SENT_TYPES: [&str; 6] = ["CDS", "EDS", "SDS", "LDS", "RDS", "VHDS"];
+
+/// What was sent of one resource type.
+#[derive(Debug, Default)]
+pub struct TypeSent {
+    pub responses: AtomicU64,
+    pub resources: AtomicU64,
+    pub bytes: AtomicU64,
+    /// When the last response was built, just before it is queued for its stream (gRPC writes it
+    /// out as soon as HTTP/2 flow control lets it), in microseconds since the Unix epoch; 0
+    /// before the first.
+    pub last_sent_unix_micros: AtomicU64,
+    /// Time spent answering requests that got a response: from the decoded request until its
+    /// response was built, in microseconds, summed (pushes of a new snapshot not included).
+    pub answering_micros: AtomicU64,
+}
+
+impl XdsMetrics {
+    /// Counts one response of `type_url` with `resources` resources of `bytes` bytes in all.
+    fn count(&self, type_url: &str, resources: usize, bytes: usize) {
+        self.responses_sent.fetch_add(1, Ordering::Relaxed);
+        self.resources_sent.fetch_add(resources as u64, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        let short = short_name(type_url);
+        let Some(t) = SENT_TYPES.iter().position(|s| *s == short) else { return };
+        let t = &self.sent_by_type[t];
+        t.responses.fetch_add(1, Ordering::Relaxed);
+        t.resources.fetch_add(resources as u64, Ordering::Relaxed);
+        t.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        t.last_sent_unix_micros.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Adds the time since `since` to the time spent answering requests of `type_url`.
+    fn answered(&self, type_url: &str, since: std::time::Instant) {
+        let short = short_name(type_url);
+        if let Some(t) = SENT_TYPES.iter().position(|s| *s == short) {
+            let micros = since.elapsed().as_micros() as u64;
+            self.sent_by_type[t].answering_micros.fetch_add(micros, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Clusters and listeners reference SDS secrets; no other type does.
@@ -897,12 +946,9 @@ impl Session {
         }
     }
 
-    fn count_sent(&self, resources: &[Arc<Entry>]) {
+    fn count_sent(&self, type_url: &str, resources: &[Arc<Entry>]) {
         let bytes: usize = resources.iter().map(|e| e.resource.resource.value.len()).sum();
-        let m = &self.state.metrics;
-        m.responses_sent.fetch_add(1, Ordering::Relaxed);
-        m.resources_sent.fetch_add(resources.len() as u64, Ordering::Relaxed);
-        m.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.state.metrics.count(type_url, resources.len(), bytes);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -970,9 +1016,14 @@ impl Session {
         tx: mpsc::Sender<Result<DeltaResponse, Status>>,
     ) {
         let on_request = |session: &mut Session, request: DeltaDiscoveryRequest| {
+            let arrived = std::time::Instant::now();
             let type_url = request.type_url.clone();
             session.on_delta_request(request)?;
-            Ok(session.delta_response(&type_url))
+            let response = session.delta_response(&type_url);
+            if response.is_some() {
+                session.state.metrics.answered(&type_url, arrived);
+            }
+            Ok(response)
         };
         self.pump(requests, tx, on_request, Session::delta_response).await
     }
@@ -1220,7 +1271,7 @@ impl Session {
         let st = self.types.get_mut(type_url).expect("present");
         st.pending = Some((nonce.clone(), at.version()));
         st.pending_names = changed.iter().map(|e| e.name.clone()).collect();
-        self.count_sent(&changed);
+        self.count_sent(type_url, &changed);
         tracing::debug!(node = %self.node, r#type = short_name(type_url), count = changed.len(), removed = removed.len(), snapshot = at.version(), "delta push");
         Some(DeltaResponse {
             system_version_info: at.version().to_string(),
@@ -1240,11 +1291,16 @@ impl Session {
         tx: mpsc::Sender<Result<SotwResponse, Status>>,
     ) {
         let on_request = |session: &mut Session, request: DiscoveryRequest| {
+            let arrived = std::time::Instant::now();
             let type_url = request.type_url.clone();
             let Some(force) = session.on_sotw_request(request)? else {
                 return Ok(None);
             };
-            Ok(session.sotw_response(&type_url, force))
+            let response = session.sotw_response(&type_url, force);
+            if response.is_some() {
+                session.state.metrics.answered(&type_url, arrived);
+            }
+            Ok(response)
         };
         let on_change =
             |session: &mut Session, type_url: &str| session.sotw_response(type_url, false);
@@ -1319,7 +1375,7 @@ impl Session {
         let nonce = self.nonce();
         let st = self.types.get_mut(type_url).expect("present");
         st.pending = Some((nonce.clone(), at.version()));
-        self.count_sent(&scope);
+        self.count_sent(type_url, &scope);
         tracing::debug!(node = %self.node, r#type = short_name(type_url), count = scope.len(), snapshot = at.version(), "sotw push");
         Some(SotwResponse {
             version_info: at.version().to_string(),
@@ -1495,6 +1551,40 @@ mod tests {
         assert_eq!(response.system_version_info, "2");
         delta_req(&mut s, delta(&cds, &[], &[], &response.nonce), &Snapshot::default()).unwrap();
         assert_eq!(acked(&s), Some(2));
+    }
+
+    #[test]
+    fn responses_are_counted_by_type_with_the_time_of_the_last() {
+        let (cds, eds) = (Cluster::type_url(), ClusterLoadAssignment::type_url());
+        let unix_micros = || {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
+                as u64
+        };
+        let mut s = session();
+        let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "22"), (&eds, "a", "333")]);
+        let before = unix_micros();
+        delta_req(&mut s, delta(&cds, &[], &[], ""), &Snapshot::default()).unwrap();
+        delta_resp(&mut s, &cds, &v1).unwrap();
+        let after = unix_micros();
+        let state = s.state.clone();
+        let m = &state.metrics;
+        let by =
+            |short: &str| &m.sent_by_type[SENT_TYPES.iter().position(|t| *t == short).unwrap()];
+        let (c, e) = (by("CDS"), by("EDS"));
+        assert_eq!(c.responses.load(Ordering::Relaxed), 1);
+        assert_eq!(c.resources.load(Ordering::Relaxed), 2);
+        assert_eq!(c.bytes.load(Ordering::Relaxed), 3, "the encoded values \"1\" and \"22\"");
+        let sent = c.last_sent_unix_micros.load(Ordering::Relaxed);
+        assert!((before..=after).contains(&sent), "{before} <= {sent} <= {after}");
+        assert_eq!(e.last_sent_unix_micros.load(Ordering::Relaxed), 0, "no EDS response yet");
+
+        delta_req(&mut s, delta(&eds, &["a"], &[], ""), &v1).unwrap();
+        delta_resp(&mut s, &eds, &v1).unwrap();
+        assert_eq!(e.resources.load(Ordering::Relaxed), 1);
+        assert!(e.last_sent_unix_micros.load(Ordering::Relaxed) >= sent);
+        let total: u64 = m.sent_by_type.iter().map(|t| t.bytes.load(Ordering::Relaxed)).sum();
+        assert_eq!(total, m.bytes_sent.load(Ordering::Relaxed), "the types add up to the total");
+        assert_eq!(m.responses_sent.load(Ordering::Relaxed), 2);
     }
 
     #[test]
