@@ -97,6 +97,12 @@ impl Object {
 /// `BTreeMap` spends a node of about 500 bytes on even one entry. Long values (certificates) are
 /// shared between objects that hold the same text: thousands of ConfigMaps commonly carry the
 /// same CA bundle.
+/// A field of the schema that the loader does not implement or use: only whether it is set
+/// matters (resolving refuses a route that sets one, naming the field), so its value is read and
+/// dropped. An `Option<Opaque>` takes one byte where an `Option<serde_json::Value>` took 32, and
+/// an empty `Vec<Opaque>` never allocates.
+pub type Opaque = serde::de::IgnoredAny;
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StringMap(Vec<(String, Arc<str>)>);
 
@@ -220,7 +226,7 @@ pub struct GatewaySpec {
 pub struct GatewayInfrastructure {
     /// Any reference makes the Gateway `Accepted=False` `InvalidParameters`.
     #[serde(default)]
-    pub parameters_ref: Option<serde_json::Value>,
+    pub parameters_ref: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -346,7 +352,7 @@ pub struct HttpRoute {
 }
 
 /// The HTTPRoute spec types refuse unknown fields, as the API server's schema does. Fields of the
-/// schema the loader does not implement are read as opaque values (`serde_json::Value`), so that
+/// schema the loader does not implement are read as [`Opaque`] values, so that
 /// resolving can refuse the route with `Accepted=False` (`UnsupportedValue`) naming the field
 /// rather than ignore it (see `resolve::routes::unsupported`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -360,7 +366,7 @@ pub struct HttpRouteSpec {
     pub rules: Vec<HttpRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
-    pub use_default_gateways: Option<serde_json::Value>,
+    pub use_default_gateways: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -394,10 +400,10 @@ pub struct HttpRouteRule {
     pub timeouts: Option<HttpRouteTimeouts>,
     /// Not implemented.
     #[serde(default)]
-    pub retry: Option<serde_json::Value>,
+    pub retry: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub session_persistence: Option<serde_json::Value>,
+    pub session_persistence: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -451,13 +457,13 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<HttpUrlRewrite>,
     /// Not implemented.
     #[serde(default)]
-    pub extension_ref: Option<serde_json::Value>,
+    pub extension_ref: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub cors: Option<serde_json::Value>,
+    pub cors: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub external_auth: Option<serde_json::Value>,
+    pub external_auth: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -484,10 +490,10 @@ pub struct HttpRequestMirror {
     pub backend_ref: BackendRef,
     /// Not implemented.
     #[serde(default)]
-    pub percent: Option<serde_json::Value>,
+    pub percent: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub fraction: Option<serde_json::Value>,
+    pub fraction: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -551,7 +557,7 @@ pub struct BackendRef {
     pub weight: Option<u32>,
     /// Per-backend filters: not implemented.
     #[serde(default)]
-    pub filters: Vec<serde_json::Value>,
+    pub filters: Vec<Opaque>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,7 +584,7 @@ pub struct GrpcRouteSpec {
     pub rules: Vec<GrpcRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
-    pub use_default_gateways: Option<serde_json::Value>,
+    pub use_default_gateways: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -595,7 +601,7 @@ pub struct GrpcRouteRule {
     pub backend_refs: Vec<BackendRef>,
     /// Not implemented.
     #[serde(default)]
-    pub session_persistence: Option<serde_json::Value>,
+    pub session_persistence: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -631,10 +637,10 @@ pub struct GrpcRouteFilter {
     pub response_header_modifier: Option<HttpHeaderFilter>,
     /// Not implemented for GRPCRoute.
     #[serde(default)]
-    pub request_mirror: Option<serde_json::Value>,
+    pub request_mirror: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub extension_ref: Option<serde_json::Value>,
+    pub extension_ref: Option<Opaque>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +667,7 @@ pub struct TlsRouteSpec {
     pub rules: Vec<TlsRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
-    pub use_default_gateways: Option<serde_json::Value>,
+    pub use_default_gateways: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -831,7 +837,7 @@ pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
     #[serde(default)]
-    pub target_port: Option<serde_json::Value>,
+    pub target_port: Option<Opaque>,
     #[serde(default)]
     pub protocol: Option<String>,
     /// `appProtocol`: `kubernetes.io/h2c` (GEP-1911) makes the cluster speak HTTP/2.
