@@ -92,30 +92,31 @@ impl Object {
     }
 }
 
-/// The string maps of Kubernetes objects (labels, ConfigMap and Secret data): sorted pairs.
-/// Most hold one to three entries, and the loader keeps tens of thousands of them, where a
-/// `BTreeMap` spends a node of about 500 bytes on even one entry. Long values (certificates) are
-/// shared between objects that hold the same text: thousands of ConfigMaps commonly carry the
-/// same CA bundle.
 /// A field of the schema that the loader does not implement or use: only whether it is set
 /// matters (resolving refuses a route that sets one, naming the field), so its value is read and
 /// dropped. An `Option<Opaque>` takes one byte where an `Option<serde_json::Value>` took 32, and
 /// an empty `Vec<Opaque>` never allocates.
 pub type Opaque = serde::de::IgnoredAny;
 
+/// The string maps of Kubernetes objects (labels, ConfigMap and Secret data): sorted pairs.
+/// Most hold one to three entries, and the loader keeps tens of thousands of them, where a
+/// `BTreeMap` spends a node of about 500 bytes on even one entry. Long values (certificates) are
+/// shared between objects that hold the same text: thousands of ConfigMaps commonly carry the
+/// same CA bundle. Keys are always shared: a few distinct ones (`kubernetes.io/service-name`,
+/// `ca.crt`) stand in tens of thousands of maps.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct StringMap(Vec<(String, Arc<str>)>);
+pub struct StringMap(Vec<(Arc<str>, Arc<str>)>);
 
 impl StringMap {
     pub fn get(&self, key: &str) -> Option<&str> {
-        let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        let at = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
         Some(&self.0[at].1)
     }
 
     pub fn insert(&mut self, key: String, value: &str) {
-        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+        match self.0.binary_search_by(|(k, _)| (**k).cmp(key.as_str())) {
             Ok(at) => self.0[at].1 = value.into(),
-            Err(at) => self.0.insert(at, (key, value.into())),
+            Err(at) => self.0.insert(at, (intern_key(key), value.into())),
         }
     }
 }
@@ -131,7 +132,7 @@ impl<'de> Deserialize<'de> for StringMap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Sorted and free of duplicates by way of the map.
         let map = BTreeMap::<String, String>::deserialize(d)?;
-        Ok(StringMap(map.into_iter().map(|(k, v)| (k, intern(v))).collect()))
+        Ok(StringMap(map.into_iter().map(|(k, v)| (intern_key(k), intern(v))).collect()))
     }
 }
 
@@ -154,9 +155,24 @@ fn intern(value: String) -> Arc<str> {
     value
 }
 
-/// Forgets shared values no object holds any more; called after every reload of the sources.
+/// The shared keys of [`StringMap`]s.
+static SHARED_KEYS: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+
+fn intern_key(key: String) -> Arc<str> {
+    let mut shared = SHARED_KEYS.lock().unwrap();
+    if let Some(existing) = shared.get(key.as_str()) {
+        return existing.clone();
+    }
+    let key: Arc<str> = key.into();
+    shared.insert(key.clone());
+    key
+}
+
+/// Forgets shared values and keys no object holds any more; called after every reload of the
+/// sources.
 pub fn release_unused_values() {
     SHARED_VALUES.lock().unwrap().retain(|v| Arc::strong_count(v) > 1);
+    SHARED_KEYS.lock().unwrap().retain(|k| Arc::strong_count(k) > 1);
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -939,7 +955,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// (`invalid type: string "-----BEGIN PRIVATE KEY-----...", expected a map`), so the Secret's
 /// fields are checked by hand and errors name the field and the expected shape only.
 mod secret {
-    use super::{intern, ObjectMeta, Secret, StringMap};
+    use super::{intern, intern_key, ObjectMeta, Secret, StringMap};
     use serde::Deserialize;
     use serde_json::Value;
 
@@ -1018,7 +1034,7 @@ mod secret {
                 return Err(SecretError::NotAString { field, key, shape: shape(&value) });
             };
             check(&key, &value)?;
-            map.push((key, intern(value)));
+            map.push((intern_key(key), intern(value)));
         }
         map.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(StringMap(map))
