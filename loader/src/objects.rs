@@ -92,24 +92,31 @@ impl Object {
     }
 }
 
+/// A field of the schema that the loader does not implement or use: only whether it is set
+/// matters (resolving refuses a route that sets one, naming the field), so its value is read and
+/// dropped. An `Option<Opaque>` takes one byte where an `Option<serde_json::Value>` took 32, and
+/// an empty `Vec<Opaque>` never allocates.
+pub type Opaque = serde::de::IgnoredAny;
+
 /// The string maps of Kubernetes objects (labels, ConfigMap and Secret data): sorted pairs.
 /// Most hold one to three entries, and the loader keeps tens of thousands of them, where a
 /// `BTreeMap` spends a node of about 500 bytes on even one entry. Long values (certificates) are
 /// shared between objects that hold the same text: thousands of ConfigMaps commonly carry the
-/// same CA bundle.
+/// same CA bundle. Keys are always shared: a few distinct ones (`kubernetes.io/service-name`,
+/// `ca.crt`) stand in tens of thousands of maps.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct StringMap(Vec<(String, Arc<str>)>);
+pub struct StringMap(Vec<(Arc<str>, Arc<str>)>);
 
 impl StringMap {
     pub fn get(&self, key: &str) -> Option<&str> {
-        let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        let at = self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
         Some(&self.0[at].1)
     }
 
     pub fn insert(&mut self, key: String, value: &str) {
-        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
+        match self.0.binary_search_by(|(k, _)| (**k).cmp(key.as_str())) {
             Ok(at) => self.0[at].1 = value.into(),
-            Err(at) => self.0.insert(at, (key, value.into())),
+            Err(at) => self.0.insert(at, (intern_key(key), value.into())),
         }
     }
 }
@@ -125,7 +132,7 @@ impl<'de> Deserialize<'de> for StringMap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Sorted and free of duplicates by way of the map.
         let map = BTreeMap::<String, String>::deserialize(d)?;
-        Ok(StringMap(map.into_iter().map(|(k, v)| (k, intern(v))).collect()))
+        Ok(StringMap(map.into_iter().map(|(k, v)| (intern_key(k), intern(v))).collect()))
     }
 }
 
@@ -148,9 +155,24 @@ fn intern(value: String) -> Arc<str> {
     value
 }
 
-/// Forgets shared values no object holds any more; called after every reload of the sources.
+/// The shared keys of [`StringMap`]s.
+static SHARED_KEYS: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+
+fn intern_key(key: String) -> Arc<str> {
+    let mut shared = SHARED_KEYS.lock().unwrap();
+    if let Some(existing) = shared.get(key.as_str()) {
+        return existing.clone();
+    }
+    let key: Arc<str> = key.into();
+    shared.insert(key.clone());
+    key
+}
+
+/// Forgets shared values and keys no object holds any more; called after every reload of the
+/// sources.
 pub fn release_unused_values() {
     SHARED_VALUES.lock().unwrap().retain(|v| Arc::strong_count(v) > 1);
+    SHARED_KEYS.lock().unwrap().retain(|k| Arc::strong_count(k) > 1);
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -220,7 +242,7 @@ pub struct GatewaySpec {
 pub struct GatewayInfrastructure {
     /// Any reference makes the Gateway `Accepted=False` `InvalidParameters`.
     #[serde(default)]
-    pub parameters_ref: Option<serde_json::Value>,
+    pub parameters_ref: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -346,7 +368,7 @@ pub struct HttpRoute {
 }
 
 /// The HTTPRoute spec types refuse unknown fields, as the API server's schema does. Fields of the
-/// schema the loader does not implement are read as opaque values (`serde_json::Value`), so that
+/// schema the loader does not implement are read as [`Opaque`] values, so that
 /// resolving can refuse the route with `Accepted=False` (`UnsupportedValue`) naming the field
 /// rather than ignore it (see `resolve::routes::unsupported`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -360,7 +382,7 @@ pub struct HttpRouteSpec {
     pub rules: Vec<HttpRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
-    pub use_default_gateways: Option<serde_json::Value>,
+    pub use_default_gateways: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -394,10 +416,10 @@ pub struct HttpRouteRule {
     pub timeouts: Option<HttpRouteTimeouts>,
     /// Not implemented.
     #[serde(default)]
-    pub retry: Option<serde_json::Value>,
+    pub retry: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub session_persistence: Option<serde_json::Value>,
+    pub session_persistence: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -451,13 +473,13 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<HttpUrlRewrite>,
     /// Not implemented.
     #[serde(default)]
-    pub extension_ref: Option<serde_json::Value>,
+    pub extension_ref: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub cors: Option<serde_json::Value>,
+    pub cors: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub external_auth: Option<serde_json::Value>,
+    pub external_auth: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -484,10 +506,10 @@ pub struct HttpRequestMirror {
     pub backend_ref: BackendRef,
     /// Not implemented.
     #[serde(default)]
-    pub percent: Option<serde_json::Value>,
+    pub percent: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub fraction: Option<serde_json::Value>,
+    pub fraction: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -551,7 +573,7 @@ pub struct BackendRef {
     pub weight: Option<u32>,
     /// Per-backend filters: not implemented.
     #[serde(default)]
-    pub filters: Vec<serde_json::Value>,
+    pub filters: Vec<Opaque>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,7 +600,7 @@ pub struct GrpcRouteSpec {
     pub rules: Vec<GrpcRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
-    pub use_default_gateways: Option<serde_json::Value>,
+    pub use_default_gateways: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -595,7 +617,7 @@ pub struct GrpcRouteRule {
     pub backend_refs: Vec<BackendRef>,
     /// Not implemented.
     #[serde(default)]
-    pub session_persistence: Option<serde_json::Value>,
+    pub session_persistence: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -631,10 +653,10 @@ pub struct GrpcRouteFilter {
     pub response_header_modifier: Option<HttpHeaderFilter>,
     /// Not implemented for GRPCRoute.
     #[serde(default)]
-    pub request_mirror: Option<serde_json::Value>,
+    pub request_mirror: Option<Opaque>,
     /// Not implemented.
     #[serde(default)]
-    pub extension_ref: Option<serde_json::Value>,
+    pub extension_ref: Option<Opaque>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +683,7 @@ pub struct TlsRouteSpec {
     pub rules: Vec<TlsRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
-    pub use_default_gateways: Option<serde_json::Value>,
+    pub use_default_gateways: Option<Opaque>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -831,7 +853,7 @@ pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
     #[serde(default)]
-    pub target_port: Option<serde_json::Value>,
+    pub target_port: Option<Opaque>,
     #[serde(default)]
     pub protocol: Option<String>,
     /// `appProtocol`: `kubernetes.io/h2c` (GEP-1911) makes the cluster speak HTTP/2.
@@ -933,7 +955,7 @@ impl<'de> Deserialize<'de> for Secret {
 /// (`invalid type: string "-----BEGIN PRIVATE KEY-----...", expected a map`), so the Secret's
 /// fields are checked by hand and errors name the field and the expected shape only.
 mod secret {
-    use super::{intern, ObjectMeta, Secret, StringMap};
+    use super::{intern, intern_key, ObjectMeta, Secret, StringMap};
     use serde::Deserialize;
     use serde_json::Value;
 
@@ -1012,7 +1034,7 @@ mod secret {
                 return Err(SecretError::NotAString { field, key, shape: shape(&value) });
             };
             check(&key, &value)?;
-            map.push((key, intern(value)));
+            map.push((intern_key(key), intern(value)));
         }
         map.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(StringMap(map))
