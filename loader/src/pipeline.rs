@@ -113,9 +113,22 @@ impl<'a> StatusReport<'a> {
             rejected: &self.rejected,
             snapshot_version,
         };
-        let mut text = serde_json::to_string(&document).expect("reports serialize");
-        text.push('\n');
-        text
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &document).expect("reports serialize");
+        let mut bytes = Vec::with_capacity(count.0 + 1);
+        serde_json::to_writer(&mut bytes, &document).expect("reports serialize");
+        bytes.push(b'\n');
+        String::from_utf8(bytes).expect("JSON is UTF-8")
     }
 }
 

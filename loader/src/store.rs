@@ -22,7 +22,7 @@ pub struct Store {
     /// Names of the EndpointSlices of each Service (by their `kubernetes.io/service-name` label),
     /// kept with `endpoint_slices`: scanning a namespace's slices per Service made resolving
     /// quadratic in the Services per namespace.
-    slices_by_service: BTreeMap<ObjectKey, BTreeSet<String>>,
+    slices_by_service: BTreeMap<ObjectKey, Vec<String>>,
     /// What changed since [`Store::take_changes`] last asked; `None` until it first does (a
     /// first load records nothing: it is resolved in full anyway).
     changes: Option<Changes>,
@@ -206,9 +206,15 @@ impl Store {
     fn link_slice(&mut self, key: &ObjectKey, slice: &EndpointSlice, linked: bool) {
         let Some(service) = service_of(key, slice) else { return };
         if linked {
-            self.slices_by_service.entry(service).or_default().insert(key.name.clone());
+            let names = self.slices_by_service.entry(service).or_default();
+            if let Err(at) = names.binary_search(&key.name) {
+                names.reserve_exact(1);
+                names.insert(at, key.name.clone());
+            }
         } else if let Some(names) = self.slices_by_service.get_mut(&service) {
-            names.remove(&key.name);
+            if let Ok(at) = names.binary_search(&key.name) {
+                names.remove(at);
+            }
             if names.is_empty() {
                 self.slices_by_service.remove(&service);
             }

@@ -684,6 +684,25 @@ pub(super) fn build_listeners(
     // older takes it (then namespace/name), as with HTTP route precedence.
     type ProxyOrder<'a> = (bool, Option<&'a str>, &'a ObjectKey);
     let mut proxies: BTreeMap<u16, BTreeMap<String, (ProxyOrder<'_>, TcpProxy)>> = BTreeMap::new();
+    // How many hosts take each built route: the last one gets the routes moved, not cloned.
+    let mut uses: BTreeMap<(usize, RouteId<'_>), usize> = BTreeMap::new();
+    for attachment in attachments {
+        let listener = &gateways[attachment.gateway].listeners[attachment.listener];
+        if !listener.programmed() {
+            continue;
+        }
+        let on_port = &ports[&listener.spec.port];
+        if let AnyRoute::Tls(_) = lookup(store, attachment.route) {
+            continue;
+        }
+        for hostname in &attachment.hostnames {
+            if best_listener(gateways, on_port, hostname)
+                == Some((attachment.gateway, attachment.listener))
+            {
+                *uses.entry((attachment.gateway, attachment.route)).or_default() += 1;
+            }
+        }
+    }
     for attachment in attachments {
         let listener = &gateways[attachment.gateway].listeners[attachment.listener];
         if !listener.programmed() {
@@ -745,7 +764,11 @@ pub(super) fn build_listeners(
             if on_host.is_empty() {
                 on_host.reserve_exact(routes.len());
             }
-            on_host.extend(routes.iter().cloned().map(|(order, mut route)| {
+            let left = uses.get_mut(&(attachment.gateway, attachment.route)).expect("counted");
+            *left -= 1;
+            let routes: Vec<(RouteOrder<'_>, Route)> =
+                if *left == 0 { std::mem::take(routes) } else { routes.clone() };
+            on_host.extend(routes.into_iter().map(|(order, mut route)| {
                 // A redirect naming neither scheme nor port goes to this listener's port
                 // (Gateway API); Envoy leaves a scheme's default port out of `Location`.
                 if let RouteAction::Redirect(redirect) = &mut route.action {

@@ -91,6 +91,7 @@ impl PolicyIndex {
             let invalid = resolved.accepted.reason == "Invalid";
             for target in attached {
                 let entry = contenders.entry(target).or_default();
+                entry.reserve_exact(1);
                 entry.push((invalid, created.is_none(), created, key.clone()));
             }
             index.policies.insert(key.clone(), resolved);
@@ -114,8 +115,12 @@ impl PolicyIndex {
             }
             let (service, section) = target;
             let all = list.into_iter().map(|(_, _, _, k)| k).collect();
-            index.contenders.entry(service.clone()).or_default().push((section.clone(), all));
-            index.winners.entry(service).or_default().push((section, winner));
+            let c = index.contenders.entry(service.clone()).or_default();
+            c.reserve_exact(1);
+            c.push((section.clone(), all));
+            let w = index.winners.entry(service).or_default();
+            w.reserve_exact(1);
+            w.push((section, winner));
         }
         index
     }
