@@ -74,11 +74,11 @@ impl Store {
     pub fn remove(&mut self, kind: &'static str, key: &ObjectKey) {
         let old = self.stored(kind, key);
         if let Some(changes) = &mut self.changes {
+            if let Some(Object::EndpointSlice(slice)) = &old {
+                changes.slice_services.extend(service_of(key, slice));
+            }
             if changes.objects.insert((kind, key.clone())) {
                 changes.old.extend(old);
-            }
-            if let Some(old) = self.endpoint_slices.get(key).filter(|_| kind == "EndpointSlice") {
-                changes.slice_services.extend(service_of(key, old));
             }
         }
         match kind {
@@ -110,23 +110,20 @@ impl Store {
 
     /// Records `object` as a change, unless it equals the stored one; says whether it was one.
     fn record(&mut self, key: &ObjectKey, object: &Object) -> bool {
-        if self.same_as_stored(key, object) {
+        let old = self.stored(object.kind(), key);
+        // `Object`'s equality compares contents (an `Arc` compares what it points to).
+        if old.as_ref() == Some(object) {
             return false;
         }
-        let old_service = match object {
-            Object::EndpointSlice(_) => {
-                self.endpoint_slices.get(key).and_then(|o| service_of(key, o))
-            }
-            _ => None,
-        };
-        let old = self.stored(object.kind(), key);
         let Some(changes) = &mut self.changes else { return true };
-        if changes.objects.insert((object.kind(), key.clone())) {
-            changes.old.extend(old);
-        }
         if let Object::EndpointSlice(slice) = object {
             changes.slice_services.extend(service_of(key, slice));
-            changes.slice_services.extend(old_service);
+            if let Some(Object::EndpointSlice(old)) = &old {
+                changes.slice_services.extend(service_of(key, old));
+            }
+        }
+        if changes.objects.insert((object.kind(), key.clone())) {
+            changes.old.extend(old);
         }
         true
     }
@@ -151,27 +148,6 @@ impl Store {
             other => unreachable!("no such kind {other}"),
         };
         Some(object)
-    }
-
-    /// `object` equals the stored object of its kind and key.
-    fn same_as_stored(&self, key: &ObjectKey, object: &Object) -> bool {
-        fn same<T: PartialEq>(stored: Option<&Arc<T>>, new: &Arc<T>) -> bool {
-            stored.is_some_and(|old| Arc::ptr_eq(old, new) || **old == **new)
-        }
-        match object {
-            Object::Gateway(o) => same(self.gateways.get(key), o),
-            Object::GatewayClass(o) => same(self.gateway_classes.get(&key.name), o),
-            Object::HttpRoute(o) => same(self.http_routes.get(key), o),
-            Object::GrpcRoute(o) => same(self.grpc_routes.get(key), o),
-            Object::TlsRoute(o) => same(self.tls_routes.get(key), o),
-            Object::BackendTlsPolicy(o) => same(self.policies.get(key), o),
-            Object::ReferenceGrant(o) => same(self.reference_grants.get(key), o),
-            Object::Service(o) => same(self.services.get(key), o),
-            Object::EndpointSlice(o) => same(self.endpoint_slices.get(key), o),
-            Object::ConfigMap(o) => same(self.config_maps.get(key), o),
-            Object::Secret(o) => same(self.secrets.get(key), o),
-            Object::Namespace(o) => same(self.namespaces.get(&key.name), o),
-        }
     }
 
     pub fn config_map(&self, key: &ObjectKey) -> Option<&ConfigMap> {

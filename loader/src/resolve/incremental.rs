@@ -200,15 +200,14 @@ impl Kept {
         gateway_secrets: &BTreeSet<ObjectKey>,
     ) -> Result<Component, Full> {
         let mut c = Component::default();
-        // Hosts any route may be on whatever its hostnames: those of the listeners, and `*`.
-        let mut listener_hosts: BTreeSet<String> = BTreeSet::from(["*".to_string()]);
-        for gateway in store.gateways.values() {
-            listener_hosts.extend(gateway.spec.listeners.iter().flat_map(|l| l.hostname.clone()));
-        }
         let mut routes = Vec::new();
         let mut services: Vec<ObjectKey> = changes.slice_services.iter().cloned().collect();
         let mut policies = Vec::new();
-        let mut hosts: Vec<String> = Vec::new();
+        // Hosts any route may be on whatever its hostnames: those of the listeners, and `*`.
+        let mut hosts: Vec<String> = vec!["*".to_string()];
+        for gateway in store.gateways.values() {
+            hosts.extend(gateway.spec.listeners.iter().flat_map(|l| l.hostname.clone()));
+        }
         for (kind, key) in &changes.objects {
             match *kind {
                 "HTTPRoute" => routes.push((RouteKind::Http, key.clone())),
@@ -242,7 +241,6 @@ impl Kept {
                 _ => {}
             }
         }
-        hosts.extend(listener_hosts.iter().cloned());
         // Closure: until nothing is added.
         while !(routes.is_empty() && services.is_empty() && policies.is_empty() && hosts.is_empty())
         {
@@ -290,7 +288,6 @@ impl Kept {
                 }
                 c.hosts.insert(host);
             }
-            services.retain(|s| !c.services.contains(s));
         }
         Ok(c)
     }
