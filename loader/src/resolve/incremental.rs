@@ -303,8 +303,10 @@ impl Kept {
         let mut changes = IrChanges::default();
         // Clusters: every cluster of the component's Services, and the invalid-backend one.
         for service in &c.services {
-            let prefix = backendtls_contract::cluster_name(&service.namespace, &service.name, 0);
-            let prefix = prefix.trim_end_matches('0');
+            // `kube_<namespace>_<name>_`: the contract's name without the port.
+            let name_for_port_0 =
+                backendtls_contract::cluster_name(&service.namespace, &service.name, 0);
+            let prefix = name_for_port_0.strip_suffix('0').expect("the port ends the name");
             let names: Vec<String> = self
                 .resolution
                 .ir
