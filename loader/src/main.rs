@@ -271,10 +271,12 @@ struct XdsServeArgs {
     /// ADS streams at once on one connection; more are answered RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_streams_per_connection)]
     xds_max_streams_per_connection: usize,
-    /// Resource names one stream may subscribe to; more end it with RESOURCE_EXHAUSTED.
+    /// Resource names one stream may subscribe to, at the least (twice what the snapshot serves
+    /// if that is more); more end it with RESOURCE_EXHAUSTED.
     #[arg(long, value_name = "N", default_value_t = Limits::default().max_names_per_stream)]
     xds_max_names: usize,
-    /// Largest request message; larger ones end the stream with OUT_OF_RANGE.
+    /// Largest request message, at the least (128 bytes per resource of the most numerous type
+    /// served if that is more); larger ones end the stream with OUT_OF_RANGE.
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_message_bytes)]
     xds_max_message_bytes: usize,
     /// Seconds a connection may stay without an open stream before it is closed.
@@ -285,7 +287,7 @@ struct XdsServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().send_timeout.as_secs())]
     xds_send_timeout: u64,
     /// Close a connection whose client has not answered an HTTP/2 PING (sent every 30 s) for
-    /// this long. Envoy answers none while it applies an update: about 90 s for 100,000 clusters.
+    /// this long. Envoy answers none while it applies an update: up to 87 s for 100,000 clusters.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().keepalive_timeout.as_secs())]
     xds_keepalive_timeout: u64,
 }

@@ -19,7 +19,7 @@
 //! referencing them.
 
 use super::authz::{self, PeerIdentity};
-use super::limits::{Limits, MAX_NAME_BYTES, MAX_NAME_BYTES_PER_STREAM};
+use super::limits::{Limits, SnapshotSize, MAX_NAME_BYTES};
 use super::listener::{ConnectionInfo, ConnectionMetrics, StreamSlot};
 use super::served::{Changes, Entry, Name, Served, Table};
 use super::snapshot::{
@@ -362,7 +362,9 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let state = self.state.clone();
-        let max = Some(state.limits.max_message_bytes);
+        // Fixed for the stream's life; a reconnecting Envoy's first request lists what it holds.
+        let size = SnapshotSize::of(&state.snapshots.borrow());
+        let max = Some(state.limits.message_bytes(size.largest_type));
         let method = request.uri().path().strip_prefix(SERVICE_PATH);
         match method {
             Some("StreamAggregatedResources") => Box::pin(async move {
@@ -687,8 +689,8 @@ fn may_send(granted: &NameSet, type_url: &str, name: &str) -> bool {
     type_url != Secret::type_url() || granted.contains(name)
 }
 
-/// How many resource names a stream holds, against [`Limits::max_names_per_stream`] and
-/// [`MAX_NAME_BYTES_PER_STREAM`].
+/// How many resource names a stream holds, against [`Limits::names_per_stream`] and
+/// [`Limits::name_bytes_per_stream`].
 #[derive(Debug, Default)]
 struct NameBudget {
     names: usize,
@@ -873,16 +875,27 @@ impl Session {
 
     /// Checks the stream's names against the limits after a request changed them.
     fn check_budget(&self) -> Result<(), Status> {
-        let max = self.state.limits.max_names_per_stream;
+        let max = self.max_names();
+        let max_bytes = self.state.limits.name_bytes_per_stream(self.served_resources());
         let exceeded = if self.budget.names > max {
             format!("more than {max} resource names subscribed on one stream (--xds-max-names)")
-        } else if self.budget.bytes > MAX_NAME_BYTES_PER_STREAM {
-            format!("more than {MAX_NAME_BYTES_PER_STREAM} bytes of resource names on one stream")
+        } else if self.budget.bytes > max_bytes {
+            format!("more than {max_bytes} bytes of resource names on one stream")
         } else {
             return Ok(());
         };
         self.state.metrics.limited_streams.fetch_add(1, Ordering::Relaxed);
         Err(Status::resource_exhausted(exceeded))
+    }
+
+    /// Resources the snapshot this stream is at serves: the name limits grow with it.
+    fn served_resources(&self) -> usize {
+        SnapshotSize::of(&self.at.snapshot).resources
+    }
+
+    /// Names this stream may hold now.
+    fn max_names(&self) -> usize {
+        self.state.limits.names_per_stream(self.served_resources())
     }
 
     fn update_info(&self, f: impl FnOnce(&mut SessionInfo)) {
@@ -1148,11 +1161,11 @@ impl Session {
         for name in names {
             Self::check_name(name)?;
         }
-        if request.initial_resource_versions.len() > self.state.limits.max_names_per_stream {
+        let max_names = self.max_names();
+        if request.initial_resource_versions.len() > max_names {
             self.state.metrics.limited_streams.fetch_add(1, Ordering::Relaxed);
             return Err(Status::resource_exhausted(format!(
-                "more than {} initial resource versions (--xds-max-names)",
-                self.state.limits.max_names_per_stream
+                "more than {max_names} initial resource versions (--xds-max-names)"
             )));
         }
         if !request.response_nonce.is_empty() {
@@ -1172,7 +1185,7 @@ impl Session {
         let mut newly_subscribed = Vec::with_capacity(wanted.len());
         for name in wanted {
             self.budget.add(name);
-            if self.budget.names > self.state.limits.max_names_per_stream {
+            if self.budget.names > max_names {
                 break; // reported by check_budget below
             }
             newly_subscribed.push(self.intern(&type_url, name));
@@ -1932,6 +1945,38 @@ mod tests {
         let long = "n".repeat(MAX_NAME_BYTES + 1);
         let error = session().on_delta_request(delta(&eds, &[&long], &[], "")).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn the_name_limit_grows_with_the_snapshot_so_an_envoy_subscribing_to_all_of_it_fits() {
+        // A floor of 10 names; the snapshot serves 30 endpoint assignments, so 60 are allowed.
+        let limits = Limits { max_names_per_stream: 10, ..Limits::default() };
+        let eds = ClusterLoadAssignment::type_url();
+        let names: Vec<String> = (0..61).map(|i| format!("c{i:02}")).collect();
+        let served: Vec<(&str, &str, &str)> =
+            names[..30].iter().map(|n| (eds.as_str(), n.as_str(), "1")).collect();
+        let big = snapshot(1, &served);
+        let session_at = |snapshot: &Snapshot| {
+            let (_tx, rx) = watch::channel(Arc::new(snapshot.clone()));
+            let mut s = Session::new(
+                XdsState::with_limits(rx, limits.clone()),
+                Protocol::Delta,
+                Peer::default(),
+            );
+            goto(&mut s, snapshot);
+            s
+        };
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        // Everything served and as much again that it may still hold: within the limit.
+        let mut s = session_at(&big);
+        s.on_delta_request(delta(&eds, &names[..60], &[], "")).unwrap();
+        let error = s.on_delta_request(delta(&eds, &names[60..], &[], "")).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted, "{error:?}");
+        assert!(error.message().contains("more than 60"), "{}", error.message());
+        // An empty snapshot: the floor.
+        let mut s = session_at(&Snapshot::default());
+        let error = s.on_delta_request(delta(&eds, &names[..11], &[], "")).unwrap_err();
+        assert!(error.message().contains("more than 10"), "{}", error.message());
     }
 
     #[test]

@@ -274,23 +274,13 @@ fn converge(n: usize, dir: &Path, xds_certs: Option<&Path>) -> f64 {
 }
 
 /// Starts the loader, allowing a minute for its first snapshot plus a minute per 10,000 backends
-/// past 10,000. Past 10,000 backends the xDS limits grow with N (at 10,000 and below they are
-/// the defaults): `--xds-max-names` holds every name an Envoy subscribes to (one endpoint
-/// assignment per backend and a few more: the default of 100,000 is one short at 100,000
-/// backends); `--xds-max-message-bytes` holds a reconnecting Envoy's request, which lists every
-/// cluster it holds with its version (5.8 MB at 100,000); `--xds-keepalive-timeout` outlasts
-/// Envoy applying the first CDS response, during which it answers no HTTP/2 PING (87 s at
-/// 100,000 on this machine, and the default 10 s closed the connection mid-way).
+/// past 10,000. The xDS limits are the defaults at every size: they grow with the snapshot
+/// (names per stream, request size), and the keepalive timeout outlasts Envoy applying the first
+/// CDS response at 100,000 (87 s here, during which it answers no HTTP/2 PING).
 fn start_loader(dir: &Path, xds_port: u16, admin_port: u16, args: &[&str], n: usize) -> Loader {
     let past = n.saturating_sub(10_000);
-    let names = (2 * n + 1000).max(100_000).to_string();
-    let message_bytes = (100 * n).max(4 << 20).to_string();
-    let keepalive = (10 + past / 1000 * 2).to_string();
-    let mut args = args.to_vec();
-    args.extend(["--xds-max-names", &names, "--xds-max-message-bytes", &message_bytes]);
-    args.extend(["--xds-keepalive-timeout", &keepalive]);
     let limit = Duration::from_secs(60 + past as u64 / 10_000 * 60);
-    Loader::start_with_ready_timeout(dir, xds_port, admin_port, &args, limit)
+    Loader::start_with_ready_timeout(dir, xds_port, admin_port, args, limit)
 }
 
 /// Starts Envoy (its `/ready` waits for the first CDS and LDS answers: 30 s, and a minute per

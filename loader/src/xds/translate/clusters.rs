@@ -62,7 +62,7 @@ pub(super) fn backend_cluster(
                     out.cluster_discovery_type =
                         Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
                     out.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
-                        eds_config: Some(ads_config_source()),
+                        eds_config: Some(eds_config_source()),
                         service_name: String::new(),
                     });
                     eds = Some(assignment);
@@ -329,4 +329,14 @@ pub(super) fn policy_metadata(
     let mut filter_metadata = HashMap::new();
     filter_metadata.insert(contract::METADATA_NAMESPACE.to_string(), pb::Struct { fields });
     core::Metadata { filter_metadata, ..Default::default() }
+}
+
+/// Where an EDS cluster's endpoints come from: the ADS stream, with no initial-fetch timeout.
+/// The loader sends a cluster's endpoints in the same snapshot as the cluster, so they always
+/// come; Envoy's default timeout (15 s, started as each cluster is created) fires while Envoy is
+/// still applying a large update (100,000 clusters take it 45 s here) and would make those
+/// clusters active without a host until their endpoints arrive. Without it a cluster warms only
+/// with its endpoints (and a changed cluster keeps serving its previous version meanwhile).
+fn eds_config_source() -> core::ConfigSource {
+    core::ConfigSource { initial_fetch_timeout: seconds(0), ..ads_config_source() }
 }
