@@ -186,7 +186,15 @@ fn bench(
     };
     eprintln!("{}", envoy_report.describe());
 
+    // The loader's part of a change: from the write until it queued the change's clusters (its
+    // first push; what follows is Envoy applying them and asking for what they need).
+    let loader_part_ms = |since_unix: f64| {
+        let pushed =
+            typed_metric(&loader, "backendtls_loader_xds_last_push_timestamp_seconds", "CDS");
+        (pushed.unwrap_or(f64::NAN) - since_unix) * 1000.0
+    };
     let mut ca_times = Vec::new();
+    let mut ca_loader = Vec::new();
     let mut ca_bytes = Vec::new();
     for k in 0..CHANGES.min(n) {
         let index = n - 1 - k;
@@ -198,6 +206,7 @@ fn bench(
         );
         let bytes_before = settled_bytes(&loader, n);
         let changed = Instant::now();
+        let changed_unix = unix_seconds();
         write_backend(
             &dir,
             index,
@@ -205,22 +214,32 @@ fn bench(
         );
         wait_for_200(gateway_port, &host, n);
         ca_times.push(changed.elapsed().as_secs_f64() * 1000.0);
+        ca_loader.push(loader_part_ms(changed_unix));
         ca_bytes.push(settled_bytes(&loader, n) - bytes_before);
     }
     let mut add_times = Vec::new();
+    let mut add_loader = Vec::new();
     let mut add_bytes = Vec::new();
     for k in 0..CHANGES {
         let index = n + k;
         let bytes_before = settled_bytes(&loader, n);
         let added = Instant::now();
+        let added_unix = unix_seconds();
         write_backend(&dir, index, &spec(nginx_old.https_port()));
         wait_for_200(gateway_port, &layout.route_host(index), n);
         add_times.push(added.elapsed().as_secs_f64() * 1000.0);
+        add_loader.push(loader_part_ms(added_unix));
         add_bytes.push(settled_bytes(&loader, n) - bytes_before);
     }
     let serve_rss_mb = peak_rss_mb(loader.pid().expect("loader runs"));
     let at_end = Observed::now(&loader, &envoy, started_unix);
-    envoy_report.write(out_dir, &at_end, [&ca_times, &add_times], load_average());
+    envoy_report.write(
+        out_dir,
+        &at_end,
+        [&ca_times, &add_times],
+        [&ca_loader, &add_loader],
+        load_average(),
+    );
     drop(envoy);
     drop(loader);
 
@@ -531,13 +550,18 @@ impl EnvoyRun {
         out_dir: &Path,
         at_end: &Observed,
         [ca, add]: [&Vec<f64>; 2],
+        [ca_loader, add_loader]: [&Vec<f64>; 2],
         load_at_end: String,
     ) {
         let mut ca = ca.clone();
         let mut add = add.clone();
+        let mut ca_loader = ca_loader.clone();
+        let mut add_loader = add_loader.clone();
+        let median_or_nan = |v: &mut Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
         let text = format!(
             "## {} backends, {} ({})\nload at start: {}\nload at end: {}\n{}\n   at the end (after {} CA changes, {} added backends; \
-             CA change median {:.0} ms, add backend median {:.0} ms): {}\n   Envoy log:\n{}\n\n",
+             CA change median {:.0} ms (the loader's part, until it pushed the cluster: {:.0} ms), \
+             add backend median {:.0} ms (the loader's part: {:.0} ms): {}\n   Envoy log:\n{}\n\n",
             self.backends,
             self.layout,
             std::process::Command::new("date").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
@@ -546,8 +570,10 @@ impl EnvoyRun {
             self.describe(),
             ca.len(),
             add.len(),
-            if ca.is_empty() { f64::NAN } else { median(&mut ca) },
-            if add.is_empty() { f64::NAN } else { median(&mut add) },
+            median_or_nan(&mut ca),
+            median_or_nan(&mut ca_loader),
+            median_or_nan(&mut add),
+            median_or_nan(&mut add_loader),
             at_end.describe(),
             self.log.iter().map(|l| format!("     {l}")).collect::<Vec<_>>().join("\n"),
         );
