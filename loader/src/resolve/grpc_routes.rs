@@ -32,7 +32,7 @@ pub(super) fn build_routes<'a>(
     let created = route.metadata.creation_timestamp.as_deref();
     let id = RouteId { kind: RouteKind::Grpc, key: route_key };
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
-        let filters = rule_filters(rule);
+        let filters = Filters::from(rule_filters(rule));
         let action = route_action(store, gw, id, &rule.backend_refs, policies, ir, problems);
         let default_match = [GrpcRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };

@@ -662,6 +662,10 @@ fn edit<K: std::hash::Hash + Eq, V: PartialEq>(
     if present {
         let values = index.entry(key).or_default();
         if !values.contains(&value) {
+            // Most entries hold one value: a Vec grown from empty keeps room for four.
+            if values.is_empty() {
+                values.reserve_exact(1);
+            }
             values.push(value);
         }
     } else if let Some(values) = index.get_mut(&key) {
