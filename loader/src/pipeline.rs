@@ -437,10 +437,11 @@ mod tests {
     use super::*;
     use crate::xds::translate::{Delivery, Filter, FilterBuild, PrivateKeys, Validator};
 
-    fn written(document: &Streamed<'_>) -> (Vec<u8>, Vec<u8>) {
+    /// JSON and YAML (a document is written once: made twice).
+    fn written<'a>(document: impl Fn() -> Streamed<'a>) -> (Vec<u8>, Vec<u8>) {
         let (mut json, mut yaml) = (Vec::new(), Vec::new());
-        document.write_json(&mut json).unwrap();
-        document.write_yaml(&mut yaml).unwrap();
+        document().write_json(&mut json).unwrap();
+        document().write_yaml(&mut yaml).unwrap();
         (json, yaml)
     }
 
@@ -493,8 +494,8 @@ mod tests {
                     let options =
                         TranslateOptions { delivery: Delivery::Inline, ..options.clone() };
                     let resources = translate(ir, &options);
-                    let whole = written(&bootstrap_document(&resources, admin));
-                    let streamed = written(&render_document(ir, &options, admin));
+                    let whole = written(|| bootstrap_document(&resources, admin));
+                    let streamed = written(|| render_document(ir, &options, admin));
                     assert!(whole == streamed, "{}: {options:?}", dir.display());
                 }
             }

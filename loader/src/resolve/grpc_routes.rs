@@ -265,7 +265,7 @@ mod tests {
     fn accepted(r: &Resolution, kind: &str, name: &str) -> (bool, &'static str, String) {
         let report = r.routes.iter().find(|x| x.kind == kind && x.name == name).unwrap();
         let c = report.parents[0].conditions.iter().find(|c| c.kind == "Accepted").unwrap();
-        (c.status, c.reason, c.message.clone())
+        (c.status, c.reason, c.message.to_string())
     }
 
     /// Service characters, then method characters, then header matches; GRPCRoute rules before
