@@ -103,8 +103,8 @@ pub struct Route {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// What the rule's filters and timeouts do besides choosing the action.
-    #[serde(skip_serializing_if = "RouteFilters::is_empty")]
-    pub filters: RouteFilters,
+    #[serde(skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
     pub action: RouteAction,
 }
 
@@ -155,6 +155,58 @@ pub struct RouteFilters {
 impl RouteFilters {
     pub fn is_empty(&self) -> bool {
         self == &RouteFilters::default()
+    }
+}
+
+/// A route's [`RouteFilters`], boxed only when there are any: most routes have none, and the
+/// struct is 248 bytes in every route. Reads as a `RouteFilters` (empty when there are none);
+/// hashes, compares and serializes as one.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Filters(Option<Box<RouteFilters>>);
+
+static NO_FILTERS: RouteFilters = RouteFilters {
+    request_headers: HeaderEdits { set: Vec::new(), add: Vec::new(), remove: Vec::new() },
+    response_headers: HeaderEdits { set: Vec::new(), add: Vec::new(), remove: Vec::new() },
+    rewrite: None,
+    mirrors: Vec::new(),
+    request_timeout_ms: None,
+    backend_request_timeout_ms: None,
+};
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl From<RouteFilters> for Filters {
+    fn from(filters: RouteFilters) -> Self {
+        Filters(Some(Box::new(filters)).filter(|f| !f.is_empty()))
+    }
+}
+
+impl std::ops::Deref for Filters {
+    type Target = RouteFilters;
+    fn deref(&self) -> &RouteFilters {
+        self.0.as_deref().unwrap_or(&NO_FILTERS)
+    }
+}
+
+impl std::fmt::Debug for Filters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl std::hash::Hash for Filters {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl Serialize for Filters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
     }
 }
 
@@ -215,7 +267,8 @@ pub enum RouteAction {
         status: u32,
         body: String,
     },
-    Redirect(Redirect),
+    /// Boxed: the largest variant, and the rarest.
+    Redirect(Box<Redirect>),
 }
 
 #[derive(Clone, Debug, PartialEq, Hash, Serialize)]

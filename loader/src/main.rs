@@ -702,21 +702,22 @@ fn main() -> ExitCode {
                 eprintln!("backendtls-loader: cannot read {}: {e}", dir.display());
                 return ExitCode::from(2);
             }
-            let build = pipeline::build(&config, &translation.resolve_options(), &translate);
-            if !build.resolved.errors.is_empty() {
+            // Translated as it is written (`pipeline::render_document`), not all at once.
+            let resolved = pipeline::resolve(&config, &translation.resolve_options());
+            if !resolved.errors.is_empty() {
                 // A broken file could hold a policy: a bootstrap without it could send
                 // plaintext where TLS was meant. Nothing is rendered until the input is fixed.
-                for error in &build.resolved.errors {
+                for error in &resolved.errors {
                     eprintln!("error: {error}");
                 }
                 eprintln!("backendtls-loader: not rendering: the input has errors (see above)");
                 exit_without_teardown(1)
             }
-            for problem in build.resolved.problems() {
+            for problem in resolved.problems() {
                 eprintln!("warning: {}: {}", problem.object, problem.reason);
             }
             if let PrivateKeys::Files { dir } = &translate.private_keys {
-                let ir = &build.resolved.resolution.ir;
+                let ir = &resolved.resolution.ir;
                 for certificate in
                     ir.client_certificates.values().chain(ir.listener_certificates.values())
                 {
@@ -729,7 +730,8 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            let document = pipeline::bootstrap_document(&build.resources, admin_address);
+            let ir = &resolved.resolution.ir;
+            let document = pipeline::render_document(ir, &translate, admin_address);
             exit_without_teardown(if write_document(&document, output) { 0 } else { 1 })
         }
         Command::Check { translation, output } => {

@@ -185,6 +185,7 @@ pub fn build(
 pub enum Streamed<'a> {
     Value(serde_json::Value),
     Object(BTreeMap<String, Streamed<'a>>),
+    List(Vec<Streamed<'a>>),
     /// `len` items, made by the iterator when the array is written (once).
     Array {
         len: usize,
@@ -192,22 +193,42 @@ pub enum Streamed<'a> {
     },
 }
 
-type Items<'a> = Box<dyn Iterator<Item = serde_json::Value> + 'a>;
+type Items<'a> = Box<dyn Iterator<Item = Streamed<'a>> + 'a>;
 
 impl<'a> Streamed<'a> {
-    /// Objects become [`Streamed::Object`] at every depth, so that arrays can be put in them.
+    /// Objects become [`Streamed::Object`] and arrays [`Streamed::List`] at every depth, so that
+    /// arrays can be put in them.
     pub fn from_value(value: serde_json::Value) -> Self {
         match value {
             serde_json::Value::Object(members) => Streamed::Object(
                 members.into_iter().map(|(k, v)| (k, Streamed::from_value(v))).collect(),
             ),
+            serde_json::Value::Array(items) => {
+                Streamed::List(items.into_iter().map(Streamed::from_value).collect())
+            }
             other => Streamed::Value(other),
         }
     }
 
     pub fn array<T: 'a>(items: &'a [T], item: impl Fn(&'a T) -> serde_json::Value + 'a) -> Self {
-        let len = items.len();
-        Streamed::Array { len, items: RefCell::new(Some(Box::new(items.iter().map(item)))) }
+        Streamed::items(items.len(), items.iter().map(move |i| Streamed::Value(item(i))))
+    }
+
+    /// An array of `len` items made by `items` as it is written.
+    pub fn items(len: usize, items: impl Iterator<Item = Streamed<'a>> + 'a) -> Self {
+        Streamed::Array { len, items: RefCell::new(Some(Box::new(items))) }
+    }
+
+    /// Calls `f` on the members of every object, at every depth (not inside arrays not yet made).
+    fn each_object(&mut self, f: &mut impl FnMut(&mut BTreeMap<String, Streamed<'a>>)) {
+        match self {
+            Streamed::Object(members) => {
+                f(members);
+                members.values_mut().for_each(|v| v.each_object(f));
+            }
+            Streamed::List(items) => items.iter_mut().for_each(|v| v.each_object(f)),
+            Streamed::Value(_) | Streamed::Array { .. } => {}
+        }
     }
 
     /// Sets the member at `path` (every object on the way must exist).
@@ -243,6 +264,13 @@ impl serde::Serialize for Streamed<'_> {
                     map.serialize_entry(key, value)?;
                 }
                 map.end()
+            }
+            Streamed::List(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
             }
             Streamed::Array { len, items } => {
                 let items =
@@ -298,6 +326,64 @@ pub fn bootstrap_document(
     document
 }
 
+/// What `render` prints, translated as it is written: [`bootstrap_document`] of
+/// [`translate`]`(ir, options)` (with [`crate::xds::translate::Delivery::Inline`]), byte for byte,
+/// but each cluster and each listener is translated only when the output reaches it, and a
+/// listener's route configuration one virtual host at a time. At 100,000 backends one listener
+/// holds 100,000 virtual hosts: its structs, encoding and JSON tree took more memory than the
+/// whole resolution.
+pub fn render_document<'a>(
+    ir: &'a crate::ir::Ir,
+    options: &'a TranslateOptions,
+    admin_address: std::net::SocketAddr,
+) -> Streamed<'a> {
+    use crate::xds::json::to_json;
+    use crate::xds::translate::inline;
+    let frame = crate::xds::bootstrap::static_bootstrap(&Resources::default(), admin_address);
+    let mut document = Streamed::from_value(to_json(&frame));
+    // proto3 JSON leaves empty repeated fields out.
+    if !ir.listeners.is_empty() {
+        let listeners = ir.listeners.iter().map(move |l| {
+            let mut listener =
+                Streamed::from_value(to_json(&inline::listener_without_hosts(l, ir, options)));
+            if !l.virtual_hosts.is_empty() {
+                // Every HTTP connection manager's route configuration (one per filter chain).
+                listener.each_object(&mut |members| {
+                    let manager = matches!(
+                        members.get("@type"),
+                        Some(Streamed::Value(serde_json::Value::String(t))) if t == HCM_TYPE_URL
+                    );
+                    if let Some(Streamed::Object(routes)) =
+                        members.get_mut("route_config").filter(|_| manager)
+                    {
+                        let hosts = l
+                            .virtual_hosts
+                            .iter()
+                            .map(|vh| Streamed::Value(to_json(&inline::virtual_host(vh))));
+                        let hosts = Streamed::items(l.virtual_hosts.len(), hosts);
+                        routes.insert("virtual_hosts".to_string(), hosts);
+                    }
+                });
+            }
+            listener
+        });
+        let listeners = Streamed::items(ir.listeners.len(), listeners);
+        document.set(&["static_resources", "listeners"], listeners);
+    }
+    if !ir.clusters.is_empty() {
+        let clusters = ir
+            .clusters
+            .values()
+            .map(move |c| Streamed::Value(to_json(&inline::cluster(c, ir, options))));
+        let clusters = Streamed::items(ir.clusters.len(), clusters);
+        document.set(&["static_resources", "clusters"], clusters);
+    }
+    document
+}
+
+const HCM_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
 /// Where `serve` reads objects from: the config directory (file mode) or the Kubernetes API
 /// (`--source kubernetes`). The rebuild thread calls it; everything after it is shared.
 pub trait Input: Send {
@@ -343,5 +429,77 @@ impl Input for ConfigDir {
     }
     fn unusable(&self) -> Vec<String> {
         ConfigDir::unusable(self).iter().map(|p| p.display().to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::translate::{Delivery, Filter, FilterBuild, PrivateKeys, Validator};
+
+    /// JSON and YAML (a document is written once: made twice).
+    fn written<'a>(document: impl Fn() -> Streamed<'a>) -> (Vec<u8>, Vec<u8>) {
+        let (mut json, mut yaml) = (Vec::new(), Vec::new());
+        document().write_json(&mut json).unwrap();
+        document().write_yaml(&mut yaml).unwrap();
+        (json, yaml)
+    }
+
+    /// `render` translates as it writes: the same bytes as translating everything first, on every
+    /// golden input and the example, under every option that changes the output.
+    #[test]
+    fn render_document_writes_what_the_whole_translation_does() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("tests/golden"))
+            .unwrap()
+            .map(|e| e.unwrap().path().join("input"))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.push(root.join("../examples/backend-tls"));
+        dirs.sort();
+        assert!(dirs.len() >= 9, "{dirs:?}");
+        let option_sets = [
+            TranslateOptions::default(),
+            TranslateOptions {
+                listener_address: "0.0.0.0".into(),
+                validator: Validator::DynamicModule,
+                filter: Filter {
+                    build: FilterBuild::DynamicModule { path: None },
+                    request_header: Some("x-policy".into()),
+                },
+                private_keys: PrivateKeys::Inline,
+                ..Default::default()
+            },
+            TranslateOptions {
+                filter: Filter {
+                    build: FilterBuild::Wasm { path: "/filter.wasm".into() },
+                    request_header: None,
+                },
+                private_keys: PrivateKeys::Files { dir: "/keys".into() },
+                ..Default::default()
+            },
+        ];
+        let admin = "127.0.0.1:19000".parse().unwrap();
+        let mut hosts = 0;
+        for dir in &dirs {
+            let mut config = ConfigDir::new(dir);
+            config.reload().unwrap();
+            for class in [None, Some("backendtls".to_string())] {
+                let resolve_options =
+                    resolve::Options { gateway_class: class, ..Default::default() };
+                let resolved = resolve(&config, &resolve_options);
+                let ir = &resolved.resolution.ir;
+                hosts += ir.listeners.iter().map(|l| l.virtual_hosts.len()).sum::<usize>();
+                for options in &option_sets {
+                    let options =
+                        TranslateOptions { delivery: Delivery::Inline, ..options.clone() };
+                    let resources = translate(ir, &options);
+                    let whole = written(|| bootstrap_document(&resources, admin));
+                    let streamed = written(|| render_document(ir, &options, admin));
+                    assert!(whole == streamed, "{}: {options:?}", dir.display());
+                }
+            }
+        }
+        assert!(hosts > 10, "the inputs have virtual hosts to stream");
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::objects::ObjectKey;
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// The `controllerName` this loader writes into every ancestor entry.
 pub const CONTROLLER_NAME: &str = "backendtls.dev/loader";
@@ -14,7 +15,8 @@ pub struct Condition {
     #[serde(serialize_with = "status_string")]
     pub status: bool,
     pub reason: &'static str,
-    pub message: String,
+    /// Most messages are fixed texts, repeated in every route's and policy's conditions.
+    pub message: Cow<'static, str>,
     pub observed_generation: i64,
 }
 
@@ -23,8 +25,13 @@ fn status_string<S: serde::Serializer>(status: &bool, s: S) -> Result<S::Ok, S::
 }
 
 impl Condition {
-    pub fn new(kind: &'static str, status: bool, reason: &'static str, message: String) -> Self {
-        Condition { kind, status, reason, message, observed_generation: 1 }
+    pub fn new(
+        kind: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Condition { kind, status, reason, message: message.into(), observed_generation: 1 }
     }
 
     pub fn observed(mut self, generation: i64) -> Self {
@@ -164,8 +171,9 @@ pub struct RouteParentStatus {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentReference {
-    pub group: String,
-    pub kind: String,
+    /// Always `gateway.networking.k8s.io` and `Gateway`: only parentRefs to Gateways get an entry.
+    pub group: &'static str,
+    pub kind: &'static str,
     pub namespace: String,
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,9 +12,8 @@ pub(super) fn gateway_client_certificate(
     gateway: &Gateway,
     ir: &mut Ir,
 ) -> (Option<String>, Condition) {
-    let resolved = || {
-        Condition::new("ResolvedRefs", true, "ResolvedRefs", "All references are resolved".into())
-    };
+    let resolved =
+        || Condition::new("ResolvedRefs", true, "ResolvedRefs", "All references are resolved");
     let Some(reference) = gateway
         .spec
         .tls
@@ -116,7 +115,7 @@ pub(super) fn gateway_class_reports(store: &Store) -> Vec<GatewayClassReport> {
                     "Accepted",
                     true,
                     "Accepted",
-                    "GatewayClass is accepted".into(),
+                    "GatewayClass is accepted",
                 )
                 .observed(generation)],
             }
@@ -542,8 +541,8 @@ pub(super) fn attach_routes<'a>(
             }
             parents.push(RouteParentStatus {
                 parent_ref: ParentReference {
-                    group: group.to_string(),
-                    kind: kind.to_string(),
+                    group: GATEWAY_GROUP,
+                    kind: "Gateway",
                     namespace: namespace.to_string(),
                     name: parent.name.clone(),
                     section_name: parent.section_name.clone(),
@@ -557,6 +556,9 @@ pub(super) fn attach_routes<'a>(
             });
         }
         if !parents.is_empty() {
+            // Kept as long as the route is: most routes have one parent, and a Vec grown from
+            // empty keeps room for four.
+            parents.shrink_to_fit();
             reports.push(RouteReport {
                 kind: id.kind.name(),
                 namespace: route_key.namespace.clone(),
@@ -566,6 +568,7 @@ pub(super) fn attach_routes<'a>(
             });
         }
     }
+    reports.shrink_to_fit();
     (reports, attachments.into_iter().collect())
 }
 
@@ -579,7 +582,7 @@ fn evaluate_parent(
     parent: &objects::ParentRef,
     id: RouteId<'_>,
     route: AnyRoute<'_>,
-) -> (Result<String, (&'static str, String)>, Vec<(usize, BTreeSet<String>)>) {
+) -> (Result<&'static str, (&'static str, String)>, Vec<(usize, BTreeSet<String>)>) {
     let route_key = id.key;
     let candidates: Vec<usize> = (0..gateway.listeners.len())
         .filter(|&l| {
@@ -646,7 +649,7 @@ fn evaluate_parent(
             Vec::new(),
         );
     }
-    (Ok("Route is accepted".to_string()), attached)
+    (Ok("Route is accepted"), attached)
 }
 
 /// One Envoy listener per port, shared by every programmed listener on it (of every Gateway),
@@ -879,7 +882,7 @@ pub(super) fn gateway_report(
     let accepted = if let Some((reason, message)) = &gateway.refused {
         Condition::new("Accepted", false, reason, message.clone())
     } else if invalid.is_empty() {
-        Condition::new("Accepted", true, "Accepted", "Gateway is accepted".into())
+        Condition::new("Accepted", true, "Accepted", "Gateway is accepted")
     } else if invalid.len() < gateway.listeners.len() {
         Condition::new(
             "Accepted",
@@ -888,14 +891,14 @@ pub(super) fn gateway_report(
             format!("listeners not valid: {}", invalid.join(", ")),
         )
     } else {
-        Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid".into())
+        Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid")
     };
     let programmed = if !accepted.status {
-        Condition::new("Programmed", false, "Invalid", "Gateway is not accepted".into())
+        Condition::new("Programmed", false, "Invalid", "Gateway is not accepted")
     } else if gateway.listeners.iter().any(ListenerState::programmed) {
-        Condition::new("Programmed", true, "Programmed", "Gateway is programmed".into())
+        Condition::new("Programmed", true, "Programmed", "Gateway is programmed")
     } else {
-        Condition::new("Programmed", false, "Invalid", "no listener is programmed".into())
+        Condition::new("Programmed", false, "Invalid", "no listener is programmed")
     };
     let listeners = gateway
         .listeners
@@ -913,10 +916,10 @@ pub(super) fn gateway_report(
                 Some((reason, message)) => {
                     Condition::new("Conflicted", true, reason, message.clone())
                 }
-                None => Condition::new("Conflicted", false, "NoConflicts", "No conflicts".into()),
+                None => Condition::new("Conflicted", false, "NoConflicts", "No conflicts"),
             };
             let programmed = if l.programmed() {
-                Condition::new("Programmed", true, "Programmed", "Listener is programmed".into())
+                Condition::new("Programmed", true, "Programmed", "Listener is programmed")
             } else {
                 let why = if !l.gateway_accepted {
                     "the Gateway is not accepted"

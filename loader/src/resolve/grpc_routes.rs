@@ -32,7 +32,7 @@ pub(super) fn build_routes<'a>(
     let created = route.metadata.creation_timestamp.as_deref();
     let id = RouteId { kind: RouteKind::Grpc, key: route_key };
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
-        let filters = rule_filters(rule);
+        let filters = Filters::from(rule_filters(rule));
         let action = route_action(store, gw, id, &rule.backend_refs, policies, ir, problems);
         let default_match = [GrpcRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches };
@@ -265,7 +265,7 @@ mod tests {
     fn accepted(r: &Resolution, kind: &str, name: &str) -> (bool, &'static str, String) {
         let report = r.routes.iter().find(|x| x.kind == kind && x.name == name).unwrap();
         let c = report.parents[0].conditions.iter().find(|c| c.kind == "Accepted").unwrap();
-        (c.status, c.reason, c.message.clone())
+        (c.status, c.reason, c.message.to_string())
     }
 
     /// Service characters, then method characters, then header matches; GRPCRoute rules before

@@ -47,16 +47,43 @@ pub struct Incremental {
 /// A route: its kind and key.
 type RouteKey = (RouteKind, ObjectKey);
 
+/// An [`ObjectKey`] in one allocation (namespace and name joined, and where they join): the
+/// indexes hold several per backend, and an `ObjectKey` is two.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Name {
+    joined: Box<str>,
+    namespace_len: u32,
+}
+
+impl Name {
+    fn of(key: &ObjectKey) -> Name {
+        let joined = [key.namespace.as_str(), key.name.as_str()].concat().into_boxed_str();
+        Name { joined, namespace_len: key.namespace.len() as u32 }
+    }
+
+    fn key(&self) -> ObjectKey {
+        let (namespace, name) = self.joined.split_at(self.namespace_len as usize);
+        ObjectKey::new(namespace, name)
+    }
+}
+
+/// A [`RouteKey`] as the indexes keep it.
+type RouteName = (RouteKind, Name);
+
+fn route_name((kind, key): &RouteKey) -> RouteName {
+    (*kind, Name::of(key))
+}
+
 struct Kept {
     resolution: Resolution,
     /// Routes by the Services their backendRefs and mirrors name (found or not).
-    routes_by_service: HashMap<ObjectKey, Vec<RouteKey>>,
+    routes_by_service: HashMap<Name, Vec<RouteName>>,
     /// Policies by the Services they target (found or not).
-    policies_by_service: HashMap<ObjectKey, Vec<ObjectKey>>,
+    policies_by_service: HashMap<Name, Vec<Name>>,
     /// Policies by the ConfigMaps and Secrets their `caCertificateRefs` name (found or not).
-    policies_by_ca_ref: HashMap<(&'static str, ObjectKey), Vec<ObjectKey>>,
+    policies_by_ca_ref: HashMap<(&'static str, Name), Vec<Name>>,
     /// The routes attached to each listener, by Gateway and listener index.
-    attached: HashMap<(ObjectKey, usize), BTreeSet<RouteKey>>,
+    attached: HashMap<(ObjectKey, usize), BTreeSet<RouteName>>,
     /// Routes that send a share to [`INVALID_BACKEND_CLUSTER`]: it exists while there is one.
     invalid_cluster_users: BTreeSet<RouteKey>,
     /// How many clusters use each CA bundle of `resolution.ir.ca_bundles`.
@@ -219,8 +246,8 @@ impl Kept {
                     return Err(Full("a Secret a Gateway uses changed"))
                 }
                 "ConfigMap" | "Secret" => {
-                    let named = self.policies_by_ca_ref.get(&(*kind, key.clone()));
-                    policies.extend(named.into_iter().flatten().cloned());
+                    let named = self.policies_by_ca_ref.get(&(*kind, Name::of(key)));
+                    policies.extend(named.into_iter().flatten().map(Name::key));
                 }
                 _ => return Err(Full("a Gateway, class, grant or namespace changed")),
             }
@@ -254,9 +281,12 @@ impl Kept {
                 if c.services.contains(&key) {
                     continue;
                 }
-                routes.extend(self.routes_by_service.get(&key).into_iter().flatten().cloned());
-                let contenders = self.policies_by_service.get(&key).into_iter().flatten();
-                policies.extend(contenders.filter(|p| !c.policies.contains(*p)).cloned());
+                let name = Name::of(&key);
+                let sending = self.routes_by_service.get(&name).into_iter().flatten();
+                routes.extend(sending.map(|(kind, route)| (*kind, route.key())));
+                let contenders = self.policies_by_service.get(&name).into_iter().flatten();
+                let contenders = contenders.map(Name::key);
+                policies.extend(contenders.filter(|p| !c.policies.contains(p)));
                 c.services.insert(key);
             }
             for id in std::mem::take(&mut routes) {
@@ -297,7 +327,7 @@ impl Kept {
         &mut self,
         c: &Component,
         sub: Resolution,
-        sub_attached: HashMap<(ObjectKey, usize), BTreeSet<RouteKey>>,
+        sub_attached: HashMap<(ObjectKey, usize), BTreeSet<RouteName>>,
     ) {
         let mut sub = sub;
         let mut changes = IrChanges::default();
@@ -398,7 +428,7 @@ impl Kept {
         }
         for ((gateway, listener), routes) in &mut self.attached {
             for route in &c.routes {
-                routes.remove(route);
+                routes.remove(&route_name(route));
             }
             if let Some(added) = sub_attached.get(&(gateway.clone(), *listener)) {
                 routes.extend(added.iter().cloned());
@@ -460,14 +490,15 @@ impl Kept {
         indexed: bool,
     ) {
         for service in service_refs(route, &key.namespace) {
-            edit(&mut self.routes_by_service, service, (kind, key.clone()), indexed);
+            let route = (kind, Name::of(key));
+            edit(&mut self.routes_by_service, Name::of(&service), route, indexed);
         }
     }
 
     /// Adds (`indexed`) or removes a policy in `policies_by_service` and `policies_by_ca_ref`.
     fn index_policy(&mut self, key: &ObjectKey, policy: &BackendTlsPolicy, indexed: bool) {
         for service in policy_targets(key, policy) {
-            edit(&mut self.policies_by_service, service, key.clone(), indexed);
+            edit(&mut self.policies_by_service, Name::of(&service), Name::of(key), indexed);
         }
         for r in &policy.spec.validation.ca_certificate_refs {
             let kind = match (r.group.as_str(), r.kind.as_str()) {
@@ -475,8 +506,8 @@ impl Kept {
                 ("", "Secret") => "Secret",
                 _ => continue, // never looked up
             };
-            let named = (kind, ObjectKey::new(&key.namespace, &r.name));
-            edit(&mut self.policies_by_ca_ref, named, key.clone(), indexed);
+            let named = (kind, Name::of(&ObjectKey::new(&key.namespace, &r.name)));
+            edit(&mut self.policies_by_ca_ref, named, Name::of(key), indexed);
         }
     }
 
@@ -582,11 +613,11 @@ fn gateway_secrets(store: &Store) -> BTreeSet<ObjectKey> {
 /// The routes attached to each listener of the served Gateways.
 fn attached_routes(
     served: &[ServedGateway<'_>],
-) -> HashMap<(ObjectKey, usize), BTreeSet<RouteKey>> {
+) -> HashMap<(ObjectKey, usize), BTreeSet<RouteName>> {
     let mut attached = HashMap::new();
     for gateway in served {
         for (l, listener) in gateway.listeners.iter().enumerate() {
-            let routes = listener.attached.iter().map(|id| (id.kind, id.key.clone())).collect();
+            let routes = listener.attached.iter().map(|id| (id.kind, Name::of(id.key))).collect();
             attached.insert((gateway.key.clone(), l), routes);
         }
     }
@@ -662,6 +693,10 @@ fn edit<K: std::hash::Hash + Eq, V: PartialEq>(
     if present {
         let values = index.entry(key).or_default();
         if !values.contains(&value) {
+            // Most entries hold one value: a Vec grown from empty keeps room for four.
+            if values.is_empty() {
+                values.reserve_exact(1);
+            }
             values.push(value);
         }
     } else if let Some(values) = index.get_mut(&key) {

@@ -112,6 +112,9 @@ fn resolve_observed(
     let listeners =
         build_listeners(store, &served, &attachments, &mut policies, &mut ir, &mut problems);
     ir.listeners = listeners;
+    // Inserted one at a time, the map's nodes are about half full; collected again, they are
+    // full (a cluster is about 300 bytes: at 100,000 backends that is 15 MB).
+    ir.clusters = std::mem::take(&mut ir.clusters).into_iter().collect();
     let addresses: Vec<GatewayAddress> = options
         .listener_address
         .iter()

@@ -201,12 +201,12 @@ fn resolve_policy(
         subject_alt_names: Vec::new(),
         params: TlsParams::default(),
         trust: Trust::Unusable { reason: String::new() },
-        accepted: Condition::new("Accepted", true, "Accepted", "Policy is accepted".into()),
+        accepted: Condition::new("Accepted", true, "Accepted", "Policy is accepted"),
         resolved_refs: Condition::new(
             "ResolvedRefs",
             true,
             "ResolvedRefs",
-            "All CA certificate references are resolved".into(),
+            "All CA certificate references are resolved",
         ),
         targets: policy
             .spec
@@ -304,7 +304,8 @@ fn resolve_policy(
         resolved.resolved_refs = Condition::new("ResolvedRefs", false, reason, failures_text());
     } else if !skipped.is_empty() {
         resolved.resolved_refs.message =
-            format!("All CA certificate references are resolved; left out: {}", skipped.join("; "));
+            format!("All CA certificate references are resolved; left out: {}", skipped.join("; "))
+                .into();
     }
     if pems.is_empty() {
         let message = format!("no valid CA certificate: {}", failures_text());
@@ -325,12 +326,13 @@ fn resolve_policy(
     bundles.entry(secret.clone()).or_insert(bundle);
     resolved.trust = Trust::Ca { secret };
 
-    let mut message = "Policy is accepted".to_string();
+    let mut message = std::borrow::Cow::Borrowed("Policy is accepted");
     if !unknown_options.is_empty() {
-        message.push_str(&format!("; ignored unknown options: {}", unknown_options.join(", ")));
+        let options = unknown_options.join(", ");
+        message.to_mut().push_str(&format!("; ignored unknown options: {options}"));
     }
     if !notes.is_empty() {
-        message.push_str(&format!("; not attached: {}", notes.join("; ")));
+        message.to_mut().push_str(&format!("; not attached: {}", notes.join("; ")));
     }
     resolved.accepted.message = message;
     (resolved, attached)

@@ -211,8 +211,9 @@ pub(super) fn build_http_routes<'a>(
     let created = route.metadata.creation_timestamp.as_deref();
     for (rule_index, rule) in route.spec.rules.iter().enumerate() {
         let (filters, redirect) = rule_filters(store, gw, route_key, rule, policies, ir, problems);
+        let filters = Filters::from(filters);
         let action = match redirect {
-            Some(redirect) => RouteAction::Redirect(redirect),
+            Some(redirect) => RouteAction::Redirect(Box::new(redirect)),
             None => route_action(
                 store,
                 gw,
@@ -682,12 +683,7 @@ pub(super) fn conditions<'a>(
 /// failure's message.
 pub(super) fn resolved_refs(failures: &[BackendRefError]) -> Condition {
     match failures.first() {
-        None => Condition::new(
-            "ResolvedRefs",
-            true,
-            "ResolvedRefs",
-            "All references are resolved".into(),
-        ),
+        None => Condition::new("ResolvedRefs", true, "ResolvedRefs", "All references are resolved"),
         Some(first) => {
             let message = failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
             Condition::new("ResolvedRefs", false, first.reason(), message)

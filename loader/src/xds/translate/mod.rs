@@ -156,6 +156,43 @@ pub fn translate(ir: &Ir, options: &TranslateOptions) -> Resources {
     out
 }
 
+/// `render`'s translation one item at a time ([`crate::pipeline::render_document`]), so that the
+/// translated structs never all live at once: a listener with its route configuration's virtual
+/// hosts left out, each of those virtual hosts, and each cluster. Put back together they are
+/// [`translate`]'s listeners and clusters (versions aside) under [`Delivery::Inline`].
+pub(crate) mod inline {
+    use super::*;
+
+    /// The listener `translate` makes, but for the virtual hosts of its route configuration
+    /// (each made by [`virtual_host`]).
+    pub(crate) fn listener_without_hosts(
+        l: &ir::Listener,
+        ir: &Ir,
+        options: &TranslateOptions,
+    ) -> listener::Listener {
+        let hollow = ir::Listener {
+            name: l.name.clone(),
+            port: l.port,
+            virtual_hosts: Vec::new(),
+            tls: Vec::new(),
+            tcp_proxies: Vec::new(),
+        };
+        gateway_listener(l, &ir.listener_certificates, options, &route_configuration(&hollow))
+    }
+
+    pub(crate) fn virtual_host(vh: &ir::VirtualHost) -> route::VirtualHost {
+        routes::virtual_host(vh)
+    }
+
+    pub(crate) fn cluster(
+        c: &ir::Cluster,
+        ir: &Ir,
+        options: &TranslateOptions,
+    ) -> cluster::Cluster {
+        backend_cluster(c, ir, options).0
+    }
+}
+
 /// A Gateway listener and, for ADS, its route configuration (none for a TLS listener, which
 /// proxies TCP and has no routes).
 fn listener_resources(
