@@ -77,6 +77,18 @@ fn parse_file_by(file: &Path, text: &str, read_direct: bool) -> ParsedFile {
     let mut parsed = ParsedFile { usable: true, ..Default::default() };
     let is_json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let documents = if is_json { vec![(1, text)] } else { split_documents(text) };
+    // A clean file is read in one go: one YAML parser for all its documents, rather than one
+    // per document (each with its buffers). Documents are numbered only for errors.
+    if !is_json
+        && read_direct
+        && documents.iter().all(|(_, document)| document.len() <= limits::MAX_DOCUMENT_BYTES)
+    {
+        if let Some(mut objects) = direct::read(text) {
+            objects.shrink_to_fit();
+            parsed.objects = objects;
+            return parsed;
+        }
+    }
     for (index, (first_line, document)) in documents.into_iter().enumerate() {
         let number = index + 1;
         let error = |object: Option<String>, reason: String| SourceError {
@@ -1654,29 +1666,31 @@ fn read_all(jobs: Vec<ReadJob>, mut each: impl FnMut(ReadResult)) {
         jobs.into_iter().map(read_one).for_each(each);
         return;
     }
-    let chunk = jobs.len().div_ceil(threads);
-    let mut jobs = jobs;
-    let mut chunks = Vec::new();
-    while !jobs.is_empty() {
-        let rest = jobs.split_off(jobs.len().saturating_sub(chunk));
-        chunks.push(rest);
-    }
+    // Each worker takes the next few files when done with the last: files differ in size, and
+    // halves fixed up front finished up to a sixth apart at 100,000 backends. Files are taken
+    // and handed over a batch at a time (one file at a time, the lock and the wake-ups of the
+    // calling thread cost 7% of `check` at 100,000 files), small enough that every worker gets
+    // sixteen batches.
+    let batch = (jobs.len() / (threads * 16)).clamp(1, 64);
+    let jobs = std::sync::Mutex::new(jobs.into_iter());
     std::thread::scope(|scope| {
-        let (send, receive) = std::sync::mpsc::channel();
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                let send = send.clone();
-                scope.spawn(move || {
-                    for job in chunk {
-                        // The receiver lives until every worker is done.
-                        let _ = send.send(read_one(job));
+        let (send, receive) = std::sync::mpsc::channel::<Vec<ReadResult>>();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (send, jobs) = (send.clone(), &jobs);
+                scope.spawn(move || loop {
+                    let taken: Vec<ReadJob> =
+                        jobs.lock().unwrap_or_else(|e| e.into_inner()).by_ref().take(batch).collect();
+                    if taken.is_empty() {
+                        break;
                     }
+                    // The receiver lives until every worker is done.
+                    let _ = send.send(taken.into_iter().map(read_one).collect());
                 })
             })
             .collect();
         drop(send);
-        receive.into_iter().for_each(&mut each);
+        receive.into_iter().flatten().for_each(&mut each);
         for handle in handles {
             handle.join().expect("parsing does not panic");
         }
@@ -2022,6 +2036,7 @@ mod tests {
             "# only a comment\n".into(),
             "".into(),
             format!("{service}...\n{service}"),
+            format!("---\n# nothing\n---\n{service}---\n\n--- {{apiVersion: v1, kind: Namespace, metadata: {{name: a}}}}\n...\n"),
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: e, labels: {kubernetes.io/service-name: s}}\naddressType: IPv4\nendpoints: [{addresses: [\"10.0.0.1\"], conditions: {ready: false}}]\nports: [{name: https, port: 8443}]\n".into(),
         ];
         for text in &direct {
