@@ -627,7 +627,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Check { .. } | Command::Render { .. } | Command::Probe { .. }) {
+    if matches!(cli.command, Command::Check { .. } | Command::Render { .. } | Command::Probe { .. })
+    {
         tune_allocator_for_one_build();
     }
     match cli.command {

@@ -398,7 +398,8 @@ mod direct {
                 _ => return Err(give_up()),
             };
             let metadata = object.metadata();
-            let name_ok = !metadata.name.is_empty() && name_rule(&kind).check(&metadata.name).is_ok();
+            let name_ok =
+                !metadata.name.is_empty() && name_rule(&kind).check(&metadata.name).is_ok();
             let namespace_ok = metadata
                 .namespace
                 .as_deref()
@@ -465,7 +466,10 @@ mod direct {
             }
             Ok(Some(value))
         }
-        fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, A::Error> {
             self.map.next_value_seed(StrictSeed(seed))
         }
         fn size_hint(&self) -> Option<usize> {
@@ -496,7 +500,10 @@ mod direct {
                 None => self.map.next_key_seed(seed),
             }
         }
-        fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, A::Error> {
             match self.value.take() {
                 Some(value) => seed.deserialize(value).map_err(A::Error::custom),
                 None => self.map.next_value_seed(seed),
@@ -1679,8 +1686,12 @@ fn read_all(jobs: Vec<ReadJob>, mut each: impl FnMut(ReadResult)) {
             .map(|_| {
                 let (send, jobs) = (send.clone(), &jobs);
                 scope.spawn(move || loop {
-                    let taken: Vec<ReadJob> =
-                        jobs.lock().unwrap_or_else(|e| e.into_inner()).by_ref().take(batch).collect();
+                    let taken: Vec<ReadJob> = jobs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .by_ref()
+                        .take(batch)
+                        .collect();
                     if taken.is_empty() {
                         break;
                     }
@@ -1999,14 +2010,16 @@ mod tests {
     fn direct_and_value_paths_agree() {
         let same = |name: &str, text: &str| {
             let file = Path::new(name);
-            let (direct, value) = (parse_file_by(file, text, true), parse_file_by(file, text, false));
+            let (direct, value) =
+                (parse_file_by(file, text, true), parse_file_by(file, text, false));
             assert_eq!(direct.objects, value.objects, "{name}: {text}");
             assert_eq!(direct.errors, value.errors, "{name}: {text}");
             assert_eq!(direct.usable, value.usable, "{name}: {text}");
         };
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let mut files = 0;
-        for dir in ["loader/tests", "examples", "fuzz/corpus/manifest_yaml", "fuzz/corpus/pipeline"] {
+        for dir in ["loader/tests", "examples", "fuzz/corpus/manifest_yaml", "fuzz/corpus/pipeline"]
+        {
             let mut stack = vec![root.join(dir)];
             while let Some(dir) = stack.pop() {
                 for entry in std::fs::read_dir(&dir).unwrap() {
@@ -2075,7 +2088,8 @@ mod tests {
         ];
         for text in value {
             same("t.yaml", text);
-            let whole_file_direct = split_documents(text).iter().all(|(_, d)| direct::read(d).is_some());
+            let whole_file_direct =
+                split_documents(text).iter().all(|(_, d)| direct::read(d).is_some());
             assert!(!whole_file_direct, "read directly: {text}");
         }
     }
