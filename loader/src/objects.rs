@@ -65,7 +65,7 @@ impl Object {
         }
     }
 
-    fn metadata(&self) -> &ObjectMeta {
+    pub(crate) fn metadata(&self) -> &ObjectMeta {
         match self {
             Object::Gateway(o) => &o.metadata,
             Object::GatewayClass(o) => &o.metadata,
@@ -179,7 +179,9 @@ pub fn release_unused_values() {
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
-    #[serde(default)]
+    /// A `namespace: null` is an error, not an unset namespace: the API server refuses it, and
+    /// `source` refuses it before reading the object (`metadata.namespace must be a string`).
+    #[serde(default, deserialize_with = "some_string")]
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: StringMap,
@@ -189,6 +191,20 @@ pub struct ObjectMeta {
     /// omit it; they then sort after every object that has one.
     #[serde(default)]
     pub creation_timestamp: Option<String>,
+}
+
+/// A list with room for exactly its items. Read straight from YAML (`source`'s direct path), a
+/// list's length is not known until its end, and a `Vec` grown item by item keeps room for four
+/// (three empty `ParentRef`s, `BackendRef`s, ... in every route, about 2.5 KB per backend).
+fn exact<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let mut items = Vec::<T>::deserialize(d)?;
+    items.shrink_to_fit();
+    Ok(items)
+}
+
+/// A field that, when present, must be a string (null included: it is not "unset").
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 impl ObjectMeta {
@@ -228,7 +244,7 @@ pub struct Gateway {
 pub struct GatewaySpec {
     #[serde(default)]
     pub gateway_class_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub listeners: Vec<GatewayListener>,
     #[serde(default)]
     pub tls: Option<GatewayTls>,
@@ -290,7 +306,7 @@ pub struct ListenerTls {
     /// `Terminate` (the default) or `Passthrough`.
     #[serde(default)]
     pub mode: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub certificate_refs: Vec<SecretObjectReference>,
     /// Implementation-specific options; none is implemented.
     #[serde(default)]
@@ -331,7 +347,7 @@ pub struct RouteNamespaces {
 pub struct LabelSelector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
@@ -339,7 +355,7 @@ pub struct LabelSelector {
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub values: Vec<String>,
 }
 
@@ -374,11 +390,11 @@ pub struct HttpRoute {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub parent_refs: Vec<ParentRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub hostnames: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub rules: Vec<HttpRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
@@ -406,11 +422,11 @@ pub struct ParentRef {
 pub struct HttpRouteRule {
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub matches: Vec<HttpRouteMatch>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub filters: Vec<HttpRouteFilter>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub backend_refs: Vec<BackendRef>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
@@ -427,9 +443,9 @@ pub struct HttpRouteRule {
 pub struct HttpRouteMatch {
     #[serde(default)]
     pub path: Option<HttpPathMatch>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub headers: Vec<HttpValueMatch>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub query_params: Vec<HttpValueMatch>,
     #[serde(default)]
     pub method: Option<String>,
@@ -485,11 +501,11 @@ pub struct HttpRouteFilter {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpHeaderFilter {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub set: Vec<HttpHeader>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub add: Vec<HttpHeader>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub remove: Vec<String>,
 }
 
@@ -592,11 +608,11 @@ pub struct GrpcRoute {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteSpec {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub parent_refs: Vec<ParentRef>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub hostnames: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub rules: Vec<GrpcRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
@@ -608,12 +624,12 @@ pub struct GrpcRouteSpec {
 pub struct GrpcRouteRule {
     #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub matches: Vec<GrpcRouteMatch>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub filters: Vec<GrpcRouteFilter>,
     /// The same shape as an HTTPRoute's (`filters` per backend are not implemented).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub backend_refs: Vec<BackendRef>,
     /// Not implemented.
     #[serde(default)]
@@ -626,7 +642,7 @@ pub struct GrpcRouteMatch {
     #[serde(default)]
     pub method: Option<GrpcMethodMatch>,
     /// `Exact` (the default) or `RegularExpression`, as an HTTPRoute's header matches.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub headers: Vec<HttpValueMatch>,
 }
 
@@ -674,12 +690,12 @@ pub struct TlsRoute {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsRouteSpec {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub parent_refs: Vec<ParentRef>,
     /// SNI names; matched against the listener's hostname like an HTTPRoute's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub hostnames: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub rules: Vec<TlsRouteRule>,
     /// Experimental (`useDefaultGateways`): not implemented.
     #[serde(default)]
@@ -745,6 +761,7 @@ pub struct BackendTlsPolicy {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTlsPolicySpec {
+    #[serde(deserialize_with = "exact")]
     pub target_refs: Vec<PolicyTargetRef>,
     pub validation: BackendTlsValidation,
     #[serde(default)]
@@ -765,12 +782,12 @@ pub struct PolicyTargetRef {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTlsValidation {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub ca_certificate_refs: Vec<LocalObjectRef>,
     #[serde(default, rename = "wellKnownCACertificates")]
     pub well_known_ca_certificates: Option<String>,
     pub hostname: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub subject_alt_names: Vec<SubjectAltName>,
 }
 
@@ -803,7 +820,9 @@ pub struct ReferenceGrant {
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct ReferenceGrantSpec {
+    #[serde(deserialize_with = "exact")]
     pub from: Vec<ReferenceGrantFrom>,
+    #[serde(deserialize_with = "exact")]
     pub to: Vec<ReferenceGrantTo>,
 }
 
@@ -840,7 +859,7 @@ pub struct ServiceSpec {
     /// `ClusterIP` (the default), `NodePort`, `LoadBalancer` or `ExternalName`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub ports: Vec<ServicePort>,
     #[serde(default)]
     pub external_name: Option<String>,
@@ -876,15 +895,15 @@ pub struct EndpointSlice {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub address_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub endpoints: Vec<Endpoint>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub ports: Vec<EndpointPort>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Endpoint {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact")]
     pub addresses: Vec<String>,
     #[serde(default)]
     pub conditions: Option<EndpointConditions>,

@@ -43,7 +43,12 @@ pub struct Changes {
 impl Store {
     /// Adds or replaces an object.
     pub fn put(&mut self, object: Object) {
-        let key = object.key();
+        self.put_keyed(object.key(), object);
+    }
+
+    /// [`Self::put`] with the object's key ([`Object::key`]) already made.
+    pub fn put_keyed(&mut self, key: ObjectKey, object: Object) {
+        debug_assert_eq!(key, object.key());
         // Equal content keeps the stored object (and its `Arc`), and is no change.
         if self.changes.is_some() && !self.record(&key, &object) {
             return;
