@@ -11,7 +11,8 @@
 //! proportional to the change, not to the number of resources.
 
 use super::authz;
-use super::snapshot::{PackedResource, Snapshot};
+use super::shared_map::SharedMap;
+use super::snapshot::{PackedResource, Resources, Snapshot};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
@@ -82,8 +83,8 @@ impl Entry {
     }
 }
 
-/// One type's resources by name.
-pub type Table = BTreeMap<Name, Arc<Entry>>;
+/// One type's resources by name; shares what did not change with the previous snapshot's table.
+pub type Table = SharedMap<Name, Arc<Entry>>;
 
 /// Per table (a type URL, or [`super::snapshot::VHDS_ROUTE_CONFIGURATIONS`]), the names whose
 /// resource was added, changed (new version) or removed between two snapshots, sorted.
@@ -136,10 +137,16 @@ impl Served {
             } else {
                 None
             };
-            let previous = previous.map_or(&*EMPTY, |p| p.table(key));
             let secrets = tables.get(&sds).unwrap_or(&*EMPTY);
-            let (table, touched) =
-                build_table(&snapshot.resources[key], previous, secrets, referrer);
+            let resources = &snapshot.resources[key];
+            let (table, touched) = match previous {
+                Some(previous) => {
+                    let before = previous.snapshot.resources.get(key);
+                    let table = previous.table(key);
+                    patch_table(resources, before, table, secrets, referrer)
+                }
+                None => build_table(resources, &EMPTY, secrets, referrer),
+            };
             if !touched.is_empty() {
                 changes.insert(key.clone(), touched);
             }
@@ -155,9 +162,62 @@ impl Served {
     }
 }
 
+/// One type's table, from the previous one (`previous`, built from `before`, the previous
+/// snapshot's resources of this type): only the names whose resource differs between `before`
+/// and `resources` are looked at, which for a snapshot translated from the previous one
+/// ([`SharedMap::diff`]) costs the change, not the number of resources. Also returns the names
+/// that changed (added, removed, or of a new version), in order.
+fn patch_table(
+    resources: &Resources,
+    before: Option<&Resources>,
+    previous: &Table,
+    secrets: &Table,
+    referrer: Option<authz::Referrer>,
+) -> (Table, Vec<Name>) {
+    let Some(before) = before else {
+        return build_table(resources, previous, secrets, referrer);
+    };
+    let mut table = previous.clone();
+    let mut touched = Vec::new();
+    before.diff(
+        resources,
+        Arc::ptr_eq,
+        |name, _, now| {
+            let old = table.get(name.as_str());
+            match (old, now) {
+                (None, None) => {}
+                (Some(e), None) => {
+                    touched.push(e.name.clone());
+                    table.remove(name.as_str());
+                }
+                // Rebuilt, same content: not a change.
+                (Some(e), Some(resource)) if e.resource.version == resource.version => {
+                    let entry = Entry {
+                        name: e.name.clone(),
+                        resource: resource.clone(),
+                        secrets: e.secrets.clone(),
+                    };
+                    table.insert(e.name.clone(), Arc::new(entry));
+                }
+                (old, Some(resource)) => {
+                    let name: Name = old.map_or_else(|| name.as_str().into(), |e| e.name.clone());
+                    touched.push(name.clone());
+                    let entry = Entry {
+                        secrets: referenced_secrets(referrer, resource, secrets),
+                        name: name.clone(),
+                        resource: resource.clone(),
+                    };
+                    table.insert(name, Arc::new(entry));
+                }
+            }
+        },
+    );
+    (table, touched)
+}
+
 /// One type's table, merged with the previous one in name order, and the names that changed.
 fn build_table(
-    resources: &BTreeMap<String, Arc<PackedResource>>,
+    resources: &Resources,
     previous: &Table,
     secrets: &Table,
     referrer: Option<authz::Referrer>,
@@ -251,30 +311,75 @@ mod tests {
         }
     }
 
+    fn resource(type_url: &str, v: &str) -> Arc<PackedResource> {
+        Arc::new(PackedResource {
+            version: v.to_string(),
+            resource: EncodedAny {
+                type_url: type_url.to_string(),
+                value: v.as_bytes().to_vec().into(),
+            },
+        })
+    }
+
+    /// Whether the snapshots are made afresh each time, or from the previous one (sharing what
+    /// did not change, as the translator makes them), the changes are exactly the names whose
+    /// presence or version differ, and the tables are what a build from nothing gives.
     #[test]
     fn changes_are_exactly_the_names_whose_presence_or_version_differs() {
+        for derived in [false, true] {
+            changes_are_exact(derived);
+        }
+    }
+
+    fn changes_are_exact(derived: bool) {
         let types = type_urls();
         let mut rng = Rng(0x5eed);
         let mut current: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut served: Option<Served> = None;
         for seq in 0..200 {
-            // Add, change or remove a few resources.
-            for _ in 0..rng.below(6) {
+            let mut packed = served
+                .as_ref()
+                .filter(|_| derived)
+                .map(|s| s.snapshot.resources.clone())
+                .unwrap_or_default();
+            // Add, change or remove a few resources (many, now and then).
+            let edits = if seq % 40 == 0 { 300 } else { rng.below(6) };
+            for _ in 0..edits {
                 let type_url = &types[rng.below(types.len() as u64) as usize];
-                let key = (type_url.clone(), format!("r{}", rng.below(12)));
-                match rng.below(3) {
+                let key = (
+                    type_url.clone(),
+                    format!("r{:03}", rng.below(if seq < 100 { 12 } else { 400 })),
+                );
+                let map = packed.entry(type_url.clone()).or_default();
+                match rng.below(4) {
                     0 => {
                         current.remove(&key);
+                        map.remove(key.1.as_str());
+                    }
+                    // The same content, rebuilt.
+                    1 => {
+                        if let Some(v) = current.get(&key) {
+                            map.insert(key.1.clone(), resource(type_url, v));
+                        }
                     }
                     _ => {
-                        current.insert(key, rng.below(3).to_string());
+                        let v = rng.below(3).to_string();
+                        map.insert(key.1.clone(), resource(type_url, &v));
+                        current.insert(key, v);
                     }
                 }
             }
-            let listed: Vec<(&str, &str, &str)> =
-                current.iter().map(|((t, n), v)| (t.as_str(), n.as_str(), v.as_str())).collect();
-            let next = snapshot(seq + 1, &listed);
+            let next = if derived {
+                Arc::new(Snapshot::new(seq + 1, packed))
+            } else {
+                let listed: Vec<(&str, &str, &str)> = current
+                    .iter()
+                    .map(|((t, n), v)| (t.as_str(), n.as_str(), v.as_str()))
+                    .collect();
+                snapshot(seq + 1, &listed)
+            };
             let (built, changes) = Served::build(seq, next.clone(), served.as_ref());
+            let (fresh, _) = Served::build(seq, next.clone(), None);
             // The truth: compare the two snapshots name by name.
             let before = served.as_ref().map(|s| s.snapshot.clone()).unwrap_or_default();
             for key in next.resources.keys() {
@@ -294,6 +399,9 @@ mod tests {
                 let snap: Vec<(&str, &str)> =
                     new.iter().map(|(n, r)| (n.as_str(), r.version.as_str())).collect();
                 assert_eq!(table, snap);
+                let fresh: Vec<(&str, &str)> =
+                    fresh.table(key).iter().map(|(n, e)| (n.as_ref(), e.version())).collect();
+                assert_eq!(table, fresh);
             }
             served = Some(built);
         }

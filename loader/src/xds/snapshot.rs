@@ -5,6 +5,7 @@
 //! endpoints and one secret, however many backends there are, and an Envoy that reconnects after a
 //! loader restart is not sent what it already holds.
 
+use super::shared_map::SharedMap;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -48,8 +49,12 @@ impl EncodedAny {
     }
 }
 
-/// Encoded resources by type URL and name: what a snapshot holds.
-pub type Packed = BTreeMap<String, BTreeMap<String, Arc<PackedResource>>>;
+/// Encoded resources by type URL and name: what a snapshot holds. Each type's map shares what
+/// did not change with the previous snapshot's ([`SharedMap`]).
+pub type Packed = BTreeMap<String, Resources>;
+
+/// One type's resources by name.
+pub type Resources = SharedMap<String, Arc<PackedResource>>;
 
 /// The name the server uses for a [`PackedResource`].
 pub type VersionedResource = PackedResource;
@@ -102,7 +107,7 @@ pub fn short_name(type_url: &str) -> &'static str {
 pub struct Snapshot {
     /// Increases by one whenever any resource changes.
     pub version: u64,
-    pub resources: BTreeMap<String, BTreeMap<String, Arc<VersionedResource>>>,
+    pub resources: Packed,
 }
 
 impl Snapshot {
@@ -114,15 +119,12 @@ impl Snapshot {
         Snapshot { version, resources }
     }
 
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<VersionedResource>>> {
+    pub fn of_type(&self, type_url: &str) -> Option<&Resources> {
         self.resources.get(type_url)
     }
 
     /// What a delta ADS stream is served for `type_url`: route configurations rely on VHDS.
-    pub fn of_type_for_delta(
-        &self,
-        type_url: &str,
-    ) -> Option<&BTreeMap<String, Arc<VersionedResource>>> {
+    pub fn of_type_for_delta(&self, type_url: &str) -> Option<&Resources> {
         if type_url == RouteConfiguration::type_url() {
             self.resources.get(VHDS_ROUTE_CONFIGURATIONS)
         } else {
@@ -130,15 +132,21 @@ impl Snapshot {
         }
     }
 
-    /// Same resources (by name and resource version), whatever the snapshot versions.
+    /// Same resources (by name and resource version), whatever the snapshot versions. What the
+    /// two share (a snapshot and the next one translated from it, see [`SharedMap::diff`]) is not
+    /// looked at again.
     pub fn same_content(&self, other: &Snapshot) -> bool {
         self.resources.len() == other.resources.len()
             && self.resources.iter().zip(&other.resources).all(|((ta, a), (tb, b))| {
-                ta == tb
-                    && a.len() == b.len()
-                    && a.iter()
-                        .zip(b)
-                        .all(|((na, ra), (nb, rb))| na == nb && ra.version == rb.version)
+                let mut same = ta == tb && a.len() == b.len();
+                if same {
+                    a.diff(
+                        b,
+                        |ra, rb| Arc::ptr_eq(ra, rb) || ra.version == rb.version,
+                        |_, _, _| same = false,
+                    );
+                }
+                same
             })
     }
 
