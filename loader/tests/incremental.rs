@@ -175,7 +175,7 @@ fn write_backend(dir: &Path, i: usize, b: &Backend, cas: &[String]) {
 /// Every resource by type and name, with its version and its content as JSON.
 fn contents(snapshot: &Snapshot) -> BTreeMap<(String, String), (String, serde_json::Value)> {
     let mut out = BTreeMap::new();
-    for (type_url, resources) in &snapshot.resources {
+    for (type_url, resources) in snapshot.types() {
         for (name, r) in resources {
             out.insert(
                 (type_url.clone(), name.clone()),
@@ -316,8 +316,10 @@ fn run(seed: u64) {
         }
         let resolution = resolver.resolution();
         let changes = resolver.changes();
-        let packed = translator.translate_changes(&resolution.ir, &Default::default(), changes);
-        let next = Snapshot::new(current.version + 1, packed);
+        // As `serve` makes them: route configurations with inline hosts encoded on first use
+        // (by `contents`, below).
+        let next =
+            translator.snapshot(&resolution.ir, &Default::default(), changes, current.version + 1);
         let previous = std::mem::replace(&mut current, next);
         let incremental = contents(&current);
         // What changed from the previous snapshot, as the ADS server finds it (from the maps the

@@ -15,10 +15,11 @@ use super::shared_map::SharedMap;
 use super::snapshot::{PackedResource, Resources, Snapshot};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name as _;
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// A resource name, shared by the snapshot and every stream that refers to it: one pointer
 /// wide, since each stream keeps tens of thousands of them (its subscriptions, its secrets).
@@ -100,6 +101,9 @@ pub struct Served {
     pub seq: u64,
     pub snapshot: Arc<Snapshot>,
     tables: BTreeMap<String, Table>,
+    /// The route configurations, when the snapshot has inline ones: made on first use (by a
+    /// state-of-the-world stream), which encodes them.
+    routes: OnceLock<Table>,
 }
 
 impl Served {
@@ -110,6 +114,12 @@ impl Served {
 
     /// The resources of `key` (a type URL, or the VHDS route configurations).
     pub fn table(&self, key: &str) -> &Table {
+        if key == RouteConfiguration::type_url() && !self.snapshot.inline_routes.is_empty() {
+            return self.routes.get_or_init(|| {
+                let routes = self.snapshot.of_type(key).expect("made by Snapshot::new");
+                build_table(routes, &EMPTY, &EMPTY, None).0
+            });
+        }
         self.tables.get(key).unwrap_or(&EMPTY)
     }
 
@@ -124,6 +134,7 @@ impl Served {
         let mut changes = Changes::new();
         // Secrets first: clusters and listeners share their names.
         let sds = Secret::type_url();
+        let rds = RouteConfiguration::type_url();
         let keys = snapshot
             .resources
             .keys()
@@ -139,6 +150,17 @@ impl Served {
             };
             let secrets = tables.get(&sds).unwrap_or(&*EMPTY);
             let resources = &snapshot.resources[key];
+            let lazy = |s: &Snapshot| !s.inline_routes.is_empty();
+            if *key == rds && (lazy(&snapshot) || previous.is_some_and(|p| lazy(&p.snapshot))) {
+                let touched = routes_touched(&snapshot, previous.map(|p| &*p.snapshot));
+                if !touched.is_empty() {
+                    changes.insert(key.clone(), touched);
+                }
+                if !lazy(&snapshot) {
+                    tables.insert(key.clone(), build_table(resources, &EMPTY, &EMPTY, None).0);
+                }
+                continue;
+            }
             let (table, touched) = match previous {
                 Some(previous) => {
                     let before = previous.snapshot.resources.get(key);
@@ -154,12 +176,43 @@ impl Served {
         }
         // Types that went away altogether (not in snapshots built by `Snapshot::new`).
         for (key, table) in previous.map(|p| &p.tables).into_iter().flatten() {
-            if !tables.contains_key(key) && !table.is_empty() {
+            if !snapshot.resources.contains_key(key) && !table.is_empty() {
                 changes.insert(key.clone(), table.keys().cloned().collect());
             }
         }
-        (Served { seq, snapshot, tables }, changes)
+        (Served { seq, snapshot, tables, routes: OnceLock::new() }, changes)
     }
+}
+
+/// The route configurations that differ between `previous` and `snapshot`, without encoding
+/// the inline ones (whose hosts are compared instead).
+fn routes_touched(snapshot: &Snapshot, previous: Option<&Snapshot>) -> Vec<Name> {
+    let rds = RouteConfiguration::type_url();
+    let empty = Resources::default();
+    let inline_empty = BTreeMap::new();
+    let (before, inline_before) = match previous {
+        Some(p) => (p.resources.get(&rds).unwrap_or(&empty), &p.inline_routes),
+        None => (&empty, &inline_empty),
+    };
+    let now = snapshot.resources.get(&rds).unwrap_or(&empty);
+    let mut touched = std::collections::BTreeSet::new();
+    before.diff(
+        now,
+        |a, b| Arc::ptr_eq(a, b) || a.version == b.version,
+        |name, _, _| {
+            touched.insert(name.as_str());
+        },
+    );
+    let names = inline_before.keys().chain(snapshot.inline_routes.keys());
+    for name in names {
+        match (inline_before.get(name), snapshot.inline_routes.get(name)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a.same_content(b) => {}
+            _ => {
+                touched.insert(name.as_str());
+            }
+        }
+    }
+    touched.into_iter().map(Name::from).collect()
 }
 
 /// One type's table, from the previous one (`previous`, built from `before`, the previous
@@ -179,39 +232,35 @@ fn patch_table(
     };
     let mut table = previous.clone();
     let mut touched = Vec::new();
-    before.diff(
-        resources,
-        Arc::ptr_eq,
-        |name, _, now| {
-            let old = table.get(name.as_str());
-            match (old, now) {
-                (None, None) => {}
-                (Some(e), None) => {
-                    touched.push(e.name.clone());
-                    table.remove(name.as_str());
-                }
-                // Rebuilt, same content: not a change.
-                (Some(e), Some(resource)) if e.resource.version == resource.version => {
-                    let entry = Entry {
-                        name: e.name.clone(),
-                        resource: resource.clone(),
-                        secrets: e.secrets.clone(),
-                    };
-                    table.insert(e.name.clone(), Arc::new(entry));
-                }
-                (old, Some(resource)) => {
-                    let name: Name = old.map_or_else(|| name.as_str().into(), |e| e.name.clone());
-                    touched.push(name.clone());
-                    let entry = Entry {
-                        secrets: referenced_secrets(referrer, resource, secrets),
-                        name: name.clone(),
-                        resource: resource.clone(),
-                    };
-                    table.insert(name, Arc::new(entry));
-                }
+    before.diff(resources, Arc::ptr_eq, |name, _, now| {
+        let old = table.get(name.as_str());
+        match (old, now) {
+            (None, None) => {}
+            (Some(e), None) => {
+                touched.push(e.name.clone());
+                table.remove(name.as_str());
             }
-        },
-    );
+            // Rebuilt, same content: not a change.
+            (Some(e), Some(resource)) if e.resource.version == resource.version => {
+                let entry = Entry {
+                    name: e.name.clone(),
+                    resource: resource.clone(),
+                    secrets: e.secrets.clone(),
+                };
+                table.insert(e.name.clone(), Arc::new(entry));
+            }
+            (old, Some(resource)) => {
+                let name: Name = old.map_or_else(|| name.as_str().into(), |e| e.name.clone());
+                touched.push(name.clone());
+                let entry = Entry {
+                    secrets: referenced_secrets(referrer, resource, secrets),
+                    name: name.clone(),
+                    resource: resource.clone(),
+                };
+                table.insert(name, Arc::new(entry));
+            }
+        }
+    });
     (table, touched)
 }
 

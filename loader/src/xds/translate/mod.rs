@@ -27,7 +27,8 @@ mod listeners;
 mod routes;
 mod secrets;
 
-pub use super::snapshot::{EncodedAny, Packed, PackedResource};
+use super::shared_map::SharedMap;
+pub use super::snapshot::{EncodedAny, InlineHost, InlineRoutes, Packed, PackedResource, Snapshot};
 use clusters::*;
 use listeners::*;
 use routes::*;
@@ -195,7 +196,7 @@ struct ListenerEntry {
     /// Over delta ADS without its virtual hosts, which [`Vhds::hosts`] keeps one by one.
     source: [u8; 16],
     listener: Arc<PackedResource>,
-    /// With every virtual host inline (state-of-the-world ADS, and the bytes `render` prints).
+    /// Without VHDS: with every virtual host inline.
     routes: Option<Arc<PackedResource>>,
     vhds: Option<Vhds>,
 }
@@ -207,7 +208,10 @@ struct Vhds {
     /// Its [`vhds_placeholder`].
     placeholder: Arc<PackedResource>,
     /// Its virtual hosts by name (`<listener>/<host>`, so in the IR's order, by host).
-    hosts: BTreeMap<String, VirtualHostEntry>,
+    hosts: SharedMap<String, InlineHost>,
+    /// For state-of-the-world ADS (and the bytes `render` prints): with every virtual host
+    /// inline, encoded on demand.
+    inline: Arc<InlineRoutes>,
 }
 
 /// What one cluster translated to, and the digest of the IR it came from.
@@ -215,13 +219,6 @@ struct ClusterEntry {
     source: [u8; 16],
     cluster: Arc<PackedResource>,
     load_assignment: Option<Arc<PackedResource>>,
-}
-
-/// One virtual host, encoded as a VHDS resource (a route configuration with its virtual hosts
-/// inline is their concatenation).
-struct VirtualHostEntry {
-    source: [u8; 16],
-    resource: Arc<PackedResource>,
 }
 
 /// The type URLs of [`Packed`], made once per translation.
@@ -250,7 +247,7 @@ impl TypeUrls {
 }
 
 /// The resources of one type in [`Packed`].
-type PackedType = super::shared_map::SharedMap<String, Arc<PackedResource>>;
+type PackedType = SharedMap<String, Arc<PackedResource>>;
 
 /// Puts `resource` under `name`, unless that very resource is there already (which keeps the run
 /// it is in shared with the previous snapshot).
@@ -277,6 +274,8 @@ pub struct Translator {
     clusters: HashMap<String, ClusterEntry>,
     /// The output: what the entries above hold, and the secrets.
     out: Packed,
+    /// The output's route configurations with virtual hosts inline.
+    inline: BTreeMap<String, Arc<InlineRoutes>>,
 }
 
 impl Translator {
@@ -286,13 +285,43 @@ impl Translator {
 
     /// [`Self::translate`], told what changed in `ir` since the last call (`changes`, from an
     /// incremental resolution of the IR the last call was given): only those clusters and
-    /// virtual hosts are looked at, the rest is known unchanged.
+    /// virtual hosts are looked at, the rest is known unchanged. Every route configuration is
+    /// encoded, those with inline virtual hosts included (which [`Self::snapshot`] leaves to
+    /// the first state-of-the-world stream that wants them).
     pub fn translate_changes(
         &mut self,
         ir: &Ir,
         options: &TranslateOptions,
         changes: Option<&crate::ir::IrChanges>,
     ) -> Packed {
+        self.update(ir, options, changes);
+        let mut out = self.out.clone();
+        for (name, routes) in &self.inline {
+            let rds = out.entry(route::RouteConfiguration::type_url()).or_default();
+            rds.insert(name.clone(), routes.resource().clone());
+        }
+        out
+    }
+
+    /// `serve`'s translation: [`Self::translate_changes`] as snapshot `version`, whose route
+    /// configurations with inline virtual hosts are encoded on first use.
+    pub fn snapshot(
+        &mut self,
+        ir: &Ir,
+        options: &TranslateOptions,
+        changes: Option<&crate::ir::IrChanges>,
+        version: u64,
+    ) -> Snapshot {
+        self.update(ir, options, changes);
+        Snapshot::with_inline_routes(version, self.out.clone(), self.inline.clone())
+    }
+
+    fn update(
+        &mut self,
+        ir: &Ir,
+        options: &TranslateOptions,
+        changes: Option<&crate::ir::IrChanges>,
+    ) {
         let options_key = serde_json::to_string(options).expect("options serialize");
         if self.options.as_ref() != Some(&options_key) {
             *self = Translator { options: Some(options_key), ..Default::default() };
@@ -315,7 +344,6 @@ impl Translator {
             self.update_secrets(ir, &types);
         }
         self.out.retain(|_, resources| !resources.is_empty());
-        self.out.clone()
     }
 
     fn update_listeners(
@@ -358,25 +386,20 @@ impl Translator {
             let entry = match previous.remove(&l.name) {
                 Some(mut entry) if entry.source == source => {
                     if let Some(vhds) = &mut entry.vhds {
-                        let hosts = &mut vhds.hosts;
                         let out = self.out.get_mut(&types.virtual_hosts).expect("made above");
-                        if update_hosts(l, hosts, changes.map(|c| &c.hosts), out) {
-                            let routes = sotw_route_configuration(&l.name, hosts);
-                            self.out
-                                .get_mut(&types.routes)
-                                .expect("made")
-                                .insert(l.name.clone(), routes.clone());
-                            entry.routes = Some(routes);
+                        let mut len = vhds.inline.len();
+                        let changed = changes.map(|c| &c.hosts);
+                        if update_hosts(l, &mut vhds.hosts, &mut len, changed, out) {
+                            let hosts = vhds.hosts.clone();
+                            vhds.inline = Arc::new(InlineRoutes::new(l.name.clone(), hosts, len));
+                            self.inline.insert(l.name.clone(), vhds.inline.clone());
                         }
                     }
                     entry
                 }
                 old => {
-                    let mut hosts = BTreeMap::new();
-                    if let Some(old) = old {
-                        hosts = self.unpublish_listener(&l.name, old, types);
-                    }
-                    let entry = self.new_listener(l, ir, options, source, with_vhds, hosts, types);
+                    let old = old.and_then(|old| self.unpublish_listener(&l.name, old, types));
+                    let entry = self.new_listener(l, ir, options, source, with_vhds, old, types);
                     self.publish_listener(&l.name, &entry, types);
                     entry
                 }
@@ -384,17 +407,18 @@ impl Translator {
             self.listeners.insert(l.name.clone(), entry);
         }
         for (name, gone) in previous {
-            let hosts = self.unpublish_listener(&name, gone, types);
-            let out = self.out.get_mut(&types.virtual_hosts).expect("made above");
-            for host in hosts.keys() {
-                out.remove(host.as_str());
+            if let Some((hosts, _)) = self.unpublish_listener(&name, gone, types) {
+                let out = self.out.get_mut(&types.virtual_hosts).expect("made above");
+                for host in hosts.keys() {
+                    out.remove(host.as_str());
+                }
             }
         }
     }
 
-    /// A listener translated anew; `hosts`: its virtual hosts as they were (reused where their
-    /// source is the same), which it publishes (the rest of it is published by
-    /// [`Self::publish_listener`]).
+    /// A listener translated anew; `old`: its virtual hosts as they were (reused where their
+    /// source is the same) and their inline route configuration, which it publishes (the rest
+    /// of it is published by [`Self::publish_listener`]).
     #[allow(clippy::too_many_arguments)]
     fn new_listener(
         &mut self,
@@ -403,10 +427,12 @@ impl Translator {
         options: &TranslateOptions,
         source: [u8; 16],
         with_vhds: bool,
-        mut hosts: BTreeMap<String, VirtualHostEntry>,
+        old: Option<(SharedMap<String, InlineHost>, Arc<InlineRoutes>)>,
         types: &TypeUrls,
     ) -> ListenerEntry {
         let out = self.out.get_mut(&types.virtual_hosts).expect("made above");
+        let (hosts, old_inline) = old.unzip();
+        let mut hosts = hosts.unwrap_or_default();
         if !with_vhds {
             for host in hosts.keys() {
                 out.remove(host.as_str());
@@ -424,11 +450,19 @@ impl Translator {
             version: listener_version(l, options),
             resource: gateway_listener(l, &ir.listener_certificates, options, &empty),
         };
-        update_hosts(l, &mut hosts, None, out);
+        let mut len = 0;
+        let changed = update_hosts(l, &mut hosts, &mut len, None, out);
+        let inline = match old_inline {
+            Some(inline) if !changed && inline.name() == l.name => inline,
+            _ => {
+                let len = InlineRoutes::encoded_len(&l.name, &hosts);
+                Arc::new(InlineRoutes::new(l.name.clone(), hosts.clone(), len))
+            }
+        };
         ListenerEntry {
             source,
             listener: pack_versioned(listener),
-            routes: Some(sotw_route_configuration(&l.name, &hosts)),
+            routes: None,
             vhds: Some(Vhds {
                 routes: pack_by_content(&route::RouteConfiguration {
                     name: l.name.clone(),
@@ -438,6 +472,7 @@ impl Translator {
                 }),
                 placeholder: vhds_placeholder(&l.name),
                 hosts,
+                inline,
             }),
         }
     }
@@ -454,23 +489,25 @@ impl Translator {
             put(out.get_mut(&types.vhds_routes).expect("made"), name, &vhds.routes);
             let placeholder = placeholder_name(name);
             put(out.get_mut(&types.virtual_hosts).expect("made"), &placeholder, &vhds.placeholder);
+            self.inline.insert(name.to_string(), vhds.inline.clone());
         }
     }
 
     /// Takes a listener's resources out of the output, its virtual hosts aside: returns them,
-    /// still published.
+    /// still published, and their inline route configuration.
     fn unpublish_listener(
         &mut self,
         name: &str,
         entry: ListenerEntry,
         types: &TypeUrls,
-    ) -> BTreeMap<String, VirtualHostEntry> {
+    ) -> Option<(SharedMap<String, InlineHost>, Arc<InlineRoutes>)> {
+        self.inline.remove(name);
         let out = &mut self.out;
         out.get_mut(&types.listeners).expect("made").remove(name);
         out.get_mut(&types.routes).expect("made").remove(name);
         out.get_mut(&types.vhds_routes).expect("made").remove(name);
         out.get_mut(&types.virtual_hosts).expect("made").remove(placeholder_name(name).as_str());
-        entry.vhds.map(|v| v.hosts).unwrap_or_default()
+        entry.vhds.map(|v| (v.hosts, v.inline))
     }
 
     fn update_clusters(
@@ -582,19 +619,24 @@ impl Translator {
 }
 
 /// Brings a listener's virtual hosts (`hosts`, and `out`, the published ones) up to date with
-/// its IR: those of the hostnames in `changed`, or all of them. Says whether any changed.
+/// its IR: those of the hostnames in `changed`, or all of them; and `len`, the length of its
+/// inline route configuration (see [`InlineRoutes`]), when only some are looked at. Says
+/// whether any changed.
 fn update_hosts(
     l: &ir::Listener,
-    hosts: &mut BTreeMap<String, VirtualHostEntry>,
+    hosts: &mut SharedMap<String, InlineHost>,
+    len: &mut usize,
     changed: Option<&std::collections::BTreeSet<String>>,
     out: &mut PackedType,
 ) -> bool {
+    let host_len = |host: &InlineHost| InlineRoutes::host_len(host.resource.resource.value.len());
     let mut any = false;
-    let update = |hosts: &mut BTreeMap<String, VirtualHostEntry>,
+    let update = |hosts: &mut SharedMap<String, InlineHost>,
                   out: &mut PackedType,
+                  len: &mut usize,
                   vh: &ir::VirtualHost| {
         let source = crate::digest::digest(vh);
-        if hosts.get(&vh.name).is_some_and(|entry| entry.source == source) {
+        if hosts.get(vh.name.as_str()).is_some_and(|entry| entry.source == source) {
             return false;
         }
         let resource = Arc::new(PackedResource {
@@ -602,7 +644,11 @@ fn update_hosts(
             resource: pack(&virtual_host(vh)).into(),
         });
         out.insert(vh.name.clone(), resource.clone());
-        hosts.insert(vh.name.clone(), VirtualHostEntry { source, resource });
+        let host = InlineHost { source, resource };
+        *len += host_len(&host);
+        if let Some(old) = hosts.insert(vh.name.clone(), host) {
+            *len -= host_len(&old);
+        }
         true
     };
     match changed {
@@ -610,10 +656,11 @@ fn update_hosts(
             for host in changed {
                 let at = l.virtual_hosts.binary_search_by(|v| v.domains[0].as_str().cmp(host));
                 match at {
-                    Ok(at) => any |= update(hosts, out, &l.virtual_hosts[at]),
+                    Ok(at) => any |= update(hosts, out, len, &l.virtual_hosts[at]),
                     Err(_) => {
                         let name = format!("{}/{host}", l.name);
-                        if hosts.remove(&name).is_some() {
+                        if let Some(old) = hosts.remove(name.as_str()) {
+                            *len -= host_len(&old);
                             out.remove(name.as_str());
                             any = true;
                         }
@@ -627,19 +674,20 @@ fn update_hosts(
                 "virtual hosts are in name order"
             );
             for vh in &l.virtual_hosts {
-                any |= update(hosts, out, vh);
+                any |= update(hosts, out, len, vh);
             }
             if hosts.len() > l.virtual_hosts.len() {
                 let names: std::collections::HashSet<&str> =
                     l.virtual_hosts.iter().map(|vh| vh.name.as_str()).collect();
-                hosts.retain(|name, _| {
-                    let keep = names.contains(name.as_str());
-                    if !keep {
-                        out.remove(name.as_str());
-                        any = true;
+                let gone: Vec<String> =
+                    hosts.keys().filter(|name| !names.contains(name.as_str())).cloned().collect();
+                for name in gone {
+                    if let Some(old) = hosts.remove(name.as_str()) {
+                        *len -= host_len(&old);
                     }
-                    keep
-                });
+                    out.remove(name.as_str());
+                    any = true;
+                }
             }
         }
     }

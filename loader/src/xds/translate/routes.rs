@@ -52,39 +52,6 @@ pub(super) fn pack_by_content<T: Message + Name>(message: &T) -> Arc<PackedResou
     Arc::new(PackedResource { version: digest_hex(&resource.value), resource })
 }
 
-/// The encoded [`route_configuration`] of listener `name`, from its virtual hosts encoded as VHDS
-/// resources (`hosts`, in order). Protobuf encodes a repeated field as its elements one after the
-/// other, so the bytes are exactly those of the whole message; at ten thousand hosts this avoids a
-/// struct of tens of megabytes per change and re-encoding the hosts that did not change.
-pub(super) fn sotw_route_configuration(
-    name: &str,
-    hosts: &BTreeMap<String, VirtualHostEntry>,
-) -> Arc<PackedResource> {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    // Sized exactly: the encoding is kept as long as the listener is unchanged, and a buffer
-    // grown by doubling keeps up to twice its length (1.7 MB of text at ten thousand hosts).
-    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let len = field(name.len())
-        + hosts.values().map(|e| field(e.resource.resource.value.len())).sum::<usize>()
-        + 2;
-    let mut out = Vec::with_capacity(len);
-    // RouteConfiguration: name = 1, virtual_hosts = 2.
-    prost::encoding::string::encode(1, &name.to_string(), &mut out);
-    for entry in hosts.values() {
-        let encoded = &entry.resource.resource.value;
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(encoded.len() as u64, &mut out);
-        out.extend_from_slice(encoded);
-    }
-    // ignore_port_in_host_matching = 14 (see route_configuration); fields may come in any order.
-    prost::encoding::bool::encode(14, &true, &mut out);
-    debug_assert_eq!(out.len(), len);
-    Arc::new(PackedResource {
-        version: digest_hex(&out),
-        resource: EncodedAny { type_url: route::RouteConfiguration::type_url(), value: out.into() },
-    })
-}
-
 /// The `PathPrefix` as Envoy matches it: whole segments, a trailing `/` insignificant.
 fn trimmed_prefix(prefix: &str) -> &str {
     prefix.trim_end_matches('/')
