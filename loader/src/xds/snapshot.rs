@@ -315,3 +315,87 @@ impl Snapshot {
             + self.inline_routes.values().map(|r| r.len()).sum::<usize>()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn host(name: &str, routes: usize) -> InlineHost {
+        let host = VirtualHost {
+            name: name.to_string(),
+            domains: vec![name.rsplit('/').next().unwrap().to_string()],
+            routes: (0..routes)
+                .map(|i| envoy_types::pb::envoy::config::route::v3::Route {
+                    name: format!("r{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let value = host.encode_to_vec();
+        InlineHost {
+            source: [routes as u8; 16],
+            resource: Arc::new(PackedResource {
+                version: format!("v{routes}"),
+                resource: EncodedAny { type_url: VirtualHost::type_url(), value: value.into() },
+            }),
+        }
+    }
+
+    /// The inline route configuration is the message with those hosts, its length is known
+    /// without encoding it, comparing and counting bytes do not encode it, and its version
+    /// changes exactly when a host's does.
+    #[test]
+    fn inline_routes_encode_on_demand_as_the_whole_message() {
+        let hosts: SharedMap<String, InlineHost> =
+            (0..300).map(|i| (format!("l/h{i:03}"), host(&format!("l/h{i:03}"), i % 3))).collect();
+        let len = InlineRoutes::encoded_len("l", &hosts);
+        let routes = Arc::new(InlineRoutes::new("l".into(), hosts.clone(), len));
+        let inline = BTreeMap::from([("l".to_string(), routes.clone())]);
+        let snapshot = Snapshot::with_inline_routes(1, Packed::new(), inline.clone());
+        let same = Snapshot::with_inline_routes(2, Packed::new(), inline);
+        assert!(snapshot.same_content(&same));
+        assert_eq!(snapshot.total_bytes(), len);
+        assert!(routes.encoded.get().is_none(), "encoded before anyone asked");
+        let encoded = &snapshot.of_type(&RouteConfiguration::type_url()).unwrap()["l"];
+        assert_eq!(encoded.resource.value.len(), len);
+        let expected = RouteConfiguration {
+            name: "l".into(),
+            virtual_hosts: hosts
+                .values()
+                .map(|h| VirtualHost::decode(&h.resource.resource.value[..]).unwrap())
+                .collect(),
+            ignore_port_in_host_matching: true,
+            ..Default::default()
+        };
+        assert_eq!(RouteConfiguration::decode(&encoded.resource.value[..]).unwrap(), expected);
+
+        let version = |hosts: &SharedMap<String, InlineHost>| {
+            let len = InlineRoutes::encoded_len("l", hosts);
+            InlineRoutes::new("l".into(), hosts.clone(), len).resource().version.clone()
+        };
+        let mut rebuilt = hosts.clone();
+        rebuilt.insert("l/h007".into(), host("l/h007", 7 % 3));
+        assert_eq!(version(&rebuilt), encoded.version, "same hosts, same version");
+        let mut changed = hosts.clone();
+        changed.insert("l/h007".into(), host("l/h007", 2));
+        assert_ne!(version(&changed), encoded.version);
+        let mut removed = hosts.clone();
+        removed.remove("l/h007");
+        assert_ne!(version(&removed), encoded.version);
+        let other = Snapshot::with_inline_routes(
+            3,
+            Packed::new(),
+            BTreeMap::from([(
+                "l".to_string(),
+                Arc::new(InlineRoutes::new(
+                    "l".into(),
+                    changed.clone(),
+                    InlineRoutes::encoded_len("l", &changed),
+                )),
+            )]),
+        );
+        assert!(!snapshot.same_content(&other));
+    }
+}
