@@ -347,14 +347,15 @@ impl Rebuilder {
         // What the resolution changed, unless a quarantine changed the IR now or last time.
         let changes = self.resolver.changes().filter(|_| !quarantined_now && !self.quarantined);
         self.quarantined = quarantined_now;
-        let resources = self.translator.translate_changes(ir, &self.translate, changes);
+        let version = current.version + 1;
+        let mut next = self.translator.snapshot(ir, &self.translate, changes, version);
+        let translated_at = started.elapsed();
         if let Some(plan) = &self.probe_plan {
             // What Envoy is told is what gets probed (quarantined clusters included, as served).
             plan.send_replace(Arc::new(probe::targets(ir, None)));
         }
         let mut report = StatusReport::of(resolution, errors);
         report.rejected = self.quarantine.reports();
-        let mut next = Snapshot::new(current.version + 1, resources);
         let changed = !next.same_content(&current) || current.version == 0;
         if !changed {
             next.version = current.version;
@@ -365,7 +366,14 @@ impl Rebuilder {
         if changed {
             self.snapshot_tx.send_replace(Arc::new(next));
         }
-        tracing::debug!(?reloaded, ?resolved_at, ?elapsed, ?build, "rebuild phases");
+        tracing::debug!(
+            ?reloaded,
+            ?resolved_at,
+            ?translated_at,
+            ?elapsed,
+            ?build,
+            "rebuild phases"
+        );
         if changed {
             tracing::info!(version, seconds = elapsed.as_secs_f64(), "new snapshot");
         }

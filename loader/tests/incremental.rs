@@ -8,10 +8,12 @@ use backendtls_loader::pipeline::{self, StatusReport};
 use backendtls_loader::resolve::{Build, Incremental, Resolution};
 use backendtls_loader::source::ConfigDir;
 use backendtls_loader::xds::json::any_to_json;
+use backendtls_loader::xds::served::Served;
 use backendtls_loader::xds::snapshot::Snapshot;
 use backendtls_loader::xds::translate::Translator;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const BACKENDS: usize = 12;
 const EDITS: usize = 60;
@@ -173,7 +175,7 @@ fn write_backend(dir: &Path, i: usize, b: &Backend, cas: &[String]) {
 /// Every resource by type and name, with its version and its content as JSON.
 fn contents(snapshot: &Snapshot) -> BTreeMap<(String, String), (String, serde_json::Value)> {
     let mut out = BTreeMap::new();
-    for (type_url, resources) in &snapshot.resources {
+    for (type_url, resources) in snapshot.types() {
         for (name, r) in resources {
             out.insert(
                 (type_url.clone(), name.clone()),
@@ -314,9 +316,41 @@ fn run(seed: u64) {
         }
         let resolution = resolver.resolution();
         let changes = resolver.changes();
-        let packed = translator.translate_changes(&resolution.ir, &Default::default(), changes);
-        current = Snapshot::new(current.version + 1, packed);
+        // As `serve` makes them: route configurations with inline hosts encoded on first use
+        // (by `contents`, below).
+        let next =
+            translator.snapshot(&resolution.ir, &Default::default(), changes, current.version + 1);
+        let previous = std::mem::replace(&mut current, next);
         let incremental = contents(&current);
+        // What changed from the previous snapshot, as the ADS server finds it (from the maps the
+        // two snapshots share) and as `serve` decides whether to publish: a full comparison's.
+        let before = contents(&previous);
+        let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for key in before.keys().chain(incremental.keys()) {
+            let version = |c: &BTreeMap<_, (String, _)>| c.get(key).map(|(v, _)| v.clone());
+            if version(&before) != version(&incremental) {
+                let names = expected.entry(key.0.clone()).or_default();
+                if names.last() != Some(&key.1) {
+                    names.push(key.1.clone());
+                }
+            }
+        }
+        for names in expected.values_mut() {
+            names.sort();
+            names.dedup();
+        }
+        let (served_before, _) = Served::build(0, Arc::new(previous.clone()), None);
+        let (_, served_changes) = Served::build(1, Arc::new(current.clone()), Some(&served_before));
+        let served_changes: BTreeMap<String, Vec<String>> = served_changes
+            .into_iter()
+            .map(|(key, names)| (key, names.iter().map(|n| n.to_string()).collect()))
+            .collect();
+        assert_eq!(served_changes, expected, "seed {seed}, edit {edit} ({what}): changes");
+        assert_eq!(
+            current.same_content(&previous),
+            expected.is_empty(),
+            "seed {seed}, edit {edit}"
+        );
         if incremental.keys().any(|(_, name)| name == "backendtls_listener_infra_listener-cert") {
             listener_secret_served += 1;
         }

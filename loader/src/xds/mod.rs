@@ -9,6 +9,7 @@ pub mod limits;
 pub mod listener;
 pub mod served;
 pub mod server;
+pub mod shared_map;
 pub mod snapshot;
 pub mod tls;
 pub mod translate;

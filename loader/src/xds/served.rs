@@ -11,13 +11,15 @@
 //! proportional to the change, not to the number of resources.
 
 use super::authz;
-use super::snapshot::{PackedResource, Snapshot};
+use super::shared_map::SharedMap;
+use super::snapshot::{PackedResource, Resources, Snapshot};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Name as _;
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// A resource name, shared by the snapshot and every stream that refers to it: one pointer
 /// wide, since each stream keeps tens of thousands of them (its subscriptions, its secrets).
@@ -82,8 +84,8 @@ impl Entry {
     }
 }
 
-/// One type's resources by name.
-pub type Table = BTreeMap<Name, Arc<Entry>>;
+/// One type's resources by name; shares what did not change with the previous snapshot's table.
+pub type Table = SharedMap<Name, Arc<Entry>>;
 
 /// Per table (a type URL, or [`super::snapshot::VHDS_ROUTE_CONFIGURATIONS`]), the names whose
 /// resource was added, changed (new version) or removed between two snapshots, sorted.
@@ -99,6 +101,9 @@ pub struct Served {
     pub seq: u64,
     pub snapshot: Arc<Snapshot>,
     tables: BTreeMap<String, Table>,
+    /// The route configurations, when the snapshot has inline ones: made on first use (by a
+    /// state-of-the-world stream), which encodes them.
+    routes: OnceLock<Table>,
 }
 
 impl Served {
@@ -109,6 +114,12 @@ impl Served {
 
     /// The resources of `key` (a type URL, or the VHDS route configurations).
     pub fn table(&self, key: &str) -> &Table {
+        if key == RouteConfiguration::type_url() && !self.snapshot.inline_routes.is_empty() {
+            return self.routes.get_or_init(|| {
+                let routes = self.snapshot.of_type(key).expect("made by Snapshot::new");
+                build_table(routes, &EMPTY, &EMPTY, None).0
+            });
+        }
         self.tables.get(key).unwrap_or(&EMPTY)
     }
 
@@ -123,6 +134,7 @@ impl Served {
         let mut changes = Changes::new();
         // Secrets first: clusters and listeners share their names.
         let sds = Secret::type_url();
+        let rds = RouteConfiguration::type_url();
         let keys = snapshot
             .resources
             .keys()
@@ -136,10 +148,27 @@ impl Served {
             } else {
                 None
             };
-            let previous = previous.map_or(&*EMPTY, |p| p.table(key));
             let secrets = tables.get(&sds).unwrap_or(&*EMPTY);
-            let (table, touched) =
-                build_table(&snapshot.resources[key], previous, secrets, referrer);
+            let resources = &snapshot.resources[key];
+            let lazy = |s: &Snapshot| !s.inline_routes.is_empty();
+            if *key == rds && (lazy(&snapshot) || previous.is_some_and(|p| lazy(&p.snapshot))) {
+                let touched = routes_touched(&snapshot, previous.map(|p| &*p.snapshot));
+                if !touched.is_empty() {
+                    changes.insert(key.clone(), touched);
+                }
+                if !lazy(&snapshot) {
+                    tables.insert(key.clone(), build_table(resources, &EMPTY, &EMPTY, None).0);
+                }
+                continue;
+            }
+            let (table, touched) = match previous {
+                Some(previous) => {
+                    let before = previous.snapshot.resources.get(key);
+                    let table = previous.table(key);
+                    patch_table(resources, before, table, secrets, referrer)
+                }
+                None => build_table(resources, &EMPTY, secrets, referrer),
+            };
             if !touched.is_empty() {
                 changes.insert(key.clone(), touched);
             }
@@ -147,17 +176,97 @@ impl Served {
         }
         // Types that went away altogether (not in snapshots built by `Snapshot::new`).
         for (key, table) in previous.map(|p| &p.tables).into_iter().flatten() {
-            if !tables.contains_key(key) && !table.is_empty() {
+            if !snapshot.resources.contains_key(key) && !table.is_empty() {
                 changes.insert(key.clone(), table.keys().cloned().collect());
             }
         }
-        (Served { seq, snapshot, tables }, changes)
+        (Served { seq, snapshot, tables, routes: OnceLock::new() }, changes)
     }
+}
+
+/// The route configurations that differ between `previous` and `snapshot`, without encoding
+/// the inline ones (whose hosts are compared instead).
+fn routes_touched(snapshot: &Snapshot, previous: Option<&Snapshot>) -> Vec<Name> {
+    let rds = RouteConfiguration::type_url();
+    let empty = Resources::default();
+    let inline_empty = BTreeMap::new();
+    let (before, inline_before) = match previous {
+        Some(p) => (p.resources.get(&rds).unwrap_or(&empty), &p.inline_routes),
+        None => (&empty, &inline_empty),
+    };
+    let now = snapshot.resources.get(&rds).unwrap_or(&empty);
+    let mut touched = std::collections::BTreeSet::new();
+    before.diff(
+        now,
+        |a, b| Arc::ptr_eq(a, b) || a.version == b.version,
+        |name, _, _| {
+            touched.insert(name.as_str());
+        },
+    );
+    let names = inline_before.keys().chain(snapshot.inline_routes.keys());
+    for name in names {
+        match (inline_before.get(name), snapshot.inline_routes.get(name)) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a.same_content(b) => {}
+            _ => {
+                touched.insert(name.as_str());
+            }
+        }
+    }
+    touched.into_iter().map(Name::from).collect()
+}
+
+/// One type's table, from the previous one (`previous`, built from `before`, the previous
+/// snapshot's resources of this type): only the names whose resource differs between `before`
+/// and `resources` are looked at, which for a snapshot translated from the previous one
+/// ([`SharedMap::diff`]) costs the change, not the number of resources. Also returns the names
+/// that changed (added, removed, or of a new version), in order.
+fn patch_table(
+    resources: &Resources,
+    before: Option<&Resources>,
+    previous: &Table,
+    secrets: &Table,
+    referrer: Option<authz::Referrer>,
+) -> (Table, Vec<Name>) {
+    let Some(before) = before else {
+        return build_table(resources, previous, secrets, referrer);
+    };
+    let mut table = previous.clone();
+    let mut touched = Vec::new();
+    before.diff(resources, Arc::ptr_eq, |name, _, now| {
+        let old = table.get(name.as_str());
+        match (old, now) {
+            (None, None) => {}
+            (Some(e), None) => {
+                touched.push(e.name.clone());
+                table.remove(name.as_str());
+            }
+            // Rebuilt, same content: not a change.
+            (Some(e), Some(resource)) if e.resource.version == resource.version => {
+                let entry = Entry {
+                    name: e.name.clone(),
+                    resource: resource.clone(),
+                    secrets: e.secrets.clone(),
+                };
+                table.insert(e.name.clone(), Arc::new(entry));
+            }
+            (old, Some(resource)) => {
+                let name: Name = old.map_or_else(|| name.as_str().into(), |e| e.name.clone());
+                touched.push(name.clone());
+                let entry = Entry {
+                    secrets: referenced_secrets(referrer, resource, secrets),
+                    name: name.clone(),
+                    resource: resource.clone(),
+                };
+                table.insert(name, Arc::new(entry));
+            }
+        }
+    });
+    (table, touched)
 }
 
 /// One type's table, merged with the previous one in name order, and the names that changed.
 fn build_table(
-    resources: &BTreeMap<String, Arc<PackedResource>>,
+    resources: &Resources,
     previous: &Table,
     secrets: &Table,
     referrer: Option<authz::Referrer>,
@@ -251,30 +360,75 @@ mod tests {
         }
     }
 
+    fn resource(type_url: &str, v: &str) -> Arc<PackedResource> {
+        Arc::new(PackedResource {
+            version: v.to_string(),
+            resource: EncodedAny {
+                type_url: type_url.to_string(),
+                value: v.as_bytes().to_vec().into(),
+            },
+        })
+    }
+
+    /// Whether the snapshots are made afresh each time, or from the previous one (sharing what
+    /// did not change, as the translator makes them), the changes are exactly the names whose
+    /// presence or version differ, and the tables are what a build from nothing gives.
     #[test]
     fn changes_are_exactly_the_names_whose_presence_or_version_differs() {
+        for derived in [false, true] {
+            changes_are_exact(derived);
+        }
+    }
+
+    fn changes_are_exact(derived: bool) {
         let types = type_urls();
         let mut rng = Rng(0x5eed);
         let mut current: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut served: Option<Served> = None;
         for seq in 0..200 {
-            // Add, change or remove a few resources.
-            for _ in 0..rng.below(6) {
+            let mut packed = served
+                .as_ref()
+                .filter(|_| derived)
+                .map(|s| s.snapshot.resources.clone())
+                .unwrap_or_default();
+            // Add, change or remove a few resources (many, now and then).
+            let edits = if seq % 40 == 0 { 300 } else { rng.below(6) };
+            for _ in 0..edits {
                 let type_url = &types[rng.below(types.len() as u64) as usize];
-                let key = (type_url.clone(), format!("r{}", rng.below(12)));
-                match rng.below(3) {
+                let key = (
+                    type_url.clone(),
+                    format!("r{:03}", rng.below(if seq < 100 { 12 } else { 400 })),
+                );
+                let map = packed.entry(type_url.clone()).or_default();
+                match rng.below(4) {
                     0 => {
                         current.remove(&key);
+                        map.remove(key.1.as_str());
+                    }
+                    // The same content, rebuilt.
+                    1 => {
+                        if let Some(v) = current.get(&key) {
+                            map.insert(key.1.clone(), resource(type_url, v));
+                        }
                     }
                     _ => {
-                        current.insert(key, rng.below(3).to_string());
+                        let v = rng.below(3).to_string();
+                        map.insert(key.1.clone(), resource(type_url, &v));
+                        current.insert(key, v);
                     }
                 }
             }
-            let listed: Vec<(&str, &str, &str)> =
-                current.iter().map(|((t, n), v)| (t.as_str(), n.as_str(), v.as_str())).collect();
-            let next = snapshot(seq + 1, &listed);
+            let next = if derived {
+                Arc::new(Snapshot::new(seq + 1, packed))
+            } else {
+                let listed: Vec<(&str, &str, &str)> = current
+                    .iter()
+                    .map(|((t, n), v)| (t.as_str(), n.as_str(), v.as_str()))
+                    .collect();
+                snapshot(seq + 1, &listed)
+            };
             let (built, changes) = Served::build(seq, next.clone(), served.as_ref());
+            let (fresh, _) = Served::build(seq, next.clone(), None);
             // The truth: compare the two snapshots name by name.
             let before = served.as_ref().map(|s| s.snapshot.clone()).unwrap_or_default();
             for key in next.resources.keys() {
@@ -294,6 +448,9 @@ mod tests {
                 let snap: Vec<(&str, &str)> =
                     new.iter().map(|(n, r)| (n.as_str(), r.version.as_str())).collect();
                 assert_eq!(table, snap);
+                let fresh: Vec<(&str, &str)> =
+                    fresh.table(key).iter().map(|(n, e)| (n.as_ref(), e.version())).collect();
+                assert_eq!(table, fresh);
             }
             served = Some(built);
         }

@@ -1452,11 +1452,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn snapshot(version: u64, resources: &[(&str, &str, &str)]) -> Snapshot {
-        let mut snapshot = Snapshot { version, resources: BTreeMap::new() };
-        for type_url in type_urls() {
-            snapshot.resources.insert(type_url, BTreeMap::new());
-        }
-        snapshot.resources.insert(VHDS_ROUTE_CONFIGURATIONS.into(), BTreeMap::new());
+        let mut snapshot = Snapshot::new(version, Default::default());
         for (type_url, name, v) in resources {
             snapshot.resources.get_mut(*type_url).unwrap().insert(
                 name.to_string(),

@@ -52,59 +52,6 @@ pub(super) fn pack_by_content<T: Message + Name>(message: &T) -> Arc<PackedResou
     Arc::new(PackedResource { version: digest_hex(&resource.value), resource })
 }
 
-/// The encoded [`route_configuration`], built one virtual host at a time from `cache` (virtual
-/// hosts by name, encoded as VHDS resources, with the digest of the IR they came from), which is
-/// refilled with what this listener uses. Protobuf encodes a repeated field as its elements one
-/// after the other, so the bytes are exactly those of the whole message; at ten thousand hosts
-/// this avoids a struct of tens of megabytes per change and re-encoding the hosts that did not
-/// change.
-pub(super) fn encode_route_configuration(
-    l: &ir::Listener,
-    host_digests: &[[u8; 16]],
-    cache: &mut HashMap<String, VirtualHostEntry>,
-    next_cache: &mut HashMap<String, VirtualHostEntry>,
-) -> Vec<u8> {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    let hosts: Vec<(&str, VirtualHostEntry)> = l
-        .virtual_hosts
-        .iter()
-        .zip(host_digests)
-        .map(|(vh, &source)| {
-            let entry = match cache.remove(&vh.name) {
-                Some(entry) if entry.source == source => entry,
-                _ => {
-                    let resource = PackedResource {
-                        version: crate::digest::hex(&source[..12]),
-                        resource: pack(&virtual_host(vh)).into(),
-                    };
-                    VirtualHostEntry { source, resource: Arc::new(resource) }
-                }
-            };
-            (vh.name.as_str(), entry)
-        })
-        .collect();
-    // Sized exactly: the encoding is kept as long as the listener is unchanged, and a buffer
-    // grown by doubling keeps up to twice its length (1.7 MB of text at ten thousand hosts).
-    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
-    let len = field(l.name.len())
-        + hosts.iter().map(|(_, e)| field(e.resource.resource.value.len())).sum::<usize>()
-        + 2;
-    let mut out = Vec::with_capacity(len);
-    // RouteConfiguration: name = 1, virtual_hosts = 2.
-    prost::encoding::string::encode(1, &l.name, &mut out);
-    for (name, entry) in hosts {
-        let encoded = &entry.resource.resource.value;
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(encoded.len() as u64, &mut out);
-        out.extend_from_slice(encoded);
-        next_cache.insert(name.to_string(), entry);
-    }
-    // ignore_port_in_host_matching = 14 (see route_configuration); fields may come in any order.
-    prost::encoding::bool::encode(14, &true, &mut out);
-    debug_assert_eq!(out.len(), len);
-    out
-}
-
 /// The `PathPrefix` as Envoy matches it: whole segments, a trailing `/` insignificant.
 fn trimmed_prefix(prefix: &str) -> &str {
     prefix.trim_end_matches('/')

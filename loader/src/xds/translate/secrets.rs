@@ -8,36 +8,45 @@ use std::path::{Path, PathBuf};
 pub(super) fn secrets(ir: &Ir) -> Vec<Versioned<tls::Secret>> {
     let mut out = Vec::new();
     for (name, bundle) in &ir.ca_bundles {
-        let context = tls::CertificateValidationContext {
-            trusted_ca: Some(inline_string(&bundle.pem)),
-            ..Default::default()
-        };
-        let secret = tls::Secret {
-            name: name.clone(),
-            r#type: Some(tls::secret::Type::ValidationContext(context)),
-        };
-        out.push(Versioned { version: name.clone(), resource: secret });
+        out.push(Versioned { version: name.clone(), resource: ca_bundle_secret(name, bundle) });
     }
     for (name, certificate) in &ir.client_certificates {
-        let secret = tls::Secret {
-            name: name.clone(),
-            r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
-        };
-        out.push(Versioned { version: name.clone(), resource: secret });
+        let resource = tls_certificate_secret(name, certificate);
+        out.push(Versioned { version: name.clone(), resource });
     }
     // Listener certificates keep their name across a rotation: the version follows the content.
     for (name, certificate) in &ir.listener_certificates {
-        let secret = tls::Secret {
-            name: name.clone(),
-            r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
-        };
-        let version = crate::digest::parts_hex(
-            &[certificate.cert_pem.as_bytes(), certificate.key_pem.as_bytes()],
-            12,
-        );
-        out.push(Versioned { version, resource: secret });
+        let resource = tls_certificate_secret(name, certificate);
+        out.push(Versioned { version: listener_certificate_version(certificate), resource });
     }
     out
+}
+
+pub(super) fn ca_bundle_secret(name: &str, bundle: &ir::CaBundle) -> tls::Secret {
+    let context = tls::CertificateValidationContext {
+        trusted_ca: Some(inline_string(&bundle.pem)),
+        ..Default::default()
+    };
+    tls::Secret {
+        name: name.to_string(),
+        r#type: Some(tls::secret::Type::ValidationContext(context)),
+    }
+}
+
+pub(super) fn tls_certificate_secret(
+    name: &str,
+    certificate: &ir::ClientCertificate,
+) -> tls::Secret {
+    tls::Secret {
+        name: name.to_string(),
+        r#type: Some(tls::secret::Type::TlsCertificate(client_tls_certificate(certificate))),
+    }
+}
+
+/// A listener certificate's secret keeps its name across a rotation: its version follows the
+/// content.
+pub(super) fn listener_certificate_version(certificate: &ir::ClientCertificate) -> String {
+    crate::digest::parts_hex(&[certificate.cert_pem.as_bytes(), certificate.key_pem.as_bytes()], 12)
 }
 
 pub(super) fn client_tls_certificate(certificate: &ir::ClientCertificate) -> tls::TlsCertificate {
