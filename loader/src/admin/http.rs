@@ -70,14 +70,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
-    pub body: String,
+    /// Shared, not copied: `/status` is sent from the rebuild's own text.
+    pub body: Bytes,
 }
 
 impl Reply {
     fn into_response(self) -> Response<Full<Bytes>> {
         // The same head, byte for byte, as the hand-written server before it.
         let length = self.body.len();
-        let mut response = Response::new(Full::new(Bytes::from(self.body)));
+        let mut response = Response::new(Full::new(self.body));
         *response.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
@@ -274,7 +275,7 @@ mod tests {
         Reply {
             status: if method == Method::GET { 200 } else { 405 },
             content_type: "text/plain",
-            body: format!("{method} {path}\n"),
+            body: format!("{method} {path}\n").into(),
         }
     }
 
