@@ -521,29 +521,21 @@ mod tests {
     /// a fresh render gives.
     #[test]
     fn status_rendered_over_a_previous_text_is_the_fresh_render() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut rendered = Vec::new();
-        for name in ["guide", "policies", "routes"] {
-            let mut config = ConfigDir::new(&root.join("tests/golden").join(name).join("input"));
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let resolved = |name: &str| {
+            let mut config = ConfigDir::new(root.join(name).join("input"));
             config.reload().unwrap();
-            let resolved = resolve(&config, &resolve::Options::default());
-            rendered.push(resolved.status().render(7));
-        }
+            resolve(&config, &resolve::Options::default())
+        };
+        let inputs = ["guide", "policies", "routes"];
+        let rendered: Vec<String> = inputs.iter().map(|n| resolved(n).status().render(7)).collect();
         let shortest = rendered.iter().map(String::len).min().unwrap();
         let longest = rendered.iter().map(String::len).max().unwrap();
         assert!(longest > shortest * 2, "texts of different sizes: {shortest} and {longest}");
         let mut previous = [String::new(), "x".repeat(longest * 3), rendered[0].clone()];
         for text in &mut previous {
-            for (k, fresh) in rendered.iter().enumerate() {
-                let mut config = ConfigDir::new(
-                    &root
-                        .join("tests/golden")
-                        .join(["guide", "policies", "routes"][k])
-                        .join("input"),
-                );
-                config.reload().unwrap();
-                let resolved = resolve(&config, &resolve::Options::default());
-                resolved.status().render_into(7, text);
+            for (name, fresh) in inputs.iter().zip(&rendered) {
+                resolved(name).status().render_into(7, text);
                 assert_eq!(text, fresh);
             }
         }
