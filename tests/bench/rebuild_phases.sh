@@ -28,15 +28,8 @@ open(f"{work}/new.yaml", "w").write(text.replace(name, name.replace("svc-", "svc
 EOF
 added="$(dirname "$file")/added-backend.yaml"
 log="$work/serve.log"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-admin=$(port)
-RUST_LOG=backendtls_loader=debug "$loader" serve --config-dir "$dir" --xds-address "127.0.0.1:$(port)" \
-    --admin-address "127.0.0.1:$admin" >"$log" 2>&1 &
-pid=$!
-until curl -sf "127.0.0.1:$admin/readyz" >/dev/null; do
-    kill -0 $pid || { cat "$log"; exit 1; }
-    sleep 0.2
-done
+source "$(dirname "$0")/serve_loader.sh"
+serve_loader "$loader" "$dir" "$log"
 builds() { grep -c "rebuild phases" "$log" || true; }
 change() { # what, then the command that makes the change
     local what=$1 before
