@@ -58,22 +58,6 @@ impl Admin {
         Reply { status, content_type, body }
     }
 
-    /// `/status`: the rebuild's text itself, shared rather than copied (about 100 MB at 100,000
-    /// backends), unless probe results are added to it.
-    fn status_body(&self, status: &LoaderStatus) -> Bytes {
-        /// The text as bytes a response can own.
-        struct Shared(Arc<String>);
-        impl AsRef<[u8]> for Shared {
-            fn as_ref(&self) -> &[u8] {
-                self.0.as_bytes()
-            }
-        }
-        match &self.probes {
-            None => Bytes::from_owner(Shared(status.status.clone())),
-            Some(_) => self.status_document(status).into(),
-        }
-    }
-
     fn respond(&self, path: &str) -> (u16, &'static str, Bytes) {
         let status = self.status.read().unwrap();
         match path {
@@ -94,16 +78,25 @@ impl Admin {
         }
     }
 
-    /// The rebuild's status document, with the latest probe results as `probes` when probing.
-    fn status_document(&self, status: &LoaderStatus) -> String {
-        let Some(probes) = &self.probes else { return status.status.to_string() };
+    /// `/status`: the rebuild's text itself, shared rather than copied (about 100 MB at 100,000
+    /// backends), or with the latest probe results as `probes` when probing.
+    fn status_body(&self, status: &LoaderStatus) -> Bytes {
+        /// The text as bytes a response can own.
+        struct Shared(Arc<String>);
+        impl AsRef<[u8]> for Shared {
+            fn as_ref(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
+        }
+        let unprobed = || Bytes::from_owner(Shared(status.status.clone()));
+        let Some(probes) = &self.probes else { return unprobed() };
         let probes = probes.read().unwrap();
         // The document is rendered once per rebuild and probes finish on their own schedule, so
         // they are added here, as the last key of the JSON object.
         let document = status.status.trim_end();
-        let Some(open) = document.strip_suffix('}') else { return status.status.to_string() };
+        let Some(open) = document.strip_suffix('}') else { return unprobed() };
         let reports = serde_json::to_string(&probes.reports).expect("reports serialize");
-        format!("{open},\"probes\":{reports}}}\n")
+        format!("{open},\"probes\":{reports}}}\n").into()
     }
 
     fn ui(&self, status: &LoaderStatus) -> String {

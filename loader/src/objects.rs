@@ -146,26 +146,25 @@ fn intern(value: String) -> Arc<str> {
     if value.len() < SHARED_VALUE_MIN_LEN {
         return value.into();
     }
-    let mut shared = SHARED_VALUES.lock().unwrap();
-    if let Some(existing) = shared.get(value.as_str()) {
-        return existing.clone();
-    }
-    let value: Arc<str> = value.into();
-    shared.insert(value.clone());
-    value
+    shared_in(&SHARED_VALUES, value)
 }
 
 /// The shared keys of [`StringMap`]s.
 static SHARED_KEYS: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
 
 fn intern_key(key: String) -> Arc<str> {
-    let mut shared = SHARED_KEYS.lock().unwrap();
-    if let Some(existing) = shared.get(key.as_str()) {
+    shared_in(&SHARED_KEYS, key)
+}
+
+/// The copy of `text` that `set` holds, added when it has none.
+fn shared_in(set: &Mutex<HashSet<Arc<str>>>, text: String) -> Arc<str> {
+    let mut shared = set.lock().unwrap();
+    if let Some(existing) = shared.get(text.as_str()) {
         return existing.clone();
     }
-    let key: Arc<str> = key.into();
-    shared.insert(key.clone());
-    key
+    let text: Arc<str> = text.into();
+    shared.insert(text.clone());
+    text
 }
 
 /// Forgets shared values and keys no object holds any more; called after every reload of the

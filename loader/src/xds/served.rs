@@ -326,7 +326,7 @@ fn referenced_secrets(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::xds::snapshot::{type_urls, EncodedAny};
     use std::collections::BTreeSet;

@@ -346,16 +346,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    /// xorshift
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    use crate::xds::served::tests::Rng;
 
     fn check(map: &SharedMap<String, u64>, model: &BTreeMap<String, u64>) {
         assert_eq!(map.len(), model.len());
