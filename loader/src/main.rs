@@ -304,6 +304,10 @@ struct XdsServeArgs {
     /// this long. Envoy answers none while it applies an update: up to 87 s for 100,000 clusters.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().keepalive_timeout.as_secs())]
     xds_keepalive_timeout: u64,
+    /// Encoded resources in one delta response, at most: a larger push (the first answer to a
+    /// new Envoy) is sent as several responses, each acknowledged on its own.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().response_bytes)]
+    xds_max_response_bytes: usize,
 }
 
 impl XdsServeArgs {
@@ -330,6 +334,7 @@ impl XdsServeArgs {
             || self.xds_idle_timeout == 0
             || self.xds_send_timeout == 0
             || self.xds_keepalive_timeout == 0
+            || self.xds_max_response_bytes == 0
         {
             return Err(CliError::XdsLimits);
         }
@@ -344,6 +349,7 @@ impl XdsServeArgs {
                 idle_timeout: Duration::from_secs(self.xds_idle_timeout),
                 send_timeout: Duration::from_secs(self.xds_send_timeout),
                 keepalive_timeout: Duration::from_secs(self.xds_keepalive_timeout),
+                response_bytes: self.xds_max_response_bytes,
                 ..Limits::default()
             },
         })

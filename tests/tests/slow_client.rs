@@ -1,10 +1,13 @@
-//! An xDS client that stops reading must cost the others nothing: while it sits on a full queue,
-//! a reading client still gets every change at once, and after `--xds-send-timeout` the slow
-//! stream is ended (RESOURCE_EXHAUSTED, counted in /metrics) and its queued responses are freed.
+//! Large and slow xDS streams. An xDS client that stops reading must cost the others nothing:
+//! while it sits on a full queue, a reading client still gets every change at once, and after
+//! `--xds-send-timeout` the slow stream is ended (RESOURCE_EXHAUSTED, counted in /metrics) and its
+//! queued responses are freed. A push larger than `--xds-max-response-bytes` goes in parts that a
+//! real Envoy applies one by one.
 
 use backendtls_e2e::scale::{self, ScaleSpec};
 use backendtls_e2e::xds_client::{delta_request, AdsClient, ClientAuth};
-use backendtls_e2e::{free_port, wait_until, Loader, TestCa};
+use backendtls_e2e::{ads_bootstrap, free_port, try_http_get, wait_until, Ads, Envoy, Loader};
+use backendtls_e2e::{Nginx, TestCa};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use prost::Name;
 use std::time::{Duration, Instant};
@@ -74,4 +77,64 @@ fn a_client_that_stops_reading_delays_no_one_and_is_cut_off() {
     // And the reader is unaffected (the last change above went to the first CA).
     std::fs::write(&backend_file, scale::backend(0, &spec(&cas[1]))).unwrap();
     stream.next_of(&cds).unwrap();
+}
+
+/// The first answer to a new Envoy (every cluster, then every endpoint and virtual host) is far
+/// over a 16 KiB response limit: it goes in parts, each acknowledged, and the Envoy ends up with
+/// all of it, serving every backend over TLS.
+#[test]
+fn envoy_applies_a_first_answer_sent_in_parts() {
+    const BACKENDS: usize = 150;
+    const RESPONSE_BYTES: usize = 16 << 10;
+    let dir = tempfile::Builder::new().prefix("btls-parts-").tempdir().unwrap();
+    let ca = TestCa::new("parts CA");
+    let nginx = Nginx::start(&ca.issue(&["example.com"]));
+    let gateway_port = free_port();
+    let layout = scale::Layout::default();
+    let spec = ScaleSpec {
+        backends: BACKENDS,
+        layout,
+        file_per_namespace: false,
+        gateway_port,
+        backend_port: nginx.https_port(),
+        ca_pem: ca.cert_pem(),
+        hostname: "example.com",
+    };
+    scale::write(dir.path(), &spec).unwrap();
+    let limit = RESPONSE_BYTES.to_string();
+    let loader = Loader::start_with_args(
+        dir.path(),
+        free_port(),
+        free_port(),
+        &["--xds-max-response-bytes", &limit],
+    );
+    let envoy_admin = free_port();
+    let envoy = Envoy::start(
+        &ads_bootstrap(loader.xds_port(), envoy_admin, "parts", Ads::Delta),
+        envoy_admin,
+    );
+    wait_until("the Envoy to acknowledge every part", Duration::from_secs(60), || {
+        loader.envoy_is_current("parts")
+    });
+
+    // Envoy counts an update per response: at least one per 16 KiB of clusters sent.
+    let cds_bytes = loader
+        .metric("backendtls_loader_xds_bytes_sent_by_type_total{type=\"CDS\"}")
+        .expect("CDS bytes metric") as usize;
+    let parts = cds_bytes.div_ceil(RESPONSE_BYTES);
+    assert!(parts >= 3, "{cds_bytes} bytes of clusters should need several parts");
+    let updates = envoy.stat("cluster_manager.cds.update_success") as usize;
+    assert!(updates >= parts, "Envoy applied {updates} CDS updates for {parts} parts");
+    assert_eq!(envoy.stat("cluster_manager.cds.update_rejected"), 0);
+    assert!(envoy.stat("cluster_manager.active_clusters") as usize >= BACKENDS);
+
+    // Every backend answers through the gateway (its cluster, endpoints and virtual host all
+    // arrived, whichever part carried them).
+    for index in 0..BACKENDS {
+        let host = layout.route_host(index);
+        let status = try_http_get(gateway_port, &host, "/").map(|(status, _)| status);
+        assert_eq!(status.ok(), Some(200), "backend {index} ({host})");
+    }
+    let handshakes = format!("cluster.{}.ssl.handshake", layout.cluster_of(0));
+    assert!(envoy.stat(&handshakes) >= 1, "{handshakes}");
 }

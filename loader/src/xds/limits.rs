@@ -32,6 +32,12 @@ pub struct Limits {
     /// control). A client that stops reading for longer has its stream ended with
     /// RESOURCE_EXHAUSTED, which frees what was queued for it; the other streams never wait on it.
     pub send_timeout: Duration,
+    /// Encoded resources in one delta response, at most: a push past it is sent as several
+    /// responses ("parts"), each acknowledged on its own, so that neither the loader nor the
+    /// client holds the whole of a large first answer at once (75 MB of clusters at 100,000
+    /// backends). A resource larger than this goes alone. State-of-the-world responses are
+    /// never split (the protocol has no parts).
+    pub response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +54,8 @@ impl Default for Limits {
             // that is gone costs the loader little (its streams share the snapshot's bytes).
             keepalive_timeout: Duration::from_secs(300),
             send_timeout: Duration::from_secs(30),
+            // gRPC's usual receive limit: any xDS client takes a part this size.
+            response_bytes: 4 << 20,
         }
     }
 }

@@ -553,11 +553,8 @@ struct TypeState {
     names: NameSet,
     /// What the Envoy holds, as far as the loader knows.
     known: Held,
-    /// The response awaiting ACK: its nonce and the snapshot version it came from.
-    pending: Option<(String, u64)>,
-    /// The names in that response, for delta (a state-of-the-world response holds `known`);
-    /// dropped once it is acknowledged.
-    pending_names: Vec<Name>,
+    /// The push awaiting acknowledgement.
+    pending: Option<Pending>,
     acked_version: Option<u64>,
     /// Names whose resource, scope or permission changed since this type was last answered:
     /// the only ones the next response looks at (unless `rescan`).
@@ -596,6 +593,53 @@ impl TypeState {
         dirty.dedup();
         Some(dirty)
     }
+}
+
+/// A push (one response, or the parts of a split delta push) not yet acknowledged.
+#[derive(Debug)]
+struct Pending {
+    /// The snapshot version it came from.
+    version: u64,
+    /// Each unacknowledged response's nonce and, for delta, the names it carried (a NACK says
+    /// which it rejected; a state-of-the-world response holds `known`). Parts are dropped as
+    /// their ACK or NACK arrives.
+    parts: Vec<(String, Vec<Name>)>,
+    /// A part was rejected: the push as a whole is not acknowledged.
+    rejected: bool,
+}
+
+impl Pending {
+    fn one(version: u64, nonce: String) -> Self {
+        Pending { version, parts: vec![(nonce, Vec::new())], rejected: false }
+    }
+
+    /// The nonce a client acknowledging everything sends last.
+    #[cfg(test)]
+    fn last_nonce(&self) -> &str {
+        self.parts.last().map_or("", |(nonce, _)| nonce)
+    }
+}
+
+/// `resources` in consecutive runs of at most `max_bytes` encoded (a larger resource alone), the
+/// parts of a delta push; one (maybe empty) run when they fit.
+fn split_by_bytes(resources: Vec<Arc<Entry>>, max_bytes: usize) -> Vec<Vec<Arc<Entry>>> {
+    let total: usize = resources.iter().map(|e| super::wire::delta_resource_len(e)).sum();
+    if total <= max_bytes {
+        return vec![resources];
+    }
+    let mut parts = Vec::with_capacity(total / max_bytes.max(1) + 1);
+    let (mut part, mut bytes) = (Vec::new(), 0);
+    for entry in resources {
+        let len = super::wire::delta_resource_len(&entry);
+        if !part.is_empty() && bytes + len > max_bytes {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes += len;
+        part.push(entry);
+    }
+    parts.push(part);
+    parts
 }
 
 /// What a delta stream is to be sent for one type: the resources in scope (and permitted) whose
@@ -904,19 +948,30 @@ impl Session {
         }
     }
 
-    /// Records an ACK or NACK of `nonce` for `type_url`. Returns false for a stale nonce.
+    /// Records an ACK or NACK of `nonce` for `type_url`. Returns false for a stale nonce. A split
+    /// push is acknowledged once every part is, and none was rejected.
     fn acknowledge(&mut self, type_url: &str, nonce: &str, error: Option<&str>) -> bool {
         let node = self.node.clone();
         let st = self.types.entry(type_url.to_string()).or_default();
-        match &st.pending {
-            Some((pending, version)) if pending == nonce => {
-                let version = *version;
-                st.pending = None;
+        let part = st
+            .pending
+            .as_ref()
+            .and_then(|p| p.parts.iter().position(|(pending, _)| pending == nonce));
+        match part {
+            Some(part) => {
+                let pending = st.pending.as_mut().expect("found in it");
+                let version = pending.version;
                 // Only a NACK needs them; a stream's first answers name every resource.
-                let pending_names = std::mem::take(&mut st.pending_names);
+                let (_, pending_names) = pending.parts.remove(part);
+                pending.rejected |= error.is_some();
+                if pending.parts.is_empty() {
+                    if !pending.rejected {
+                        st.acked_version = Some(version);
+                    }
+                    st.pending = None;
+                }
                 match error {
                     None => {
-                        st.acked_version = Some(version);
                         self.state.metrics.acks.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(message) => {
@@ -1032,11 +1087,11 @@ impl Session {
             let arrived = std::time::Instant::now();
             let type_url = request.type_url.clone();
             session.on_delta_request(request)?;
-            let response = session.delta_response(&type_url);
-            if response.is_some() {
+            let responses = session.delta_response(&type_url);
+            if !responses.is_empty() {
                 session.state.metrics.answered(&type_url, arrived);
             }
-            Ok(response)
+            Ok(responses)
         };
         self.pump(requests, tx, on_request, Session::delta_response).await
     }
@@ -1048,8 +1103,8 @@ impl Session {
         mut self,
         mut requests: Streaming<Req>,
         tx: mpsc::Sender<Result<Resp, Status>>,
-        on_request: fn(&mut Session, Req) -> Result<Option<Resp>, Status>,
-        on_change: fn(&mut Session, &str) -> Option<Resp>,
+        on_request: fn(&mut Session, Req) -> Result<Vec<Resp>, Status>,
+        on_change: fn(&mut Session, &str) -> Vec<Resp>,
     ) {
         let mut snapshots = self.state.snapshots.clone();
         snapshots.borrow_and_update();
@@ -1064,14 +1119,11 @@ impl Session {
                         // Answered from the snapshot the stream is at; a newer one is pushed
                         // as a change, to every type.
                         match on_request(&mut self, request) {
-                            Ok(response) => {
-                                if let Some(response) = response {
-                                    if let Err(ended) = self.deliver(&tx, response).await { break ended; }
-                                }
+                            Ok(responses) => {
+                                if let Err(ended) = self.deliver_all(&tx, responses).await { break ended; }
                                 if std::mem::take(&mut self.sds_follow_up) {
-                                    if let Some(response) = on_change(&mut self, &Secret::type_url()) {
-                                        if let Err(ended) = self.deliver(&tx, response).await { break ended; }
-                                    }
+                                    let responses = on_change(&mut self, &Secret::type_url());
+                                    if let Err(ended) = self.deliver_all(&tx, responses).await { break ended; }
                                 }
                             }
                             Err(status) => break Some(status),
@@ -1088,11 +1140,10 @@ impl Session {
                     self.catch_up();
                     let mut ended = None;
                     for type_url in type_urls() {
-                        if let Some(response) = on_change(&mut self, &type_url) {
-                            if let Err(end) = self.deliver(&tx, response).await {
-                                ended = Some(end);
-                                break;
-                            }
+                        let responses = on_change(&mut self, &type_url);
+                        if let Err(end) = self.deliver_all(&tx, responses).await {
+                            ended = Some(end);
+                            break;
                         }
                     }
                     if let Some(end) = ended { break end; }
@@ -1116,6 +1167,18 @@ impl Session {
             }
         }
         self.close(ended.as_ref());
+    }
+
+    /// Queues `responses` in order (see [`Session::deliver`]).
+    async fn deliver_all<Resp>(
+        &mut self,
+        tx: &mpsc::Sender<Result<Resp, Status>>,
+        responses: Vec<Resp>,
+    ) -> Result<(), Option<Status>> {
+        for response in responses {
+            self.deliver(tx, response).await?;
+        }
+        Ok(())
     }
 
     /// Queues `response` for the client. Err(None): the client went away; Err(Some(status)): it
@@ -1264,35 +1327,50 @@ impl Session {
         Ok(())
     }
 
-    fn delta_response(&mut self, type_url: &str) -> Option<DeltaResponse> {
+    /// What to send the stream for `type_url`: nothing, one response, or the parts of a push
+    /// larger than `Limits::response_bytes` (removals ride with the last).
+    fn delta_response(&mut self, type_url: &str) -> Vec<DeltaResponse> {
         let at = self.at.clone();
         let table = at.table(self.protocol.table_key(type_url));
-        let st = self.types.get_mut(type_url).filter(|st| st.subscribed)?;
+        let Some(st) = self.types.get_mut(type_url).filter(|st| st.subscribed) else {
+            return Vec::new();
+        };
         let candidates = st.take_candidates();
         let (changed, removed) =
             delta_diff(st, &self.granted_secrets, type_url, table, candidates.as_deref());
         if changed.is_empty() && removed.is_empty() && st.answered {
             self.settle(type_url, at.version());
-            return None;
+            return Vec::new();
         }
         st.answered = true;
         st.known.apply(&changed, &removed);
         if refers_to_secrets(type_url) {
             self.grant_secrets_of(&changed);
         }
-        let nonce = self.nonce();
-        let st = self.types.get_mut(type_url).expect("present");
-        st.pending = Some((nonce.clone(), at.version()));
-        st.pending_names = changed.iter().map(|e| e.name.clone()).collect();
         self.count_sent(type_url, &changed);
-        tracing::debug!(node = %self.node, r#type = short_name(type_url), count = changed.len(), removed = removed.len(), snapshot = at.version(), "delta push");
-        Some(DeltaResponse {
-            system_version_info: at.version().to_string(),
-            resources: changed,
-            type_url: type_url.to_string(),
-            removed_resources: removed,
-            nonce,
-        })
+        let count = changed.len();
+        let parts = split_by_bytes(changed, self.state.limits.response_bytes);
+        let (last, mut removed) = (parts.len() - 1, Some(removed));
+        let mut pending = Pending { version: at.version(), parts: Vec::new(), rejected: false };
+        let mut responses = Vec::with_capacity(parts.len());
+        for (i, resources) in parts.into_iter().enumerate() {
+            let nonce = self.nonce();
+            pending.parts.push((nonce.clone(), resources.iter().map(|e| e.name.clone()).collect()));
+            responses.push(DeltaResponse {
+                system_version_info: at.version().to_string(),
+                resources,
+                type_url: type_url.to_string(),
+                removed_resources: if i == last {
+                    removed.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                nonce,
+            });
+        }
+        tracing::debug!(node = %self.node, r#type = short_name(type_url), count, removed = responses[last].removed_resources.len(), parts = responses.len(), snapshot = at.version(), "delta push");
+        self.types.get_mut(type_url).expect("present").pending = Some(pending);
+        responses
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1307,16 +1385,17 @@ impl Session {
             let arrived = std::time::Instant::now();
             let type_url = request.type_url.clone();
             let Some(force) = session.on_sotw_request(request)? else {
-                return Ok(None);
+                return Ok(Vec::new());
             };
             let response = session.sotw_response(&type_url, force);
             if response.is_some() {
                 session.state.metrics.answered(&type_url, arrived);
             }
-            Ok(response)
+            Ok(Vec::from_iter(response))
         };
-        let on_change =
-            |session: &mut Session, type_url: &str| session.sotw_response(type_url, false);
+        let on_change = |session: &mut Session, type_url: &str| {
+            Vec::from_iter(session.sotw_response(type_url, false))
+        };
         self.pump(requests, tx, on_request, on_change).await
     }
 
@@ -1387,7 +1466,7 @@ impl Session {
         }
         let nonce = self.nonce();
         let st = self.types.get_mut(type_url).expect("present");
-        st.pending = Some((nonce.clone(), at.version()));
+        st.pending = Some(Pending::one(at.version(), nonce.clone()));
         self.count_sent(type_url, &scope);
         tracing::debug!(node = %self.node, r#type = short_name(type_url), count = scope.len(), snapshot = at.version(), "sotw push");
         Some(SotwResponse {
@@ -1475,8 +1554,12 @@ mod tests {
     }
 
     fn session_of(protocol: Protocol) -> Session {
+        session_with(protocol, Limits::default())
+    }
+
+    fn session_with(protocol: Protocol, limits: Limits) -> Session {
         let (_tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        Session::new(XdsState::new(rx), protocol, Peer::default())
+        Session::new(XdsState::with_limits(rx, limits), protocol, Peer::default())
     }
 
     /// Moves `s` to `snapshot`, as a published change would (with the changes computed once).
@@ -1501,8 +1584,9 @@ mod tests {
         snapshot: &Snapshot,
     ) -> Option<DeltaDiscoveryResponse> {
         goto(s, snapshot);
-        let response = s.delta_response(type_url)?;
-        Some(DeltaDiscoveryResponse::decode(&response.encode_to_vec()[..]).unwrap())
+        let mut parts = s.delta_response(type_url);
+        assert!(parts.len() <= 1, "these tests' pushes fit in one response");
+        Some(DeltaDiscoveryResponse::decode(&parts.pop()?.encode_to_vec()[..]).unwrap())
     }
 
     fn sotw_resp(
@@ -1633,6 +1717,92 @@ mod tests {
         assert!(delta_resp(&mut s, &cds, &v1).is_none());
         let v2 = snapshot(2, &[(&cds, "a", "2")]);
         assert_eq!(names(&delta_resp(&mut s, &cds, &v2).unwrap()), [("a", "2")]);
+    }
+
+    fn decoded(parts: &[DeltaResponse]) -> Vec<DeltaDiscoveryResponse> {
+        parts
+            .iter()
+            .map(|p| DeltaDiscoveryResponse::decode(&p.encode_to_vec()[..]).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_push_over_the_response_limit_goes_in_parts_each_acknowledged() {
+        let cds = Cluster::type_url();
+        let v1 = snapshot(
+            1,
+            &[
+                (&cds, "a", "1"),
+                (&cds, "b", "1"),
+                (&cds, "c", "1"),
+                (&cds, "d", "1"),
+                (&cds, "e", "1"),
+            ],
+        );
+        let mut probe = session();
+        goto(&mut probe, &v1);
+        let entry_len =
+            super::super::wire::delta_resource_len(probe.at.table(&cds).values().next().unwrap());
+        // Room for two of these clusters per response.
+        let limits = Limits { response_bytes: 2 * entry_len, ..Limits::default() };
+        let mut s = session_with(Protocol::Delta, limits);
+        let rejections = Arc::new(Mutex::new(Vec::new()));
+        let sink = rejections.clone();
+        s.state.report_rejections_to(move |r| sink.lock().unwrap().push(r));
+        goto(&mut s, &v1);
+        s.on_delta_request(delta(&cds, &[], &[], "")).unwrap();
+        let parts = s.delta_response(&cds);
+        let resource_bytes = |p: &DeltaResponse| {
+            p.resources.iter().map(|e| super::super::wire::delta_resource_len(e)).sum::<usize>()
+        };
+        assert!(parts.iter().all(|p| resource_bytes(p) <= 2 * entry_len));
+        let parts = decoded(&parts);
+        assert_eq!(
+            parts.iter().map(names).collect::<Vec<_>>(),
+            [vec![("a", "1"), ("b", "1")], vec![("c", "1"), ("d", "1")], vec![("e", "1")]]
+        );
+        assert!(parts.iter().all(|p| p.system_version_info == "1"));
+        let nonces: BTreeSet<&str> = parts.iter().map(|p| p.nonce.as_str()).collect();
+        assert_eq!(nonces.len(), 3, "each part has its own nonce");
+        for part in &parts {
+            assert_eq!(acked(&s), None, "acknowledged before its last part");
+            s.on_delta_request(delta(&cds, &[], &[], &part.nonce)).unwrap();
+        }
+        assert_eq!(acked(&s), Some(1));
+
+        // Removals ride with the last part.
+        let v2 = snapshot(2, &[(&cds, "a", "2"), (&cds, "b", "2"), (&cds, "c", "2")]);
+        goto(&mut s, &v2);
+        let parts = decoded(&s.delta_response(&cds));
+        assert_eq!(
+            parts.iter().map(|p| (names(p), p.removed_resources.clone())).collect::<Vec<_>>(),
+            [
+                (vec![("a", "2"), ("b", "2")], vec![]),
+                (vec![("c", "2")], vec!["d".to_string(), "e".to_string()])
+            ]
+        );
+        // A NACK of one part is reported with that part's resources, and the push is not
+        // acknowledged even though its other part is.
+        let mut nack = delta(&cds, &[], &[], &parts[0].nonce);
+        nack.error_detail =
+            Some(RpcStatus { code: 3, message: "cluster b: rejected".into(), details: vec![] });
+        s.on_delta_request(nack).unwrap();
+        s.on_delta_request(delta(&cds, &[], &[], &parts[1].nonce)).unwrap();
+        assert_eq!(acked(&s), Some(1));
+        let rejections = rejections.lock().unwrap();
+        assert_eq!(rejections.len(), 1);
+        assert_eq!(rejections[0].resources, [("b".to_string(), "2".to_string())]);
+        assert_eq!(s.state.metrics.nacks.load(Ordering::Relaxed), 1);
+
+        // A resource larger than the limit goes alone.
+        let mut s =
+            session_with(Protocol::Delta, Limits { response_bytes: 1, ..Limits::default() });
+        goto(&mut s, &v1);
+        s.on_delta_request(delta(&cds, &[], &[], "")).unwrap();
+        assert_eq!(
+            s.delta_response(&cds).iter().map(|p| p.resources.len()).collect::<Vec<_>>(),
+            [1; 5]
+        );
     }
 
     #[test]
@@ -2094,7 +2264,10 @@ mod tests {
                 }
                 snap
             };
-            let mut delta_s = session();
+            // Half the seeds split pushes into parts of a few resources each.
+            let response_bytes = if seed % 2 == 0 { 1 + rng.below(40) } else { 4 << 20 };
+            let mut delta_s =
+                session_with(Protocol::Delta, Limits { response_bytes, ..Limits::default() });
             let mut sotw_s = sotw_session();
             let mut client = Client::default();
             let mut shared = 0;
@@ -2160,8 +2333,8 @@ mod tests {
                         let nonce = sotw_s
                             .types
                             .get(type_url)
-                            .and_then(|st| st.pending.clone())
-                            .map(|p| p.0)
+                            .and_then(|st| st.pending.as_ref())
+                            .map(|p| p.last_nonce().to_string())
                             .unwrap_or_default();
                         if let Some(force) =
                             sotw_s.on_sotw_request(sotw(type_url, &names, &nonce)).unwrap()
@@ -2170,14 +2343,14 @@ mod tests {
                             sotw_s.sotw_response(type_url, force);
                         }
                         check_shared_diff_is_the_truth(&delta_s, type_url, &context);
-                        if let Some(r) = delta_s.delta_response(type_url) {
+                        for r in delta_s.delta_response(type_url) {
                             client.take_delta(
                                 &DeltaDiscoveryResponse::decode(&r.encode_to_vec()[..]).unwrap(),
                             );
                         }
                         if std::mem::take(&mut delta_s.sds_follow_up) {
                             check_shared_diff_is_the_truth(&delta_s, &sds, &context);
-                            if let Some(r) = delta_s.delta_response(&sds) {
+                            for r in delta_s.delta_response(&sds) {
                                 client.take_delta(
                                     &DeltaDiscoveryResponse::decode(&r.encode_to_vec()[..])
                                         .unwrap(),
@@ -2195,7 +2368,7 @@ mod tests {
                             shared += usize::from(check_shared_diff_is_the_truth(
                                 &delta_s, &type_url, &context,
                             ));
-                            if let Some(r) = delta_s.delta_response(&type_url) {
+                            for r in delta_s.delta_response(&type_url) {
                                 client.take_delta(
                                     &DeltaDiscoveryResponse::decode(&r.encode_to_vec()[..])
                                         .unwrap(),

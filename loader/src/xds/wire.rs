@@ -96,6 +96,11 @@ fn resource_len(entry: &Entry) -> usize {
         + delimited_len(2, any_len(entry))
 }
 
+/// Bytes `entry` adds to a [`DeltaResponse`]: how pushes are split into parts.
+pub(super) fn delta_resource_len(entry: &Entry) -> usize {
+    delimited_len(2, resource_len(entry))
+}
+
 impl WireMessage for SotwResponse {
     // version_info = 1, resources = 2 (Any), type_url = 4, nonce = 5.
     fn encoded_len(&self) -> usize {
@@ -119,7 +124,7 @@ impl WireMessage for DeltaResponse {
     // system_version_info = 1, resources = 2, type_url = 4, nonce = 5, removed_resources = 6.
     fn encoded_len(&self) -> usize {
         scalar_len(1, self.system_version_info.as_bytes())
-            + self.resources.iter().map(|e| delimited_len(2, resource_len(e))).sum::<usize>()
+            + self.resources.iter().map(|e| delta_resource_len(e)).sum::<usize>()
             + scalar_len(4, self.type_url.as_bytes())
             + self.removed_resources.iter().map(|n| delimited_len(6, n.len())).sum::<usize>()
             + scalar_len(5, self.nonce.as_bytes())
