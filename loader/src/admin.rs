@@ -5,13 +5,15 @@
 
 pub mod envoy_stats;
 pub mod http;
+pub mod status_text;
 pub mod ui;
 
 use crate::probe;
 use crate::xds::server::{TypeSent, XdsMetrics, XdsState, SENT_TYPES};
-use http::{Limits, Reply};
+use http::{Limits, Reply, ReplyBody};
 use hyper::body::Bytes;
 use hyper::Method;
+use status_text::StatusText;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,8 +24,8 @@ use tokio::net::TcpListener;
 pub struct LoaderStatus {
     pub ready: bool,
     pub snapshot_version: u64,
-    /// `/status`'s body ([`crate::pipeline::StatusReport::render`]).
-    pub status: Arc<String>,
+    /// `/status`'s body ([`crate::pipeline::StatusReport::render`]), compressed.
+    pub status: StatusText,
     pub builds: u64,
     pub last_build_seconds: f64,
     pub snapshot_bytes: usize,
@@ -51,19 +53,19 @@ impl Admin {
 
     fn answer(&self, method: &Method, path: &str) -> Reply {
         let (status, content_type, body) = if method != Method::GET {
-            (405, "text/plain", Bytes::from_static(b"only GET\n"))
+            (405, "text/plain", Bytes::from_static(b"only GET\n").into())
         } else {
             self.respond(path)
         };
         Reply { status, content_type, body }
     }
 
-    fn respond(&self, path: &str) -> (u16, &'static str, Bytes) {
+    fn respond(&self, path: &str) -> (u16, &'static str, ReplyBody) {
         let status = self.status.read().unwrap();
         match path {
-            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
-            "/readyz" if status.ready => (200, "text/plain", Bytes::from_static(b"ready\n")),
-            "/readyz" => (503, "text/plain", Bytes::from_static(b"no snapshot yet\n")),
+            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n").into()),
+            "/readyz" if status.ready => (200, "text/plain", Bytes::from_static(b"ready\n").into()),
+            "/readyz" => (503, "text/plain", Bytes::from_static(b"no snapshot yet\n").into()),
             "/status" => (200, "application/json", self.status_body(&status)),
             "/ui" => (200, "text/html; charset=utf-8", self.ui(&status).into()),
             "/xds" => {
@@ -74,34 +76,32 @@ impl Admin {
                 (200, "application/json", format!("{body:#}\n").into())
             }
             "/metrics" => (200, "text/plain; version=0.0.4", self.metrics(&status).into()),
-            _ => (404, "text/plain", Bytes::from_static(b"not found\n")),
+            _ => (404, "text/plain", Bytes::from_static(b"not found\n").into()),
         }
     }
 
-    /// `/status`: the rebuild's text itself, shared rather than copied (about 100 MB at 100,000
-    /// backends), or with the latest probe results as `probes` when probing.
-    fn status_body(&self, status: &LoaderStatus) -> Bytes {
-        /// The text as bytes a response can own.
-        struct Shared(Arc<String>);
-        impl AsRef<[u8]> for Shared {
-            fn as_ref(&self) -> &[u8] {
-                self.0.as_bytes()
-            }
-        }
-        let unprobed = || Bytes::from_owner(Shared(status.status.clone()));
+    /// `/status`: the rebuild's text, decompressed as it is sent (about 100 MB at 100,000
+    /// backends), or with the latest probe results as `probes` when probing (then the whole text
+    /// is made for the response).
+    fn status_body(&self, status: &LoaderStatus) -> ReplyBody {
+        let unprobed = || ReplyBody::Status(status.status.clone());
         let Some(probes) = &self.probes else { return unprobed() };
         let probes = probes.read().unwrap();
         // The document is rendered once per rebuild and probes finish on their own schedule, so
         // they are added here, as the last key of the JSON object.
-        let document = status.status.trim_end();
-        let Some(open) = document.strip_suffix('}') else { return unprobed() };
+        let mut document = status.status.text();
+        let Some(open) = document.trim_end().strip_suffix('}').map(str::len) else {
+            return unprobed();
+        };
+        document.truncate(open);
         let reports = serde_json::to_string(&probes.reports).expect("reports serialize");
-        format!("{open},\"probes\":{reports}}}\n").into()
+        document.push_str(&format!(",\"probes\":{reports}}}\n"));
+        document.into()
     }
 
     fn ui(&self, status: &LoaderStatus) -> String {
         let document: serde_json::Value =
-            serde_json::from_str(&status.status).unwrap_or(serde_json::Value::Null);
+            serde_json::from_str(&status.status.text()).unwrap_or(serde_json::Value::Null);
         let probes = self.probes.as_ref().map(|p| p.read().unwrap());
         let envoy = self.envoy.as_ref().map(|e| e.read().unwrap());
         ui::page(&document, probes.as_deref(), envoy.as_deref(), status.snapshot_version)

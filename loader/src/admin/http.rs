@@ -17,6 +17,7 @@
 //!   connection is closed to free one; when nothing can be freed (or on any other error that is
 //!   not about one connection), accepting pauses with an exponential backoff.
 
+use super::status_text::{StatusBody, StatusText};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -66,19 +67,87 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// What a handler answers; always sent with `connection: close`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
-    /// Shared, not copied: `/status` is sent from the rebuild's own text.
-    pub body: Bytes,
+    pub body: ReplyBody,
+}
+
+/// A reply's body: bytes, or `/status`'s text, decompressed as it is sent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplyBody {
+    Bytes(Bytes),
+    Status(StatusText),
+}
+
+impl From<Bytes> for ReplyBody {
+    fn from(bytes: Bytes) -> Self {
+        ReplyBody::Bytes(bytes)
+    }
+}
+
+impl From<String> for ReplyBody {
+    fn from(text: String) -> Self {
+        ReplyBody::Bytes(text.into())
+    }
+}
+
+impl ReplyBody {
+    fn len(&self) -> usize {
+        match self {
+            ReplyBody::Bytes(bytes) => bytes.len(),
+            ReplyBody::Status(text) => text.len(),
+        }
+    }
+}
+
+/// [`ReplyBody`] as hyper sends it.
+pub enum SentBody {
+    Full(Full<Bytes>),
+    Status(StatusBody),
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            SentBody::Full(full) => {
+                std::pin::Pin::new(full).poll_frame(cx).map_err(|never| match never {})
+            }
+            SentBody::Status(status) => std::pin::Pin::new(status).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            SentBody::Full(full) => full.is_end_stream(),
+            SentBody::Status(status) => status.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            SentBody::Full(full) => full.size_hint(),
+            SentBody::Status(status) => status.size_hint(),
+        }
+    }
 }
 
 impl Reply {
-    fn into_response(self) -> Response<Full<Bytes>> {
+    fn into_response(self) -> Response<SentBody> {
         // The same head, byte for byte, as the hand-written server before it.
         let length = self.body.len();
-        let mut response = Response::new(Full::new(self.body));
+        let body = match self.body {
+            ReplyBody::Bytes(bytes) => SentBody::Full(Full::new(bytes)),
+            ReplyBody::Status(text) => SentBody::Status(text.body()),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let headers = response.headers_mut();
