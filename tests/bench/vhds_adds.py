@@ -10,16 +10,19 @@ copied under a new name, pointing at a local NGINX with its own CA) and for each
 - the loader's part (write -> its CDS and VHDS pushes, from its /metrics);
 - the CPU time of every Envoy thread during the add (from /proc/<pid>/task/<tid>/schedstat, ns),
   the main thread ("envoy") apart from the workers ("wrk:worker_N") and the rest;
-- Envoy's own RDS/VHDS stats: counters that moved and, for histograms, the count and sum deltas
-  (`/stats/prometheus`, i.e. `..._update_duration` etc.).
+- with --stats-per-add, Envoy's own RDS/VHDS stats: counters that moved and, for histograms, the
+  count and sum deltas (`/stats/prometheus`, i.e. `..._update_duration` etc.); in any case the
+  same over all adds (the mean VHDS update_duration).
 
 The bootstrap is `LOADER bootstrap` plus `stats_flush_on_admin: true`, so that the 5 s stats
 flush (which walks every stat on the main thread) does not land inside a measured add; Envoy's
-admin API is not touched while an add is measured. With --perf, `perf record -g` (or
---perf-dwarf: `--call-graph dwarf`) samples Envoy during the adds only; the report is written
-beside the summary.
+admin API is not touched while an add is measured, and each add starts once Envoy's main thread
+is idle (the flush an admin request triggers goes on after the answer). With --perf, `perf
+record -g` (or --perf-dwarf: `--call-graph dwarf`) samples Envoy during the measured adds only
+(enabled and disabled through perf's control FIFO); perf.data is copied to OUT.
 
-Usage: tests/bench/vhds_adds.py LOADER GEN ENVOY N [--adds 10] [--perf|--perf-dwarf] [--keep]
+Usage: tests/bench/vhds_adds.py LOADER GEN ENVOY N [--adds 10] [--stats-per-add] [--perf|--perf-dwarf]
+       [--keep]
   e.g. tests/bench/vhds_adds.py /work/bench100k/loader-final /work/baseline/backendtls-gen-backends \
        /work/main/.venv/lib/python3.11/site-packages/envoy/_bin/envoy 10000
 ENVOY is the real binary (not the .venv python wrapper). Work files go to /tmp/vhds-adds-N.*,
@@ -106,6 +109,18 @@ def thread_class(pid, tid, comm):
     return "other"
 
 
+def quiesce(pid, window=0.05, busy_ns=1_000_000, timeout=120):
+    """Returns once the main thread used less than busy_ns of CPU in a window."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c0 = int(open(f"/proc/{pid}/task/{pid}/schedstat").read().split()[0])
+        time.sleep(window)
+        c1 = int(open(f"/proc/{pid}/task/{pid}/schedstat").read().split()[0])
+        if c1 - c0 < busy_ns:
+            return
+    sys.exit("Envoy's main thread never went idle")
+
+
 def cpu_by_class(pid, before, after):
     out = {"main": 0.0, "workers": 0.0, "other": 0.0}
     for tid, (comm, ns) in after.items():
@@ -144,6 +159,9 @@ def main():
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--perf-dwarf", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--stats-per-add", action="store_true",
+                    help="read Envoy's RDS/VHDS stats after every add (slow at 100,000: every "
+                         "/stats request walks 12.8 million stats), not only after the last")
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     a = ap.parse_args()
     n = a.n
@@ -252,17 +270,17 @@ http {{ access_log off;
     tids = threads(epid)
     log("envoy threads:", sorted(set(c for c, _ in tids.values())))
 
-    # Envoy's stats about routes (names and a per-vhost census).
-    status, all_stats = http_get(eadmin, "/stats")
-    stat_names = [l.split(":")[0] for l in all_stats.splitlines() if ":" in l]
-    open(f"{work}/stats.txt", "w").write(all_stats)
-    route_stats = [s for s in stat_names if re.search(r"rds|vhds|vhost|route", s)]
-    census = {
-        "stats_total": len(stat_names),
-        "vhost_stats": sum(1 for s in stat_names if s.startswith("vhost.")),
-        "cluster_stats": sum(1 for s in stat_names if s.startswith("cluster.")),
-        "route_related": route_stats[:80],
-    }
+    # Envoy's stats about routes (names and a per-vhost census), read line by line: at 100,000
+    # backends /stats is 12.8 million lines.
+    census = {"stats_total": 0, "vhost_stats": 0, "cluster_stats": 0, "route_related": []}
+    with urllib.request.urlopen(f"http://127.0.0.1:{eadmin}/stats", timeout=600) as r:
+        for raw in r:
+            stat = raw.decode("utf-8", "replace").split(":")[0]
+            census["stats_total"] += 1
+            census["vhost_stats"] += stat.startswith("vhost.")
+            census["cluster_stats"] += stat.startswith("cluster.")
+            if re.search(r"rds|vhds|vhost|route", stat) and len(census["route_related"]) < 80:
+                census["route_related"].append(stat)
     log(json.dumps(census, indent=1))
     prom_re = "rds|vhds"
 
@@ -274,20 +292,57 @@ http {{ access_log off;
 
     perf = None
     if a.perf or a.perf_dwarf:
+        # Recording starts disabled (-D -1) and is enabled only while an add is measured, through
+        # perf's control FIFO, so that the admin requests between adds stay out of the profile.
         graph = ["--call-graph", "dwarf,16384"] if a.perf_dwarf else ["-g"]
+        os.mkfifo(f"{work}/perf.ctl")
+        os.mkfifo(f"{work}/perf.ack")
         perf = subprocess.Popen(["perf", "record", "-F", "499" if a.perf_dwarf else "999", *graph,
+                                 "-D", "-1", "--control", f"fifo:{work}/perf.ctl,{work}/perf.ack",
                                  "-p", str(epid), "-o", f"{work}/perf.data"],
                                 stdout=open(f"{work}/perf.log", "w"), stderr=subprocess.STDOUT)
-        poll("perf to start", 30, lambda: os.path.exists(f"{work}/perf.data"))
+        ctl = open(f"{work}/perf.ctl", "w")
+        ack = open(f"{work}/perf.ack", "r")
+
+        def perf_control(command):
+            ctl.write(command + "\n")
+            ctl.flush()
+            answer = ack.readline()
+            assert answer.strip("\x00\n ") == "ack", (command, answer)
+
+    count = lambda st: sum(v for key, v in st.items() if "update_duration_count" in key)
+
+    def settled_stats(before_stats):
+        # Histograms are merged by the flush an admin request triggers (stats_flush_on_admin),
+        # after that request was answered: ask until the update_duration count moved.
+        prom(eadmin, prom_re)
+        return poll("Envoy's histograms to merge", 120,
+                    lambda: (lambda st: st if count(st) > count(before_stats) else None)(
+                        prom(eadmin, prom_re)), interval=0.05)
+
+    def deltas(before_stats, after_stats):
+        # envoy_http_rds_update_duration_sum{envoy_rds_route_config="vhds.gw",...}
+        #   -> vhds:update_duration_sum
+        short = lambda key: ("vhds:" if 'route_config="vhds.' in key else "rds:") + re.sub(
+            r"^envoy_http_rds_|\{.*", "", key)
+        return {short(key): round(v - before_stats.get(key, 0), 3)
+                for key, v in after_stats.items()
+                if v != before_stats.get(key, 0) and "_bucket{" not in key
+                and not re.search("version|timestamp|_time[{_]", key)}
 
     rows = []
     print("add,non404_ms,ok_ms,loader_cds_ms,loader_vhds_ms,acked_ms,main_cpu_ms,workers_cpu_ms,"
           "other_cpu_ms,stat_deltas")
+    first_stats = before_stats = prom(eadmin, prom_re)
     for k in range(a.adds):
         path, body, host = added(k)
-        before_stats = prom(eadmin, prom_re)
-        # The admin request above ran on Envoy's main thread: let it finish first.
+        # Admin requests run on Envoy's main thread, and the stats flush one triggers
+        # (stats_flush_on_admin: merging histograms, then a snapshot of every stat) goes on after
+        # the answer: wait until the main thread is idle before the add starts.
+        quiesce(epid)
         before = threads(epid)
+        if perf:
+            perf_control("enable")
         tmp = f"{os.path.dirname(path)}/.next"
         open(tmp, "w").write(body)
         t_unix = time.time()
@@ -307,31 +362,26 @@ http {{ access_log off;
         poll("Envoy to acknowledge the add", 600, envoy_current, interval=0.005)
         acked = (time.monotonic() - t) * 1000
         after = threads(epid)
+        if perf:
+            perf_control("disable")
         cpu = cpu_by_class(epid, before, after)
         cds = loader_metric(ladmin, "backendtls_loader_xds_last_push_timestamp_seconds", "CDS")
         vhds = loader_metric(ladmin, "backendtls_loader_xds_last_push_timestamp_seconds", "VHDS")
-        # Histograms are merged by the flush an admin request triggers (stats_flush_on_admin),
-        # after that request was answered: ask until the update_duration count moved.
-        count = lambda st: sum(v for key, v in st.items() if "update_duration_count" in key)
-        prom(eadmin, prom_re)
-        after_stats = poll("Envoy's histograms to merge", 10,
-                           lambda: (lambda st: st if count(st) > count(before_stats) else None)(
-                               prom(eadmin, prom_re)), interval=0.05)
-        # envoy_http_rds_update_duration_sum{envoy_rds_route_config="vhds.gw",...} -> vhds:update_duration_sum
-        short = lambda key: ("vhds:" if 'route_config="vhds.' in key else "rds:") + re.sub(
-            r"^envoy_http_rds_|\{.*", "", key)
-        deltas = {short(key): round(v - before_stats.get(key, 0), 3)
-                  for key, v in after_stats.items()
-                  if v != before_stats.get(key, 0) and "_bucket{" not in key
-                  and not re.search("version|timestamp|_time[{_]", key)}
+        d = {}
+        if a.stats_per_add:
+            after_stats = settled_stats(before_stats)
+            d = deltas(before_stats, after_stats)
+            before_stats = after_stats
         row = dict(add=k, non404_ms=non404, ok_ms=ok, loader_cds_ms=(cds - t_unix) * 1000,
                    loader_vhds_ms=(vhds - t_unix) * 1000, acked_ms=acked,
                    main_cpu_ms=cpu["main"], workers_cpu_ms=cpu["workers"],
-                   other_cpu_ms=cpu["other"], stat_deltas=deltas)
+                   other_cpu_ms=cpu["other"], stat_deltas=d)
         rows.append(row)
         print(f"{k},{non404:.1f},{ok:.1f},{row['loader_cds_ms']:.1f},{row['loader_vhds_ms']:.1f},"
               f"{acked:.1f},{cpu['main']:.1f},{cpu['workers']:.1f},{cpu['other']:.1f},"
-              f"\"{json.dumps(deltas)}\"", flush=True)
+              f"\"{json.dumps(d)}\"", flush=True)
+    # Over all adds: Envoy's VHDS update_duration sum / count.
+    total = deltas(first_stats, settled_stats(first_stats) if not a.stats_per_add else before_stats)
 
     if perf:
         perf.send_signal(signal.SIGINT)
@@ -349,6 +399,9 @@ http {{ access_log off;
         median={k: med(k) for k in ("non404_ms", "ok_ms", "loader_cds_ms", "loader_vhds_ms",
                                     "acked_ms", "main_cpu_ms", "workers_cpu_ms", "other_cpu_ms")},
         stat_delta_medians={k: statistics.median(v) for k, v in upd.items()},
+        stat_deltas_all_adds=total,
+        vhds_update_duration_mean_ms=total.get("vhds:update_duration_sum", float("nan"))
+        / max(total.get("vhds:update_duration_count", 0), 1),
         envoy_rss_mb=int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{epid}/status").read()).group(1)) / 1024,
         load=open("/proc/loadavg").read().split()[:3],
     )
