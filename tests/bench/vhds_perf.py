@@ -7,7 +7,10 @@ symbols), and, for the unnamed code, functions told apart by their start address
 the printable strings each hot function references (rip-relative `lea` into .rodata), which is
 sometimes enough to recognise it.
 
-Usage: tests/bench/vhds_perf.py PERF_DATA ENVOY [TOP]
+Usage: tests/bench/vhds_perf.py PERF_DATA ENVOY [TOP [ADDR [DEPTH [MIN_PERCENT]]]]
+With a function start address (hex, as printed), also the main thread's call tree under that
+function (its outermost call; direct recursion folded), DEPTH levels deep (6), the nodes with at
+least MIN_PERCENT (1.5) of the main thread's samples, each with its strings.
 """
 
 import bisect
@@ -97,6 +100,10 @@ def samples(data):
 def main():
     data, envoy = sys.argv[1], sys.argv[2]
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 15
+    root = int(sys.argv[4], 16) if len(sys.argv) > 4 else None
+    depth = int(sys.argv[5]) if len(sys.argv) > 5 else 6
+    min_pct = float(sys.argv[6]) if len(sys.argv) > 6 else 1.5
+    tree = collections.Counter()  # path tuple (root first) -> samples
     secs = sections(envoy)
     starts = function_starts(envoy, secs)
     strings = Strings(envoy, secs)
@@ -130,6 +137,16 @@ def main():
         # where the named malloc lands, then map to virtual addresses for the FDE table.
         if is_envoy(dso) and sym == "[unknown]":
             main_self_fn[fn(addr + text_vaddr - text_off)] += 1
+        chain = [fn(a + text_vaddr - text_off) if is_envoy(d) else f"{d.rsplit('/', 1)[-1]}: {s}"
+                 for a, s, d in frames]
+        if root in chain:
+            i = len(chain) - 1 - chain[::-1].index(root)  # the outermost call of root
+            path = []
+            for f in reversed(chain[:i + 1]):
+                if not path or path[-1] != f:
+                    path.append(f)
+            for d in range(1, min(depth, len(path)) + 1):
+                tree[tuple(path[:d])] += 1
         seen = set()
         for a, s, d in frames:
             if is_envoy(d):
@@ -157,6 +174,30 @@ def main():
             strs, calls = referenced_strings(envoy, start, end, strings)
             print(f"  {start:#10x} {end - start:6d} B {c:7d} {100 * c / max(main_total, 1):5.1f}%"
                   f"  calls={calls} strings={strs}")
+    if root is not None:
+        print(f"\ncall tree under {root:#x} (share of the main thread's samples; recursion folded):")
+        name = {}
+
+        def label(f):
+            if not isinstance(f, int):
+                return f
+            if f not in name:
+                i = bisect.bisect_right(starts, f)
+                end = starts[i] if i < len(starts) else f + 4096
+                strs, calls = referenced_strings(envoy, f, end, strings, limit=3)
+                name[f] = f"{f:#x} {strs}" if strs else f"{f:#x}"
+            return name[f]
+
+        def show(prefix):
+            kids = sorted(((c, p) for p, c in tree.items()
+                           if len(p) == len(prefix) + 1 and p[:len(prefix)] == prefix), key=lambda x: -x[0])
+            for c, p in kids:
+                if 100 * c / max(main_total, 1) < min_pct:
+                    continue
+                print(f"  {'  ' * len(prefix)}{100 * c / main_total:5.1f}%  {label(p[-1])[:200]}")
+                show(p)
+
+        show(())
     if addr_kind:
         print("\nnamed malloc/free leaf addresses (perf's convention check):", addr_kind)
 

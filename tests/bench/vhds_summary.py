@@ -23,7 +23,10 @@ for path in glob.glob(f"{out}/vhds_adds_*.json"):
     upd = [u for u in upd if u is not None]
     runs.append(dict(
         n=s["n"], adds=len(d["rows"]), ok=s["median"]["ok_ms"], non404=s["median"]["non404_ms"],
-        loader=s["median"]["loader_vhds_ms"], upd=statistics.median(upd) if upd else float("nan"),
+        loader=s["median"]["loader_vhds_ms"],
+        # Median per add with --stats-per-add, else the mean over the adds (marked *).
+        upd=statistics.median(upd) if upd else s["vhds_update_duration_mean_ms"], upd_mean=not upd,
+        both=statistics.median(r["main_cpu_ms"] + r["workers_cpu_ms"] for r in d["rows"]),
         main=s["median"]["main_cpu_ms"], workers=s["median"]["workers_cpu_ms"],
         main_min=min(r["main_cpu_ms"] for r in d["rows"]),
         main_max=max(r["main_cpu_ms"] for r in d["rows"]),
@@ -33,16 +36,19 @@ for path in glob.glob(f"{out}/vhds_adds_*.json"):
 runs.sort(key=lambda r: r["n"])
 print("| backends (virtual hosts) | adds | to first non-404 ms | to 200 ms | loader's part (write -> VHDS pushed) ms "
       "| Envoy VHDS `update_duration` ms | Envoy main thread CPU ms (min-max) | workers CPU ms "
+      "| main + workers CPU ms "
       "| main thread µs per virtual host | Envoy RSS MB | Envoy stats (`vhost.*`) | load at end |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for r in runs:
-    print(f"| {r['n']:,} | {r['adds']} | {r['non404']:.0f} | {r['ok']:.0f} | {r['loader']:.0f} | {r['upd']:.0f} "
-          f"| {r['main']:.0f} ({r['main_min']:.0f}-{r['main_max']:.0f}) | {r['workers']:.0f} "
+    print(f"| {r['n']:,} | {r['adds']} | {r['non404']:.0f} | {r['ok']:.0f} | {r['loader']:.0f} | {r['upd']:.0f}"
+          f"{'*' if r['upd_mean'] else ''} | {r['main']:.0f} ({r['main_min']:.0f}-{r['main_max']:.0f}) "
+          f"| {r['workers']:.0f} | {r['both']:.0f} "
           f"| {1000 * r['main'] / r['n']:.1f} | {r['rss']:,.0f} | {r['stats']:,} ({r['vhost_stats']}) "
           f"| {r['load']} |")
 if len(runs) >= 2:
     xs = [r["n"] for r in runs]
-    for key, what in (("main", "main-thread CPU"), ("upd", "update_duration"), ("ok", "time to 200")):
+    for key, what in (("main", "main-thread CPU"), ("both", "main + workers CPU"),
+                      ("upd", "update_duration"), ("ok", "time to 200")):
         ys = [r[key] for r in runs]
         mx, my = statistics.mean(xs), statistics.mean(ys)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
