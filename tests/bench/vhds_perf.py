@@ -116,7 +116,6 @@ def main():
     main_self_fn = collections.Counter()
     main_incl_fn = collections.Counter()
     main_total = 0
-    addr_kind = collections.Counter()
     for comm, tid, frames in samples(data):
         thread = "main (envoy)" if comm == "envoy" else ("workers (wrk:*)" if comm.startswith("wrk:") else comm)
         by_thread[thread] += 1
@@ -133,8 +132,9 @@ def main():
         if thread != "main (envoy)":
             continue
         main_total += 1
-        # perf prints addresses in the binary relative to the file; check which convention holds by
-        # where the named malloc lands, then map to virtual addresses for the FDE table.
+        # perf prints addresses in the binary as file offsets; .text's virtual address is its
+        # offset + 0x1000 in this binary (text_vaddr - text_off), which the FDE table uses. (The
+        # strings found for the hot functions, e.g. connection_impl.cc in the event loop, confirm it.)
         if is_envoy(dso) and sym == "[unknown]":
             main_self_fn[fn(addr + text_vaddr - text_off)] += 1
         chain = [fn(a + text_vaddr - text_off) if is_envoy(d) else f"{d.rsplit('/', 1)[-1]}: {s}"
@@ -154,8 +154,6 @@ def main():
                 if f not in seen:
                     seen.add(f)
                     main_incl_fn[f] += 1
-        if sym in ("malloc", "free", "__libc_malloc", "__libc_free") and is_envoy(dso):
-            addr_kind[sym] = addr
 
     total = sum(by_thread.values())
     print(f"samples: {total}")
@@ -198,8 +196,6 @@ def main():
                 show(p)
 
         show(())
-    if addr_kind:
-        print("\nnamed malloc/free leaf addresses (perf's convention check):", addr_kind)
 
 
 if __name__ == "__main__":
