@@ -18,7 +18,7 @@ The bootstrap is `LOADER bootstrap` plus `stats_flush_on_admin: true`, so that t
 flush (which walks every stat on the main thread) does not land inside a measured add; Envoy's
 admin API is not touched while an add is measured, and each add starts once Envoy's main thread
 is idle (the flush an admin request triggers goes on after the answer). With --perf, `perf
-record -g` (or --perf-dwarf: `--call-graph dwarf`) samples Envoy during the measured adds only
+record -g` (or --perf-dwarf: `--call-graph dwarf`, not used for BENCHMARKS.md) samples Envoy during the measured adds only
 (enabled and disabled through perf's control FIFO); perf.data is copied to OUT.
 
 Usage: tests/bench/vhds_adds.py LOADER GEN ENVOY N [--adds 10] [--stats-per-add] [--perf|--perf-dwarf]
