@@ -595,15 +595,19 @@ impl TypeState {
     }
 }
 
+/// Unanswered delta responses of one type a stream keeps track of; older ones count as stale.
+const MAX_UNANSWERED_PARTS: usize = 64;
+
 /// A push (one response, or the parts of a split delta push) not yet acknowledged.
 #[derive(Debug)]
 struct Pending {
     /// The snapshot version it came from.
     version: u64,
-    /// Each unacknowledged response's nonce and, for delta, the names it carried (a NACK says
-    /// which it rejected; a state-of-the-world response holds `known`). Parts are dropped as
-    /// their ACK or NACK arrives.
-    parts: Vec<(String, Vec<Name>)>,
+    /// Each unacknowledged response's nonce and, for delta, the resources it carried, at the
+    /// versions sent (a NACK says which it rejected; a state-of-the-world response holds
+    /// `known`). Parts are dropped as their ACK or NACK arrives; a delta push made before the
+    /// previous one was acknowledged keeps that one's parts, which Envoy answers first.
+    parts: Vec<(String, Vec<Arc<Entry>>)>,
     /// A part was rejected: the push as a whole is not acknowledged.
     rejected: bool,
 }
@@ -962,7 +966,7 @@ impl Session {
                 let pending = st.pending.as_mut().expect("found in it");
                 let version = pending.version;
                 // Only a NACK needs them; a stream's first answers name every resource.
-                let (_, pending_names) = pending.parts.remove(part);
+                let (_, sent) = pending.parts.remove(part);
                 pending.rejected |= error.is_some();
                 if pending.parts.is_empty() {
                     if !pending.rejected {
@@ -983,7 +987,7 @@ impl Session {
                         let rejection = Rejection {
                             node,
                             type_url: type_url.to_string(),
-                            resources: rejected_resources(st, &pending_names, message),
+                            resources: rejected_resources(st, &sent, message),
                             message: message.to_string(),
                         };
                         if let Some(sink) = self.state.rejections.get() {
@@ -1351,11 +1355,21 @@ impl Session {
         let count = changed.len();
         let parts = split_by_bytes(changed, self.state.limits.response_bytes);
         let (last, mut removed) = (parts.len() - 1, Some(removed));
-        let mut pending = Pending { version: at.version(), parts: Vec::new(), rejected: false };
+        // Parts of an earlier push still unanswered stay pending: Envoy answers them first, and a
+        // NACK of one must still be reported with what it carried.
+        // A client that reads but never acknowledges keeps only the last few.
+        let earlier = self.types.get_mut(type_url).expect("present").pending.take();
+        let mut pending = Pending {
+            version: at.version(),
+            rejected: earlier.as_ref().is_some_and(|p| p.rejected),
+            parts: earlier.map(|p| p.parts).unwrap_or_default(),
+        };
+        let excess = pending.parts.len().saturating_sub(MAX_UNANSWERED_PARTS);
+        pending.parts.drain(..excess);
         let mut responses = Vec::with_capacity(parts.len());
         for (i, resources) in parts.into_iter().enumerate() {
             let nonce = self.nonce();
-            pending.parts.push((nonce.clone(), resources.iter().map(|e| e.name.clone()).collect()));
+            pending.parts.push((nonce.clone(), resources.clone()));
             responses.push(DeltaResponse {
                 system_version_info: at.version().to_string(),
                 resources,
@@ -1489,27 +1503,16 @@ impl Session {
     }
 }
 
-/// What a NACK rejected: the resources of the pending response that Envoy's message names (it
-/// names the cluster or secret it could not use), or all of them when it names none.
-fn rejected_resources(
-    st: &TypeState,
-    pending_names: &[Name],
-    message: &str,
-) -> Vec<(String, String)> {
-    let sent: Vec<&str> = if pending_names.is_empty() {
-        st.known.iter().map(|e| e.name.as_ref()).collect()
-    } else {
-        pending_names.iter().map(|n| n.as_ref()).collect()
-    };
-    let with_version =
-        |name: &str| st.known.version(name).map(|v| (name.to_string(), v.to_string()));
-    let named: Vec<_> = sent
-        .iter()
-        .filter(|name| message.contains(**name))
-        .filter_map(|n| with_version(n))
-        .collect();
+/// What a NACK rejected, with the versions sent: the resources of the rejected response that
+/// Envoy's message names (it names the cluster or secret it could not use), or all of them when
+/// it names none. A response that carried no resource list (state of the world) sent `known`.
+fn rejected_resources(st: &TypeState, sent: &[Arc<Entry>], message: &str) -> Vec<(String, String)> {
+    let sent: &[Arc<Entry>] = if sent.is_empty() { &st.known.0 } else { sent };
+    let with_version = |e: &Arc<Entry>| (e.name.to_string(), e.version().to_string());
+    let named: Vec<_> =
+        sent.iter().filter(|e| message.contains(e.name.as_ref())).map(with_version).collect();
     if named.is_empty() {
-        sent.into_iter().filter_map(with_version).collect()
+        sent.iter().map(with_version).collect()
     } else {
         named
     }
@@ -1803,6 +1806,47 @@ mod tests {
             s.delta_response(&cds).iter().map(|p| p.resources.len()).collect::<Vec<_>>(),
             [1; 5]
         );
+    }
+
+    #[test]
+    fn a_push_made_before_the_previous_was_answered_keeps_that_one_pending() {
+        let cds = Cluster::type_url();
+        let v1 = snapshot(1, &[(&cds, "a", "1"), (&cds, "b", "1")]);
+        let v2 = snapshot(2, &[(&cds, "a", "2"), (&cds, "b", "1")]);
+        for rejected in [false, true] {
+            let mut s = session();
+            let rejections = Arc::new(Mutex::new(Vec::new()));
+            let sink = rejections.clone();
+            s.state.report_rejections_to(move |r| sink.lock().unwrap().push(r));
+            goto(&mut s, &v1);
+            s.on_delta_request(delta(&cds, &[], &[], "")).unwrap();
+            let first = decoded(&s.delta_response(&cds));
+            goto(&mut s, &v2);
+            let second = decoded(&s.delta_response(&cds));
+            assert_eq!(names(&second[0]), [("a", "2")]);
+            // Envoy answers in order: the first push, then the second.
+            let mut answer = delta(&cds, &[], &[], &first[0].nonce);
+            if rejected {
+                answer.error_detail = Some(RpcStatus {
+                    code: 3,
+                    message: "cluster a: rejected".into(),
+                    details: vec![],
+                });
+            }
+            s.on_delta_request(answer).unwrap();
+            assert_eq!(acked(&s), None, "the second push is not answered yet");
+            s.on_delta_request(delta(&cds, &[], &[], &second[0].nonce)).unwrap();
+            let rejections = rejections.lock().unwrap();
+            if rejected {
+                // Reported with the version that push carried, not the one sent since.
+                assert_eq!(rejections.len(), 1);
+                assert_eq!(rejections[0].resources, [("a".to_string(), "1".to_string())]);
+                assert_eq!(acked(&s), None);
+            } else {
+                assert!(rejections.is_empty());
+                assert_eq!(acked(&s), Some(2));
+            }
+        }
     }
 
     #[test]
