@@ -81,22 +81,14 @@ impl Admin {
     }
 
     /// `/status`: the rebuild's text, decompressed as it is sent (about 100 MB at 100,000
-    /// backends), or with the latest probe results as `probes` when probing (then the whole text
-    /// is made for the response).
+    /// backends), with the latest probe results as its last member `probes` when probing.
     fn status_body(&self, status: &LoaderStatus) -> ReplyBody {
-        let unprobed = || ReplyBody::Status(status.status.clone());
-        let Some(probes) = &self.probes else { return unprobed() };
-        let probes = probes.read().unwrap();
         // The document is rendered once per rebuild and probes finish on their own schedule, so
-        // they are added here, as the last key of the JSON object.
-        let mut document = status.status.text();
-        let Some(open) = document.trim_end().strip_suffix('}').map(str::len) else {
-            return unprobed();
-        };
-        document.truncate(open);
-        let reports = serde_json::to_string(&probes.reports).expect("reports serialize");
-        document.push_str(&format!(",\"probes\":{reports}}}\n"));
-        document.into()
+        // they are added as it is sent.
+        let probes = self.probes.as_ref().map(|probes| {
+            serde_json::to_string(&probes.read().unwrap().reports).expect("reports serialize")
+        });
+        ReplyBody::Status { text: status.status.clone(), probes }
     }
 
     fn ui(&self, status: &LoaderStatus) -> String {

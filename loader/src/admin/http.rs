@@ -19,7 +19,7 @@
 
 use super::status_text::{StatusBody, StatusText};
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -74,11 +74,12 @@ pub struct Reply {
     pub body: ReplyBody,
 }
 
-/// A reply's body: bytes, or `/status`'s text, decompressed as it is sent.
+/// A reply's body: bytes, or `/status`'s text, decompressed as it is sent (with `probes`, a
+/// JSON value added as the document's last member `probes`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ReplyBody {
     Bytes(Bytes),
-    Status(StatusText),
+    Status { text: StatusText, probes: Option<String> },
 }
 
 impl From<Bytes> for ReplyBody {
@@ -93,19 +94,11 @@ impl From<String> for ReplyBody {
     }
 }
 
-impl ReplyBody {
-    fn len(&self) -> usize {
-        match self {
-            ReplyBody::Bytes(bytes) => bytes.len(),
-            ReplyBody::Status(text) => text.len(),
-        }
-    }
-}
-
 /// [`ReplyBody`] as hyper sends it.
 pub enum SentBody {
     Full(Full<Bytes>),
-    Status(StatusBody),
+    /// Boxed: a decompressor's state is a few hundred bytes.
+    Status(Box<StatusBody>),
 }
 
 impl hyper::body::Body for SentBody {
@@ -120,7 +113,7 @@ impl hyper::body::Body for SentBody {
             SentBody::Full(full) => {
                 std::pin::Pin::new(full).poll_frame(cx).map_err(|never| match never {})
             }
-            SentBody::Status(status) => std::pin::Pin::new(status).poll_frame(cx),
+            SentBody::Status(status) => std::pin::Pin::new(&mut **status).poll_frame(cx),
         }
     }
 
@@ -142,11 +135,15 @@ impl hyper::body::Body for SentBody {
 impl Reply {
     fn into_response(self) -> Response<SentBody> {
         // The same head, byte for byte, as the hand-written server before it.
-        let length = self.body.len();
         let body = match self.body {
             ReplyBody::Bytes(bytes) => SentBody::Full(Full::new(bytes)),
-            ReplyBody::Status(text) => SentBody::Status(text.body()),
+            ReplyBody::Status { text, probes } => SentBody::Status(Box::new(
+                probes
+                    .and_then(|probes| text.body_with_member("probes", &probes))
+                    .unwrap_or_else(|| text.body()),
+            )),
         };
+        let length = body.size_hint().exact().expect("every body here has a known length");
         let mut response = Response::new(body);
         *response.status_mut() =
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

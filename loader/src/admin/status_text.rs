@@ -20,6 +20,8 @@ const CHUNK_BYTES: usize = 64 << 10;
 pub struct StatusText {
     compressed: Bytes,
     len: usize,
+    /// The text's last two bytes (`}\n` for a JSON document and its newline).
+    end: [u8; 2],
 }
 
 impl StatusText {
@@ -28,22 +30,26 @@ impl StatusText {
         struct Counted<W> {
             inner: W,
             len: usize,
+            end: [u8; 2],
         }
         impl<W: Write> Write for Counted<W> {
             fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
                 let written = self.inner.write(bytes)?;
                 self.len += written;
+                for &byte in &bytes[..written] {
+                    self.end = [self.end[1], byte];
+                }
                 Ok(written)
             }
             fn flush(&mut self) -> io::Result<()> {
                 self.inner.flush()
             }
         }
-        let mut out = Counted { inner: FrameEncoder::new(Vec::new()), len: 0 };
+        let mut out = Counted { inner: FrameEncoder::new(Vec::new()), len: 0, end: [0; 2] };
         write(&mut out).expect("writing to memory does not fail");
         let mut compressed = out.inner.finish().expect("writing to memory does not fail");
         compressed.shrink_to_fit();
-        StatusText { compressed: compressed.into(), len: out.len }
+        StatusText { compressed: compressed.into(), len: out.len, end: out.end }
     }
 
     /// Length of the text.
@@ -74,14 +80,29 @@ impl StatusText {
         StatusBody {
             decoder: FrameDecoder::new(io::Cursor::new(self.compressed.clone())),
             remaining: self.len,
+            suffix: Bytes::new(),
         }
+    }
+
+    /// A JSON document's body with `"key":value` added as its last member, or None when the text
+    /// does not end as a JSON object and its newline do.
+    pub fn body_with_member(&self, key: &str, value: &str) -> Option<StatusBody> {
+        if &self.end != b"}\n" || self.len < 2 {
+            return None;
+        }
+        let suffix = format!(",{}:{value}}}\n", serde_json::Value::from(key));
+        Some(StatusBody { remaining: self.len - 2, suffix: suffix.into(), ..self.body() })
     }
 }
 
-/// [`StatusText::body`]: the text in chunks of at most [`CHUNK_BYTES`], with its exact length.
+/// [`StatusText::body`]: the text in chunks of at most [`CHUNK_BYTES`] (then `suffix`), with its
+/// exact length.
 pub struct StatusBody {
     decoder: FrameDecoder<io::Cursor<Bytes>>,
+    /// Text still to decompress and send.
     remaining: usize,
+    /// Sent after the text.
+    suffix: Bytes,
 }
 
 impl Body for StatusBody {
@@ -93,7 +114,10 @@ impl Body for StatusBody {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if self.remaining == 0 {
-            return Poll::Ready(None);
+            if self.suffix.is_empty() {
+                return Poll::Ready(None);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut self.suffix)))));
         }
         let mut chunk = vec![0; self.remaining.min(CHUNK_BYTES)];
         let result = self.decoder.read_exact(&mut chunk).map(|()| {
@@ -104,11 +128,11 @@ impl Body for StatusBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
+        self.remaining == 0 && self.suffix.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining as u64)
+        SizeHint::with_exact((self.remaining + self.suffix.len()) as u64)
     }
 }
 
@@ -143,6 +167,34 @@ mod tests {
             assert_eq!(received, original.as_bytes());
             assert!(body.is_end_stream());
         }
+    }
+
+    fn received(mut body: StatusBody) -> Vec<u8> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut received = Vec::new();
+        runtime.block_on(async {
+            while let Some(frame) = body.frame().await {
+                received.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            }
+        });
+        received
+    }
+
+    #[test]
+    fn a_member_is_added_at_the_end_of_a_json_document() {
+        let document =
+            format!("{{\"policies\":[{}]}}\n", text_of(3 * CHUNK_BYTES).trim_end_matches(','));
+        let text = StatusText::compress(|w| w.write_all(document.as_bytes()));
+        let body = text.body_with_member("probes", "[1,2]").expect("a JSON object");
+        let length = body.size_hint().exact().unwrap() as usize;
+        let sent = received(body);
+        assert_eq!(sent.len(), length);
+        let parsed: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(parsed["probes"], serde_json::json!([1, 2]));
+        assert_eq!(parsed["policies"].as_array().unwrap().len(), 3 * CHUNK_BYTES / 10);
+        assert!(sent.ends_with(b"]}\n"));
+        let not_json = StatusText::compress(|w| w.write_all(b"plain text\n"));
+        assert!(not_json.body_with_member("probes", "[]").is_none());
     }
 
     #[test]
