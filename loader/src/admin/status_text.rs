@@ -36,9 +36,11 @@ impl StatusText {
             fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
                 let written = self.inner.write(bytes)?;
                 self.len += written;
-                for &byte in &bytes[..written] {
-                    self.end = [self.end[1], byte];
-                }
+                self.end = match bytes[..written] {
+                    [.., a, b] => [a, b],
+                    [b] => [self.end[1], b],
+                    [] => self.end,
+                };
                 Ok(written)
             }
             fn flush(&mut self) -> io::Result<()> {

@@ -965,7 +965,7 @@ impl Session {
             Some(part) => {
                 let pending = st.pending.as_mut().expect("found in it");
                 let version = pending.version;
-                // Only a NACK needs them; a stream's first answers name every resource.
+                // What the part carried: only a NACK needs it, to say what was rejected.
                 let (_, sent) = pending.parts.remove(part);
                 pending.rejected |= error.is_some();
                 if pending.parts.is_empty() {
