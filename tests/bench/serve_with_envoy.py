@@ -8,29 +8,15 @@ VmRSS and VmHWM in MB. Envoy is `envoy` from the repository's .venv (or $ENVOY).
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from loopback import free_port, get_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".venv", "bin", "envoy"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=600) as r:
-            return r.read().decode()
-    except OSError:
-        return None
 
 
 def memory_mb(pid):
@@ -47,7 +33,7 @@ def poll(what, check, process):
 
 
 def envoys(admin):
-    body = get(admin, "/xds")
+    body = get_text(admin, "/xds")
     return json.loads(body) if body else {"envoys": []}
 
 
@@ -60,7 +46,7 @@ def main():
          "--admin-address", f"127.0.0.1:{admin}", *extra], stdout=log, stderr=log)
     try:
         started = time.monotonic()
-        poll("/readyz", lambda: get(admin, "/readyz") is not None, served)
+        poll("/readyz", lambda: get_text(admin, "/readyz") is not None, served)
         print(f"alone (ready after {time.monotonic() - started:.1f} s): "
               f"RSS {memory_mb(served.pid)[0]} MB, HWM {memory_mb(served.pid)[1]} MB", flush=True)
         for round in range(int(os.environ.get("ROUNDS", "1"))):

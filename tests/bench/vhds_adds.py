@@ -45,13 +45,8 @@ import tempfile
 import time
 import urllib.request
 
+from loopback import free_port
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def http_get(port, path, host="127.0.0.1", timeout=600):

@@ -35,13 +35,13 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from loopback import free_port, get_text
 
 RC = "gateway_infra_bench_8080"
 TYPE_URL = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -162,20 +162,9 @@ def discovery_response(rc, version, fmt):
     return string(1, version) + ld(2, anything) + string(4, TYPE_URL)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def admin(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=600) as r:
-            return r.read().decode()
-    except OSError:
-        return ""
+    return get_text(port, path) or ""
 
 
 def cpu(pid):
