@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from loopback import free_port, get_text
+from benchlib import free_port, get_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENVOY = os.environ.get("ENVOY", os.path.join(ROOT, ".venv", "bin", "envoy"))

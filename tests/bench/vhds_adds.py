@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.request
 
-from loopback import free_port
+from benchlib import free_port, thread_class, threads
 
 
 
@@ -82,26 +82,6 @@ def poll(what, timeout, check, interval=0.05):
             sys.exit(f"timed out waiting for {what}")
         time.sleep(interval)
 
-
-def threads(pid):
-    """{tid: (comm, cpu ns)} of every thread of pid."""
-    out = {}
-    for task in glob.glob(f"/proc/{pid}/task/*"):
-        try:
-            comm = open(f"{task}/comm").read().strip()
-            ns = int(open(f"{task}/schedstat").read().split()[0])
-        except OSError:
-            continue
-        out[int(os.path.basename(task))] = (comm, ns)
-    return out
-
-
-def thread_class(pid, tid, comm):
-    if tid == pid:
-        return "main"
-    if comm.startswith("wrk:"):
-        return "workers"
-    return "other"
 
 
 def quiesce(pid, window=0.05, busy_ns=1_000_000, timeout=120):

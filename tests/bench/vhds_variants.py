@@ -29,7 +29,6 @@ Work files go to /tmp/vhds-variants.*, removed at the end. Prints one CSV row pe
 """
 
 import argparse
-import glob
 import json
 import os
 import random
@@ -41,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from loopback import free_port, get_text
+from benchlib import free_port, get_text, thread_class, threads
 
 RC = "gateway_infra_bench_8080"
 TYPE_URL = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -168,18 +167,11 @@ def admin(port, path):
 
 
 def cpu(pid):
-    main = workers = 0
-    for task in glob.glob(f"/proc/{pid}/task/*"):
-        try:
-            comm = open(f"{task}/comm").read().strip()
-            ns = int(open(f"{task}/schedstat").read().split()[0])
-        except OSError:
-            continue
-        if int(os.path.basename(task)) == pid:
-            main += ns
-        elif comm.startswith("wrk:"):
-            workers += ns
-    return main / 1e6, workers / 1e6
+    """CPU ms of Envoy's main thread and of its workers."""
+    ms = {"main": 0.0, "workers": 0.0, "other": 0.0}
+    for tid, (comm, ns) in threads(pid).items():
+        ms[thread_class(pid, tid, comm)] += ns / 1e6
+    return ms["main"], ms["workers"]
 
 
 def rds_stats(port):
